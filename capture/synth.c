@@ -177,27 +177,43 @@ static void zig_init(zig_tables *z)
         z->k[i] = z->x[i + 1] / z->x[i];
 }
 
+/* The rare rest of a draw that fell outside the inner rectangle of layer i (u in [-1, 1) scaled that layer):
+ * the tail (i = 0) or the wedge test; a rejected wedge point starts a new draw. Kept out of line so that the fast
+ * path inlines into the token loops. */
+static double zig_slow(rng_t *r, const zig_tables *z, unsigned i, double u) __attribute__((noinline));
+
+/* N(0,1). The low 8 bits pick the layer, the upper 56 bits a signed position in [-1, 1), so the two are independent;
+ * the sign rides on the position instead of a data-dependent branch. */
 static inline double zig_normal(rng_t *r, const zig_tables *z)
 {
+    uint64_t bits = rng_next(r);
+    unsigned i = (unsigned)(bits & (ZIG_N - 1));
+    double u = (double)((int64_t)(bits >> 8) - ((int64_t)1 << 55)) * 0x1.0p-55; /* [-1, 1) */
+    if (fabs(u) < z->k[i])
+        return u * z->x[i];
+    return zig_slow(r, z, i, u);
+}
+
+static double zig_slow(rng_t *r, const zig_tables *z, unsigned i, double u)
+{
     for (;;) {
-        uint64_t bits = rng_next(r);
-        unsigned i = (unsigned)(bits & (ZIG_N - 1));
-        bool neg = (bits >> 8) & 1;
-        double u = (double)(bits >> 11) * 0x1.0p-53;
-        double x = u * z->x[i];
-        if (u < z->k[i])
-            return neg ? -x : x;
+        double x = u * z->x[i], ax = fabs(x);
         if (i == 0) {
             double a, b;
             do {
                 a = -log(rng_uniform_pos(r)) / ZIG_R;
                 b = -log(rng_uniform_pos(r));
             } while (b + b < a * a);
-            return neg ? -(ZIG_R + a) : ZIG_R + a;
+            return u < 0 ? -(ZIG_R + a) : ZIG_R + a;
         }
         double y = z->f[i] + rng_uniform_pos(r) * (z->f[i + 1] - z->f[i]);
-        if (y < exp(-0.5 * x * x))
-            return neg ? -x : x;
+        if (y < exp(-0.5 * ax * ax))
+            return x;
+        uint64_t bits = rng_next(r);
+        i = (unsigned)(bits & (ZIG_N - 1));
+        u = (double)((int64_t)(bits >> 8) - ((int64_t)1 << 55)) * 0x1.0p-55;
+        if (fabs(u) < z->k[i])
+            return u * z->x[i];
     }
 }
 
@@ -422,9 +438,8 @@ int mtr_synth_opts_check(const mtr_synth_opts *o)
     if (le > o->n_experts)
         return synth_fail(MTR_EINVAL, "--lang-experts %u exceeds --experts %u", le, o->n_experts);
     if (o->task_experts > o->n_experts - le)
-        return synth_fail(MTR_EINVAL,
-                          "--task-experts %u does not fit: task experts avoid the %u shared experts of %u",
-                          o->task_experts, le, o->n_experts);
+        return synth_fail(MTR_EINVAL, "--task-experts %u: at most %u (task experts avoid the %u shared experts)",
+                          o->task_experts, o->n_experts - le, le);
     if ((o->band_first == 0) != (o->band_last == 0))
         return synth_fail(MTR_EINVAL, "--band needs both ends");
     if (o->band_first && (o->band_first > o->band_last || o->band_last > o->n_layers))
@@ -808,7 +823,8 @@ static json_t *params_json(const synth_model *m, const mtr_synth_opts *o, const 
     jset(p, "vocab", json_integer(MTR_SYNTH_VOCAB), bad);
     jset(p, "dtype", json_string(mtr_dtype_name(o->stored_dtype)), bad);
     jset(p, "store", json_string(store_name(o)), bad);
-    jset(p, "shard_bytes", json_integer((json_int_t)o->shard_bytes), bad);
+    const mtr_writer_opts wdef = MTR_WRITER_OPTS_INIT;
+    jset(p, "shard_bytes", json_integer((json_int_t)(o->shard_bytes ? o->shard_bytes : wdef.shard_bytes)), bad);
     jset(p, "target_bytes", json_integer((json_int_t)o->target_bytes), bad);
     jset(p, "model_id", json_string(model_id), bad);
     return p;

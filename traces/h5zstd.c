@@ -35,9 +35,17 @@ static size_t h5zstd_filter(unsigned int flags, size_t cd_nelmts, const unsigned
         int level = cd_nelmts > 0 ? (int)cd_values[0] : 1;
         if (level > ZSTD_maxCLevel()) level = ZSTD_maxCLevel();
         size_t cap = ZSTD_compressBound(nbytes);
-        out = H5allocate_memory(cap, 0);
-        if (!out) return 0;
-        n = ZSTD_compress(out, cap, *buf, nbytes, level);
+        ZSTD_CCtx *cctx = ZSTD_createCCtx();
+        out = cctx ? H5allocate_memory(cap, 0) : NULL;
+        if (!out) {
+            ZSTD_freeCCtx(cctx);
+            return 0;
+        }
+        /* frames carry a content checksum so a damaged chunk fails to read instead of giving wrong numbers */
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
+        n = ZSTD_compress2(cctx, out, cap, *buf, nbytes);
+        ZSTD_freeCCtx(cctx);
         if (ZSTD_isError(n)) goto fail;
     }
     H5free_memory(*buf);

@@ -332,8 +332,7 @@ static int flush_stage(mtr_writer *w, bool with_tail)
     for (uint32_t i = 0; i < n; i++) {
         int t = omp_get_thread_num();
         mtr_shuffle(w->scratch[t], w->stage + (size_t)i * w->chunk_bytes, w->chunk_elems, esz);
-        size_t c = ZSTD_compressCCtx(w->cctx[t], w->comp[i], w->comp_cap, w->scratch[t], w->chunk_bytes,
-                                     w->opts.zstd_level);
+        size_t c = ZSTD_compress2(w->cctx[t], w->comp[i], w->comp_cap, w->scratch[t], w->chunk_bytes);
         if (ZSTD_isError(c)) bad = 1;
         w->comp_size[i] = c;
     }
@@ -368,7 +367,8 @@ static int write_column(mtr_writer *w, const char *path, hid_t ftype, hid_t mtyp
     unsigned level = (unsigned)w->opts.zstd_level;
     hid_t space = H5Screate_simple(rank, dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    if (n > 0) {
+    /* strings are variable-length: HDF5 filters do not apply to them, so they stay contiguous */
+    if (n > 0 && H5Tis_variable_str(ftype) <= 0) {
         H5Pset_chunk(dcpl, rank, chunk);
         H5Pset_shuffle(dcpl);
         H5Pset_filter(dcpl, MTR_ZSTD_FILTER_ID, H5Z_FLAG_MANDATORY, 1, &level);
@@ -641,7 +641,12 @@ int mtr_writer_create(mtr_writer **out, const char *dir, const mtr_model_info *m
             !(w->cctx = calloc((size_t)w->n_threads, sizeof *w->cctx)))
             goto nomem;
         for (int t = 0; t < w->n_threads; t++)
+        {
             if (!(w->scratch[t] = malloc(w->chunk_bytes)) || !(w->cctx[t] = ZSTD_createCCtx())) goto nomem;
+            /* a content checksum per chunk, so a damaged chunk is an error and never silently wrong numbers */
+            ZSTD_CCtx_setParameter(w->cctx[t], ZSTD_c_compressionLevel, opts->zstd_level);
+            ZSTD_CCtx_setParameter(w->cctx[t], ZSTD_c_checksumFlag, 1);
+        }
     }
 
     if (mkdir(dir, 0777) < 0 && errno != EEXIST) {
