@@ -47,6 +47,8 @@ INFO_SRC := traces/info_main.c
 UMBRELLA_SRC := traces/moetrace_main.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/build/tests/%)
+TOOL_SRC := $(wildcard tests/tools/*.c)
+TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/build/tools/%)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/build/bench/%)
 
@@ -102,13 +104,19 @@ $(BUILD)/build/tests/%: tests/unit/%.c $(LIB)/libmoetrace.a | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(LIB)/libmoetrace.a $(LDFLAGS) $(CHECK_LIBS) $(LIBS)
 
+# test tools (independent-reader comparisons)
+$(BUILD)/build/tools/%: tests/tools/%.c $(LIB)/libmoetrace.a | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB)/libmoetrace.a $(LDFLAGS) $(LIBS)
+
 $(BUILD)/build/bench/%: tests/bench/%.c $(LIB)/libmoetrace.a | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB)/libmoetrace.a $(LDFLAGS) $(LIBS)
 
 # build, then run unit, CLI, interop and crash tests; the last line is "N passed, N failed"
-check: all $(UNIT_BIN)
-	@BIN=$(abspath $(BIN)) LIB=$(abspath $(LIB)) UNIT=$(abspath $(BUILD)/build/tests) PY=$(PY) sh tests/run.sh
+check: all $(UNIT_BIN) $(TOOL_BIN)
+	@BIN=$(abspath $(BIN)) LIB=$(abspath $(LIB)) UNIT=$(abspath $(BUILD)/build/tests) \
+		TOOLS=$(abspath $(BUILD)/build/tools) PY=$(PY) sh tests/run.sh
 
 # end-to-end on synthetic data: synth -> info; prints where the results are
 demo: all

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The test runner behind `make check`: Check unit-test binaries, then the CLI / interop / crash scripts in
 # tests/cli (each prints "ok NAME" or "not ok NAME: why" per case). Ends with one line: "N passed, N failed".
-# Environment: BIN, LIB, UNIT (directories), PY (Debian's /usr/bin/python3).
+# Environment: BIN, LIB, UNIT, TOOLS (directories), PY (Debian's /usr/bin/python3).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 passed=0
@@ -33,7 +33,7 @@ done
 for s in "$here"/cli/test_*.sh; do
     [ -f "$s" ] || continue
     name=$(basename "$s" .sh)
-    out=$(BIN="$BIN" LIB="$LIB" PY="$PY" TESTS="$here" sh "$s" 2>&1)
+    out=$(BIN="$BIN" LIB="$LIB" TOOLS="$TOOLS" PY="$PY" TESTS="$here" sh "$s" 2>&1)
     rc=$?
     printf '%s\n' "$out" | sed "s/^/[$name] /"
     ok=$(printf '%s\n' "$out" | grep -c '^ok ')
