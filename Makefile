@@ -37,7 +37,7 @@ PKG_LIBS = $(shell pkg-config --libs $(HDF5_PC) libzstd jansson 2>/dev/null)
 CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) -Itraces -Icapture $(PKG_CFLAGS) -MMD -MP
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(KERNEL_FLAGS) -Itraces -Icapture $(PKG_CFLAGS) -MMD -MP
 LIBS = $(PKG_LIBS) -lm -lpthread
 
 LIB_SRC := traces/error.c traces/dtype.c traces/h5zstd.c traces/h5util.c traces/writer.c traces/reader.c
@@ -72,6 +72,9 @@ $(DEPS_STAMP): config/debian-packages.txt config/install-deps.sh
 $(OBJ)/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+# element kernels: -O3 so GCC vectorises the conversion and shuffle loops (measured 2-4x over -O2)
+$(OBJ)/traces/dtype.o: KERNEL_FLAGS := -O3
 
 $(LIB)/libmoetrace.a: $(LIB_OBJ)
 	@mkdir -p $(@D)

@@ -64,13 +64,10 @@ static inline float u2f(uint32_t u)
     return x;
 }
 
-uint16_t mtr_f32_to_bf16(float x)
-{
-    uint32_t u = f2u(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN, sign kept */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+static inline uint16_t bf16_bits(uint32_t u);
+
+/* NaN becomes a quiet NaN with its sign kept; everything else rounds to nearest, ties to even */
+uint16_t mtr_f32_to_bf16(float x) { return bf16_bits(f2u(x)); }
 
 float mtr_bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
 
@@ -119,8 +116,9 @@ void mtr_convert(void *dst, mtr_dtype dst_t, const void *src, mtr_dtype src_t, s
     if (src_t == MTR_DTYPE_F32) {
         const float *s = src;
         uint16_t *d = dst;
+        const uint32_t *u = src;
         if (dst_t == MTR_DTYPE_BF16)
-            for (size_t i = 0; i < n; i++) d[i] = mtr_f32_to_bf16(s[i]);
+            for (size_t i = 0; i < n; i++) d[i] = bf16_bits(u[i]);
         else
             for (size_t i = 0; i < n; i++) d[i] = mtr_f32_to_f16(s[i]);
         return;
@@ -128,8 +126,9 @@ void mtr_convert(void *dst, mtr_dtype dst_t, const void *src, mtr_dtype src_t, s
     if (dst_t == MTR_DTYPE_F32) {
         const uint16_t *s = src;
         float *d = dst;
+        uint32_t *o = dst;
         if (src_t == MTR_DTYPE_BF16)
-            for (size_t i = 0; i < n; i++) d[i] = mtr_bf16_to_f32(s[i]);
+            for (size_t i = 0; i < n; i++) o[i] = (uint32_t)s[i] << 16;
         else
             for (size_t i = 0; i < n; i++) d[i] = mtr_f16_to_f32(s[i]);
         return;
@@ -192,6 +191,68 @@ void mtr_unshuffle(void *dst, const void *src, size_t n, size_t elem_size)
         for (size_t j = 0; j < elem_size; j++)
             for (size_t i = 0; i < n; i++) d[i * elem_size + j] = s[j * n + i];
     }
+}
+
+/* bf16 rounding written without branches so the loops below vectorise (see mtr_f32_to_bf16 for the rule) */
+static inline uint16_t bf16_bits(uint32_t u)
+{
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t quiet = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
+}
+
+void mtr_pack_shuffled(void *dst, const float *src, size_t n, mtr_dtype t)
+{
+    uint8_t *d = dst;
+    const uint32_t *u = (const uint32_t *)(const void *)src;
+    if (t == MTR_DTYPE_F32) {
+        mtr_shuffle(dst, src, n, 4);
+    } else if (t == MTR_DTYPE_BF16) {
+        uint8_t *lo = d, *hi = d + n;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = bf16_bits(u[i]);
+            lo[i] = (uint8_t)h;
+            hi[i] = (uint8_t)(h >> 8);
+        }
+    } else {
+        uint8_t *lo = d, *hi = d + n;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = mtr_f32_to_f16(src[i]);
+            lo[i] = (uint8_t)h;
+            hi[i] = (uint8_t)(h >> 8);
+        }
+    }
+}
+
+void mtr_unpack_shuffled(float *dst, const void *src, size_t n, size_t plane_stride, mtr_dtype t)
+{
+    const uint8_t *s = src;
+    uint32_t *o = (uint32_t *)(void *)dst;
+    if (t == MTR_DTYPE_BF16) {
+        const uint8_t *lo = s, *hi = s + plane_stride;
+        for (size_t i = 0; i < n; i++) o[i] = ((uint32_t)hi[i] << 24) | ((uint32_t)lo[i] << 16);
+    } else if (t == MTR_DTYPE_F32) {
+        const uint8_t *b0 = s, *b1 = s + plane_stride, *b2 = s + 2 * plane_stride, *b3 = s + 3 * plane_stride;
+        for (size_t i = 0; i < n; i++)
+            o[i] = (uint32_t)b0[i] | ((uint32_t)b1[i] << 8) | ((uint32_t)b2[i] << 16) | ((uint32_t)b3[i] << 24);
+    } else {
+        const uint8_t *lo = s, *hi = s + plane_stride;
+        for (size_t i = 0; i < n; i++) dst[i] = mtr_f16_to_f32((uint16_t)(lo[i] | (hi[i] << 8)));
+    }
+}
+
+bool mtr_any_nonfinite(const void *src, mtr_dtype t, size_t n)
+{
+    uint32_t bad = 0;
+    if (t == MTR_DTYPE_F32) {
+        const uint32_t *u = src;
+        for (size_t i = 0; i < n; i++) bad |= (u[i] & 0x7f800000u) == 0x7f800000u;
+    } else {
+        const uint16_t *u = src;
+        const uint16_t m = t == MTR_DTYPE_BF16 ? 0x7f80u : 0x7c00u;
+        for (size_t i = 0; i < n; i++) bad |= (u[i] & m) == m;
+    }
+    return bad != 0;
 }
 
 /* Partial selection of the k largest scores: a running sorted list of k, ties to the lower index because an

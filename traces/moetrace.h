@@ -81,6 +81,13 @@ void mtr_convert(void *dst, mtr_dtype dst_t, const void *src, mtr_dtype src_t, s
 /* HDF5-compatible byte shuffle of n elements of elem_size bytes (output grouped by byte position). */
 void mtr_shuffle(void *dst, const void *src, size_t n, size_t elem_size);
 void mtr_unshuffle(void *dst, const void *src, size_t n, size_t elem_size);
+/* Fused kernels of the chunk codec. pack: f32 src (n) -> dtype t, byte-shuffled into dst (n * size bytes), the
+ * same bytes as mtr_convert then mtr_shuffle. unpack: the first n elements of a byte-shuffled buffer of t whose
+ * byte planes are plane_stride elements long -> f32 dst (n), as mtr_unshuffle then mtr_convert. */
+void mtr_pack_shuffled(void *dst, const float *src, size_t n, mtr_dtype t);
+void mtr_unpack_shuffled(float *dst, const void *src, size_t n, size_t plane_stride, mtr_dtype t);
+/* true if any of n elements of dtype t is NaN or +-Inf */
+bool mtr_any_nonfinite(const void *src, mtr_dtype t, size_t n);
 
 /* ---- model description ----------------------------------------------------------------------------------- */
 

@@ -744,13 +744,20 @@ int mtr_decoder_decode(mtr_decoder *d, size_t shard, size_t chunk, const void *r
 int mtr_decoder_load_f32(mtr_decoder *d, size_t shard, size_t chunk, float *out)
 {
     const shard_rt *s = &d->r->shards[shard];
+    const mtr_chunk_ref *c = &s->chunks[chunk];
     int rc = mtr_chunk_read(d->r, shard, chunk, d->raw);
     if (rc) return rc;
-    size_t n = (size_t)s->chunks[chunk].n_tok * d->r->model.n_layers * d->r->model.n_experts;
-    if (s->dtype == MTR_DTYPE_F32) {
-        /* f32 needs no conversion: decode straight into out when it has room for the padded chunk */
-        if ((rc = mtr_decoder_decode(d, shard, chunk, d->raw, d->stored))) return rc;
-        memcpy(out, d->stored, n * 4);
+    size_t n = (size_t)c->n_tok * d->r->model.n_layers * d->r->model.n_experts;
+    bool zstd_on = s->zstd_bit >= 0 && !(c->filter_mask & (1u << s->zstd_bit));
+    bool shuf_on = s->shuffle_bit >= 0 && !(c->filter_mask & (1u << s->shuffle_bit));
+    if (zstd_on && shuf_on) {
+        /* the common case in one pass after zstd: unshuffle and widen to f32 together, padding rows skipped */
+        const size_t bytes = s->chunk_elems * mtr_dtype_size(s->dtype);
+        size_t got = ZSTD_decompressDCtx(d->dctx, d->tmp, bytes, d->raw, c->size);
+        if (ZSTD_isError(got) || got != bytes)
+            return mtr_fail(MTR_ECORRUPT, "%s: logits chunk %zu (token %u): %s", s->path, chunk, c->tok0,
+                            ZSTD_isError(got) ? ZSTD_getErrorName(got) : "wrong decompressed size");
+        mtr_unpack_shuffled(out, d->tmp, n, s->chunk_elems, s->dtype);
         return 0;
     }
     if ((rc = mtr_decoder_decode(d, shard, chunk, d->raw, d->stored))) return rc;

@@ -125,7 +125,7 @@ struct mtr_writer {
     /* chunk staging */
     size_t row_elems, chunk_elems, chunk_bytes; /* elements per token row / per chunk; stored bytes per chunk */
     uint32_t batch;                             /* chunks per compression step */
-    uint8_t *stage;                             /* (batch, chunk_tokens, n_layers, n_experts) stored dtype */
+    float *stage;                               /* (batch, chunk_tokens, n_layers, n_experts) f32 input */
     uint32_t staged_chunks;                     /* full chunks waiting in stage */
     uint32_t fill;                              /* rows filled in chunk [staged_chunks] */
     uint64_t first_staged_chunk;                /* shard chunk index of stage slot 0 */
@@ -323,15 +323,14 @@ static int flush_stage(mtr_writer *w, bool with_tail)
     uint32_t n = w->staged_chunks + (with_tail && w->fill > 0 ? 1 : 0);
     if (n == 0 || !w->opts.store_logits) goto reset;
     if (with_tail && w->fill > 0 && w->fill < w->opts.chunk_tokens) /* the padding rows of the last chunk */
-        memset(w->stage + (size_t)w->staged_chunks * w->chunk_bytes + (size_t)w->fill * w->row_elems *
-                                                                       mtr_dtype_size(w->opts.stored_dtype),
-               0, (size_t)(w->opts.chunk_tokens - w->fill) * w->row_elems * mtr_dtype_size(w->opts.stored_dtype));
+        memset(w->stage + (size_t)w->staged_chunks * w->chunk_elems + (size_t)w->fill * w->row_elems, 0,
+               (size_t)(w->opts.chunk_tokens - w->fill) * w->row_elems * sizeof(float));
     int bad = 0;
-    const size_t esz = mtr_dtype_size(w->opts.stored_dtype);
+    /* conversion to the stored dtype, byte shuffle and compression all run in the workers */
 #pragma omp parallel for num_threads(w->n_threads) schedule(dynamic, 1) reduction(| : bad)
     for (uint32_t i = 0; i < n; i++) {
         int t = omp_get_thread_num();
-        mtr_shuffle(w->scratch[t], w->stage + (size_t)i * w->chunk_bytes, w->chunk_elems, esz);
+        mtr_pack_shuffled(w->scratch[t], w->stage + (size_t)i * w->chunk_elems, w->chunk_elems, w->opts.stored_dtype);
         size_t c = ZSTD_compress2(w->cctx[t], w->comp[i], w->comp_cap, w->scratch[t], w->chunk_bytes);
         if (ZSTD_isError(c)) bad = 1;
         w->comp_size[i] = c;
@@ -632,7 +631,7 @@ int mtr_writer_create(mtr_writer **out, const char *dir, const mtr_model_info *m
     if (!(w->route_scratch = malloc(model->n_experts * sizeof(float)))) goto nomem;
     if (!(w->row_f32 = malloc(w->row_elems * sizeof(float)))) goto nomem;
     if (opts->store_logits) {
-        if (!(w->stage = malloc((size_t)w->batch * w->chunk_bytes))) goto nomem;
+        if (!(w->stage = malloc((size_t)w->batch * w->chunk_elems * sizeof(float)))) goto nomem;
         if (!(w->comp = calloc(w->batch, sizeof *w->comp)) || !(w->comp_size = calloc(w->batch, sizeof(size_t))))
             goto nomem;
         for (uint32_t i = 0; i < w->batch; i++)
@@ -689,20 +688,6 @@ static int push_str(vec *v, const char *s)
 
 #define PUSH(v, type, val) (vec_reserve(&(v), 1) ? MTR_ENOMEM : (((type *)(v).p)[(v).n++] = (val), 0))
 
-static bool row_nonfinite(const void *row, mtr_dtype t, size_t n)
-{
-    int bad = 0;
-    if (t == MTR_DTYPE_F32) {
-        const uint32_t *u = row;
-        for (size_t i = 0; i < n; i++) bad |= (u[i] & 0x7f800000u) == 0x7f800000u;
-    } else {
-        const uint16_t *u = row;
-        uint16_t m = t == MTR_DTYPE_BF16 ? 0x7f80u : 0x7c00u;
-        for (size_t i = 0; i < n; i++) bad |= (u[i] & m) == m;
-    }
-    return bad != 0;
-}
-
 int mtr_writer_append(mtr_writer *w, const mtr_seq_meta *meta, const int32_t *token_ids, const int32_t *positions,
                       const uint8_t *roles, const void *logits, mtr_dtype logits_dtype)
 {
@@ -739,15 +724,20 @@ int mtr_writer_append(mtr_writer *w, const mtr_seq_meta *meta, const int32_t *to
         ((uint8_t *)w->role.p)[w->role.n + t] = roles ? roles[t] : (uint8_t)MTR_ROLE_PROMPT;
     }
 
-    /* logits: convert into the stage row by row range, flushing whenever the stage fills */
+    /* logits: copy (as f32) into the stage, flushing whenever the stage fills. Checking the input for NaN/Inf is
+     * the same as checking the stored values: rounding to bf16/f16 can only add infinities by overflow, which
+     * the f16 check below catches for f16. */
     const uint8_t *src = logits;
+    if (!(flags & MTR_SEQ_NONFINITE) && mtr_any_nonfinite(logits, logits_dtype, T * w->row_elems))
+        flags |= MTR_SEQ_NONFINITE;
     size_t t = 0;
     while (t < T && w->opts.store_logits) {
         size_t room = w->opts.chunk_tokens - w->fill, take = T - t < room ? T - t : room;
-        uint8_t *dst = w->stage + (size_t)w->staged_chunks * w->chunk_bytes + (size_t)w->fill * w->row_elems * st_esz;
-        mtr_convert(dst, w->opts.stored_dtype, src + t * w->row_elems * in_esz, logits_dtype, take * w->row_elems);
-        if (!(flags & MTR_SEQ_NONFINITE) && row_nonfinite(dst, w->opts.stored_dtype, take * w->row_elems))
-            flags |= MTR_SEQ_NONFINITE;
+        float *dst = w->stage + (size_t)w->staged_chunks * w->chunk_elems + (size_t)w->fill * w->row_elems;
+        mtr_convert(dst, MTR_DTYPE_F32, src + t * w->row_elems * in_esz, logits_dtype, take * w->row_elems);
+        if (w->opts.stored_dtype == MTR_DTYPE_F16 && !(flags & MTR_SEQ_NONFINITE))
+            for (size_t i = 0; i < take * w->row_elems; i++)
+                if (fabsf(dst[i]) >= 65520.0f) flags |= MTR_SEQ_NONFINITE; /* overflows f16 to infinity */
         w->fill += (uint32_t)take;
         t += take;
         if (w->fill == w->opts.chunk_tokens) {
@@ -771,9 +761,6 @@ int mtr_writer_append(mtr_writer *w, const mtr_seq_meta *meta, const int32_t *to
         }
         w->topk_ids.n += T;
         w->topk_w.n += T;
-        if (!w->opts.store_logits && !(flags & MTR_SEQ_NONFINITE) &&
-            row_nonfinite(logits, logits_dtype, T * w->row_elems))
-            flags |= MTR_SEQ_NONFINITE;
     }
     w->token_id.n += T;
     w->position.n += T;

@@ -101,6 +101,58 @@ START_TEST(shuffle_layout_and_roundtrip)
 }
 END_TEST
 
+/* the fused chunk kernels give exactly the bytes / values of the two-step reference */
+START_TEST(fused_pack_unpack_match_reference)
+{
+    size_t n = 3000, stride = 3100;
+    float *x = malloc(n * 4), *back = tu_guarded(n * 4), *ref = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)tu_hash(i * 7 + 1);
+        memcpy(&x[i], &u, 4); /* any bit pattern: NaN, Inf, subnormals included */
+    }
+    for (int t = 0; t < MTR_DTYPE_COUNT; t++) {
+        size_t esz = mtr_dtype_size((mtr_dtype)t);
+        uint8_t *conv = malloc(n * esz), *sh = malloc(n * esz), *fused = tu_guarded(n * esz);
+        mtr_convert(conv, (mtr_dtype)t, x, MTR_DTYPE_F32, n);
+        mtr_shuffle(sh, conv, n, esz);
+        mtr_pack_shuffled(fused, x, n, (mtr_dtype)t);
+        ck_assert_mem_eq(fused, sh, n * esz);
+        ck_assert(tu_guard_ok(fused, n * esz));
+        /* unpack from planes longer than n (a chunk's padding rows) */
+        uint8_t *planes = calloc(stride * esz, 1);
+        for (size_t j = 0; j < esz; j++) memcpy(planes + j * stride, sh + j * n, n);
+        mtr_unpack_shuffled(back, planes, n, stride, (mtr_dtype)t);
+        mtr_convert(ref, MTR_DTYPE_F32, conv, (mtr_dtype)t, n);
+        ck_assert_mem_eq(back, ref, n * 4);
+        ck_assert(tu_guard_ok(back, n * 4));
+        free(conv);
+        free(sh);
+        free(fused);
+        free(planes);
+    }
+    free(x);
+    free(back);
+    free(ref);
+}
+END_TEST
+
+START_TEST(nonfinite_scan)
+{
+    float v[100];
+    for (int i = 0; i < 100; i++) v[i] = (float)i - 50.0f;
+    ck_assert(!mtr_any_nonfinite(v, MTR_DTYPE_F32, 100));
+    v[99] = INFINITY;
+    ck_assert(mtr_any_nonfinite(v, MTR_DTYPE_F32, 100));
+    ck_assert(!mtr_any_nonfinite(v, MTR_DTYPE_F32, 99));
+    uint16_t h[3] = {0x3f80, 0x7fc0, 0}; /* bf16: 1.0, NaN, 0 */
+    ck_assert(mtr_any_nonfinite(h, MTR_DTYPE_BF16, 3));
+    ck_assert(!mtr_any_nonfinite(h, MTR_DTYPE_BF16, 1));
+    uint16_t g[3] = {0x3c00, 0x7bff, 0x7c00}; /* f16: 1.0, 65504, Inf */
+    ck_assert(!mtr_any_nonfinite(g, MTR_DTYPE_F16, 2));
+    ck_assert(mtr_any_nonfinite(g, MTR_DTYPE_F16, 3));
+}
+END_TEST
+
 START_TEST(topk_selection_rule)
 {
     uint16_t ids[8];
@@ -174,6 +226,8 @@ static Suite *suite(void)
     tcase_add_test(tc, f16_exhaustive_roundtrip);
     tcase_add_test(tc, f16_matches_nearest_reference);
     tcase_add_test(tc, shuffle_layout_and_roundtrip);
+    tcase_add_test(tc, fused_pack_unpack_match_reference);
+    tcase_add_test(tc, nonfinite_scan);
     tcase_add_test(tc, topk_selection_rule);
     tcase_add_test(tc, route_semantics);
     suite_add_tcase(s, tc);
