@@ -32,13 +32,13 @@ LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
 # pkg-config is asked only once the packages are there (deps runs first in every build path)
-PKG_CFLAGS = $(shell pkg-config --cflags $(HDF5_PC) libzstd jansson 2>/dev/null)
-PKG_LIBS = $(shell pkg-config --libs $(HDF5_PC) libzstd jansson 2>/dev/null)
+PKG_CFLAGS = $(shell pkg-config --cflags $(HDF5_PC) libzstd jansson $(MODULE_PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(HDF5_PC) libzstd jansson $(MODULE_PKGS) 2>/dev/null)
 CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(KERNEL_FLAGS) -Itraces -Icapture $(PKG_CFLAGS) -MMD -MP
-LIBS = $(PKG_LIBS) -lm -lpthread
+LIBS = $(PKG_LIBS) $(MODULE_LIBS) -lm -lpthread
 
 LIB_SRC := traces/error.c traces/dtype.c traces/h5zstd.c traces/h5util.c traces/writer.c traces/reader.c
 LIB_OBJ := $(LIB_SRC:%.c=$(OBJ)/%.o)
@@ -53,8 +53,17 @@ BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/build/bench/%)
 
 PROGRAMS := $(BIN)/moetrace $(BIN)/moetrace-info $(BIN)/moetrace-capture
+
+# Components add themselves through a fragment `<dir>/module.mk` (see CONVENTIONS.md): they append their programs
+# to PROGRAMS, their static archives to MODULE_ARCHIVES (linked into programs and unit tests after their own
+# objects), pkg-config names to MODULE_PKGS and other link flags to MODULE_LIBS.
+MODULE_ARCHIVES :=
+MODULE_PKGS :=
+MODULE_LIBS :=
 PLUGIN := $(LIB)/plugin/libh5zstd.so
 DEPS_STAMP := build/.deps-ok
+
+include $(sort $(wildcard */module.mk))
 
 .PHONY: all deps check demo bench install asan ubsan clean
 .DEFAULT_GOAL := all
@@ -102,10 +111,11 @@ $(BIN)/moetrace: $(UMBRELLA_SRC:%.c=$(OBJ)/%.o)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^
 
-# unit tests (Check), one binary per tests/unit/test_*.c
-$(BUILD)/build/tests/%: tests/unit/%.c $(LIB)/libmoetrace.a | $(DEPS_STAMP)
+# unit tests (Check), one binary per tests/unit/test_*.c, linked with every component archive
+$(BUILD)/build/tests/%: tests/unit/%.c $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(LIB)/libmoetrace.a $(LDFLAGS) $(CHECK_LIBS) $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a $(LDFLAGS) \
+		$(CHECK_LIBS) $(LIBS)
 
 # test tools (independent-reader comparisons)
 $(BUILD)/build/tools/%: tests/tools/%.c $(LIB)/libmoetrace.a | $(DEPS_STAMP)
