@@ -40,9 +40,10 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(KERNEL_FLAGS) -Itraces -Icapture $(PKG_CFLAGS) -MMD -MP
 LIBS = $(PKG_LIBS) $(MODULE_LIBS) -lm -lpthread
 
-LIB_SRC := traces/error.c traces/dtype.c traces/h5zstd.c traces/h5util.c traces/writer.c traces/reader.c
+# libmoetrace: every traces/*.c except the programs' mains
+LIB_SRC := $(filter-out traces/info_main.c traces/moetrace_main.c,$(wildcard traces/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(OBJ)/%.o)
-CAPTURE_SRC := capture/capture_main.c capture/synth.c
+CAPTURE_SRC := capture/capture_main.c capture/cli.c capture/cmd_synth.c capture/synth.c
 INFO_SRC := traces/info_main.c
 UMBRELLA_SRC := traces/moetrace_main.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -99,7 +100,7 @@ $(PLUGIN): traces/h5zstd.c | $(DEPS_STAMP)
 	$(CC) -std=c11 -fPIC -shared $(WARN) $(CFLAGS) $(LDFLAGS) -DMTR_H5ZSTD_PLUGIN $(PKG_CFLAGS) -o $@ $< \
 		$(shell pkg-config --libs $(HDF5_PC) libzstd 2>/dev/null)
 
-$(BIN)/moetrace-capture: $(CAPTURE_SRC:%.c=$(OBJ)/%.o) $(LIB)/libmoetrace.a
+$(BIN)/moetrace-capture: $(CAPTURE_SRC:%.c=$(OBJ)/%.o) $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a
 	@mkdir -p $(@D)
 	$(CC) -fopenmp $(LDFLAGS) -o $@ $^ $(LIBS)
 
