@@ -119,13 +119,13 @@ $(BUILD)/build/tests/%: tests/unit/%.c $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a |
 		$(CHECK_LIBS) $(LIBS)
 
 # test tools (independent-reader comparisons)
-$(BUILD)/build/tools/%: tests/tools/%.c $(LIB)/libmoetrace.a | $(DEPS_STAMP)
+$(BUILD)/build/tools/%: tests/tools/%.c $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB)/libmoetrace.a $(LDFLAGS) $(LIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a $(LDFLAGS) $(LIBS)
 
-$(BUILD)/build/bench/%: tests/bench/%.c $(LIB)/libmoetrace.a | $(DEPS_STAMP)
+$(BUILD)/build/bench/%: tests/bench/%.c $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB)/libmoetrace.a $(LDFLAGS) $(LIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a $(LDFLAGS) $(LIBS)
 
 # build, then run unit, CLI, interop and crash tests; the last line is "N passed, N failed"
 check: all $(UNIT_BIN) $(TOOL_BIN)
