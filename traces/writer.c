@@ -1,8 +1,9 @@
 /* writer.c — the trace writer (FORMAT.md "Writers").
  *
- * Logits are converted to the stored dtype as they arrive and staged in whole chunks of (chunk_tokens, n_layers,
- * n_experts). A batch of chunks is byte-shuffled and zstd-compressed by OpenMP workers (one ZSTD_CCtx each) and
- * then written serially with H5Dwrite_chunk, which bypasses HDF5's own (serial, globally locked) filter pipeline.
+ * Logits are copied (as f32) into a ring of chunk slots of (chunk_tokens, n_layers, n_experts). Full slots go to
+ * persistent compression threads (one ZSTD_CCtx each) that convert to the stored dtype, byte-shuffle and compress,
+ * while the caller goes on appending; the caller alone talks to HDF5, writing finished chunks in order with
+ * H5Dwrite_chunk, which bypasses HDF5's own (serial, globally locked) filter pipeline.
  * Chunks span sequence boundaries; /seq and /tok are small and written when the shard is finished. A shard lives
  * as shard-NNNNNN.h5.partial until it is complete, fsynced and renamed; then run.json is replaced atomically.
  */
@@ -11,6 +12,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +103,16 @@ static void vec_free(vec *v)
 
 /* ---- the writer ---- */
 
+enum { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
+
+typedef struct {
+    float *in;        /* (chunk_tokens, n_layers, n_experts) f32 */
+    uint8_t *comp;    /* compressed output, comp_cap bytes */
+    size_t comp_size; /* or a zstd error code */
+    uint64_t chunk;   /* chunk index within the shard */
+    int state;
+} wslot;
+
 struct mtr_writer {
     char dir[4096];
     mtr_model_info model;
@@ -124,17 +136,22 @@ struct mtr_writer {
     vec seq_id, unit_id, lang, dataset, tok_off, seq_ntok, seq_flags; /* per sequence; strings owned */
     vec token_id, position, role, topk_ids, topk_w;                      /* per token */
 
-    /* chunk staging */
+    /* chunk pipeline: slots cycle FREE -> (filled by the caller) -> READY -> BUSY (a worker) -> DONE -> written */
     size_t row_elems, chunk_elems, chunk_bytes; /* elements per token row / per chunk; stored bytes per chunk */
-    uint32_t batch;                             /* chunks per compression step */
-    float *stage;                               /* (batch, chunk_tokens, n_layers, n_experts) f32 input */
-    uint32_t staged_chunks;                     /* full chunks waiting in stage */
-    uint32_t fill;                              /* rows filled in chunk [staged_chunks] */
-    uint64_t first_staged_chunk;                /* shard chunk index of stage slot 0 */
-    uint8_t **comp;                             /* (batch) compressed outputs */
-    size_t *comp_size, comp_cap;
-    uint8_t **scratch;                          /* (n_threads) shuffle buffers */
-    ZSTD_CCtx **cctx;                           /* (n_threads) */
+    wslot *slots;                               /* (n_slots) ring */
+    uint32_t n_slots;
+    uint32_t fill_slot;                         /* slot the caller fills */
+    uint32_t fill;                              /* rows filled in it */
+    uint32_t write_slot;                        /* oldest slot not yet written */
+    uint32_t in_flight;                         /* slots submitted and not yet written */
+    uint64_t next_chunk;                        /* shard chunk index of the slot being filled */
+    uint64_t extent_chunks;                     /* chunks covered by the logits dataset's current extent */
+    size_t comp_cap;
+    pthread_t *workers;                         /* (n_threads) */
+    int n_started;
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv, done_cv;
+    bool quit;
     float *route_scratch;                       /* (n_experts) */
     float *row_f32;                             /* (row_elems) for top-k of non-f32 input */
 
@@ -311,8 +328,8 @@ static int open_shard(mtr_writer *w)
     w->sync_fd = w->opts.sync ? open(w->partial_path, O_RDONLY | O_CLOEXEC) : -1;
     w->shard_seq_min = UINT64_MAX;
     w->shard_seq_max = 0;
-    w->staged_chunks = w->fill = 0;
-    w->first_staged_chunk = 0;
+    w->fill = 0;
+    w->next_chunk = w->extent_chunks = 0;
 close_fapl:
     if (dcpl >= 0) H5Pclose(dcpl);
     if (space >= 0) H5Sclose(space);
@@ -320,38 +337,77 @@ close_fapl:
     return rc;
 }
 
-/* Compress the staged chunks (plus the partly filled one if `with_tail`) in parallel, then write them. */
-static int flush_stage(mtr_writer *w, bool with_tail)
+/* Compression thread: take the READY slot with the lowest chunk index, pack and compress it, mark it DONE. */
+static void *worker_main(void *arg)
 {
-    uint32_t n = w->staged_chunks + (with_tail && w->fill > 0 ? 1 : 0);
-    if (n == 0 || !w->opts.store_logits) goto reset;
-    if (with_tail && w->fill > 0 && w->fill < w->opts.chunk_tokens) /* the padding rows of the last chunk */
-        memset(w->stage + (size_t)w->staged_chunks * w->chunk_elems + (size_t)w->fill * w->row_elems, 0,
-               (size_t)(w->opts.chunk_tokens - w->fill) * w->row_elems * sizeof(float));
-    int bad = 0;
-    /* conversion to the stored dtype, byte shuffle and compression all run in the workers */
-#pragma omp parallel for num_threads(w->n_threads) schedule(dynamic, 1) reduction(| : bad)
-    for (uint32_t i = 0; i < n; i++) {
-        int t = omp_get_thread_num();
-        mtr_pack_shuffled(w->scratch[t], w->stage + (size_t)i * w->chunk_elems, w->chunk_elems, w->opts.stored_dtype);
-        size_t c = ZSTD_compress2(w->cctx[t], w->comp[i], w->comp_cap, w->scratch[t], w->chunk_bytes);
-        if (ZSTD_isError(c)) bad = 1;
-        w->comp_size[i] = c;
+    mtr_writer *w = arg;
+    uint8_t *packed = malloc(w->chunk_bytes);
+    ZSTD_CCtx *cctx = ZSTD_createCCtx();
+    if (cctx) {
+        /* a content checksum per chunk, so a damaged chunk is an error and never silently wrong numbers */
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, w->opts.zstd_level);
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
     }
-    if (bad) return mtr_fail(MTR_EIO, "%s: zstd compression failed", w->partial_path);
-    /* the extent must cover every chunk written; rows past the real end are trimmed at finish */
-    hsize_t dims[3] = {(w->first_staged_chunk + n) * w->opts.chunk_tokens, w->model.n_layers, w->model.n_experts};
-    if (H5Dset_extent(w->d_logits, dims) < 0)
-        return mtr_fail(MTR_EHDF5, "%s: cannot extend %s", w->partial_path, MTR_D_LOGITS);
-    for (uint32_t i = 0; i < n; i++) {
-        hsize_t off[3] = {(w->first_staged_chunk + i) * w->opts.chunk_tokens, 0, 0};
-        if (H5Dwrite_chunk(w->d_logits, H5P_DEFAULT, 0, off, w->comp_size[i], w->comp[i]) < 0)
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        wslot *job = NULL;
+        for (uint32_t i = 0; i < w->n_slots; i++)
+            if (w->slots[i].state == SLOT_READY && (!job || w->slots[i].chunk < job->chunk)) job = &w->slots[i];
+        if (!job) {
+            if (w->quit) break;
+            pthread_cond_wait(&w->work_cv, &w->mu);
+            continue;
+        }
+        job->state = SLOT_BUSY;
+        pthread_mutex_unlock(&w->mu);
+        size_t c = (size_t)-1; /* a zstd error code if we cannot work */
+        if (packed && cctx) {
+            mtr_pack_shuffled(packed, job->in, w->chunk_elems, w->opts.stored_dtype);
+            c = ZSTD_compress2(cctx, job->comp, w->comp_cap, packed, w->chunk_bytes);
+        }
+        pthread_mutex_lock(&w->mu);
+        job->comp_size = c;
+        job->state = SLOT_DONE;
+        pthread_cond_broadcast(&w->done_cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    ZSTD_freeCCtx(cctx);
+    free(packed);
+    return NULL;
+}
+
+/* Write the oldest submitted slots that are compressed, in chunk order. With `wait`, block until at least
+ * `want_free` slots are free (all of them: every submitted chunk written). */
+static int write_done(mtr_writer *w, uint32_t want_written)
+{
+    int rc = 0;
+    while (w->in_flight > 0) {
+        wslot *s = &w->slots[w->write_slot];
+        pthread_mutex_lock(&w->mu);
+        while (s->state != SLOT_DONE && w->in_flight > want_written) pthread_cond_wait(&w->done_cv, &w->mu);
+        bool done = s->state == SLOT_DONE;
+        pthread_mutex_unlock(&w->mu);
+        if (!done) break; /* not ready and we need not wait */
+        if (ZSTD_isError(s->comp_size))
+            return mtr_fail(MTR_EIO, "%s: zstd compression of chunk %llu failed", w->partial_path,
+                            (unsigned long long)s->chunk);
+        if (s->chunk >= w->extent_chunks) {
+            /* the extent must cover every chunk written; rows past the real end are trimmed at finish */
+            hsize_t dims[3] = {(s->chunk + 1) * w->opts.chunk_tokens, w->model.n_layers, w->model.n_experts};
+            if (H5Dset_extent(w->d_logits, dims) < 0)
+                return mtr_fail(MTR_EHDF5, "%s: cannot extend %s", w->partial_path, MTR_D_LOGITS);
+            w->extent_chunks = s->chunk + 1;
+        }
+        hsize_t off[3] = {s->chunk * w->opts.chunk_tokens, 0, 0};
+        if (H5Dwrite_chunk(w->d_logits, H5P_DEFAULT, 0, off, s->comp_size, s->comp) < 0)
             return mtr_fail(MTR_EIO, "%s: cannot write chunk at token %llu", w->partial_path,
                             (unsigned long long)off[0]);
-        w->shard_stored += w->comp_size[i];
-        w->stats.stored_bytes += w->comp_size[i];
+        w->shard_stored += s->comp_size;
+        w->stats.stored_bytes += s->comp_size;
+        s->state = SLOT_FREE;
+        w->write_slot = (w->write_slot + 1) % w->n_slots;
+        w->in_flight--;
     }
-    w->first_staged_chunk += n;
     /* start writeback of what is written so far without waiting for it, so the fsync that finishes the shard
      * finds most of it on disk already instead of writing the whole shard at once */
     if (w->opts.sync && w->sync_fd >= 0 && w->shard_stored - w->synced_to >= ((uint64_t)32 << 20)) {
@@ -359,10 +415,36 @@ static int flush_stage(mtr_writer *w, bool with_tail)
         sync_file_range(w->sync_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
         w->synced_to = w->shard_stored;
     }
-reset:
-    if (with_tail) w->fill = 0;
-    w->staged_chunks = 0;
-    return 0;
+    return rc;
+}
+
+/* Hand the slot being filled to the workers (its unfilled rows zeroed: the padding of a shard's last chunk), then
+ * make sure the next slot is free, writing finished chunks as they come. */
+static int submit_slot(mtr_writer *w)
+{
+    wslot *s = &w->slots[w->fill_slot];
+    if (w->fill < w->opts.chunk_tokens)
+        memset(s->in + (size_t)w->fill * w->row_elems, 0,
+               (size_t)(w->opts.chunk_tokens - w->fill) * w->row_elems * sizeof(float));
+    pthread_mutex_lock(&w->mu);
+    s->chunk = w->next_chunk++;
+    s->state = SLOT_READY;
+    pthread_cond_signal(&w->work_cv);
+    pthread_mutex_unlock(&w->mu);
+    w->in_flight++;
+    w->fill = 0;
+    w->fill_slot = (w->fill_slot + 1) % w->n_slots;
+    /* keep I/O flowing: write what is already compressed; block only when the ring is full */
+    return write_done(w, w->in_flight == w->n_slots ? w->n_slots - 1 : w->n_slots);
+}
+
+/* Submit the partly filled slot, if any, and write every chunk of the shard. */
+static int flush_all(mtr_writer *w)
+{
+    int rc = 0;
+    if (!w->opts.store_logits) return 0;
+    if (w->fill > 0 && (rc = submit_slot(w))) return rc;
+    return write_done(w, 0);
 }
 
 /* A compressed dataset of n rows, each row (d1, d2) when those are non-zero. */
@@ -415,7 +497,7 @@ static int finish_shard(mtr_writer *w)
 {
     int rc = 0;
     if (w->file < 0) return 0;
-    if ((rc = flush_stage(w, true))) goto fail;
+    if ((rc = flush_all(w))) goto fail;
     if (w->opts.store_logits) {
         hsize_t dims[3] = {w->shard_tokens, w->model.n_layers, w->model.n_experts};
         if (H5Dset_extent(w->d_logits, dims) < 0) {
@@ -619,6 +701,9 @@ int mtr_writer_create(mtr_writer **out, const char *dir, const mtr_model_info *m
     if (!w) return mtr_fail(MTR_ENOMEM, "out of memory");
     w->file = w->d_logits = H5I_INVALID_HID;
     w->sync_fd = -1;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->work_cv, NULL);
+    pthread_cond_init(&w->done_cv, NULL);
     snprintf(w->dir, sizeof w->dir, "%s", dir);
     w->model = *model;
     w->opts = *opts;
@@ -641,28 +726,27 @@ int mtr_writer_create(mtr_writer **out, const char *dir, const mtr_model_info *m
     init_shard_vectors(w);
 
     w->n_threads = opts->n_threads > 0 ? opts->n_threads : omp_get_max_threads();
+    if (w->n_threads < 1 || w->n_threads > 256) w->n_threads = w->n_threads < 1 ? 1 : 256;
     w->row_elems = (size_t)model->n_layers * model->n_experts;
     w->chunk_elems = w->row_elems * opts->chunk_tokens;
     w->chunk_bytes = w->chunk_elems * mtr_dtype_size(opts->stored_dtype);
-    w->batch = (uint32_t)(2 * w->n_threads);
     w->comp_cap = ZSTD_compressBound(w->chunk_bytes);
     if (!(w->route_scratch = malloc(model->n_experts * sizeof(float)))) goto nomem;
     if (!(w->row_f32 = malloc(w->row_elems * sizeof(float)))) goto nomem;
     if (opts->store_logits) {
-        if (!(w->stage = malloc((size_t)w->batch * w->chunk_elems * sizeof(float)))) goto nomem;
-        if (!(w->comp = calloc(w->batch, sizeof *w->comp)) || !(w->comp_size = calloc(w->batch, sizeof(size_t))))
-            goto nomem;
-        for (uint32_t i = 0; i < w->batch; i++)
-            if (!(w->comp[i] = malloc(w->comp_cap))) goto nomem;
-        if (!(w->scratch = calloc((size_t)w->n_threads, sizeof *w->scratch)) ||
-            !(w->cctx = calloc((size_t)w->n_threads, sizeof *w->cctx)))
-            goto nomem;
-        for (int t = 0; t < w->n_threads; t++)
-        {
-            if (!(w->scratch[t] = malloc(w->chunk_bytes)) || !(w->cctx[t] = ZSTD_createCCtx())) goto nomem;
-            /* a content checksum per chunk, so a damaged chunk is an error and never silently wrong numbers */
-            ZSTD_CCtx_setParameter(w->cctx[t], ZSTD_c_compressionLevel, opts->zstd_level);
-            ZSTD_CCtx_setParameter(w->cctx[t], ZSTD_c_checksumFlag, 1);
+        /* two slots per worker keep every worker busy while the caller fills and writes */
+        w->n_slots = (uint32_t)(2 * w->n_threads + 2);
+        if (!(w->slots = calloc(w->n_slots, sizeof *w->slots))) goto nomem;
+        for (uint32_t i = 0; i < w->n_slots; i++)
+            if (!(w->slots[i].in = malloc(w->chunk_elems * sizeof(float))) || !(w->slots[i].comp = malloc(w->comp_cap)))
+                goto nomem;
+        if (!(w->workers = calloc((unsigned)w->n_threads, sizeof *w->workers))) goto nomem;
+        for (int t = 0; t < w->n_threads; t++) {
+            if (pthread_create(&w->workers[t], NULL, worker_main, w) != 0) {
+                rc = mtr_fail(MTR_ENOMEM, "%s: cannot start compression thread", dir);
+                goto fail;
+            }
+            w->n_started++;
         }
     }
 
@@ -751,17 +835,14 @@ int mtr_writer_append(mtr_writer *w, const mtr_seq_meta *meta, const int32_t *to
     size_t t = 0;
     while (t < T && w->opts.store_logits) {
         size_t room = w->opts.chunk_tokens - w->fill, take = T - t < room ? T - t : room;
-        float *dst = w->stage + (size_t)w->staged_chunks * w->chunk_elems + (size_t)w->fill * w->row_elems;
+        float *dst = w->slots[w->fill_slot].in + (size_t)w->fill * w->row_elems;
         mtr_convert(dst, MTR_DTYPE_F32, src + t * w->row_elems * in_esz, logits_dtype, take * w->row_elems);
         if (w->opts.stored_dtype == MTR_DTYPE_F16 && !(flags & MTR_SEQ_NONFINITE))
             for (size_t i = 0; i < take * w->row_elems; i++)
                 if (fabsf(dst[i]) >= 65520.0f) flags |= MTR_SEQ_NONFINITE; /* overflows f16 to infinity */
         w->fill += (uint32_t)take;
         t += take;
-        if (w->fill == w->opts.chunk_tokens) {
-            w->fill = 0;
-            if (++w->staged_chunks == w->batch && (rc = flush_stage(w, false))) goto fail;
-        }
+        if (w->fill == w->opts.chunk_tokens && (rc = submit_slot(w))) goto fail;
     }
     if (w->opts.store_topk) {
         for (size_t tt = 0; tt < T; tt++) {
@@ -796,8 +877,8 @@ int mtr_writer_append(mtr_writer *w, const mtr_seq_meta *meta, const int32_t *to
     w->stats.n_tokens += T;
     w->stats.raw_bytes += T * w->row_elems * 4;
 
-    /* rotate: stored bytes so far plus the staged (not yet compressed) bytes as an upper bound */
-    uint64_t pending = (uint64_t)(w->staged_chunks * w->opts.chunk_tokens + w->fill) * w->row_elems * st_esz +
+    /* rotate: stored bytes so far plus the chunks not yet written, uncompressed, as an upper bound */
+    uint64_t pending = (uint64_t)(w->in_flight * w->opts.chunk_tokens + w->fill) * w->row_elems * st_esz +
                        (uint64_t)w->topk_ids.n * L * K * 6;
     if (w->shard_stored + pending >= w->opts.shard_bytes) rc = finish_shard(w);
     return rc;
@@ -837,17 +918,21 @@ void mtr_writer_destroy(mtr_writer *w)
     if (w->file >= 0) H5Fclose(w->file); /* left as *.partial: readers ignore it, resume removes it */
     if (w->sync_fd >= 0) close(w->sync_fd);
     free_shard_vectors(w);
-    if (w->comp)
-        for (uint32_t i = 0; i < w->batch; i++) free(w->comp[i]);
-    if (w->scratch)
-        for (int t = 0; t < w->n_threads; t++) free(w->scratch[t]);
-    if (w->cctx)
-        for (int t = 0; t < w->n_threads; t++) ZSTD_freeCCtx(w->cctx[t]);
-    free(w->comp);
-    free(w->comp_size);
-    free(w->scratch);
-    free(w->cctx);
-    free(w->stage);
+    pthread_mutex_lock(&w->mu);
+    w->quit = true;
+    pthread_cond_broadcast(&w->work_cv);
+    pthread_mutex_unlock(&w->mu);
+    for (int t = 0; t < w->n_started; t++) pthread_join(w->workers[t], NULL);
+    free(w->workers);
+    if (w->slots)
+        for (uint32_t i = 0; i < w->n_slots; i++) {
+            free(w->slots[i].in);
+            free(w->slots[i].comp);
+        }
+    free(w->slots);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->work_cv);
+    pthread_cond_destroy(&w->done_cv);
     free(w->route_scratch);
     free(w->row_f32);
     free(w->done.keys);
