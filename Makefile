@@ -26,10 +26,12 @@ CFLAGS ?= -O2 -g
 ifeq ($(WERROR),1)
 WARN += -Werror
 endif
+# sanitizers apply to our programs and tests, not to the HDF5 plugin (loaded by h5dump and h5py, which are not
+# built with them)
 ifneq ($(SANITIZE),)
-CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
-LDFLAGS += -fsanitize=$(SANITIZE)
+SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif
+LDFLAGS += $(SAN_FLAGS)
 
 # pkg-config is asked only once the packages are there (deps runs first in every build path)
 PKG_CFLAGS = $(shell pkg-config --cflags $(HDF5_PC) libzstd jansson $(MODULE_PKGS) 2>/dev/null)
@@ -37,7 +39,7 @@ PKG_LIBS = $(shell pkg-config --libs $(HDF5_PC) libzstd jansson $(MODULE_PKGS) 2
 CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(KERNEL_FLAGS) -Itraces -Icapture $(PKG_CFLAGS) -MMD -MP
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(KERNEL_FLAGS) $(SAN_FLAGS) -Itraces -Icapture $(PKG_CFLAGS) -MMD -MP
 LIBS = $(PKG_LIBS) $(MODULE_LIBS) -lm -lpthread
 
 # libmoetrace: every traces/*.c except the programs' mains
@@ -97,7 +99,7 @@ $(LIB)/libmoetrace.so: $(LIB_OBJ)
 # the zstd filter as a dynamically loaded HDF5 plugin (same source, plugin entry points compiled in)
 $(PLUGIN): traces/h5zstd.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) -std=c11 -fPIC -shared $(WARN) $(CFLAGS) $(LDFLAGS) -DMTR_H5ZSTD_PLUGIN $(PKG_CFLAGS) -o $@ $< \
+	$(CC) -std=c11 -fPIC -shared $(WARN) $(CFLAGS) -DMTR_H5ZSTD_PLUGIN $(PKG_CFLAGS) -o $@ $< \
 		$(shell pkg-config --libs $(HDF5_PC) libzstd 2>/dev/null)
 
 $(BIN)/moetrace-capture: $(CAPTURE_SRC:%.c=$(OBJ)/%.o) $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a
