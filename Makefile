@@ -39,7 +39,7 @@ PKG_LIBS = $(shell pkg-config --libs $(HDF5_PC) libzstd jansson $(MODULE_PKGS) 2
 CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(KERNEL_FLAGS) $(SAN_FLAGS) -Itraces -Icapture $(PKG_CFLAGS) -MMD -MP
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(KERNEL_FLAGS) $(SAN_FLAGS) -Itraces -Icapture -Ireduce -Istats $(PKG_CFLAGS) -MMD -MP
 LIBS = $(PKG_LIBS) $(MODULE_LIBS) -lm -lpthread
 
 # libmoetrace: every traces/*.c except the programs' mains

@@ -1,0 +1,146 @@
+/* kernels.c — the per-token and per-distribution arithmetic of moetrace-reduce (DESIGN.md §3).
+ *
+ * Compiled with -O3 -ffast-math so the exp loop vectorises through glibc's vector math (libmvec), with an AVX2
+ * clone picked at run time. Inputs are checked finite before they get here (fast-math assumes it). Every function
+ * has a plain double-precision counterpart in reference.c that the tests compare with.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "mtr_reduce.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MTR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MTR_CLONES
+#endif
+
+/* exp of the shifted logits, their sum and the sum of e * (z - max): the entropy follows without a log per expert,
+ * H = ln s - (sum e (z - max)) / s */
+MTR_CLONES static void softmax_terms(float *e, const float *z, uint32_t n, float mx, float *s_out, float *sz_out)
+{
+    float s = 0.0f, sz = 0.0f;
+#pragma omp simd reduction(+ : s, sz)
+    for (uint32_t i = 0; i < n; i++) {
+        float d = z[i] - mx;
+        float v = expf(d);
+        e[i] = v;
+        s += v;
+        sz += v * d;
+    }
+    *s_out = s;
+    *sz_out = sz;
+}
+
+MTR_CLONES static void add_scaled(double *q, const float *e, float inv, uint32_t n)
+{
+#pragma omp simd
+    for (uint32_t i = 0; i < n; i++) q[i] += (double)(e[i] * inv);
+}
+
+MTR_CLONES static float row_max(const float *z, uint32_t n)
+{
+    float mx = z[0];
+#pragma omp simd reduction(max : mx)
+    for (uint32_t i = 0; i < n; i++) mx = z[i] > mx ? z[i] : mx;
+    return mx;
+}
+
+void mtr_token_accumulate(const mtr_model_info *m, uint32_t layer, const float *z, bool topk_weights,
+                          mtr_token_acc *acc, float *scratch)
+{
+    const uint32_t n = m->n_experts, k = m->top_k;
+    uint16_t ids[MTR_MAX_TOPK];
+    float w[MTR_MAX_TOPK];
+    float *e = scratch;
+    float mx = row_max(z, n), s, sz;
+    softmax_terms(e, z, n, mx, &s, &sz);
+    *acc->ent += log((double)s) - (double)sz / (double)s;
+    if (topk_weights || m->selection_bias) {
+        /* the model's own rule (selection bias, score function, renormalisation) */
+        mtr_route(m, layer, z, ids, w, scratch + n);
+    } else {
+        /* every score function is monotone in z, so the selection is the top-k of z itself */
+        mtr_topk(ids, z, n, k);
+    }
+    if (topk_weights)
+        for (uint32_t i = 0; i < k; i++) acc->q[ids[i]] += (double)w[i];
+    else
+        add_scaled(acc->q, e, 1.0f / s, n);
+    const uint32_t words = (n + 63) / 64;
+    memset(acc->bits, 0, words * sizeof *acc->bits);
+    for (uint32_t i = 0; i < k; i++) {
+        acc->a[ids[i]]++;
+        acc->bits[ids[i] >> 6] |= (uint64_t)1 << (ids[i] & 63);
+    }
+}
+
+double mtr_entropy(const double *p, size_t n)
+{
+    double h = 0;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] > 0) h -= p[i] * log(p[i]);
+    return h;
+}
+
+double mtr_jsd(const double *p, const double *q, size_t n)
+{
+    double d = 0;
+    for (size_t i = 0; i < n; i++) {
+        double mid = 0.5 * (p[i] + q[i]);
+        if (p[i] > 0) d += 0.5 * p[i] * log(p[i] / mid);
+        if (q[i] > 0) d += 0.5 * q[i] * log(q[i] / mid);
+    }
+    return d > 0 ? d : 0;
+}
+
+double mtr_jsd_normalised(const double *p, const double *q, size_t n, double hp, double hq)
+{
+    double den = log((double)n) - 0.5 * (hp + hq);
+    return mtr_jsd(p, q, n) / (den > 1e-6 ? den : 1e-6);
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static double pair_jaccard(const uint64_t *a, const uint64_t *b, uint32_t words)
+{
+    uint32_t inter = 0, uni = 0;
+    for (uint32_t w = 0; w < words; w++) {
+        inter += (uint32_t)__builtin_popcountll(a[w] & b[w]);
+        uni += (uint32_t)__builtin_popcountll(a[w] | b[w]);
+    }
+    return uni ? (double)inter / uni : 1.0;
+}
+
+double mtr_jaccard_mean(const uint64_t *bits, uint32_t n_tokens, size_t stride, uint32_t words, uint32_t k,
+                        uint32_t max_pairs, uint64_t seed, uint32_t *n_pairs)
+{
+    (void)k;
+    *n_pairs = 0;
+    if (n_tokens < 2) return NAN;
+    uint64_t all = (uint64_t)n_tokens * (n_tokens - 1) / 2;
+    double sum = 0;
+    if (all <= max_pairs) {
+        for (uint32_t i = 0; i < n_tokens; i++)
+            for (uint32_t j = i + 1; j < n_tokens; j++)
+                sum += pair_jaccard(bits + i * stride, bits + j * stride, words);
+        *n_pairs = (uint32_t)all;
+        return sum / (double)all;
+    }
+    /* uniform pairs of distinct tokens, drawn with replacement */
+    uint64_t st = seed;
+    for (uint32_t p = 0; p < max_pairs; p++) {
+        uint32_t i = (uint32_t)(splitmix(&st) % n_tokens);
+        uint32_t j = (uint32_t)(splitmix(&st) % (n_tokens - 1));
+        if (j >= i) j++;
+        sum += pair_jaccard(bits + i * stride, bits + j * stride, words);
+    }
+    *n_pairs = max_pairs;
+    return sum / (double)max_pairs;
+}

@@ -1,0 +1,25 @@
+# reduce/module.mk — moetrace-reduce: libmtrreduce.a (phase 1 and 2 kernels, summaries, tables) and the program.
+# Built with OpenMPI when its pkg-config file is present (mpirun -np N moetrace-reduce ...).
+
+REDUCE_LIB_SRC := reduce/kernels.c reduce/summaries.c reduce/summarize.c reduce/reference.c reduce/tables.c
+REDUCE_LIB := $(LIB)/libmtrreduce.a
+MODULE_ARCHIVES += $(REDUCE_LIB)
+PROGRAMS += $(BIN)/moetrace-reduce
+MPI_CFLAGS = $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS = $(shell pkg-config --libs ompi-c 2>/dev/null)
+MPI_DEFS = $(if $(MPI_LIBS),-DMTR_WITH_MPI)
+
+# the per-token kernels: vector exp from glibc's libmvec needs -ffast-math; inputs are checked finite first
+$(OBJ)/reduce/kernels.o: KERNEL_FLAGS := -O3 -ffast-math
+
+$(REDUCE_LIB): $(REDUCE_LIB_SRC:%.c=$(OBJ)/%.o)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(OBJ)/reduce/reduce_main.o: reduce/reduce_main.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Ireduce $(MPI_CFLAGS) $(MPI_DEFS) -c $< -o $@
+
+$(BIN)/moetrace-reduce: $(OBJ)/reduce/reduce_main.o $(REDUCE_LIB) $(LIB)/libmoetrace.a
+	@mkdir -p $(@D)
+	$(CC) -fopenmp $(LDFLAGS) -o $@ $^ $(LIBS) $(MPI_LIBS)

@@ -1,0 +1,573 @@
+/* summaries.c — the per-sequence summaries file of phase 1 (reduce/SUMMARIES.md): writer, reader, concatenation.
+ *
+ * Rows are buffered and appended in blocks to extendible datasets, so memory does not grow with the trace set.
+ * q and counts are chunked (64 sequences, 1 layer, n_experts) so phase 2 reads one layer at a time cheaply.
+ */
+#include <errno.h>
+#include <hdf5.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "reduce_internal.h"
+
+static _Thread_local char tl_msg[1024];
+
+int mtr_reduce_fail(int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
+    va_end(ap);
+    for (char *p = tl_msg; *p; p++)
+        if (*p == '\n') *p = ' ';
+    return err;
+}
+
+const char *mtr_reduce_errmsg(void) { return tl_msg[0] ? tl_msg : mtr_errmsg(); }
+void mtr_reduce_clear_error(void) { tl_msg[0] = '\0'; }
+
+#define BLOCK 64
+
+#define D_SEQ_ID "seq/seq_id"
+#define D_UNIT "seq/unit_id"
+#define D_LANG "seq/lang"
+#define D_DATASET "seq/dataset"
+#define D_NTOK "seq/n_tokens"
+#define D_NUSED "seq/n_used"
+#define D_NBAD "seq/n_nonfinite"
+#define D_JPAIRS "seq/jaccard_pairs"
+#define D_Q "importance"
+#define D_A "counts"
+#define D_ENT "entropy"
+#define D_TENT "token_entropy"
+#define D_JAC "jaccard"
+
+struct summ_writer {
+    char path[4096], partial[4200];
+    hid_t f;
+    uint32_t L, E;
+    size_t n_rows, n_buf;
+    /* row buffers of BLOCK rows */
+    uint64_t seq_id[BLOCK];
+    char *unit[BLOCK], *lang[BLOCK], *dataset[BLOCK];
+    uint32_t ntok[BLOCK], nused[BLOCK], nbad[BLOCK], jpairs[BLOCK];
+    double *q, *ent, *tent, *jac; /* (BLOCK, L, E) / (BLOCK, L) */
+    uint32_t *a;
+};
+
+static hid_t str_type(void)
+{
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    return t;
+}
+
+static int create_ds(hid_t f, const char *name, hid_t type, int rank, const hsize_t *inner, const hsize_t *chunk_inner,
+                     bool compress)
+{
+    hsize_t dims[3] = {0, 0, 0}, maxd[3] = {H5S_UNLIMITED, 0, 0}, chunk[3] = {BLOCK, 0, 0};
+    for (int i = 1; i < rank; i++) {
+        dims[i] = maxd[i] = inner[i - 1];
+        chunk[i] = chunk_inner[i - 1];
+    }
+    hid_t sp = H5Screate_simple(rank, dims, maxd), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(dcpl, rank, chunk);
+    if (compress) {
+        unsigned level = 1;
+        H5Pset_shuffle(dcpl);
+        H5Pset_filter(dcpl, MTR_ZSTD_FILTER_ID, H5Z_FLAG_MANDATORY, 1, &level);
+    }
+    hid_t d = H5Dcreate2(f, name, type, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    H5Sclose(sp);
+    if (d < 0) return MTR_EHDF5;
+    H5Dclose(d);
+    return 0;
+}
+
+static int set_str_attr(hid_t obj, const char *name, const char *v)
+{
+    hid_t t = str_type(), s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = a < 0 || H5Awrite(a, t, &v) < 0 ? MTR_EHDF5 : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(s);
+    H5Tclose(t);
+    return rc;
+}
+
+static int set_u32_attr(hid_t obj, const char *name, uint32_t v)
+{
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, H5T_STD_U32LE, s, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = a < 0 || H5Awrite(a, H5T_NATIVE_UINT32, &v) < 0 ? MTR_EHDF5 : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(s);
+    return rc;
+}
+
+static int model_attrs(hid_t f, const mtr_model_info *m)
+{
+    hsize_t n = m->n_layers;
+    int rc = set_str_attr(f, MTR_A_MODEL_ID, m->model_id) || set_str_attr(f, MTR_A_MODEL_TYPE, m->model_type) ||
+             set_u32_attr(f, MTR_A_N_LAYERS, m->n_layers) || set_u32_attr(f, MTR_A_N_DECODER_LAYERS, m->n_decoder_layers) ||
+             set_u32_attr(f, MTR_A_N_EXPERTS, m->n_experts) || set_u32_attr(f, MTR_A_TOP_K, m->top_k) ||
+             set_str_attr(f, MTR_A_SCORE_FN, mtr_score_fn_name(m->score_fn)) ||
+             set_u32_attr(f, MTR_A_RENORMALIZE, m->renormalize) || set_u32_attr(f, MTR_A_ROUTER_BIAS, m->router_bias) ||
+             set_u32_attr(f, MTR_A_SELECTION_BIAS, m->selection_bias != NULL);
+    if (rc) return MTR_EHDF5;
+    hid_t s = H5Screate_simple(1, &n, NULL);
+    hid_t a = H5Acreate2(f, MTR_A_LAYER_INDEX, H5T_STD_I32LE, s, H5P_DEFAULT, H5P_DEFAULT);
+    rc = a < 0 || H5Awrite(a, H5T_NATIVE_INT32, m->layer_index) < 0 ? MTR_EHDF5 : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(s);
+    if (!rc && m->selection_bias) {
+        hsize_t d2[2] = {m->n_layers, m->n_experts};
+        s = H5Screate_simple(2, d2, NULL);
+        hid_t d = H5Dcreate2(f, MTR_D_SELECTION_BIAS, H5T_IEEE_F32LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        rc = d < 0 || H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, m->selection_bias) < 0 ? MTR_EHDF5 : 0;
+        if (d >= 0) H5Dclose(d);
+        H5Sclose(s);
+    }
+    return rc;
+}
+
+int summ_writer_create(summ_writer **out, const char *path, const mtr_model_info *m, bool topk_weights,
+                       const char *settings_json)
+{
+    int rc = 0;
+    *out = NULL;
+    if ((rc = mtr_h5zstd_register())) return rc;
+    summ_writer *w = calloc(1, sizeof *w);
+    if (!w) return mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    snprintf(w->path, sizeof w->path, "%s", path);
+    snprintf(w->partial, sizeof w->partial, "%s.partial", path);
+    w->L = m->n_layers;
+    w->E = m->n_experts;
+    size_t le = (size_t)w->L * w->E;
+    w->q = malloc(BLOCK * le * sizeof(double));
+    w->a = malloc(BLOCK * le * sizeof(uint32_t));
+    w->ent = malloc(BLOCK * w->L * sizeof(double));
+    w->tent = malloc(BLOCK * w->L * sizeof(double));
+    w->jac = malloc(BLOCK * w->L * sizeof(double));
+    if (!w->q || !w->a || !w->ent || !w->tent || !w->jac) {
+        summ_writer_destroy(w);
+        return mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    }
+    w->f = H5Fcreate(w->partial, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (w->f < 0) {
+        free(w->q);
+        w->q = NULL;
+        summ_writer_destroy(w);
+        return mtr_reduce_fail(MTR_EIO, "%s: cannot create", path);
+    }
+    hid_t g = H5Gcreate2(w->f, "seq", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Gclose(g);
+    hid_t st = str_type();
+    hsize_t le_in[2] = {w->L, w->E}, le_chunk[2] = {1, w->E}, l_in[1] = {w->L}, l_chunk[1] = {w->L};
+    rc = set_str_attr(w->f, "format", MTR_SUMMARIES_FORMAT) || set_u32_attr(w->f, "format_version", MTR_SUMMARIES_VERSION) ||
+         set_str_attr(w->f, "weights", topk_weights ? "topk" : "full") ||
+         set_str_attr(w->f, "settings", settings_json ? settings_json : "{}") || model_attrs(w->f, m) ||
+         create_ds(w->f, D_SEQ_ID, H5T_STD_U64LE, 1, NULL, NULL, true) || create_ds(w->f, D_UNIT, st, 1, NULL, NULL, false) ||
+         create_ds(w->f, D_LANG, st, 1, NULL, NULL, false) || create_ds(w->f, D_DATASET, st, 1, NULL, NULL, false) ||
+         create_ds(w->f, D_NTOK, H5T_STD_U32LE, 1, NULL, NULL, true) ||
+         create_ds(w->f, D_NUSED, H5T_STD_U32LE, 1, NULL, NULL, true) ||
+         create_ds(w->f, D_NBAD, H5T_STD_U32LE, 1, NULL, NULL, true) ||
+         create_ds(w->f, D_JPAIRS, H5T_STD_U32LE, 1, NULL, NULL, true) ||
+         create_ds(w->f, D_Q, H5T_IEEE_F64LE, 3, le_in, le_chunk, true) ||
+         create_ds(w->f, D_A, H5T_STD_U32LE, 3, le_in, le_chunk, true) ||
+         create_ds(w->f, D_ENT, H5T_IEEE_F64LE, 2, l_in, l_chunk, true) ||
+         create_ds(w->f, D_TENT, H5T_IEEE_F64LE, 2, l_in, l_chunk, true) ||
+         create_ds(w->f, D_JAC, H5T_IEEE_F64LE, 2, l_in, l_chunk, true);
+    H5Tclose(st);
+    if (rc) {
+        unlink(w->partial);
+        summ_writer_destroy(w);
+        return mtr_reduce_fail(MTR_EHDF5, "%s: cannot lay out the summaries file", path);
+    }
+    *out = w;
+    return 0;
+}
+
+static int append_rows(hid_t f, const char *name, hid_t mtype, const void *data, size_t row0, size_t n)
+{
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return MTR_EHDF5;
+    hid_t fs = H5Dget_space(d);
+    int rank = H5Sget_simple_extent_ndims(fs);
+    hsize_t dims[3];
+    H5Sget_simple_extent_dims(fs, dims, NULL);
+    H5Sclose(fs);
+    dims[0] = row0 + n;
+    int rc = 0;
+    if (H5Dset_extent(d, dims) < 0) rc = MTR_EHDF5;
+    fs = H5Dget_space(d);
+    hsize_t start[3] = {row0, 0, 0}, count[3] = {n, dims[1], dims[2]};
+    hid_t ms = H5Screate_simple(rank, count, NULL);
+    if (!rc && (H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+                H5Dwrite(d, mtype, ms, fs, H5P_DEFAULT, data) < 0))
+        rc = MTR_EHDF5;
+    H5Sclose(ms);
+    H5Sclose(fs);
+    H5Dclose(d);
+    return rc;
+}
+
+static int flush_rows(summ_writer *w)
+{
+    if (!w->n_buf) return 0;
+    size_t n = w->n_buf, r0 = w->n_rows;
+    hid_t st = str_type();
+    int rc = append_rows(w->f, D_SEQ_ID, H5T_NATIVE_UINT64, w->seq_id, r0, n) ||
+             append_rows(w->f, D_UNIT, st, w->unit, r0, n) || append_rows(w->f, D_LANG, st, w->lang, r0, n) ||
+             append_rows(w->f, D_DATASET, st, w->dataset, r0, n) ||
+             append_rows(w->f, D_NTOK, H5T_NATIVE_UINT32, w->ntok, r0, n) ||
+             append_rows(w->f, D_NUSED, H5T_NATIVE_UINT32, w->nused, r0, n) ||
+             append_rows(w->f, D_NBAD, H5T_NATIVE_UINT32, w->nbad, r0, n) ||
+             append_rows(w->f, D_JPAIRS, H5T_NATIVE_UINT32, w->jpairs, r0, n) ||
+             append_rows(w->f, D_Q, H5T_NATIVE_DOUBLE, w->q, r0, n) ||
+             append_rows(w->f, D_A, H5T_NATIVE_UINT32, w->a, r0, n) ||
+             append_rows(w->f, D_ENT, H5T_NATIVE_DOUBLE, w->ent, r0, n) ||
+             append_rows(w->f, D_TENT, H5T_NATIVE_DOUBLE, w->tent, r0, n) ||
+             append_rows(w->f, D_JAC, H5T_NATIVE_DOUBLE, w->jac, r0, n);
+    H5Tclose(st);
+    for (size_t i = 0; i < n; i++) {
+        free(w->unit[i]);
+        free(w->lang[i]);
+        free(w->dataset[i]);
+        w->unit[i] = w->lang[i] = w->dataset[i] = NULL;
+    }
+    w->n_rows += n;
+    w->n_buf = 0;
+    return rc ? mtr_reduce_fail(MTR_EIO, "%s: cannot write summaries", w->path) : 0;
+}
+
+int summ_writer_append(summ_writer *w, const summ_row *row)
+{
+    size_t i = w->n_buf, le = (size_t)w->L * w->E;
+    w->seq_id[i] = row->seq_id;
+    w->unit[i] = strdup(row->unit_id);
+    w->lang[i] = strdup(row->lang);
+    w->dataset[i] = strdup(row->dataset);
+    if (!w->unit[i] || !w->lang[i] || !w->dataset[i]) return mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    w->ntok[i] = row->n_tokens;
+    w->nused[i] = row->n_used;
+    w->nbad[i] = row->n_nonfinite;
+    w->jpairs[i] = row->jaccard_pairs;
+    memcpy(w->q + i * le, row->q, le * sizeof(double));
+    memcpy(w->a + i * le, row->a, le * sizeof(uint32_t));
+    memcpy(w->ent + i * w->L, row->ent, w->L * sizeof(double));
+    memcpy(w->tent + i * w->L, row->tent, w->L * sizeof(double));
+    memcpy(w->jac + i * w->L, row->jac, w->L * sizeof(double));
+    w->n_buf++;
+    return w->n_buf == BLOCK ? flush_rows(w) : 0;
+}
+
+int summ_writer_close(summ_writer *w)
+{
+    int rc = flush_rows(w);
+    if (!rc && set_u32_attr(w->f, "n_sequences", (uint32_t)w->n_rows)) rc = MTR_EHDF5;
+    if (H5Fclose(w->f) < 0 && !rc) rc = mtr_reduce_fail(MTR_EIO, "%s: cannot close", w->path);
+    w->f = H5I_INVALID_HID;
+    if (!rc && rename(w->partial, w->path) < 0)
+        rc = mtr_reduce_fail(MTR_EIO, "%s: rename: %s", w->path, strerror(errno));
+    summ_writer_destroy(w);
+    return rc;
+}
+
+void summ_writer_destroy(summ_writer *w)
+{
+    if (!w) return;
+    if (w->f >= 0 && w->f != 0) H5Fclose(w->f);
+    for (size_t i = 0; i < w->n_buf; i++) {
+        free(w->unit[i]);
+        free(w->lang[i]);
+        free(w->dataset[i]);
+    }
+    free(w->q);
+    free(w->a);
+    free(w->ent);
+    free(w->tent);
+    free(w->jac);
+    free(w);
+}
+
+/* ---- reading ---- */
+
+static int read_all(hid_t f, const char *name, hid_t mtype, void *out, size_t n, const char *path)
+{
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
+    hid_t sp = H5Dget_space(d);
+    hsize_t dims[3] = {0, 0, 0};
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    int rc = 0;
+    if (dims[0] != n) rc = mtr_reduce_fail(MTR_EFORMAT, "%s: /%s has %llu rows, expected %zu", path, name,
+                                           (unsigned long long)dims[0], n);
+    else if (n && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+        rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
+    H5Sclose(sp);
+    H5Dclose(d);
+    return rc;
+}
+
+static int read_strs(hid_t f, const char *name, char **out, size_t n, const char *path)
+{
+    hid_t st = str_type();
+    char **tmp = calloc(n ? n : 1, sizeof *tmp);
+    int rc = tmp ? read_all(f, name, st, tmp, n, path) : mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < n; i++)
+        if (!(out[i] = strdup(tmp[i] ? tmp[i] : ""))) rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    if (tmp && n) {
+        hsize_t dn = n;
+        hid_t sp = H5Screate_simple(1, &dn, NULL);
+        H5Dvlen_reclaim(st, sp, H5P_DEFAULT, tmp);
+        H5Sclose(sp);
+    }
+    free(tmp);
+    H5Tclose(st);
+    return rc;
+}
+
+static int get_str(hid_t f, const char *name, char **out, const char *path)
+{
+    hid_t a = H5Aexists(f, name) > 0 ? H5Aopen(f, name, H5P_DEFAULT) : H5I_INVALID_HID;
+    if (a < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: attribute '%s' missing", path, name);
+    hid_t st = str_type();
+    char *v = NULL;
+    int rc = H5Aread(a, st, &v) < 0 ? mtr_reduce_fail(MTR_EFORMAT, "%s: attribute '%s' unreadable", path, name) : 0;
+    if (!rc) *out = strdup(v ? v : "");
+    if (v) H5free_memory(v);
+    H5Tclose(st);
+    H5Aclose(a);
+    return rc;
+}
+
+static int get_u32(hid_t f, const char *name, uint32_t *out, const char *path)
+{
+    hid_t a = H5Aexists(f, name) > 0 ? H5Aopen(f, name, H5P_DEFAULT) : H5I_INVALID_HID;
+    if (a < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: attribute '%s' missing", path, name);
+    int rc = H5Aread(a, H5T_NATIVE_UINT32, out) < 0 ? mtr_reduce_fail(MTR_EFORMAT, "%s: bad '%s'", path, name) : 0;
+    H5Aclose(a);
+    return rc;
+}
+
+int mtr_summaries_open(mtr_summaries **out, const char *path)
+{
+    int rc = 0;
+    *out = NULL;
+    mtr_reduce_clear_error();
+    if ((rc = mtr_h5zstd_register())) return rc;
+    if (access(path, R_OK) != 0) return mtr_reduce_fail(MTR_ENOTFOUND, "%s: %s", path, strerror(errno));
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: not an HDF5 file (or damaged)", path);
+    mtr_summaries *s = calloc(1, sizeof *s);
+    char *fmt = NULL, *weights = NULL, *sf = NULL, *mt = NULL, *mid = NULL;
+    uint32_t ver = 0, n = 0, u = 0;
+    if (!s) {
+        rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+        goto done;
+    }
+    snprintf(s->path, sizeof s->path, "%s", path);
+    if ((rc = get_str(f, "format", &fmt, path))) goto done;
+    if (strcmp(fmt, MTR_SUMMARIES_FORMAT) != 0) {
+        rc = mtr_reduce_fail(MTR_EFORMAT, "%s: not a moetrace summaries file (format '%s')", path, fmt);
+        goto done;
+    }
+    if ((rc = get_u32(f, "format_version", &ver, path))) goto done;
+    if (ver != MTR_SUMMARIES_VERSION) {
+        rc = mtr_reduce_fail(MTR_EVERSION, "%s: summaries version %u, this reader supports %d", path, ver,
+                             MTR_SUMMARIES_VERSION);
+        goto done;
+    }
+    if ((rc = get_u32(f, "n_sequences", &n, path))) {
+        rc = mtr_reduce_fail(MTR_EPARTIAL, "%s: summaries file was not finished", path);
+        goto done;
+    }
+    mtr_model_info *m = &s->model;
+    if ((rc = get_str(f, MTR_A_MODEL_ID, &mid, path)) || (rc = get_str(f, MTR_A_MODEL_TYPE, &mt, path)) ||
+        (rc = get_str(f, MTR_A_SCORE_FN, &sf, path)) || (rc = get_str(f, "weights", &weights, path)) ||
+        (rc = get_str(f, "settings", &s->settings, path)))
+        goto done;
+    mtr_model_info_init(m, mid, mt, 1, 1, 1);
+    if ((rc = get_u32(f, MTR_A_N_LAYERS, &m->n_layers, path)) || (rc = get_u32(f, MTR_A_N_EXPERTS, &m->n_experts, path)) ||
+        (rc = get_u32(f, MTR_A_TOP_K, &m->top_k, path)) ||
+        (rc = get_u32(f, MTR_A_N_DECODER_LAYERS, &m->n_decoder_layers, path)))
+        goto done;
+    if (m->n_layers < 1 || m->n_layers > MTR_MAX_LAYERS || m->n_experts < 1 || m->n_experts > MTR_MAX_EXPERTS ||
+        m->top_k < 1 || m->top_k > m->n_experts || m->top_k > MTR_MAX_TOPK) {
+        rc = mtr_reduce_fail(MTR_EFORMAT, "%s: implausible model dimensions", path);
+        goto done;
+    }
+    if (mtr_score_fn_parse(&m->score_fn, sf)) {
+        rc = mtr_reduce_fail(MTR_EFORMAT, "%s: unknown score_fn '%s'", path, sf);
+        goto done;
+    }
+    if ((rc = get_u32(f, MTR_A_RENORMALIZE, &u, path))) goto done;
+    m->renormalize = u;
+    s->topk_weights = strcmp(weights, "topk") == 0;
+    size_t L = m->n_layers;
+    s->n_seqs = n;
+    size_t nn = n ? n : 1;
+    s->seq_id = malloc(nn * 8);
+    s->unit_id = calloc(nn, sizeof(char *));
+    s->lang = calloc(nn, sizeof(char *));
+    s->dataset = calloc(nn, sizeof(char *));
+    s->n_tokens = malloc(nn * 4);
+    s->n_used = malloc(nn * 4);
+    s->n_nonfinite = malloc(nn * 4);
+    s->entropy = malloc(nn * L * 8);
+    s->token_entropy = malloc(nn * L * 8);
+    s->jaccard = malloc(nn * L * 8);
+    if (!s->seq_id || !s->unit_id || !s->lang || !s->dataset || !s->n_tokens || !s->n_used || !s->n_nonfinite ||
+        !s->entropy || !s->token_entropy || !s->jaccard) {
+        rc = mtr_reduce_fail(MTR_ENOMEM, "%s: out of memory for %u sequences", path, n);
+        goto done;
+    }
+    if ((rc = read_all(f, D_SEQ_ID, H5T_NATIVE_UINT64, s->seq_id, n, path)) ||
+        (rc = read_strs(f, D_UNIT, s->unit_id, n, path)) || (rc = read_strs(f, D_LANG, s->lang, n, path)) ||
+        (rc = read_strs(f, D_DATASET, s->dataset, n, path)) ||
+        (rc = read_all(f, D_NTOK, H5T_NATIVE_UINT32, s->n_tokens, n, path)) ||
+        (rc = read_all(f, D_NUSED, H5T_NATIVE_UINT32, s->n_used, n, path)) ||
+        (rc = read_all(f, D_NBAD, H5T_NATIVE_UINT32, s->n_nonfinite, n, path)) ||
+        (rc = read_all(f, D_ENT, H5T_NATIVE_DOUBLE, s->entropy, n, path)) ||
+        (rc = read_all(f, D_TENT, H5T_NATIVE_DOUBLE, s->token_entropy, n, path)) ||
+        (rc = read_all(f, D_JAC, H5T_NATIVE_DOUBLE, s->jaccard, n, path)))
+        goto done;
+done:
+    free(fmt);
+    free(weights);
+    free(sf);
+    free(mt);
+    free(mid);
+    H5Fclose(f);
+    if (rc) {
+        mtr_summaries_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void mtr_summaries_close(mtr_summaries *s)
+{
+    if (!s) return;
+    for (size_t i = 0; i < s->n_seqs; i++) {
+        if (s->unit_id) free(s->unit_id[i]);
+        if (s->lang) free(s->lang[i]);
+        if (s->dataset) free(s->dataset[i]);
+    }
+    free(s->seq_id);
+    free(s->unit_id);
+    free(s->lang);
+    free(s->dataset);
+    free(s->n_tokens);
+    free(s->n_used);
+    free(s->n_nonfinite);
+    free(s->entropy);
+    free(s->token_entropy);
+    free(s->jaccard);
+    free(s->settings);
+    free(s->selection_bias);
+    free(s);
+}
+
+static int read_block(hid_t f, const char *name, hid_t mtype, size_t row0, size_t n, uint32_t layer, uint32_t E,
+                      bool one_layer, void *out, const char *path)
+{
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
+    hid_t fs = H5Dget_space(d);
+    hsize_t dims[3];
+    H5Sget_simple_extent_dims(fs, dims, NULL);
+    hsize_t start[3] = {row0, one_layer ? layer : 0, 0}, count[3] = {n, one_layer ? 1 : dims[1], E};
+    hid_t ms = H5Screate_simple(3, count, NULL);
+    int rc = 0;
+    if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+        H5Dread(d, mtype, ms, fs, H5P_DEFAULT, out) < 0)
+        rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
+    H5Sclose(ms);
+    H5Sclose(fs);
+    H5Dclose(d);
+    return rc;
+}
+
+int mtr_summaries_read_layer(const mtr_summaries *s, uint32_t layer, double *q, uint32_t *counts)
+{
+    if (layer >= s->model.n_layers) return mtr_reduce_fail(MTR_EINVAL, "layer %u out of range", layer);
+    if (s->n_seqs == 0) return 0;
+    hid_t f = H5Fopen(s->path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return mtr_reduce_fail(MTR_EIO, "%s: cannot reopen", s->path);
+    int rc = 0;
+    if (q) rc = read_block(f, D_Q, H5T_NATIVE_DOUBLE, 0, s->n_seqs, layer, s->model.n_experts, true, q, s->path);
+    if (!rc && counts)
+        rc = read_block(f, D_A, H5T_NATIVE_UINT32, 0, s->n_seqs, layer, s->model.n_experts, true, counts, s->path);
+    H5Fclose(f);
+    return rc;
+}
+
+/* ---- concatenation of rank parts ---- */
+
+int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t n_parts)
+{
+    int rc = 0;
+    summ_writer *w = NULL;
+    mtr_summaries *first = NULL;
+    if (n_parts == 0) return mtr_reduce_fail(MTR_EINVAL, "no parts to concatenate");
+    if ((rc = mtr_summaries_open(&first, parts[0]))) return rc;
+    const size_t L = first->model.n_layers, E = first->model.n_experts, le = L * E;
+    double *q = malloc(le * 8);
+    uint32_t *a = malloc(le * 4);
+    if (!q || !a) {
+        rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+        goto done;
+    }
+    if ((rc = summ_writer_create(&w, out_path, &first->model, first->topk_weights, first->settings))) goto done;
+    for (size_t p = 0; p < n_parts && !rc; p++) {
+        mtr_summaries *s = NULL;
+        if ((rc = mtr_summaries_open(&s, parts[p]))) break;
+        if (s->model.n_layers != L || s->model.n_experts != E || s->topk_weights != first->topk_weights) {
+            rc = mtr_reduce_fail(MTR_EMISMATCH, "%s: differs from %s", parts[p], parts[0]);
+            mtr_summaries_close(s);
+            break;
+        }
+        hid_t f = H5Fopen(parts[p], H5F_ACC_RDONLY, H5P_DEFAULT);
+        uint32_t jp = 0;
+        for (size_t i = 0; i < s->n_seqs && !rc; i++) {
+            if ((rc = read_block(f, D_Q, H5T_NATIVE_DOUBLE, i, 1, 0, (uint32_t)E, false, q, parts[p])) ||
+                (rc = read_block(f, D_A, H5T_NATIVE_UINT32, i, 1, 0, (uint32_t)E, false, a, parts[p])))
+                break;
+            hid_t d = H5Dopen2(f, D_JPAIRS, H5P_DEFAULT);
+            hid_t fs = H5Dget_space(d);
+            hsize_t st = i, cnt = 1;
+            hid_t ms = H5Screate_simple(1, &cnt, NULL);
+            H5Sselect_hyperslab(fs, H5S_SELECT_SET, &st, NULL, &cnt, NULL);
+            if (H5Dread(d, H5T_NATIVE_UINT32, ms, fs, H5P_DEFAULT, &jp) < 0) rc = MTR_ECORRUPT;
+            H5Sclose(ms);
+            H5Sclose(fs);
+            H5Dclose(d);
+            summ_row row = {s->seq_id[i], s->unit_id[i], s->lang[i], s->dataset[i], s->n_tokens[i], s->n_used[i],
+                            s->n_nonfinite[i], jp, q, a, s->entropy + i * L, s->token_entropy + i * L,
+                            s->jaccard + i * L};
+            if (!rc) rc = summ_writer_append(w, &row);
+        }
+        H5Fclose(f);
+        mtr_summaries_close(s);
+    }
+    if (!rc) {
+        rc = summ_writer_close(w);
+        w = NULL;
+    }
+done:
+    summ_writer_destroy(w);
+    if (w) unlink(out_path);
+    free(q);
+    free(a);
+    mtr_summaries_close(first);
+    return rc;
+}
