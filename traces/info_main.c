@@ -78,16 +78,22 @@ static cell *tabulate(const mtr_run *r, size_t *n_out)
     return cells;
 }
 
-static int str_ptr_cmp(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+static int seq_unit_cmp(const void *a, const void *b)
+{
+    const mtr_seq_info *x = *(const mtr_seq_info *const *)a, *y = *(const mtr_seq_info *const *)b;
+    int c = strcmp(x->dataset, y->dataset);
+    return c ? c : strcmp(x->unit_id, y->unit_id);
+}
 
+/* parallel units are keyed by (dataset, unit_id): the same passage in several languages */
 static size_t count_units(const mtr_run *r)
 {
     size_t ns = mtr_run_n_seqs(r), n = 0;
-    const char **u = malloc((ns ? ns : 1) * sizeof *u);
+    const mtr_seq_info **u = malloc((ns ? ns : 1) * sizeof *u);
     if (!u) return 0;
-    for (size_t i = 0; i < ns; i++) u[i] = mtr_run_seq(r, i)->unit_id;
-    qsort(u, ns, sizeof *u, str_ptr_cmp);
-    for (size_t i = 0; i < ns; i++) n += i == 0 || strcmp(u[i], u[i - 1]) != 0;
+    for (size_t i = 0; i < ns; i++) u[i] = mtr_run_seq(r, i);
+    qsort(u, ns, sizeof *u, seq_unit_cmp);
+    for (size_t i = 0; i < ns; i++) n += i == 0 || seq_unit_cmp(&u[i], &u[i - 1]) != 0;
     free(u);
     return n;
 }
