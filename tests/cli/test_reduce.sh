@@ -1,0 +1,88 @@
+# moetrace-reduce: the optimised path against the plain C reference and an independent NumPy reference;
+# identical outputs for 1/2 threads x 1/2 MPI ranks; the planted truth of a synthetic run recovered; NaN tokens
+# excluded and counted; every bad input a one-line error.
+. "$TESTS/cli/lib.sh"
+export HDF5_PLUGIN_PATH="$LIB/plugin" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+R="$BIN/moetrace-reduce"
+check_py() { # name-prefix, then the script's arguments: relays its ok / not ok lines
+    "$PY" "$TESTS/reduce/check_reduce.py" "$@" 2>&1 | sed 's/^\(not \)\{0,1\}ok /&/'
+}
+
+small="$WORK/small"
+mkdir -p "$small"
+"$BIN/moetrace-capture" synth --out "$small/run" --layers 6 --experts 16 --top-k 3 --units 8 --seed 5 \
+    --langs eng_Latn:1,fra_Latn:0.7,bam_Latn:0.1 --len-mean 20 --len-max 60 --shard-bytes 40K --quiet
+expect_exit 0 "reduce RUN -o DIR (both phases)" "$R" "$small/run" -o "$small/out" --jaccard-pairs 100000 -q
+for t in div_from_en div_pairwise entropy jaccard freq delta specialisation top_experts units_missing_en; do
+    [ -s "$small/out/$t.tsv" ] || not_ok "table $t.tsv" "missing"
+done
+ok "every table written"
+check_py numpy "$small/run" "$small/out/summaries.h5" "$small/out"
+expect_exit 0 "serial C reference" "$R" reference "$small/run" -o "$small/ref.h5" --jaccard-pairs 100000 -q
+check_py same "$small/ref.h5" "$small/out/summaries.h5" --tol 1e-5 | sed 's/^ok same/ok reference vs optimised:/; s/^not ok same/not ok reference vs optimised:/'
+
+# 1 or 2 threads x 1 or 2 ranks: bitwise the same (sampled Jaccard pairs included)
+for t in 1 2; do
+    expect_exit 0 "summarize, $t thread(s)" "$R" summarize "$small/run" -o "$small/t$t.h5" --threads "$t" --jaccard-pairs 50 -q
+    expect_exit 0 "summarize, 2 ranks x $t thread(s)" mpirun -np 2 "$R" summarize "$small/run" -o "$small/m$t.h5" \
+        --threads "$t" --jaccard-pairs 50 -q
+done
+for f in t2 m1 m2; do
+    check_py same "$small/t1.h5" "$small/$f.h5" | sed "s/^ok same/ok t1 = $f:/; s/^not ok same/not ok t1 = $f:/"
+done
+[ ! -e "$small/m1.h5.rank0000.part" ] && ok "MPI rank parts removed" || not_ok "MPI parts" "left behind"
+
+# the planted truth of a larger synthetic run
+big="$WORK/big"
+mkdir -p "$big"
+"$BIN/moetrace-capture" synth --out "$big/run" --layers 16 --experts 32 --top-k 4 --units 24 --seed 11 \
+    --langs eng_Latn:1,fra_Latn:0.9,deu_Latn:0.7,hin_Deva:0.45,ary_Arab:0.25,bam_Latn:0.05 --datasets flores,math --quiet
+expect_exit 0 "reduce a 6-language run" "$R" "$big/run" -o "$big/out" -q
+check_py planted "$big/run" "$big/out"
+expect_exit 0 "risk difference between slices" "$R" tables "$big/out/summaries.h5" -o "$big/rd" --rd math:eng_Latn flores:eng_Latn -q
+awk -F'\t' '!/^#/ && ($3 - $4 - $5 > 1e-12 || $4 - $3 + $5 > 1e-12) {bad = 1} END {exit bad}' "$big/rd/rd.tsv" &&
+    ok "rd.tsv: rd = p_a - p_b" || not_ok "rd.tsv" "inconsistent rows"
+
+# NaN logits: the token is excluded and counted, never averaged in
+nan="$WORK/nan"
+cp -r "$small/run" "$nan"
+"$PY" -c '
+import h5py, sys
+with h5py.File(sys.argv[1], "r+") as f:
+    d = f["router/logits"]
+    row = d[3]               # reading loads the filter plugin, which writing then needs
+    row[2, 5] = 0x7fc0       # bf16 NaN in token 3 (first sequence)
+    d[3] = row
+' "$nan/shard-000000.h5"
+expect_exit 0 "reduce a run with a NaN logit" "$R" summarize "$nan" -o "$WORK/nan.h5" -q
+"$PY" -c '
+import h5py, numpy as np, sys
+with h5py.File(sys.argv[1]) as f:
+    bad, used, ntok = f["seq/n_nonfinite"][...], f["seq/n_used"][...], f["seq/n_tokens"][...]
+    q = f["importance"][...]
+assert bad[0] == 1 and bad[1:].sum() == 0, bad
+assert used[0] == ntok[0] - 1 and np.isfinite(q).all()
+' "$WORK/nan.h5" && ok "NaN token excluded and counted" || not_ok "NaN token" "not excluded"
+
+# bad input: one line, the right exit code
+expect_exit 1 "no -o" "$R" "$small/run"
+expect_err_line "no -o: one line" "needs at least one run and -o"
+expect_exit 2 "not a run" "$R" "$WORK/nothing" -o "$WORK/x"
+expect_err_line "not a run: one line naming it" "$WORK/nothing"
+mkdir -p "$WORK/noen"
+"$BIN/moetrace-capture" synth --out "$WORK/noen/run" --layers 4 --experts 8 --top-k 2 --units 3 --seed 1 \
+    --langs eng_Latn:1,fra_Latn:0.5 --quiet
+"$R" summarize "$WORK/noen/run" -o "$WORK/noen/s.h5" -q
+expect_exit 1 "tables without the English reference language" "$R" tables "$WORK/noen/s.h5" -o "$WORK/noen/t" --english xxx_Latn
+expect_err_line "no English: one line" "no xxx_Latn sequences"
+"$BIN/moetrace-capture" synth --out "$WORK/noen/other" --layers 4 --experts 12 --top-k 2 --units 3 --seed 1 \
+    --langs eng_Latn:1 --quiet
+expect_exit 2 "runs of different models" "$R" summarize "$WORK/noen/run" "$WORK/noen/other" -o "$WORK/mixed.h5"
+expect_err_line "different models: one line" "differ"
+cp "$small/run/shard-000000.h5" "$small/run/shard-000077.h5.partial"
+expect_exit 2 "a run with a partial shard is refused" "$R" summarize "$small/run" -o "$WORK/p.h5"
+expect_err_line "partial: one line with the way out" "allow-partial"
+expect_exit 0 "--allow-partial reduces the finished shards" "$R" summarize "$small/run" -o "$WORK/p.h5" --allow-partial -q
+rm -f "$small/run/shard-000077.h5.partial"
+expect_exit 2 "tables of a non-summaries file" "$R" tables "$small/run/shard-000000.h5" -o "$WORK/t2"
+expect_err_line "non-summaries: one line" "not a moetrace summaries file"
