@@ -139,8 +139,9 @@ demo: all
 	@sh tests/demo.sh $(abspath $(BIN)) $(abspath $(BUILD)/demo)
 
 # benchmarks: writer/reader throughput against the raw-chunk floor, thread scaling
-bench: all $(BENCH_BIN)
-	@BIN=$(abspath $(BIN)) BENCH=$(abspath $(BUILD)/build/bench) sh tests/bench/run.sh
+bench: all $(BENCH_BIN) $(TOOL_BIN)
+	@BIN=$(abspath $(BIN)) LIB=$(abspath $(LIB)) BENCH=$(abspath $(BUILD)/build/bench) \
+		TOOLS=$(abspath $(BUILD)/build/tools) PY=$(PY) sh tests/bench/run.sh
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/moetrace \

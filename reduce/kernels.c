@@ -10,9 +10,12 @@
 #include "mtr_reduce.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* clones picked at load time by CPU feature (not by CPU model, which VMs often hide); the default runs anywhere */
 #define MTR_CLONES __attribute__((target_clones("avx2", "default")))
+#define MTR_POPCNT_CLONES __attribute__((target_clones("popcnt", "default")))
 #else
 #define MTR_CLONES
+#define MTR_POPCNT_CLONES
 #endif
 
 /* exp of the shifted logits, their sum and the sum of e * (z - max): the entropy follows without a log per expert,
@@ -46,6 +49,62 @@ MTR_CLONES static float row_max(const float *z, uint32_t n)
     return mx;
 }
 
+/* Top-k of a finite row, ties to the lower index, descending: the k-th largest of the maxima of groups of 8 is a
+ * threshold that at least k elements reach, so only groups whose maximum reaches it are scanned, in index order,
+ * with an insertion into the sorted top-k (an element displaces only strictly smaller ones). */
+#define GROUP 8
+MTR_CLONES static void topk_finite(uint16_t *ids, const float *z, uint32_t n, uint32_t k)
+{
+    float gmax[(MTR_MAX_EXPERTS + GROUP - 1) / GROUP];
+    const uint32_t ng = (n + GROUP - 1) / GROUP, full = n / GROUP;
+    for (uint32_t g = 0; g < full; g++) {
+        const float *x = z + (size_t)g * GROUP;
+        float m = x[0];
+        for (uint32_t i = 1; i < GROUP; i++) m = x[i] > m ? x[i] : m;
+        gmax[g] = m;
+    }
+    if (full < ng) {
+        float m = z[(size_t)full * GROUP];
+        for (uint32_t i = full * GROUP + 1; i < n; i++) m = z[i] > m ? z[i] : m;
+        gmax[full] = m;
+    }
+    float thr = -INFINITY;
+    if (ng > k) {
+        /* k-th largest group maximum */
+        float best[MTR_MAX_TOPK];
+        uint32_t m = 0;
+        for (uint32_t g = 0; g < ng; g++) {
+            float v = gmax[g];
+            if (m == k && !(v > best[k - 1])) continue;
+            uint32_t pos = m < k ? m++ : k - 1;
+            while (pos > 0 && v > best[pos - 1]) {
+                best[pos] = best[pos - 1];
+                pos--;
+            }
+            best[pos] = v;
+        }
+        thr = best[k - 1];
+    }
+    float best[MTR_MAX_TOPK];
+    uint32_t m = 0;
+    for (uint32_t g = 0; g < ng; g++) {
+        if (gmax[g] < thr) continue;
+        uint32_t end = (g + 1) * GROUP < n ? (g + 1) * GROUP : n;
+        for (uint32_t e = g * GROUP; e < end; e++) {
+            float v = z[e];
+            if (v < thr || (m == k && !(v > best[k - 1]))) continue;
+            uint32_t pos = m < k ? m++ : k - 1;
+            while (pos > 0 && v > best[pos - 1]) {
+                best[pos] = best[pos - 1];
+                ids[pos] = ids[pos - 1];
+                pos--;
+            }
+            best[pos] = v;
+            ids[pos] = (uint16_t)e;
+        }
+    }
+}
+
 void mtr_token_accumulate(const mtr_model_info *m, uint32_t layer, const float *z, bool topk_weights,
                           mtr_token_acc *acc, float *scratch)
 {
@@ -61,7 +120,7 @@ void mtr_token_accumulate(const mtr_model_info *m, uint32_t layer, const float *
         mtr_route(m, layer, z, ids, w, scratch + n);
     } else {
         /* every score function is monotone in z, so the selection is the top-k of z itself */
-        mtr_topk(ids, z, n, k);
+        topk_finite(ids, z, n, k);
     }
     if (topk_weights)
         for (uint32_t i = 0; i < k; i++) acc->q[ids[i]] += (double)w[i];
@@ -108,39 +167,47 @@ static uint64_t splitmix(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-static double pair_jaccard(const uint64_t *a, const uint64_t *b, uint32_t words)
+/* Jaccard of two tokens' top-k sets at every layer, added to sum (n_layers); rows are (n_layers, words) */
+MTR_POPCNT_CLONES static void pair_jaccard_layers(double *sum, const uint64_t *a, const uint64_t *b, uint32_t n_layers,
+                                           uint32_t words)
 {
-    uint32_t inter = 0, uni = 0;
-    for (uint32_t w = 0; w < words; w++) {
-        inter += (uint32_t)__builtin_popcountll(a[w] & b[w]);
-        uni += (uint32_t)__builtin_popcountll(a[w] | b[w]);
+    for (uint32_t l = 0; l < n_layers; l++) {
+        uint32_t inter = 0, uni = 0;
+        for (uint32_t w = 0; w < words; w++) {
+            inter += (uint32_t)__builtin_popcountll(a[l * words + w] & b[l * words + w]);
+            uni += (uint32_t)__builtin_popcountll(a[l * words + w] | b[l * words + w]);
+        }
+        sum[l] += uni ? (double)inter / uni : 1.0;
     }
-    return uni ? (double)inter / uni : 1.0;
 }
 
-double mtr_jaccard_mean(const uint64_t *bits, uint32_t n_tokens, size_t stride, uint32_t words, uint32_t k,
+void mtr_jaccard_layers(double *out, const uint64_t *bits, uint32_t n_tokens, uint32_t n_layers, uint32_t words,
                         uint32_t max_pairs, uint64_t seed, uint32_t *n_pairs)
 {
-    (void)k;
+    const size_t stride = (size_t)n_layers * words;
     *n_pairs = 0;
-    if (n_tokens < 2) return NAN;
-    uint64_t all = (uint64_t)n_tokens * (n_tokens - 1) / 2;
-    double sum = 0;
+    for (uint32_t l = 0; l < n_layers; l++) out[l] = 0;
+    if (n_tokens < 2) {
+        for (uint32_t l = 0; l < n_layers; l++) out[l] = NAN;
+        return;
+    }
+    uint64_t all = (uint64_t)n_tokens * (n_tokens - 1) / 2, np;
     if (all <= max_pairs) {
         for (uint32_t i = 0; i < n_tokens; i++)
             for (uint32_t j = i + 1; j < n_tokens; j++)
-                sum += pair_jaccard(bits + i * stride, bits + j * stride, words);
-        *n_pairs = (uint32_t)all;
-        return sum / (double)all;
+                pair_jaccard_layers(out, bits + i * stride, bits + j * stride, n_layers, words);
+        np = all;
+    } else {
+        /* uniform pairs of distinct tokens, drawn with replacement */
+        uint64_t st = seed;
+        for (uint32_t p = 0; p < max_pairs; p++) {
+            uint32_t i = (uint32_t)(splitmix(&st) % n_tokens);
+            uint32_t j = (uint32_t)(splitmix(&st) % (n_tokens - 1));
+            if (j >= i) j++;
+            pair_jaccard_layers(out, bits + i * stride, bits + j * stride, n_layers, words);
+        }
+        np = max_pairs;
     }
-    /* uniform pairs of distinct tokens, drawn with replacement */
-    uint64_t st = seed;
-    for (uint32_t p = 0; p < max_pairs; p++) {
-        uint32_t i = (uint32_t)(splitmix(&st) % n_tokens);
-        uint32_t j = (uint32_t)(splitmix(&st) % (n_tokens - 1));
-        if (j >= i) j++;
-        sum += pair_jaccard(bits + i * stride, bits + j * stride, words);
-    }
-    *n_pairs = max_pairs;
-    return sum / (double)max_pairs;
+    for (uint32_t l = 0; l < n_layers; l++) out[l] /= (double)np;
+    *n_pairs = (uint32_t)np;
 }

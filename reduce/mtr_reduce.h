@@ -46,10 +46,11 @@ double mtr_jsd(const double *p, const double *q, size_t n);
 /* Entropy-normalised JSD: JSD / max(ln n - (H(p) + H(q)) / 2, 1e-6), given the two entropies. */
 double mtr_jsd_normalised(const double *p, const double *q, size_t n, double hp, double hq);
 
-/* Mean Jaccard similarity of the top-k sets of token pairs of one sequence at one layer. bits: (n_tokens, words)
- * with row stride `stride` words; all pairs if there are at most max_pairs, else max_pairs pairs sampled with a
- * generator seeded by `seed`. *n_pairs receives the number of pairs used. NaN for fewer than two tokens. */
-double mtr_jaccard_mean(const uint64_t *bits, uint32_t n_tokens, size_t stride, uint32_t words, uint32_t k,
+/* Mean Jaccard similarity of the top-k sets of token pairs of one sequence, per layer: out (n_layers). bits:
+ * (n_tokens, n_layers, words) selection bitsets. All pairs if there are at most max_pairs, else max_pairs pairs
+ * drawn with replacement by a generator seeded with `seed` (the same pairs at every layer). *n_pairs receives the
+ * number of pairs used; NaN for fewer than two tokens. */
+void mtr_jaccard_layers(double *out, const uint64_t *bits, uint32_t n_tokens, uint32_t n_layers, uint32_t words,
                         uint32_t max_pairs, uint64_t seed, uint32_t *n_pairs);
 
 /* ---- phase 1: summaries --------------------------------------------------------------------------------- */

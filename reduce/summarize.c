@@ -110,16 +110,13 @@ static void finalise(seq_state *s, const mtr_model_info *m, uint32_t n_tokens, c
         if (nu != t) memmove(s->bits + (size_t)nu * L * W, s->bits + (size_t)t * L * W, (size_t)L * W * 8);
         nu++;
     }
-    s->jpairs = 0;
     for (uint32_t l = 0; l < L; l++) {
         s->fin_ent[l] = s->acc.n_used ? mtr_entropy(s->acc.q + (size_t)l * E, E) : NAN;
         s->fin_tent[l] = s->acc.ent[l] * inv;
-        uint32_t np = 0;
-        /* the same token pairs at every layer: the sample depends only on the seed and the sequence */
-        s->fin_jac[l] = mtr_jaccard_mean(s->bits + (size_t)l * W, nu, (size_t)L * W, W, m->top_k, o->jaccard_pairs,
-                                          o->seed ^ (seq_id * 0x9e3779b97f4a7c15ULL), &np);
-        s->jpairs = np;
     }
+    /* the same token pairs at every layer: the sample depends only on the seed and the sequence */
+    mtr_jaccard_layers(s->fin_jac, s->bits, nu, L, W, o->jaccard_pairs, o->seed ^ (seq_id * 0x9e3779b97f4a7c15ULL),
+                       &s->jpairs);
 }
 
 /* This rank's sequences [*first, *last): contiguous, balanced by tokens. */

@@ -10,5 +10,10 @@ for b in "$BENCH"/bench_*; do
     echo "== $(basename "$b")"
     OPENBLAS_NUM_THREADS=1 "$b" build/bench-data || status=1
 done
+for s in tests/bench/bench_*.sh; do
+    [ -f "$s" ] || continue
+    echo "== $(basename "$s" .sh)"
+    BIN="$BIN" LIB="$LIB" TOOLS="$TOOLS" PY="$PY" sh "$s" || status=1
+done
 rm -rf build/bench-data
 exit $status
