@@ -1,6 +1,7 @@
 #!/bin/sh
 # make demo: the longest end-to-end path that exists: a synthetic trace set with planted structure (6 languages,
-# 2 datasets, 24 layers x 64 experts) -> validation and description with moetrace info. Says where things are.
+# 2 datasets, 24 layers x 64 experts) -> validation (moetrace info) -> routing metrics (moetrace-reduce).
+# Says where things are.
 set -eu
 BIN=$1
 OUT=$2
@@ -15,8 +16,17 @@ echo "== moetrace info --deep: what the run holds, validated chunk by chunk"
 "$BIN/moetrace" info --deep "$OUT/run" | tee "$OUT/info.txt"
 "$BIN/moetrace" info --json "$OUT/run" >"$OUT/info.json"
 echo
+echo "== moetrace-reduce: per-sequence summaries, then tables (divergence from English, entropy, frequencies, ...)"
+"$BIN/moetrace-reduce" "$OUT/run" -o "$OUT/tables" --rd math:eng_Latn flores:eng_Latn
+echo
+echo "Divergence from English by layer 1..24 (entropy-normalised JSD; planted middle band: layers 6-19):"
+awk -F'\t' '!/^#/ { d[$1] = d[$1] sprintf(" %.2f", $3) } END { for (l in d) printf "  %-9s%s\n", l, d[l] }' \
+    "$OUT/tables/div_from_en.tsv" | sort
+echo
 echo "Results:"
 echo "  trace run        $OUT/run  (run.json + shard-*.h5; planted truth in truth.json, accuracies in accuracy.tsv)"
 echo "  description      $OUT/info.txt, $OUT/info.json"
+echo "  summaries        $OUT/tables/summaries.h5  (format: reduce/SUMMARIES.md)"
+echo "  tables           $OUT/tables/*.tsv and $OUT/tables/tables.h5"
 echo "  read with h5py   HDF5_PLUGIN_PATH=$(dirname "$BIN")/lib/plugin /usr/bin/python3 -c 'import h5py; ...'"
-echo "Figures: none yet (the reduce, stats and notebook stages are not built yet)."
+echo "Figures: none yet (the notebooks are not built yet)."
