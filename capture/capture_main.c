@@ -17,7 +17,7 @@
 #include "moetrace.h"
 
 /* Verbs of the full tool that this build does not have yet. */
-static const char *const planned_verbs[] = {"run", "ingest", "tokenize"};
+static const char *const planned_verbs[] = {"run", "ingest"};
 
 /* ---- dispatch -------------------------------------------------------------------------------------------- */
 
@@ -30,6 +30,7 @@ typedef struct {
 
 static const command commands[] = {
     {"synth", cmd_synth, synth_help, "write synthetic traces with planted multilingual routing structure"},
+    {"tokenize", cmd_tokenize, tokenize_help, "token ids of text with a Hugging Face tokenizer.json, and back"},
 };
 
 static void main_help(void)

@@ -34,5 +34,7 @@ int parse_bytes(uint64_t *out, const char *s);
 /* ---- commands ---- */
 int cmd_synth(int argc, char **argv);
 void synth_help(void);
+int cmd_tokenize(int argc, char **argv);
+void tokenize_help(void);
 
 #endif

@@ -45,6 +45,8 @@ size_t tk_utf8_valid_prefix(const char *s, size_t n);
 int tk_utf8_next(const char *s, size_t n, int32_t *cp);
 /* Encode cp; returns bytes written to out (1..4). */
 int tk_utf8_put(char *out, int32_t cp);
+/* Unicode White_Space */
+bool tk_is_ws(int32_t cp);
 /* Append s (n bytes of any content) to b with each invalid UTF-8 sequence replaced by U+FFFD. */
 int tk_utf8_lossy(tk_buf *b, const char *s, size_t n);
 
@@ -205,7 +207,8 @@ typedef struct {
 struct mtr_tok {
     tk_model model;
     size_t n_ids;           /* vocab size including added tokens */
-    char **tok;             /* (n_ids) token spelling per id, NULL if none */
+    int64_t *tok_off;       /* (n_ids) offset of the token spelling in tok_pool, -1 if the id has none */
+    tk_buf tok_pool;        /* NUL-separated spellings */
     bool *special;          /* (n_ids) */
     tk_strmap tok_index;    /* spelling -> id (model vocab and added tokens) */
 

@@ -260,7 +260,7 @@ int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool is_liter
 {
     int err = 0;
     PCRE2_SIZE off = 0;
-    uint32_t opt = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | (is_literal ? PCRE2_LITERAL : 0);
+    uint32_t opt = PCRE2_UTF | PCRE2_NO_UTF_CHECK | (is_literal ? PCRE2_LITERAL : PCRE2_UCP);
     r->re = pcre2_compile((PCRE2_SPTR)pattern, len, opt, &err, &off, NULL);
     if (!r->re) {
         PCRE2_UCHAR msg[160];
@@ -376,7 +376,7 @@ static int replace_cb(void *vctx, size_t a, size_t b, bool is_match)
     return tk_buf_put(c->out, c->s + a, b - a);
 }
 
-static bool is_ws(int32_t cp)
+bool tk_is_ws(int32_t cp)
 {
     if (cp == ' ' || (cp >= 9 && cp <= 13)) return true;
     if (cp < 0x85) return false;
@@ -392,7 +392,7 @@ static int norm_strip(tk_buf *out, const tk_norm *st, const char *s, size_t n)
     while (st->left && a < b) {
         int32_t cp;
         int k = tk_utf8_next(s + a, b - a, &cp);
-        if (!is_ws(cp)) break;
+        if (!tk_is_ws(cp)) break;
         a += (size_t)k;
     }
     while (st->right && b > a) {
@@ -400,7 +400,7 @@ static int norm_strip(tk_buf *out, const tk_norm *st, const char *s, size_t n)
         while (k > a && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
         int32_t cp;
         tk_utf8_next(s + k, b - k, &cp);
-        if (!is_ws(cp)) break;
+        if (!tk_is_ws(cp)) break;
         b = k;
     }
     return tk_buf_put(out, s + a, b - a);

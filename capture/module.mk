@@ -1,0 +1,41 @@
+# capture/module.mk — the parts of moetrace-capture built as libraries of their own (see the top-level Makefile:
+# a fragment appends to MODULE_ARCHIVES / MODULE_PKGS / CAPTURE_SRC and adds its own targets).
+
+# ---- tokenizer: Hugging Face tokenizer.json in C (capture/mtr_tokenizer.h) ----
+TOK_SRC := $(wildcard capture/tokenizer*.c)
+TOK_LIB := $(LIB)/libmtr_tokenizer.a
+MODULE_ARCHIVES += $(TOK_LIB)
+MODULE_PKGS += libpcre2-8 libutf8proc
+CAPTURE_SRC += capture/cmd_tokenize.c
+
+# the tokenizer archive (linked into moetrace-capture, unit tests, tools and benchmarks)
+$(TOK_LIB): $(TOK_SRC:%.c=$(OBJ)/%.o)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+# the BPE merge loop and pre-tokenizer scans are the encode hot path
+$(OBJ)/capture/tokenizer_bpe.o $(OBJ)/capture/tokenizer_text.o: KERNEL_FLAGS := -O3
+
+# fuzz targets (libFuzzer, clang): the tokenizer.json loader and encode on arbitrary bytes, each for
+# FUZZ_SECONDS (default 60) from the committed seed corpus; findings go to build/fuzz/
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+FUZZ_TARGETS := fuzz_tokenizer_load fuzz_tokenizer_encode
+FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Icapture -Itraces \
+	$(shell pkg-config --cflags jansson libpcre2-8 libutf8proc 2>/dev/null)
+FUZZ_LIBS = $(shell pkg-config --libs jansson libpcre2-8 libutf8proc 2>/dev/null)
+
+.PHONY: fuzz-tokenizer
+# build the fuzz targets with clang and run each for a bounded time
+fuzz-tokenizer: $(FUZZ_TARGETS:%=build/fuzz/%)
+	@for f in $(FUZZ_TARGETS); do \
+		mkdir -p build/fuzz/corpus-$$f && \
+		echo "== $$f ($(FUZZ_SECONDS) s)" && \
+		build/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+			-artifact_prefix=build/fuzz/$$f- build/fuzz/corpus-$$f tests/fuzz/corpus/$${f#fuzz_} || exit 1; \
+	done
+
+# one libFuzzer binary per tests/fuzz/fuzz_*.c, with the tokenizer sources compiled in (instrumented)
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(TOK_SRC) capture/tokenizer_internal.h capture/mtr_tokenizer.h | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(TOK_SRC) $(FUZZ_LIBS)
