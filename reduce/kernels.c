@@ -4,8 +4,12 @@
  * clone picked at run time. Inputs are checked finite before they get here (fast-math assumes it). Every function
  * has a plain double-precision counterpart in reference.c that the tests compare with.
  */
+#include <float.h>
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "mtr_reduce.h"
 
@@ -49,60 +53,91 @@ MTR_CLONES static float row_max(const float *z, uint32_t n)
     return mx;
 }
 
-/* Top-k of a finite row, ties to the lower index, descending: the k-th largest of the maxima of groups of 8 is a
- * threshold that at least k elements reach, so only groups whose maximum reaches it are scanned, in index order,
- * with an insertion into the sorted top-k (an element displaces only strictly smaller ones). */
-#define GROUP 8
-MTR_CLONES static void topk_finite(uint16_t *ids, const float *z, uint32_t n, uint32_t k)
+/* ---- top-k selection ----
+ * The selection of a finite row, descending, ties to the lower index, in three steps: collect the candidates at or
+ * above a threshold (branch-free, or 8 at a time with AVX2), check there are at least k, then insert them in index
+ * order into the sorted top-k (an element displaces only strictly smaller ones). The threshold is first the
+ * previous token's k-th value at this layer, lowered by a margin (routing is consistent within a sequence, so this
+ * usually leaves k plus a few candidates); when that yields fewer than k, or too many, it is the k-th largest of
+ * the maxima of groups of 4, which at least k elements always reach. */
+
+static uint32_t compact_scalar(uint16_t *cand, const float *z, uint32_t e0, uint32_t n, float thr)
 {
-    float gmax[(MTR_MAX_EXPERTS + GROUP - 1) / GROUP];
-    const uint32_t ng = (n + GROUP - 1) / GROUP, full = n / GROUP;
-    for (uint32_t g = 0; g < full; g++) {
-        const float *x = z + (size_t)g * GROUP;
-        float m = x[0];
-        for (uint32_t i = 1; i < GROUP; i++) m = x[i] > m ? x[i] : m;
-        gmax[g] = m;
+    uint32_t c = 0;
+    for (uint32_t e = e0; e < n; e++) {
+        cand[c] = (uint16_t)e; /* written always, kept when it qualifies: no branch to mispredict */
+        c += z[e] >= thr;
     }
-    if (full < ng) {
-        float m = z[(size_t)full * GROUP];
-        for (uint32_t i = full * GROUP + 1; i < n; i++) m = z[i] > m ? z[i] : m;
-        gmax[full] = m;
-    }
-    float thr = -INFINITY;
-    if (ng > k) {
-        /* k-th largest group maximum */
-        float best[MTR_MAX_TOPK];
-        uint32_t m = 0;
-        for (uint32_t g = 0; g < ng; g++) {
-            float v = gmax[g];
-            if (m == k && !(v > best[k - 1])) continue;
-            uint32_t pos = m < k ? m++ : k - 1;
-            while (pos > 0 && v > best[pos - 1]) {
-                best[pos] = best[pos - 1];
-                pos--;
-            }
-            best[pos] = v;
+    return c;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) static uint32_t compact_avx2(uint16_t *cand, const float *z, uint32_t n, float thr)
+{
+    const __m256 t = _mm256_set1_ps(thr);
+    uint32_t c = 0, e = 0;
+    for (; e + 8 <= n; e += 8) {
+        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + e), t, _CMP_GE_OQ));
+        while (m) {
+            cand[c++] = (uint16_t)(e + (unsigned)__builtin_ctz(m));
+            m &= m - 1;
         }
-        thr = best[k - 1];
     }
+    return c + compact_scalar(cand + c, z, e, n, thr);
+}
+#endif
+
+static uint32_t compact(uint16_t *cand, const float *z, uint32_t n, float thr)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int has_avx2 = -1;
+    if (has_avx2 < 0) has_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (has_avx2) return compact_avx2(cand, z, n, thr);
+#endif
+    return compact_scalar(cand, z, 0, n, thr);
+}
+
+/* k-th largest of the maxima of groups of 4: at least k elements are >= it (k <= n / 4), else -FLT_MAX */
+static float group_threshold(const float *z, uint32_t n, uint32_t k)
+{
+    const uint32_t ng = n / 4;
+    if (ng < k) return -FLT_MAX;
     float best[MTR_MAX_TOPK];
     uint32_t m = 0;
     for (uint32_t g = 0; g < ng; g++) {
-        if (gmax[g] < thr) continue;
-        uint32_t end = (g + 1) * GROUP < n ? (g + 1) * GROUP : n;
-        for (uint32_t e = g * GROUP; e < end; e++) {
-            float v = z[e];
-            if (v < thr || (m == k && !(v > best[k - 1]))) continue;
-            uint32_t pos = m < k ? m++ : k - 1;
-            while (pos > 0 && v > best[pos - 1]) {
-                best[pos] = best[pos - 1];
-                ids[pos] = ids[pos - 1];
-                pos--;
-            }
-            best[pos] = v;
-            ids[pos] = (uint16_t)e;
+        const float *x = z + 4 * g;
+        float a = x[0] > x[1] ? x[0] : x[1], b = x[2] > x[3] ? x[2] : x[3], v = a > b ? a : b;
+        if (m == k && !(v > best[k - 1])) continue;
+        uint32_t pos = m < k ? m++ : k - 1;
+        while (pos > 0 && v > best[pos - 1]) {
+            best[pos] = best[pos - 1];
+            pos--;
         }
+        best[pos] = v;
     }
+    return best[k - 1];
+}
+
+static void topk_finite(uint16_t *ids, const float *z, uint32_t n, uint32_t k, float *hint, uint16_t *cand)
+{
+    uint32_t c = *hint > -FLT_MAX ? compact(cand, z, n, *hint) : 0;
+    if (c < k || c > 4 * k) c = compact(cand, z, n, group_threshold(z, n, k));
+    float best[MTR_MAX_TOPK];
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < c; i++) {
+        uint16_t e = cand[i];
+        float v = z[e];
+        if (m == k && !(v > best[k - 1])) continue;
+        uint32_t pos = m < k ? m++ : k - 1;
+        while (pos > 0 && v > best[pos - 1]) {
+            best[pos] = best[pos - 1];
+            ids[pos] = ids[pos - 1];
+            pos--;
+        }
+        best[pos] = v;
+        ids[pos] = e;
+    }
+    *hint = best[k - 1] - 0.25f * (best[0] - best[k - 1]);
 }
 
 void mtr_token_accumulate(const mtr_model_info *m, uint32_t layer, const float *z, bool topk_weights,
@@ -120,7 +155,7 @@ void mtr_token_accumulate(const mtr_model_info *m, uint32_t layer, const float *
         mtr_route(m, layer, z, ids, w, scratch + n);
     } else {
         /* every score function is monotone in z, so the selection is the top-k of z itself */
-        topk_finite(ids, z, n, k);
+        topk_finite(ids, z, n, k, acc->hint, (uint16_t *)(void *)(scratch + n));
     }
     if (topk_weights)
         for (uint32_t i = 0; i < k; i++) acc->q[ids[i]] += (double)w[i];

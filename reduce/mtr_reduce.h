@@ -32,6 +32,8 @@ typedef struct {
     uint32_t *a;      /* (n_experts) += 1 for each selected expert */
     double *ent;      /* += entropy of the token's full softmax distribution */
     uint64_t *bits;   /* (ceil(n_experts / 64)) set to the selection as a bitset */
+    float *hint;      /* this layer's selection threshold from the previous token of the same worker (a speed hint
+                         only: any value gives the same selection); start it at -FLT_MAX */
 } mtr_token_acc;
 
 /* Accumulate one token row z (n_experts logits of layer `layer`) into acc. topk_weights: add the weights the model

@@ -6,6 +6,7 @@
  * number of threads, and finished sequences are finalised in parallel (entropy, Jaccard) and appended in run order.
  * Under MPI each rank takes a contiguous share of the sequences, balanced by tokens.
  */
+#include <float.h>
 #include <jansson.h>
 #include <math.h>
 #include <omp.h>
@@ -44,6 +45,7 @@ typedef struct {
     mtr_decoder *dec;
     uint8_t *raw, *stored;
     float *row, *scratch;
+    float *hints; /* (L) top-k thresholds carried from token to token */
 } worker;
 
 static int accum_alloc(accum *a, size_t le, size_t L)
@@ -226,7 +228,9 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
         wk[t].stored = malloc(max_chunk_bytes ? max_chunk_bytes : 1);
         wk[t].row = malloc(le * sizeof(float));
         wk[t].scratch = malloc(2 * (size_t)E * sizeof(float));
-        if (!wk[t].raw || !wk[t].stored || !wk[t].row || !wk[t].scratch) goto nomem;
+        wk[t].hints = malloc(L * sizeof(float));
+        if (!wk[t].raw || !wk[t].stored || !wk[t].row || !wk[t].scratch || !wk[t].hints) goto nomem;
+        for (uint32_t l = 0; l < L; l++) wk[t].hints[l] = -FLT_MAX;
     }
     settings = mtr_summ_settings_json(opts, sources, n_sources);
     if ((rc = summ_writer_create(&out, out_path, m, opts->topk_weights, settings))) goto done;
@@ -292,7 +296,7 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
                     uint64_t *bits = s->bits + (size_t)tok * L * W;
                     for (uint32_t l = 0; l < L; l++) {
                         mtr_token_acc ta = {acc->q + (size_t)l * E, acc->a + (size_t)l * E, acc->ent + l,
-                                            bits + (size_t)l * W};
+                                            bits + (size_t)l * W, w->hints + l};
                         mtr_token_accumulate(m, l, w->row + (size_t)l * E, opts->topk_weights, &ta, w->scratch);
                     }
                     s->used[tok] = 1;
@@ -373,6 +377,7 @@ done:
             free(wk[t].stored);
             free(wk[t].row);
             free(wk[t].scratch);
+            free(wk[t].hints);
         }
     free(wk);
     free(settings);
