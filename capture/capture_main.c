@@ -17,7 +17,7 @@
 #include "moetrace.h"
 
 /* Verbs of the full tool that this build does not have yet. */
-static const char *const planned_verbs[] = {"run", "ingest"};
+static const char *const planned_verbs[] = {"run"};
 
 /* ---- dispatch -------------------------------------------------------------------------------------------- */
 
@@ -31,6 +31,7 @@ typedef struct {
 static const command commands[] = {
     {"synth", cmd_synth, synth_help, "write synthetic traces with planted multilingual routing structure"},
     {"tokenize", cmd_tokenize, tokenize_help, "token ids of text with a Hugging Face tokenizer.json, and back"},
+    {"ingest", cmd_ingest, ingest_help, "write router logits streamed by another engine (traces/INGEST.md)"},
 };
 
 static void main_help(void)

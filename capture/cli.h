@@ -36,5 +36,7 @@ int cmd_synth(int argc, char **argv);
 void synth_help(void);
 int cmd_tokenize(int argc, char **argv);
 void tokenize_help(void);
+int cmd_ingest(int argc, char **argv);
+void ingest_help(void);
 
 #endif

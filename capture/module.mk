@@ -39,3 +39,28 @@ fuzz-tokenizer: $(FUZZ_TARGETS:%=build/fuzz/%)
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(TOK_SRC) capture/tokenizer_internal.h capture/mtr_tokenizer.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(TOK_SRC) $(FUZZ_LIBS)
+
+# ---- ingest: framed router-logit streams from other engines (capture/mtr_ingest.h, traces/INGEST.md) ----
+INGEST_LIB := $(LIB)/libmtr_ingest.a
+MODULE_ARCHIVES += $(INGEST_LIB)
+CAPTURE_SRC += capture/cmd_ingest.c
+
+# the ingest archive: encoder, decoder and the reader/writer pipeline
+$(INGEST_LIB): $(OBJ)/capture/ingest.o
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+.PHONY: fuzz-ingest
+# the ingest decoder under libFuzzer for FUZZ_SECONDS from its seed corpus (replayed by tests/unit/test_ingest.c)
+fuzz-ingest: build/fuzz/fuzz_ingest
+	@mkdir -p build/fuzz/corpus-fuzz_ingest
+	build/fuzz/fuzz_ingest -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+		-artifact_prefix=build/fuzz/fuzz_ingest- build/fuzz/corpus-fuzz_ingest tests/fuzz/corpus/ingest
+
+# the decoder instrumented, libmoetrace (model checks, dtype names) linked as built
+build/fuzz/fuzz_ingest: tests/fuzz/fuzz_ingest.c capture/ingest.c capture/mtr_ingest.h $(LIB)/libmoetrace.a | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Icapture -Itraces \
+		$(shell pkg-config --cflags $(HDF5_PC) jansson libzstd 2>/dev/null) -o $@ tests/fuzz/fuzz_ingest.c \
+		capture/ingest.c $(LIB)/libmoetrace.a $(shell pkg-config --libs $(HDF5_PC) jansson libzstd 2>/dev/null) \
+		-fopenmp -lm -lpthread

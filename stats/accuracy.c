@@ -60,7 +60,7 @@ static int load_tsv(mtr_accuracy *a, const char *path, const mtr_langs *langs)
     size_t cap = 0;
     mtr_tsv *f = NULL;
     char where[4200];
-    if ((rc = mtr_tsv_read(&f, path))) return rc == MTR_EFORMAT ? rc : rc;
+    if ((rc = mtr_tsv_read(&f, path))) return rc;
     for (int i = 0; i < 5; i++)
         if ((col[i] = mtr_tsv_col(f, need[i])) < 0 && i < 4) {
             rc = mtr_stats_fail(MTR_EFORMAT, "%s: no column '%s' (want lang, task, metric, value, n)", path, need[i]);
@@ -252,9 +252,12 @@ static int load_json_rows(mtr_accuracy *a, const char *path, json_t *arr, const 
 
 /* ---- merging subtasks ----------------------------------------------------------------------------------- */
 
-static void merge_subtasks(mtr_accuracy *a)
+/* Average the rows whose tasks share the part before ':' (per language and metric), in place; n is summed when
+ * every part knows it. */
+static int merge_subtasks(mtr_accuracy *a)
 {
-    size_t w = 0;
+    size_t w = 0, *count = calloc(a->n + 1, sizeof *count);
+    if (!count) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
     for (size_t i = 0; i < a->n; i++) {
         mtr_acc_row r = a->rows[i];
         char *colon = strchr(r.task, ':');
@@ -265,24 +268,17 @@ static void merge_subtasks(mtr_accuracy *a)
                 !strcmp(a->rows[j].metric, r.metric))
                 break;
         if (j == w) {
-            r.n = isnan(r.n) ? NAN : r.n;
-            r.value = r.value; /* running sum below; count kept in a parallel pass */
             a->rows[w++] = r;
         } else {
             a->rows[j].value += r.value;
             a->rows[j].n = isnan(a->rows[j].n) || isnan(r.n) ? NAN : a->rows[j].n + r.n;
         }
+        count[j]++;
     }
-    /* divide each merged sum by the number of subtasks it gathered */
-    for (size_t j = 0; j < w; j++) {
-        size_t c = 0;
-        for (size_t i = 0; i < a->n; i++) {
-            const char *t = a->rows[i].task;
-            (void)t;
-        }
-        (void)c;
-    }
+    for (size_t j = 0; j < w; j++) a->rows[j].value /= (double)count[j];
     a->n = w;
+    free(count);
+    return 0;
 }
 
 int mtr_accuracy_load(mtr_accuracy **out, const char *path, const mtr_langs *langs, const mtr_acc_opts *opts)
@@ -328,31 +324,7 @@ int mtr_accuracy_load(mtr_accuracy **out, const char *path, const mtr_langs *lan
         rc = mtr_stats_fail(MTR_EFORMAT, "%s: no accuracy rows", path);
         goto out_free;
     }
-    if (opts->merge_subtasks) {
-        /* count subtasks per merged row before summing */
-        size_t n0 = a->n;
-        mtr_acc_row *orig = malloc(n0 * sizeof *orig);
-        if (!orig) {
-            rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
-            goto out_free;
-        }
-        memcpy(orig, a->rows, n0 * sizeof *orig);
-        merge_subtasks(a);
-        for (size_t j = 0; j < a->n; j++) {
-            size_t cnt = 0;
-            for (size_t i = 0; i < n0; i++) {
-                char t[128];
-                snprintf(t, sizeof t, "%s", orig[i].task);
-                char *colon = strchr(t, ':');
-                if (colon) *colon = '\0';
-                if (!strcmp(orig[i].lang, a->rows[j].lang) && !strcmp(t, a->rows[j].task) &&
-                    !strcmp(orig[i].metric, a->rows[j].metric))
-                    cnt++;
-            }
-            a->rows[j].value /= (double)cnt;
-        }
-        free(orig);
-    }
+    if (opts->merge_subtasks && (rc = merge_subtasks(a))) goto out_free;
     *out = a;
     a = NULL;
 out_free:

@@ -13,8 +13,10 @@ for t in "$UNIT"/test_*; do
     [ -x "$t" ] || continue
     case "$t" in *.d) continue ;; esac
     name=$(basename "$t")
-    out=$("$t" 2>&1)
+    timeout -k 10 900 "$t" >"${TMPDIR}/mtr-unit-$$" 2>&1
     rc=$?
+    out=$(cat "${TMPDIR}/mtr-unit-$$")
+    rm -f "${TMPDIR}/mtr-unit-$$"
     printf '%s\n' "$out" | grep -v '^Running suite' | sed "s/^/[$name] /"
     line=$(printf '%s\n' "$out" | grep -E '^[0-9]+%: Checks: ' | tail -n 1)
     if [ -z "$line" ]; then
@@ -30,11 +32,16 @@ for t in "$UNIT"/test_*; do
     [ $((f + e)) -gt 0 ] && failures="$failures $name"
 done
 
+log=$(mktemp "${TMPDIR}/mtr-test-XXXXXX")
+trap 'rm -f "$log"' EXIT
 for s in "$here"/cli/test_*.sh; do
     [ -f "$s" ] || continue
     name=$(basename "$s" .sh)
-    out=$(BIN="$BIN" LIB="$LIB" TOOLS="$TOOLS" PY="$PY" TESTS="$here" sh "$s" 2>&1)
+    # output goes through a file, not a pipe, so a stray background process cannot hold the runner; a script
+    # that hangs is stopped after 15 minutes and counted as failed
+    BIN="$BIN" LIB="$LIB" TOOLS="$TOOLS" PY="$PY" TESTS="$here" timeout -k 10 900 sh "$s" >"$log" 2>&1
     rc=$?
+    out=$(cat "$log")
     printf '%s\n' "$out" | sed "s/^/[$name] /"
     ok=$(printf '%s\n' "$out" | grep -c '^ok ')
     bad=$(printf '%s\n' "$out" | grep -c '^not ok ')

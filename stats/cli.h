@@ -1,0 +1,57 @@
+/* cli.h — helpers shared by the moetrace-stats verbs (stats/cmd_*.c): one-line errors, exit codes, option
+ * values, the inputs most verbs take (language table, tables, accuracy, profile, band) and TSV provenance. */
+#ifndef MTR_STATS_CLI_H
+#define MTR_STATS_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "mtr_stats.h"
+
+#define PROG "moetrace-stats"
+
+enum { EXIT_OK = 0, EXIT_USAGE = 1, EXIT_DATA = 2, EXIT_IO = 3 };
+
+extern const char exit_status_text[];
+extern const char *cli_command_line; /* the whole command line, for provenance */
+
+/* "moetrace-stats VERB: message" on stderr, one line. */
+void cli_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Report a library error (its detail) and return the exit status for it. */
+int cli_fail(const char *verb, int err, const char *detail);
+int cli_exit_code(int err);
+int cli_parse_u32(uint32_t *out, const char *s);
+int cli_parse_u64(uint64_t *out, const char *s);
+int cli_parse_double(double *out, const char *s);
+
+/* The band a verb works on: --band A-B, --band detect, else the profile's, else detected. */
+typedef struct {
+    mtr_band band;
+    char source[512]; /* "profile qwen3-30b-a3b (...)", "detected: alpha=0.5 ...", "given: --band 4-13" */
+} cli_band;
+/* t may lack div_en only when the band is given or comes from the profile. profile may be NULL. */
+int cli_resolve_band(cli_band *out, const char *verb, const char *band_arg, const mtr_profile *profile,
+                     const mtr_tables *t, const char *english, double alpha);
+
+/* Load config/languages.tsv (or path): exit status or 0. */
+int cli_load_langs(mtr_langs **out, const char *verb, const char *path);
+
+/* Print the common provenance lines: "# moetrace-stats VERB VERSION", "# command: ...". */
+void cli_provenance(FILE *f, const char *verb);
+/* A JSON number, or null for NaN / infinity (JSON has no NaN). */
+json_t *cli_jnum(double v);
+/* Print root as indented JSON on stdout and release it; exit status. */
+int cli_print_json(const char *verb, json_t *root);
+
+/* verbs */
+int cmd_correlate(int argc, char **argv);
+int cmd_band(int argc, char **argv);
+int cmd_experts(int argc, char **argv);
+int cmd_overlap(int argc, char **argv);
+int cmd_steer(int argc, char **argv);
+int cmd_effect(int argc, char **argv);
+
+#endif

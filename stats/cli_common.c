@@ -1,0 +1,146 @@
+/* cli_common.c — helpers shared by the moetrace-stats verbs: one-line errors, exit codes, option values, the
+ * band resolution rule (given > profile > detected) and provenance lines. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+const char exit_status_text[] =
+    "Exit status:\n"
+    "  0  success\n"
+    "  1  bad usage: unknown verb or option, bad option value\n"
+    "  2  bad input data: unknown language, missing or NaN accuracy, fewer than 3 languages, malformed table\n"
+    "  3  I/O or internal failure\n";
+
+const char *cli_command_line = "";
+
+void cli_error(const char *verb, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, verb ? "%s %s: " : "%s: ", PROG, verb);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int cli_exit_code(int err)
+{
+    switch (err) {
+    case MTR_OK: return EXIT_OK;
+    case MTR_EIO:
+    case MTR_ENOMEM:
+    case MTR_EHDF5: return EXIT_IO;
+    default: return EXIT_DATA;
+    }
+}
+
+int cli_fail(const char *verb, int err, const char *detail)
+{
+    cli_error(verb, "%s", detail && *detail ? detail : mtr_strerror(err));
+    return cli_exit_code(err);
+}
+
+int cli_parse_u64(uint64_t *out, const char *s)
+{
+    char *end;
+    if (!s || *s < '0' || *s > '9') return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno) return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_u32(uint32_t *out, const char *s)
+{
+    uint64_t v;
+    if (cli_parse_u64(&v, s) || v > 0xffffffffu) return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+int cli_parse_double(double *out, const char *s)
+{
+    char *end;
+    if (!s || !*s) return -1;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*end || errno || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_load_langs(mtr_langs **out, const char *verb, const char *path)
+{
+    char buf[PATH_MAX + 32];
+    if (!path) {
+        char dir[PATH_MAX];
+        mtr_stats_config_dir(dir, sizeof dir);
+        snprintf(buf, sizeof buf, "%.*s/languages.tsv", (int)(sizeof dir - 1), dir);
+        path = buf;
+    }
+    int rc = mtr_langs_load(out, path);
+    return rc ? cli_fail(verb, rc, mtr_stats_errmsg()) : 0;
+}
+
+int cli_resolve_band(cli_band *out, const char *verb, const char *band_arg, const mtr_profile *profile,
+                     const mtr_tables *t, const char *english, double alpha)
+{
+    int rc;
+    memset(out, 0, sizeof *out);
+    uint32_t n_layers = profile ? profile->n_layers : t ? t->n_layers : 0;
+    if (band_arg && strcmp(band_arg, "detect") != 0) {
+        if ((rc = mtr_band_parse(&out->band, band_arg, n_layers))) {
+            cli_error(verb, "--band: %s", mtr_stats_errmsg());
+            return EXIT_USAGE;
+        }
+        snprintf(out->source, sizeof out->source, "given (--band %s)", band_arg);
+        return 0;
+    }
+    if (!band_arg && profile && profile->band_first) {
+        out->band.first = profile->band_first;
+        out->band.last = profile->band_last;
+        out->band.threshold = out->band.alpha = NAN;
+        snprintf(out->source, sizeof out->source, "profile %s (%.400s)", profile->name,
+                 profile->band_source[0] ? profile->band_source : profile->path);
+        return 0;
+    }
+    if (!t || !t->div_en) {
+        cli_error(verb, "%s: cannot detect the middle band without div_from_en.tsv (give --band A-B or a --profile "
+                        "with a band)", t ? t->source : "tables");
+        return EXIT_DATA;
+    }
+    double *curve = malloc((t->n_layers + 1) * sizeof *curve);
+    if (!curve) return cli_fail(verb, MTR_ENOMEM, "out of memory");
+    rc = mtr_band_curve(curve, t, english);
+    if (!rc) rc = mtr_band_detect(&out->band, curve, 1, t->n_layers, alpha);
+    free(curve);
+    if (rc) return cli_fail(verb, rc, mtr_stats_errmsg());
+    snprintf(out->source, sizeof out->source,
+             "detected from the U-curve: longest run of layers with language-mean divergence <= min + alpha*(max-min), "
+             "alpha=%g, threshold=%.6g%s",
+             alpha, out->band.threshold, profile && profile->band_first ? " (profile band overridden)" : "");
+    return 0;
+}
+
+void cli_provenance(FILE *f, const char *verb)
+{
+    fprintf(f, "# %s %s %s (libmoetrace %s)\n", PROG, verb, MTR_VERSION_STRING, MTR_VERSION_STRING);
+    fprintf(f, "# command: %s\n", cli_command_line);
+}
+
+json_t *cli_jnum(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+int cli_print_json(const char *verb, json_t *root)
+{
+    if (!root) return cli_fail(verb, MTR_ENOMEM, "out of memory");
+    int rc = json_dumpf(root, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    json_decref(root);
+    fputc('\n', stdout);
+    return rc ? cli_fail(verb, MTR_EIO, "cannot write JSON to stdout") : 0;
+}
