@@ -85,6 +85,19 @@ static int h5_put(hid_t f, const char *name, hid_t mtype, hid_t ftype, int rank,
     return rc;
 }
 
+static int h5_put_attr(hid_t obj, const char *name, const char *v)
+{
+    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = a < 0 || H5Awrite(a, t, &v) < 0 ? MTR_EHDF5 : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(t);
+    return rc;
+}
+
 static int h5_put_strs(hid_t f, const char *name, const char **v, size_t n)
 {
     hid_t t = H5Tcopy(H5T_C_S1);
@@ -130,7 +143,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     long *unit_seq = NULL, *seq_slice = NULL;
     char **slice_names = NULL;
     size_t n_slices = 0;
-    double *q = NULL, *freq = NULL, *weight = NULL, *div_en = NULL, *div_pair = NULL;
+    double *q = NULL, *freq = NULL, *weight = NULL, *div_en = NULL, *div_pair = NULL, *ent_tab = NULL;
     uint32_t *cnt = NULL, *npairs_en = NULL, *npairs_pair = NULL, *slice_nseq = NULL;
     uint64_t *slice_act = NULL, *slice_used = NULL;
     tsv t_div = {0}, t_pair = {0}, t_ent = {0}, t_jac = {0}, t_freq = {0}, t_delta = {0}, t_spec = {0}, t_top = {0},
@@ -300,6 +313,8 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
                 fprintf(t_pair.f, "%u\t%s\t%s\t%.17g\t%u\n", l + 1, langs.v[a], langs.v[b],
                         div_pair[(a * NL + b) * L + l], npairs_pair[a * NL + b]);
     /* entropy and consistency profiles over the base dataset */
+    ent_tab = malloc(NL * L * sizeof *ent_tab);
+    if (!ent_tab) goto nomem;
     if ((rc = tsv_open(&t_ent, dir, "entropy.tsv", s, opts, base, "lang\tlayer\tentropy\tn_seqs\ttoken_entropy")) ||
         (rc = tsv_open(&t_jac, dir, "jaccard.tsv", s, opts, base, "lang\tlayer\tjaccard\tn_seqs")))
         goto done;
@@ -318,6 +333,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
                     nj++;
                 }
             }
+            ent_tab[a * L + l] = n ? h / n : NAN;
             fprintf(t_ent.f, "%s\t%u\t%.17g\t%u\t%.17g\n", langs.v[a], l + 1, n ? h / n : NAN, n, n ? th / n : NAN);
             fprintf(t_jac.f, "%s\t%u\t%.17g\t%u\n", langs.v[a], l + 1, nj ? j / nj : NAN, nj);
         }
@@ -416,7 +432,11 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
             h5_put(h5, "div_from_en", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, div_en) ||
             h5_put(h5, "div_pairwise", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, d3, div_pair) ||
             h5_put(h5, "freq", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, freq) ||
-            h5_put(h5, "weight", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, weight)) {
+            h5_put(h5, "weight", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, weight) ||
+            h5_put(h5, "entropy", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, ent_tab) ||
+            h5_put_attr(h5, "format", "moetrace-tables") || h5_put_attr(h5, "english", en) ||
+            h5_put_attr(h5, "base_dataset", base) || h5_put_attr(h5, "base_slice", base_slice) ||
+            h5_put_attr(h5, "summaries", s->path) || h5_put_attr(h5, "settings", s->settings ? s->settings : "{}")) {
             rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write tables", path);
             goto done;
         }
@@ -445,6 +465,7 @@ done:;
     free(freq);
     free(weight);
     free(div_en);
+    free(ent_tab);
     free(div_pair);
     free(npairs_en);
     free(npairs_pair);

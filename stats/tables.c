@@ -1,7 +1,7 @@
-/* tables.c — the reduce tables stats works on (reduce issue: div_from_en, entropy, freq, delta), loaded into
- * dense arrays behind one entry point, mtr_tables_open(). Files are TSVs with '#' provenance lines, a '#' header,
- * 1-based layers and 0-based experts. tables.h5 goes through the same entry point (tables_load_h5) once its
- * layout is fixed. */
+/* tables.c — the reduce tables stats works on (div_from_en, entropy, freq, delta; reduce/SUMMARIES.md), loaded
+ * into dense arrays behind one entry point, mtr_tables_open(): a directory of reduce TSVs ('#' provenance lines,
+ * a '#' header, 1-based layers, 0-based experts) or the tables.h5 written beside them. */
+#include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,11 +106,184 @@ static int store(double *a, size_t i, double v, const mtr_tsv *f, size_t r)
     return 0;
 }
 
+/* ---- tables.h5 (reduce/SUMMARIES.md): langs, slices "dataset:lang", div_from_en and entropy (langs, L), freq and
+ * weight (slices, L, E); Delta is freq minus the base slice, as in delta.tsv ---- */
+
+static int h5_strings(hid_t f, const char *name, char ***out, size_t *n, const char *path)
+{
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return mtr_stats_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
+    hid_t sp = H5Dget_space(d), t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    hssize_t m = H5Sget_simple_extent_npoints(sp);
+    int rc = 0;
+    char **v = m > 0 && m < (1 << 24) ? calloc((size_t)m, sizeof *v) : NULL;
+    if (!v || H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0) {
+        rc = mtr_stats_fail(MTR_EFORMAT, "%s: cannot read /%s", path, name);
+    } else {
+        *out = malloc((size_t)m * sizeof **out);
+        for (hssize_t i = 0; *out && i < m; i++) (*out)[i] = strdup(v[i] ? v[i] : "");
+        if (!*out) rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        *n = (size_t)m;
+        H5Dvlen_reclaim(t, sp, H5P_DEFAULT, v);
+    }
+    free(v);
+    H5Tclose(t);
+    H5Sclose(sp);
+    H5Dclose(d);
+    return rc;
+}
+
+static int h5_doubles(hid_t f, const char *name, double **out, const hsize_t *want, int rank, const char *path)
+{
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return mtr_stats_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
+    hid_t sp = H5Dget_space(d);
+    hsize_t dims[3] = {0, 0, 0};
+    int rc = 0;
+    size_t n = 1;
+    if (H5Sget_simple_extent_ndims(sp) != rank || H5Sget_simple_extent_dims(sp, dims, NULL) < 0)
+        rc = mtr_stats_fail(MTR_EFORMAT, "%s: /%s has the wrong rank", path, name);
+    for (int i = 0; !rc && i < rank; i++) {
+        if (dims[i] != want[i]) rc = mtr_stats_fail(MTR_EFORMAT, "%s: /%s has the wrong shape", path, name);
+        n *= dims[i];
+    }
+    if (!rc && n > TABLES_MAX_CELLS) rc = mtr_stats_fail(MTR_EFORMAT, "%s: /%s too large", path, name);
+    if (!rc && !(*out = malloc((n ? n : 1) * sizeof **out))) rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!rc && n && H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)
+        rc = mtr_stats_fail(MTR_EFORMAT, "%s: cannot read /%s", path, name);
+    H5Sclose(sp);
+    H5Dclose(d);
+    return rc;
+}
+
+static char *h5_attr(hid_t f, const char *name)
+{
+    if (H5Aexists(f, name) <= 0) return NULL;
+    hid_t a = H5Aopen(f, name, H5P_DEFAULT), t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    char *v = NULL, *out = NULL;
+    if (H5Aread(a, t, &v) >= 0 && v) out = strdup(v);
+    if (v) H5free_memory(v);
+    H5Tclose(t);
+    H5Aclose(a);
+    return out;
+}
+
 static int tables_load_h5(mtr_tables *t, const char *path)
 {
-    (void)t;
-    return mtr_stats_fail(MTR_EFORMAT, "%s: HDF5 tables are not readable yet; pass the directory of reduce TSVs",
-                          path);
+    int rc = 0;
+    char **langs = NULL, **slices = NULL, *fmt = NULL, *en = NULL, *base = NULL;
+    size_t nl = 0, ns = 0;
+    double *div = NULL, *ent = NULL, *freq = NULL, *weight = NULL;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return mtr_stats_fail(MTR_EFORMAT, "%s: not an HDF5 file", path);
+    fmt = h5_attr(f, "format");
+    en = h5_attr(f, "english");
+    base = h5_attr(f, "base_slice");
+    if (!fmt || strcmp(fmt, "moetrace-tables") != 0 || !en || !base) {
+        rc = mtr_stats_fail(MTR_EFORMAT, "%s: not moetrace-reduce tables (attribute 'format')", path);
+        goto done;
+    }
+    if ((rc = h5_strings(f, "langs", &langs, &nl, path)) || (rc = h5_strings(f, "slices", &slices, &ns, path)))
+        goto done;
+    hid_t d = H5Dopen2(f, "freq", H5P_DEFAULT);
+    hsize_t fd[3] = {0, 0, 0};
+    if (d >= 0) {
+        hid_t sp = H5Dget_space(d);
+        H5Sget_simple_extent_dims(sp, fd, NULL);
+        H5Sclose(sp);
+        H5Dclose(d);
+    }
+    if (d < 0 || fd[0] != ns || fd[1] < 1 || fd[2] < 1) {
+        rc = mtr_stats_fail(MTR_EFORMAT, "%s: /freq missing or not (slices, layers, experts)", path);
+        goto done;
+    }
+    const uint32_t L = (uint32_t)fd[1], E = (uint32_t)fd[2];
+    hsize_t d2[2] = {nl, L};
+    if ((rc = h5_doubles(f, "div_from_en", &div, d2, 2, path)) || (rc = h5_doubles(f, "entropy", &ent, d2, 2, path)) ||
+        (rc = h5_doubles(f, "freq", &freq, fd, 3, path)) || (rc = h5_doubles(f, "weight", &weight, fd, 3, path)))
+        goto done;
+    /* names: English first, then the languages of the base dataset, then any other slice's language */
+    if (intern(&t->langs, &t->n_langs, en) < 0) goto nomem;
+    for (size_t i = 0; i < nl; i++)
+        if (intern(&t->langs, &t->n_langs, langs[i]) < 0) goto nomem;
+    for (size_t i = 0; i < ns; i++) {
+        char *colon = strchr(slices[i], ':');
+        if (!colon) {
+            rc = mtr_stats_fail(MTR_EFORMAT, "%s: slice '%s' is not dataset:lang", path, slices[i]);
+            goto done;
+        }
+        *colon = '\0';
+        if (intern(&t->datasets, &t->n_datasets, slices[i]) < 0 || intern(&t->langs, &t->n_langs, colon + 1) < 0)
+            goto nomem;
+        *colon = ':';
+    }
+    t->n_layers = L;
+    t->n_experts = E;
+    const size_t nll = t->n_langs * L, nf = t->n_datasets * nll * E;
+    if (nll > TABLES_MAX_CELLS || nf > TABLES_MAX_CELLS) {
+        rc = mtr_stats_fail(MTR_EFORMAT, "%s: tables too large", path);
+        goto done;
+    }
+    if (!(t->div_en = nan_array(nll)) || !(t->entropy = nan_array(nll)) || !(t->freq = nan_array(nf)) ||
+        !(t->weight = nan_array(nf)) || !(t->delta = nan_array(nf)))
+        goto nomem;
+    for (size_t i = 0; i < nl; i++) {
+        size_t g = (size_t)mtr_tables_lang(t, langs[i]);
+        for (uint32_t l = 0; l < L; l++) {
+            /* as in div_from_en.tsv, English has no row of its own */
+            if (strcmp(langs[i], en) != 0) t->div_en[g * L + l] = div[i * L + l];
+            t->entropy[g * L + l] = ent[i * L + l];
+        }
+    }
+    long base_i = -1;
+    for (size_t i = 0; i < ns; i++)
+        if (!strcmp(slices[i], base)) base_i = (long)i;
+    for (size_t i = 0; i < ns; i++) {
+        char *colon = strchr(slices[i], ':');
+        *colon = '\0';
+        size_t dd = (size_t)mtr_tables_dataset(t, slices[i]), g = (size_t)mtr_tables_lang(t, colon + 1);
+        *colon = ':';
+        for (size_t x = 0; x < (size_t)L * E; x++) {
+            size_t o = (dd * t->n_langs + g) * L * E + x;
+            t->freq[o] = freq[i * L * E + x];
+            t->weight[o] = weight[i * L * E + x];
+            if (base_i >= 0 && (long)i != base_i) t->delta[o] = freq[i * L * E + x] - freq[(size_t)base_i * L * E + x];
+        }
+    }
+    char *summ = h5_attr(f, "summaries"), *settings = h5_attr(f, "settings");
+    const char *pv[3][2] = {{"summaries", summ}, {"base slice", base}, {"phase 1 settings", settings}};
+    for (int i = 0; i < 3; i++) {
+        if (!pv[i][1]) continue;
+        char **np = realloc(t->prov, (t->n_prov + 1) * sizeof *np);
+        if (!np) break;
+        t->prov = np;
+        size_t need = strlen(pv[i][0]) + strlen(pv[i][1]) + 16;
+        if ((np[t->n_prov] = malloc(need))) snprintf(np[t->n_prov++], need, "tables.h5: %s: %s", pv[i][0], pv[i][1]);
+    }
+    free(summ);
+    free(settings);
+    goto done;
+nomem:
+    rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+done:
+    for (size_t i = 0; langs && i < nl; i++) free(langs[i]);
+    for (size_t i = 0; slices && i < ns; i++) free(slices[i]);
+    free(langs);
+    free(slices);
+    free(fmt);
+    free(en);
+    free(base);
+    free(div);
+    free(ent);
+    free(freq);
+    free(weight);
+    H5Fclose(f);
+    return rc;
 }
 
 static int tables_load_dir(mtr_tables *t, const char *dir)
