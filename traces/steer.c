@@ -742,11 +742,16 @@ void mtr_steer_apply(const mtr_steer *s, uint32_t layer, float *z, uint64_t *rng
     double sd = sqrt(sq / E);
     for (uint32_t e = 0; e < E; e++) {
         if (c[e] == 0.0f) continue;
-        double eps = s->eps_mode == MTR_STEER_EPS_FIXED ? s->eps : rng ? s->eps * std_normal(rng) : 0.0;
+        /* |eps|, and at least one float step: a forced expert must end strictly above the maximum (a deactivated
+         * one strictly below the minimum), or a tie with the original extreme could keep it out of the top-k */
+        double eps = fabs(s->eps_mode == MTR_STEER_EPS_FIXED ? s->eps : rng ? s->eps * std_normal(rng) : 0.0);
+        float up = (float)(mx + eps), down = (float)(mn - eps);
+        if (!(up > (float)mx)) up = nextafterf((float)mx, INFINITY);
+        if (!(down < (float)mn)) down = nextafterf((float)mn, -INFINITY);
         switch (s->op) {
         case MTR_STEER_SOFT: z[e] = (float)(z[e] + c[e] * sd); break;
-        case MTR_STEER_HARD: z[e] = c[e] > 0.0f ? (float)(mx + eps) : (float)(mn - eps); break;
-        case MTR_STEER_OFF: z[e] = c[e] < 0.0f ? (float)(mn - eps) : (float)(mx + eps); break;
+        case MTR_STEER_HARD: z[e] = c[e] > 0.0f ? up : down; break;
+        case MTR_STEER_OFF: z[e] = c[e] < 0.0f ? down : up; break;
         case MTR_STEER_BIAS: z[e] = z[e] + c[e]; break;
         default: break;
         }

@@ -194,6 +194,19 @@ START_TEST(test_apply)
     mtr_steer_apply(s, 3, z, &rng);
     mtr_steer_apply(s, 3, z2, &rng2);
     ck_assert(memcmp(z, z2, sizeof z) == 0 && fabs(z[5] - 3.0f) < 1e-4);
+    /* gaussian eps of either sign, and an eps below the float step at the maximum: the forced experts still end
+     * strictly above every other logit, so they are always selected */
+    for (int trial = 0; trial < 200; trial++) {
+        float big[8];
+        for (int e = 0; e < 8; e++) big[e] = z0[e] + 100.0f; /* float step at 103 is ~7.6e-6 > eps */
+        mtr_steer_apply(s, 3, big, &rng);
+        ck_assert(big[0] > 103.0f && big[5] > 103.0f);
+        mtr_route(&m, 3, big, ids, NULL, scratch);
+        ck_assert((ids[0] == 0 && ids[1] == 5) || (ids[0] == 5 && ids[1] == 0));
+    }
+    memcpy(z, z0, sizeof z);
+    mtr_steer_apply(s, 3, z, NULL); /* no generator: eps 0, still one step above */
+    ck_assert(z[0] > 3.0f && z[5] > 3.0f);
     mtr_steer_destroy(s);
     s = make(MTR_STEER_OFF);
     s->eps_mode = MTR_STEER_EPS_FIXED;

@@ -2,8 +2,8 @@
 PyTorch model, with the same arithmetic as the native engine's mtr_steer_apply:
 
   soft  z_e += coef_e * std(z)      (population std over the experts, in float64, rounded to the logits' dtype)
-  hard  z_e  = max(z) + eps         (coef > 0; coef < 0: min(z) - eps)
-  off   z_e  = min(z) - eps         (coef < 0; coef > 0: max(z) + eps)
+  hard  z_e  = max(z) + |eps|       (coef > 0; coef < 0: min(z) - |eps|), at least one float32 step beyond
+  off   z_e  = min(z) - |eps|       (coef < 0; coef > 0: max(z) + |eps|)
   bias  z_e += coef_e               (in float32)
 
 max, min and std are of the unmodified logits (NaN ignored by max/min). Gaussian eps ~ N(0, eps^2) comes from a
@@ -142,8 +142,13 @@ class SteeringFile:
             nan = torch.isnan(zd)
             mx = torch.where(nan, torch.full_like(zd, -np.inf), zd).amax(-1)
             mn = torch.where(nan, torch.full_like(zd, np.inf), zd).amin(-1)
+            # |eps| and at least one float32 step beyond the extreme, as mtr_steer_apply does
+            eps = eps.abs()
+            mx32, mn32 = mx.to(torch.float32)[:, None], mn.to(torch.float32)[:, None]
             up = (mx[:, None] + eps).to(torch.float32)
             down = (mn[:, None] - eps).to(torch.float32)
+            up = torch.where(up > mx32, up, torch.nextafter(mx32, torch.full_like(mx32, np.inf)))
+            down = torch.where(down < mn32, down, torch.nextafter(mn32, torch.full_like(mn32, -np.inf)))
             out[:, idx] = torch.where((cs > 0)[None, :], up, down)
         return out.to(dt).reshape(shape), state
 
