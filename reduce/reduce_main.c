@@ -164,7 +164,7 @@ static int run_summarize(const char *out, const char *const *runs, size_t n_runs
         uint64_t mine[5] = {st.n_sequences, st.n_tokens, st.n_used, st.n_nonfinite, st.n_empty}, all[5];
         MPI_Reduce(mine, all, 5, MPI_UINT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
         st = (mtr_summ_stats){all[0], all[1], all[2], all[3], all[4]};
-        if (!rc && g_rank == 0) {
+        if (!rc && g_rank == 0 && g_size > 1) {
             char **parts = malloc((size_t)g_size * sizeof *parts);
             for (int k = 0; k < g_size; k++) {
                 parts[k] = malloc(4200);
