@@ -521,8 +521,9 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
     if (n_parts == 0) return mtr_reduce_fail(MTR_EINVAL, "no parts to concatenate");
     if ((rc = mtr_summaries_open(&first, parts[0]))) return rc;
     const size_t L = first->model.n_layers, E = first->model.n_experts, le = L * E;
-    double *q = malloc(le * 8);
-    uint32_t *a = malloc(le * 4);
+    /* whole blocks of rows at a time: reading row by row would decompress every chunk once per row */
+    double *q = malloc(BLOCK * le * 8);
+    uint32_t *a = malloc(BLOCK * le * 4), jp[BLOCK];
     if (!q || !a) {
         rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
         goto done;
@@ -537,26 +538,31 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
             break;
         }
         hid_t f = H5Fopen(parts[p], H5F_ACC_RDONLY, H5P_DEFAULT);
-        uint32_t jp = 0;
-        for (size_t i = 0; i < s->n_seqs && !rc; i++) {
-            if ((rc = read_block(f, D_Q, H5T_NATIVE_DOUBLE, i, 1, 0, (uint32_t)E, false, q, parts[p])) ||
-                (rc = read_block(f, D_A, H5T_NATIVE_UINT32, i, 1, 0, (uint32_t)E, false, a, parts[p])))
+        hid_t dj = f >= 0 ? H5Dopen2(f, D_JPAIRS, H5P_DEFAULT) : H5I_INVALID_HID;
+        if (dj < 0) rc = mtr_reduce_fail(MTR_EFORMAT, "%s: cannot reopen", parts[p]);
+        for (size_t i0 = 0; !rc && i0 < s->n_seqs; i0 += BLOCK) {
+            size_t n = s->n_seqs - i0 < BLOCK ? s->n_seqs - i0 : BLOCK;
+            if ((rc = read_block(f, D_Q, H5T_NATIVE_DOUBLE, i0, n, 0, (uint32_t)E, false, q, parts[p])) ||
+                (rc = read_block(f, D_A, H5T_NATIVE_UINT32, i0, n, 0, (uint32_t)E, false, a, parts[p])))
                 break;
-            hid_t d = H5Dopen2(f, D_JPAIRS, H5P_DEFAULT);
-            hid_t fs = H5Dget_space(d);
-            hsize_t st = i, cnt = 1;
+            hid_t fs = H5Dget_space(dj);
+            hsize_t st = i0, cnt = n;
             hid_t ms = H5Screate_simple(1, &cnt, NULL);
             H5Sselect_hyperslab(fs, H5S_SELECT_SET, &st, NULL, &cnt, NULL);
-            if (H5Dread(d, H5T_NATIVE_UINT32, ms, fs, H5P_DEFAULT, &jp) < 0) rc = MTR_ECORRUPT;
+            if (H5Dread(dj, H5T_NATIVE_UINT32, ms, fs, H5P_DEFAULT, jp) < 0)
+                rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", parts[p], D_JPAIRS);
             H5Sclose(ms);
             H5Sclose(fs);
-            H5Dclose(d);
-            summ_row row = {s->seq_id[i], s->unit_id[i], s->lang[i], s->dataset[i], s->n_tokens[i], s->n_used[i],
-                            s->n_nonfinite[i], jp, q, a, s->entropy + i * L, s->token_entropy + i * L,
-                            s->jaccard + i * L};
-            if (!rc) rc = summ_writer_append(w, &row);
+            for (size_t k = 0; !rc && k < n; k++) {
+                size_t i = i0 + k;
+                summ_row row = {s->seq_id[i], s->unit_id[i], s->lang[i], s->dataset[i], s->n_tokens[i], s->n_used[i],
+                                s->n_nonfinite[i], jp[k], q + k * le, a + k * le, s->entropy + i * L,
+                                s->token_entropy + i * L, s->jaccard + i * L};
+                rc = summ_writer_append(w, &row);
+            }
         }
-        H5Fclose(f);
+        if (dj >= 0) H5Dclose(dj);
+        if (f >= 0) H5Fclose(f);
         mtr_summaries_close(s);
     }
     if (!rc) {
@@ -565,7 +571,6 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
     }
 done:
     summ_writer_destroy(w);
-    if (w) unlink(out_path);
     free(q);
     free(a);
     mtr_summaries_close(first);
