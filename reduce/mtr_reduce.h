@@ -49,11 +49,11 @@ double mtr_jsd(const double *p, const double *q, size_t n);
 double mtr_jsd_normalised(const double *p, const double *q, size_t n, double hp, double hq);
 
 /* Mean Jaccard similarity of the top-k sets of token pairs of one sequence, per layer: out (n_layers). bits:
- * (n_tokens, n_layers, words) selection bitsets. All pairs if there are at most max_pairs, else max_pairs pairs
+ * (n_tokens, n_layers, words) selection bitsets with exactly k bits set in each (token, layer). All pairs if there are at most max_pairs, else max_pairs pairs
  * drawn with replacement by a generator seeded with `seed` (the same pairs at every layer). *n_pairs receives the
  * number of pairs used; NaN for fewer than two tokens. */
 void mtr_jaccard_layers(double *out, const uint64_t *bits, uint32_t n_tokens, uint32_t n_layers, uint32_t words,
-                        uint32_t max_pairs, uint64_t seed, uint32_t *n_pairs);
+                        uint32_t k, uint32_t max_pairs, uint64_t seed, uint32_t *n_pairs);
 
 /* ---- phase 1: summaries --------------------------------------------------------------------------------- */
 

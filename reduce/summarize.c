@@ -117,8 +117,8 @@ static void finalise(seq_state *s, const mtr_model_info *m, uint32_t n_tokens, c
         s->fin_tent[l] = s->acc.ent[l] * inv;
     }
     /* the same token pairs at every layer: the sample depends only on the seed and the sequence */
-    mtr_jaccard_layers(s->fin_jac, s->bits, nu, L, W, o->jaccard_pairs, o->seed ^ (seq_id * 0x9e3779b97f4a7c15ULL),
-                       &s->jpairs);
+    mtr_jaccard_layers(s->fin_jac, s->bits, nu, L, W, m->top_k, o->jaccard_pairs,
+                       o->seed ^ (seq_id * 0x9e3779b97f4a7c15ULL), &s->jpairs);
 }
 
 /* This rank's sequences [*first, *last): contiguous, balanced by tokens. */
@@ -288,11 +288,10 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
                     uint32_t tok = pc->tok0 + t;
                     const uint8_t *src = w->stored + (size_t)(pc->row0 + t) * le * esz;
                     if (s->roles && !(opts->role_mask & (1u << s->roles[tok]))) continue;
-                    if (mtr_any_nonfinite(src, dt, le)) {
+                    if (mtr_widen_checked(w->row, src, dt, le)) {
                         acc->n_bad++;
                         continue;
                     }
-                    mtr_convert(w->row, MTR_DTYPE_F32, src, dt, le);
                     uint64_t *bits = s->bits + (size_t)tok * L * W;
                     for (uint32_t l = 0; l < L; l++) {
                         mtr_token_acc ta = {acc->q + (size_t)l * E, acc->a + (size_t)l * E, acc->ent + l,

@@ -255,6 +255,29 @@ bool mtr_any_nonfinite(const void *src, mtr_dtype t, size_t n)
     return bad != 0;
 }
 
+bool mtr_widen_checked(float *dst, const void *src, mtr_dtype t, size_t n)
+{
+    uint32_t bad = 0;
+    uint32_t *o = (uint32_t *)(void *)dst;
+    if (t == MTR_DTYPE_BF16) {
+        const uint16_t *u = src;
+        for (size_t i = 0; i < n; i++) {
+            bad |= (u[i] & 0x7f80u) == 0x7f80u;
+            o[i] = (uint32_t)u[i] << 16;
+        }
+    } else if (t == MTR_DTYPE_F32) {
+        const uint32_t *u = src;
+        for (size_t i = 0; i < n; i++) {
+            bad |= (u[i] & 0x7f800000u) == 0x7f800000u;
+            o[i] = u[i];
+        }
+    } else {
+        bad = mtr_any_nonfinite(src, t, n);
+        mtr_convert(dst, MTR_DTYPE_F32, src, t, n);
+    }
+    return bad != 0;
+}
+
 /* Partial selection of the k largest scores: a running sorted list of k, ties to the lower index because an
  * element only displaces strictly smaller ones. O(n k) with k <= 64, no sort of the whole row. NaN scores are
  * never selected over finite ones. */

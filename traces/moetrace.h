@@ -88,6 +88,9 @@ void mtr_pack_shuffled(void *dst, const float *src, size_t n, mtr_dtype t);
 void mtr_unpack_shuffled(float *dst, const void *src, size_t n, size_t plane_stride, mtr_dtype t);
 /* true if any of n elements of dtype t is NaN or +-Inf */
 bool mtr_any_nonfinite(const void *src, mtr_dtype t, size_t n);
+/* Convert n elements of dtype t to f32 in one pass and report whether any is NaN or +-Inf (dst is then
+ * written but should not be used). */
+bool mtr_widen_checked(float *dst, const void *src, mtr_dtype t, size_t n);
 
 /* ---- model description ----------------------------------------------------------------------------------- */
 
