@@ -150,6 +150,15 @@ START_TEST(nonfinite_scan)
     uint16_t g[3] = {0x3c00, 0x7bff, 0x7c00}; /* f16: 1.0, 65504, Inf */
     ck_assert(!mtr_any_nonfinite(g, MTR_DTYPE_F16, 2));
     ck_assert(mtr_any_nonfinite(g, MTR_DTYPE_F16, 3));
+    /* the fused widen + check agrees with convert and scan, for every dtype */
+    float w[3], ref[3];
+    ck_assert(mtr_widen_checked(w, h, MTR_DTYPE_BF16, 3) && !mtr_widen_checked(w, h, MTR_DTYPE_BF16, 1));
+    ck_assert(!mtr_widen_checked(w, g, MTR_DTYPE_F16, 2) && mtr_widen_checked(w, g, MTR_DTYPE_F16, 3));
+    ck_assert(!mtr_widen_checked(w, v, MTR_DTYPE_F32, 3) && mtr_widen_checked(w, v + 97, MTR_DTYPE_F32, 3));
+    uint16_t hb[3] = {0x3f80, 0xc040, 0x0001};
+    mtr_widen_checked(w, hb, MTR_DTYPE_BF16, 3);
+    mtr_convert(ref, MTR_DTYPE_F32, hb, MTR_DTYPE_BF16, 3);
+    ck_assert_mem_eq(w, ref, sizeof w);
 }
 END_TEST
 
