@@ -143,13 +143,24 @@ bench: all $(BENCH_BIN) $(TOOL_BIN)
 	@BIN=$(abspath $(BIN)) LIB=$(abspath $(LIB)) BENCH=$(abspath $(BUILD)/build/bench) \
 		TOOLS=$(abspath $(BUILD)/build/tools) PY=$(PY) sh tests/bench/run.sh
 
+PUBLIC_HEADERS := traces/moetrace.h traces/mtr_format.h traces/mtr_steer.h $(wildcard reduce/mtr_reduce.h \
+	stats/mtr_stats.h capture/mtr_tokenizer.h capture/mtr_ingest.h)
+
+# install programs, libraries, public headers, pkg-config file, HDF5 plugin, config (languages, model profiles),
+# the Python package and the format documents
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/moetrace \
-		$(DESTDIR)$(PREFIX)/lib/hdf5/plugin
+		$(DESTDIR)$(PREFIX)/lib/hdf5/plugin $(DESTDIR)$(PREFIX)/share/moetrace/models \
+		$(DESTDIR)$(PREFIX)/share/moetrace/python/moetrace $(DESTDIR)$(PREFIX)/share/doc/moetrace
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(LIB)/libmoetrace.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(LIB)/libmoetrace.a $(MODULE_ARCHIVES) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(LIB)/libmoetrace.so $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 traces/moetrace.h traces/mtr_format.h $(DESTDIR)$(PREFIX)/include/moetrace/
+	install -m 644 $(PUBLIC_HEADERS) $(DESTDIR)$(PREFIX)/include/moetrace/
+	install -m 644 config/languages.tsv $(DESTDIR)$(PREFIX)/share/moetrace/
+	install -m 644 config/models/*.json $(DESTDIR)$(PREFIX)/share/moetrace/models/
+	install -m 644 capture/python/moetrace/*.py $(DESTDIR)$(PREFIX)/share/moetrace/python/moetrace/
+	install -m 644 traces/FORMAT.md traces/STEERING.md traces/INGEST.md reduce/SUMMARIES.md \
+		$(DESTDIR)$(PREFIX)/share/doc/moetrace/
 	install -m 755 $(PLUGIN) $(DESTDIR)$(PREFIX)/lib/hdf5/plugin/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/.*MTR_VERSION_STRING "\(.*\)"/\1/p' traces/moetrace.h)|' \
 		traces/moetrace.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/moetrace.pc
