@@ -1,6 +1,7 @@
 #!/bin/sh
 # make demo: the longest end-to-end path that exists: a synthetic trace set with planted structure (6 languages,
-# 2 datasets, 24 layers x 64 experts) -> validation (moetrace info) -> routing metrics (moetrace-reduce).
+# 2 datasets, 24 layers x 64 experts) -> validation (moetrace info) -> routing metrics (moetrace-reduce) ->
+# statistics (moetrace-stats: alignment vs accuracy with CIs, the middle band, task experts, steering files).
 # Says where things are.
 set -eu
 BIN=$1
@@ -23,10 +24,26 @@ echo "Divergence from English by layer 1..24 (entropy-normalised JSD; planted mi
 awk -F'\t' '!/^#/ { d[$1] = d[$1] sprintf(" %.2f", $3) } END { for (l in d) printf "  %-9s%s\n", l, d[l] }' \
     "$OUT/tables/div_from_en.tsv" | sort
 echo
+echo "== moetrace-stats: does middle-layer alignment with English track accuracy? (planted accuracies)"
+"$BIN/moetrace-stats" band --tables "$OUT/tables" --band detect >"$OUT/band.txt"
+grep "^# band:" "$OUT/band.txt" | sed "s/^# /middle /"
+"$BIN/moetrace-stats" correlate --tables "$OUT/tables/tables.h5" --accuracy "$OUT/run/accuracy.tsv" \
+    --band 6-19 --json >"$OUT/correlate.json"
+"$BIN/moetrace-stats" correlate --tables "$OUT/tables/tables.h5" --accuracy "$OUT/run/accuracy.tsv" \
+    --band 6-19 >"$OUT/correlate.tsv"
+grep '^# verdict' "$OUT/correlate.tsv"
+"$BIN/moetrace-stats" experts --tables "$OUT/tables" --dataset math --tau 0.2 --band 6-19 >"$OUT/experts.tsv"
+echo "task experts (math, tau 0.2, band 6-19): $(grep -c '^task' "$OUT/experts.tsv") selected; planted: 28"
+"$BIN/moetrace-stats" steer --tables "$OUT/tables" --dataset math --tau 0.2 --band 6-19 \
+    --model-id synthetic/moe-L24-E64 --top-k 6 --out "$OUT/steer" >/dev/null
+echo "steering files (selection and controls): $(ls "$OUT/steer"/*.h5 | wc -l) in $OUT/steer"
+echo
 echo "Results:"
 echo "  trace run        $OUT/run  (run.json + shard-*.h5; planted truth in truth.json, accuracies in accuracy.tsv)"
 echo "  description      $OUT/info.txt, $OUT/info.json"
 echo "  summaries        $OUT/tables/summaries.h5  (format: reduce/SUMMARIES.md)"
 echo "  tables           $OUT/tables/*.tsv and $OUT/tables/tables.h5"
+echo "  statistics       $OUT/correlate.tsv (.json), $OUT/band.txt, $OUT/experts.tsv"
+echo "  steering files   $OUT/steer/*.h5 (+ .json twins, EasySteer and flat f32 exports; traces/STEERING.md)"
 echo "  read with h5py   HDF5_PLUGIN_PATH=$(dirname "$BIN")/lib/plugin /usr/bin/python3 -c 'import h5py; ...'"
 echo "Figures: none yet (the notebooks are not built yet)."
