@@ -21,7 +21,7 @@ for t in "$UNIT"/test_*; do
     line=$(printf '%s\n' "$out" | grep -E '^[0-9]+%: Checks: ' | tail -n 1)
     if [ -z "$line" ]; then
         failed=$((failed + 1))
-        failures="$failures $name(crashed:rc=$rc)"
+        failures="$failures unit:$name(crashed:rc=$rc)"
         continue
     fi
     n=$(printf '%s' "$line" | sed -E 's/.*Checks: ([0-9]+).*/\1/')
@@ -29,7 +29,7 @@ for t in "$UNIT"/test_*; do
     e=$(printf '%s' "$line" | sed -E 's/.*Errors: ([0-9]+).*/\1/')
     passed=$((passed + n - f - e))
     failed=$((failed + f + e))
-    [ $((f + e)) -gt 0 ] && failures="$failures $name"
+    [ $((f + e)) -gt 0 ] && failures="$failures unit:$name"
 done
 
 log=$(mktemp "${TMPDIR}/mtr-test-XXXXXX")
@@ -51,7 +51,7 @@ for s in "$here"/cli/test_*.sh; do
     fi
     passed=$((passed + ok))
     failed=$((failed + bad))
-    [ "$bad" -gt 0 ] && failures="$failures $name"
+    [ "$bad" -gt 0 ] && failures="$failures cli:$name"
 done
 
 [ -n "$failures" ] && echo "failing:$failures"

@@ -195,8 +195,10 @@ expect_err_line "NaN accuracy: one line" "nan.tsv:[0-9]*: NaN accuracy for hin_D
 grep -E '^(#|eng_Latn|fra_Latn|deu_Latn)' "$acc" >"$WORK/two.tsv"
 expect_exit 2 "fewer than 3 languages: exit 2" "$S" correlate --tables "$tab" --accuracy "$WORK/two.tsv" --band 4-13 --skip-missing
 expect_err_line "fewer than 3 languages: one line" "2 non-English languages .* at least 3"
-expect_exit 2 "tables.h5 not readable yet: exit 2" "$S" correlate --tables "$tab/tables.h5" --accuracy "$acc" --band 4-13
-expect_err_line "tables.h5: one line" "HDF5 tables are not readable yet"
+expect_exit 0 "correlate reads tables.h5" "$S" correlate --tables "$tab/tables.h5" --accuracy "$acc" --band 4-13
+echo "not a table" >"$WORK/bad-tables.h5"
+expect_exit 2 "a tables.h5 that is not HDF5: exit 2" "$S" correlate --tables "$WORK/bad-tables.h5" --accuracy "$acc" --band 4-13
+expect_err_line "bad tables.h5: one line naming it" "bad-tables.h5: not an HDF5 file"
 expect_exit 2 "missing tables: exit 2" "$S" band --tables "$WORK/nope"
 expect_err_line "missing tables: one line naming it" "$WORK/nope"
 expect_exit 1 "band outside the layers: exit 1" "$S" correlate --tables "$tab" --accuracy "$acc" --band 4-40
