@@ -132,7 +132,7 @@ $(BUILD)/build/bench/%: tests/bench/%.c $(MODULE_ARCHIVES) $(LIB)/libmoetrace.a 
 # build, then run unit, CLI, interop and crash tests; the last line is "N passed, N failed"
 check: all $(UNIT_BIN) $(TOOL_BIN)
 	@BIN=$(abspath $(BIN)) LIB=$(abspath $(LIB)) UNIT=$(abspath $(BUILD)/build/tests) \
-		TOOLS=$(abspath $(BUILD)/build/tools) PY=$(PY) sh tests/run.sh
+		TOOLS=$(abspath $(BUILD)/build/tools) PY=$(PY) MTR_SANITIZE=$(SANITIZE) sh tests/run.sh
 
 # end-to-end on synthetic data: synth -> info; prints where the results are
 demo: all
