@@ -142,3 +142,38 @@ void print_version(void)
 {
     printf("%s %s (trace format %d.%d)\n", PROG, MTR_VERSION_STRING, MTR_FORMAT_VERSION, MTR_FORMAT_MINOR);
 }
+
+int cli_next_option(const char *cmd, int argc, char **argv, int *i, const cli_option *opts, size_t n_opts,
+                    const cli_option **opt, const char **val)
+{
+    const char *arg = argv[*i];
+    *opt = NULL;
+    *val = NULL;
+    if (strcmp(arg, "-h") == 0) return CLI_HELP;
+    if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
+        errorf(cmd, "unexpected argument '%s' (see --help)", arg);
+        return EXIT_USAGE;
+    }
+    const char *name = arg + 2, *eq = strchr(name, '=');
+    size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
+    for (size_t k = 0; k < n_opts; k++)
+        if (strlen(opts[k].name) == name_len && strncmp(opts[k].name, name, name_len) == 0) *opt = &opts[k];
+    if (!*opt) {
+        errorf(cmd, "unknown option '--%.*s' (see --help)", (int)name_len, name);
+        return EXIT_USAGE;
+    }
+    if ((*opt)->has_arg) {
+        if (eq)
+            *val = eq + 1;
+        else if (*i + 1 < argc)
+            *val = argv[++*i];
+        else {
+            errorf(cmd, "--%s needs a value", (*opt)->name);
+            return EXIT_USAGE;
+        }
+    } else if (eq) {
+        errorf(cmd, "--%s takes no value", (*opt)->name);
+        return EXIT_USAGE;
+    }
+    return 0;
+}

@@ -31,6 +31,19 @@ int parse_double(double *out, const char *s);
 /* Byte count with an optional binary suffix: 123, 64K, 512M, 2G, 1T (also KB, KiB, ...). */
 int parse_bytes(uint64_t *out, const char *s);
 
+/* ---- options: --name VALUE, --name=VALUE, --flag, and -h ---- */
+typedef struct {
+    const char *name; /* without the leading "--" */
+    int id;
+    bool has_arg;
+} cli_option;
+
+#define CLI_HELP (-1)
+/* Parse the option at argv[*i] (moving *i past a separate value): 0 with *opt and *val (NULL for a flag) set,
+ * CLI_HELP for -h, or EXIT_USAGE after a one-line error naming cmd. */
+int cli_next_option(const char *cmd, int argc, char **argv, int *i, const cli_option *opts, size_t n_opts,
+                    const cli_option **opt, const char **val);
+
 /* ---- commands ---- */
 int cmd_synth(int argc, char **argv);
 void synth_help(void);

@@ -64,13 +64,7 @@ enum {
     I_NO_SYNC, I_BUFFER, I_MAX_FRAMES, I_QUIET, I_PROGRESS, I_NO_PROGRESS, I_JSON, I_HELP, I_VERSION
 };
 
-typedef struct {
-    const char *name;
-    int id;
-    bool has_arg;
-} ingest_option;
-
-static const ingest_option ingest_options[] = {
+static const cli_option cli_options[] = {
     {"out", I_OUT, true},           {"input", I_INPUT, true},         {"listen", I_LISTEN, true},
     {"resume", I_RESUME, false},    {"dtype", I_DTYPE, true},         {"store", I_STORE, true},
     {"shard-bytes", I_SHARD_BYTES, true}, {"model-id", I_MODEL_ID, true}, {"corpus-id", I_CORPUS_ID, true},
@@ -165,39 +159,15 @@ int cmd_ingest(int argc, char **argv)
     o.writer.producer = PROG;
 
     for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "-h") == 0) {
+        const cli_option *opt;
+        const char *val;
+        int r = cli_next_option(cmd, argc, argv, &i, cli_options, sizeof cli_options / sizeof cli_options[0], &opt, &val);
+        if (r == CLI_HELP) {
             ingest_help();
             return EXIT_OK;
         }
-        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
-            errorf(cmd, "unexpected argument '%s' (see --help)", arg);
-            return EXIT_USAGE;
-        }
-        const char *name = arg + 2, *eq = strchr(name, '=');
-        size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
-        const ingest_option *opt = NULL;
-        for (size_t k = 0; k < sizeof ingest_options / sizeof ingest_options[0]; k++)
-            if (strlen(ingest_options[k].name) == name_len && strncmp(ingest_options[k].name, name, name_len) == 0)
-                opt = &ingest_options[k];
-        if (!opt) {
-            errorf(cmd, "unknown option '--%.*s' (see --help)", (int)name_len, name);
-            return EXIT_USAGE;
-        }
-        const char *val = NULL;
-        if (opt->has_arg) {
-            if (eq)
-                val = eq + 1;
-            else if (i + 1 < argc)
-                val = argv[++i];
-            else {
-                errorf(cmd, "--%s needs a value", opt->name);
-                return EXIT_USAGE;
-            }
-        } else if (eq) {
-            errorf(cmd, "--%s takes no value", opt->name);
-            return EXIT_USAGE;
-        }
+        if (r) return r;
+
         int bad = 0;
         const char *want = "";
         switch (opt->id) {

@@ -71,12 +71,6 @@ enum {
     S_NO_PROGRESS, S_JSON, S_HELP, S_VERSION
 };
 
-typedef struct {
-    const char *name; /* without the leading "--" */
-    int id;
-    bool has_arg;
-} cli_option;
-
 static const cli_option synth_options[] = {
     {"out", S_OUT, true},
     {"layers", S_LAYERS, true},
@@ -179,39 +173,14 @@ int cmd_synth(int argc, char **argv)
     int progress = -1; /* -1: if stderr is a terminal */
 
     for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "-h") == 0) {
+        const cli_option *opt;
+        const char *val;
+        int r = cli_next_option(cmd, argc, argv, &i, synth_options, sizeof synth_options / sizeof synth_options[0], &opt, &val);
+        if (r == CLI_HELP) {
             synth_help();
             return EXIT_OK;
         }
-        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
-            errorf(cmd, "unexpected argument '%s' (see --help)", arg);
-            return EXIT_USAGE;
-        }
-        const char *name = arg + 2, *eq = strchr(name, '=');
-        size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
-        const cli_option *opt = NULL;
-        for (size_t k = 0; k < sizeof synth_options / sizeof synth_options[0]; k++)
-            if (strlen(synth_options[k].name) == name_len && strncmp(synth_options[k].name, name, name_len) == 0)
-                opt = &synth_options[k];
-        if (!opt) {
-            errorf(cmd, "unknown option '--%.*s' (see --help)", (int)name_len, name);
-            return EXIT_USAGE;
-        }
-        const char *val = NULL;
-        if (opt->has_arg) {
-            if (eq)
-                val = eq + 1;
-            else if (i + 1 < argc)
-                val = argv[++i];
-            else {
-                errorf(cmd, "--%s needs a value", opt->name);
-                return EXIT_USAGE;
-            }
-        } else if (eq) {
-            errorf(cmd, "--%s takes no value", opt->name);
-            return EXIT_USAGE;
-        }
+        if (r) return r;
 
         int bad = 0;
         const char *want = "";
