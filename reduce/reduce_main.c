@@ -119,7 +119,13 @@ static int check_complete(mtr_run *r, bool allow_partial)
         const mtr_run_meta *m = mtr_run_get_meta(r, i);
         if (allow_partial) continue;
         if (m->n_partial || !m->manifest_complete) {
-            const char *path = mtr_run_shard(r, 0)->path;
+            /* name the run by one of its shards */
+            const char *path = "?";
+            for (size_t q = 0; q < mtr_run_n_seqs(r); q++)
+                if (mtr_run_seq(r, q)->run == i) {
+                    path = mtr_run_shard(r, mtr_run_seq(r, q)->shard)->path;
+                    break;
+                }
             fprintf(stderr, PROG ": %s: run %s is incomplete (%u partial shard%s%s); resume the capture, or pass "
                             "--allow-partial to reduce its finished shards\n",
                     path, m->run_id, m->n_partial, m->n_partial == 1 ? "" : "s",
