@@ -15,7 +15,7 @@ static void usage(FILE *f)
             "\n"
             "Verbs (each is the program moetrace-<verb>; `moetrace <verb> --help` for its options):\n"
             "  info      describe runs and shards: model, router semantics, sequences, compression, validity\n"
-            "  capture   write traces: synth (synthetic traces with planted structure)\n"
+            "  capture   write traces: synth (planted structure), ingest (from other engines), tokenize\n"
             "  reduce    routing metrics over trace sets\n"
             "  stats     statistics, middle bands, expert selection, steering files\n"
             "\n"
