@@ -225,6 +225,19 @@ int mtr_steer_validate(const mtr_steer *s)
     return 0;
 }
 
+
+/* Validate a steering file just read; the detail names the file it came from. */
+static int validate_loaded(const mtr_steer *s, const char *path)
+{
+    int rc = mtr_steer_validate(s);
+    if (rc) {
+        char detail[1024];
+        snprintf(detail, sizeof detail, "%s", mtr_errmsg());
+        rc = mtr_fail(rc, "%s: %s", path, detail);
+    }
+    return rc;
+}
+
 int mtr_steer_check_model(const mtr_steer *s, const mtr_model_info *m)
 {
     if (s->model_id[0] && m->model_id[0] && strcmp(s->model_id, m->model_id))
@@ -470,12 +483,7 @@ static int load_h5(mtr_steer **out, const char *path)
     free(s->coef);
     s->coef = coef;
     coef = NULL;
-    if ((rc = mtr_steer_validate(s))) {
-        char detail[1024];
-        snprintf(detail, sizeof detail, "%s", mtr_errmsg());
-        rc = mtr_fail(rc, "%s: %s", path, detail);
-        goto out_close;
-    }
+    if ((rc = validate_loaded(s, path))) goto out_close;
     *out = s;
     s = NULL;
 out_close:
@@ -655,12 +663,7 @@ static int load_json(mtr_steer **out, const char *path)
         rc = mtr_fail(MTR_EFORMAT, "%s: provenance is not a JSON object", path);
         goto out_free;
     }
-    if ((rc = mtr_steer_validate(s))) {
-        char detail[1024];
-        snprintf(detail, sizeof detail, "%s", mtr_errmsg());
-        rc = mtr_fail(rc, "%s: %s", path, detail);
-        goto out_free;
-    }
+    if ((rc = validate_loaded(s, path))) goto out_free;
     *out = s;
     s = NULL;
 out_free:

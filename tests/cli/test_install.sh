@@ -9,9 +9,9 @@ for f in bin/moetrace bin/moetrace-info bin/moetrace-capture bin/moetrace-reduce
     lib/libmoetrace.a lib/libmoetrace.so lib/hdf5/plugin/libh5zstd.so lib/pkgconfig/moetrace.pc \
     include/moetrace/moetrace.h include/moetrace/mtr_format.h include/moetrace/mtr_steer.h \
     share/moetrace/languages.tsv share/moetrace/models/qwen3-30b-a3b.json share/doc/moetrace/FORMAT.md; do
-    [ -e "$P/$f" ] || { not_ok "installed $f" "missing"; continue; }
+    [ -e "$P/$f" ] || missing="${missing:-} $f"
 done
-ok "installed files in place"
+[ -z "${missing:-}" ] && ok "installed files in place" || not_ok "installed files in place" "missing:$missing"
 cat >"$WORK/user.c" <<'C'
 #include <moetrace.h>
 #include <stdio.h>
