@@ -64,3 +64,15 @@ build/fuzz/fuzz_ingest: tests/fuzz/fuzz_ingest.c capture/ingest.c capture/mtr_in
 		$(shell pkg-config --cflags $(HDF5_PC) jansson libzstd 2>/dev/null) -o $@ tests/fuzz/fuzz_ingest.c \
 		capture/ingest.c $(LIB)/libmoetrace.a $(shell pkg-config --libs $(HDF5_PC) jansson libzstd 2>/dev/null) \
 		-fopenmp -lm -lpthread
+
+# ---- inference engine: Hugging Face MoE checkpoints (capture/mtr_model.h) ----
+MODEL_LIB := $(LIB)/libmtr_model.a
+MODULE_ARCHIVES += $(MODEL_LIB)
+MODULE_PKGS += openblas
+
+$(MODEL_LIB): $(OBJ)/capture/safetensors.o $(OBJ)/capture/model.o $(OBJ)/capture/model_forward.o
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+# norms, rotary, softmax and the expert combine loops are the engine's element-wise hot path
+$(OBJ)/capture/model_forward.o: KERNEL_FLAGS := -O3

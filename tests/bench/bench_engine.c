@@ -1,0 +1,174 @@
+/* bench_engine.c — prefill speed of the native engine on a checkpoint, the machine's sgemm peak measured in the
+ * same process, and what writing the trace costs on top of the forward.
+ *
+ *   bench_engine MODEL_DIR IDS_FILE THREADS REPEAT RUN_DIR
+ *
+ * IDS_FILE: one sequence per line, space-separated token ids (the same file the PyTorch peer times). Prints
+ * key=value lines; tests/bench/bench_engine.sh turns them into ratios against the peer. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moetrace.h"
+#include "mtr_model.h"
+
+static double now(void) { return omp_get_wtime(); }
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* sgemm GFLOP/s of OpenBLAS on this machine with `threads` threads (its own threading), best of 3 */
+static double sgemm_peak(int threads)
+{
+    const int n = 1536;
+    float *a = malloc((size_t)n * n * 4), *b = malloc((size_t)n * n * 4), *c = malloc((size_t)n * n * 4);
+    for (size_t i = 0; i < (size_t)n * n; i++) a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
+    openblas_set_num_threads(threads);
+    double best = 0;
+    for (int r = 0; r < 4; r++) {
+        double t = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.f, a, n, b, n, 0.f, c, n);
+        t = now() - t;
+        double g = 2.0 * n * n * n / t / 1e9;
+        if (r && g > best) best = g;
+    }
+    openblas_set_num_threads(1);
+    free(a);
+    free(b);
+    free(c);
+    return best;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 6) {
+        fprintf(stderr, "usage: %s MODEL_DIR IDS_FILE THREADS REPEAT RUN_DIR\n", argv[0]);
+        return 1;
+    }
+    int threads = atoi(argv[3]), repeat = atoi(argv[4]);
+    FILE *f = fopen(argv[2], "r");
+    if (!f) {
+        fprintf(stderr, "%s: cannot open\n", argv[2]);
+        return 1;
+    }
+    int32_t *ids[256];
+    uint32_t lens[256], n_seq = 0, max_len = 0;
+    char line[1 << 20];
+    while (n_seq < 256 && fgets(line, sizeof line, f)) {
+        ids[n_seq] = malloc(sizeof line / 2 * sizeof(int32_t));
+        uint32_t k = 0;
+        for (char *p = strtok(line, " \n"); p; p = strtok(NULL, " \n")) ids[n_seq][k++] = atoi(p);
+        if (!k) continue;
+        lens[n_seq++] = k;
+        if (k > max_len) max_len = k;
+    }
+    fclose(f);
+    mtr_model_opts mo = MTR_MODEL_OPTS_INIT;
+    mo.n_threads = threads;
+    mtr_model *m = NULL;
+    if (mtr_model_load(&m, argv[1], &mo)) {
+        fprintf(stderr, "%s\n", mtr_errmsg());
+        return 1;
+    }
+    const mtr_model_config *c = mtr_model_get_config(m);
+    double peak = sgemm_peak(threads);
+    mtr_session *s = NULL;
+    if (mtr_session_create(&s, m, max_len, max_len)) {
+        fprintf(stderr, "%s\n", mtr_errmsg());
+        return 1;
+    }
+    const size_t rows = (size_t)c->n_moe_layers * c->n_experts;
+    float *router = malloc((size_t)max_len * rows * sizeof(float));
+    float *logits = malloc((size_t)max_len * c->vocab_size * sizeof(float));
+    uint64_t tokens = 0;
+    for (uint32_t i = 0; i < n_seq; i++) tokens += lens[i];
+    double t_full[16], t_cap[16], t_trace[16], flops = 0;
+    if (repeat > 16) repeat = 16;
+    mtr_model_info info;
+    mtr_model_info_of(&info, m, "bench");
+    for (int r = 0; r < repeat; r++) {
+        /* full forward with the logits of every position, as the PyTorch peer computes them */
+        mtr_forward_stats st0, st1;
+        mtr_session_stats(s, &st0);
+        double t = now();
+        for (uint32_t i = 0; i < n_seq; i++) {
+            mtr_session_reset(s);
+            mtr_forward_io io = MTR_FORWARD_IO_INIT;
+            io.router = router;
+            io.logits = logits;
+            io.n_logits = lens[i];
+            if (mtr_model_forward(s, ids[i], lens[i], &io)) {
+                fprintf(stderr, "%s\n", mtr_errmsg());
+                return 1;
+            }
+        }
+        t_full[r] = now() - t;
+        mtr_session_stats(s, &st1);
+        flops = st1.flops - st0.flops;
+        /* capture: router logits only (the run stops after the last MoE layer's gate) */
+        t = now();
+        for (uint32_t i = 0; i < n_seq; i++) {
+            mtr_session_reset(s);
+            mtr_forward_io io = MTR_FORWARD_IO_INIT;
+            io.router = router;
+            mtr_model_forward(s, ids[i], lens[i], &io);
+        }
+        t_cap[r] = now() - t;
+        /* the same capture, writing the trace */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/run-%d", argv[5], r);
+        mtr_writer_opts wo = MTR_WRITER_OPTS_INIT;
+        wo.sync = true;
+        mtr_writer *w = NULL;
+        t = now();
+        if (mtr_writer_create(&w, dir, &info, &wo)) {
+            fprintf(stderr, "%s\n", mtr_errmsg());
+            return 1;
+        }
+        for (uint32_t i = 0; i < n_seq; i++) {
+            mtr_session_reset(s);
+            mtr_forward_io io = MTR_FORWARD_IO_INIT;
+            io.router = router;
+            mtr_model_forward(s, ids[i], lens[i], &io);
+            mtr_seq_meta meta = {i, "u", "en", "bench", lens[i], 0};
+            if (mtr_writer_append(w, &meta, ids[i], NULL, NULL, router, MTR_DTYPE_F32)) {
+                fprintf(stderr, "%s\n", mtr_errmsg());
+                return 1;
+            }
+        }
+        if (mtr_writer_close(w)) {
+            fprintf(stderr, "%s\n", mtr_errmsg());
+            return 1;
+        }
+        t_trace[r] = now() - t;
+    }
+    double tf = median(t_full, repeat), tc = median(t_cap, repeat), tt = median(t_trace, repeat);
+    printf("engine_params=%llu\n", (unsigned long long)mtr_model_n_params(m));
+    printf("engine_threads=%d\n", threads);
+    printf("engine_tokens=%llu\n", (unsigned long long)tokens);
+    printf("engine_prefill_seconds=%.4f\n", tf);
+    printf("engine_prefill_tokens_per_s=%.1f\n", (double)tokens / tf);
+    printf("engine_gflops=%.2f\n", flops / tf / 1e9);
+    printf("sgemm_peak_gflops=%.2f\n", peak);
+    printf("engine_capture_seconds=%.4f\n", tc);
+    printf("engine_capture_trace_seconds=%.4f\n", tt);
+    printf("trace_cost_fraction=%.4f\n", tt / tc - 1);
+    for (uint32_t i = 0; i < n_seq; i++) free(ids[i]);
+    free(router);
+    free(logits);
+    mtr_session_destroy(s);
+    mtr_model_destroy(m);
+    return 0;
+}
