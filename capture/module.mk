@@ -76,3 +76,11 @@ $(MODEL_LIB): $(OBJ)/capture/safetensors.o $(OBJ)/capture/model.o $(OBJ)/capture
 
 # norms, rotary, softmax and the expert combine loops are the engine's element-wise hot path
 $(OBJ)/capture/model_forward.o: KERNEL_FLAGS := -O3
+
+# ---- corpus: capture corpora, scoring and generation sets, prompt templates (capture/mtr_corpus.h) ----
+CORPUS_LIB := $(LIB)/libmtr_corpus.a
+MODULE_ARCHIVES += $(CORPUS_LIB)
+
+$(CORPUS_LIB): $(OBJ)/capture/corpus.o
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
