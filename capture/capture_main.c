@@ -1,7 +1,6 @@
 /* capture_main.c — the moetrace-capture binary: dispatch to subcommands and their command lines.
  *
- * Only `synth` (capture/synth.h) is built for now; the other verbs of DESIGN.md §5 answer that they are not
- * available. Help goes to stdout, diagnostics and progress to stderr, machine-readable output (--json) to stdout.
+ * Verbs: run (the native engine), synth, tokenize, ingest — one file capture/cmd_NAME.c each. Help goes to stdout, diagnostics and progress to stderr, machine-readable output (--json) to stdout.
  * Exit status: 0 ok, 1 bad usage, 2 bad input data, 3 I/O or internal failure.
  */
 #include <errno.h>
@@ -16,9 +15,6 @@
 #include "cli.h"
 #include "moetrace.h"
 
-/* Verbs of the full tool that this build does not have yet. */
-static const char *const planned_verbs[] = {"run"};
-
 /* ---- dispatch -------------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -32,6 +28,7 @@ static const command commands[] = {
     {"synth", cmd_synth, synth_help, "write synthetic traces with planted multilingual routing structure"},
     {"tokenize", cmd_tokenize, tokenize_help, "token ids of text with a Hugging Face tokenizer.json, and back"},
     {"ingest", cmd_ingest, ingest_help, "write router logits streamed by another engine (traces/INGEST.md)"},
+    {"run", cmd_run, run_help, "run a Hugging Face MoE checkpoint natively: capture, score, generate, steer"},
 };
 
 static void main_help(void)
@@ -56,14 +53,8 @@ static const command *find_command(const char *name)
     return NULL;
 }
 
-/* Unknown verb: say whether it is a verb of the full tool missing from this build. */
 static int unknown_command(const char *name)
 {
-    for (size_t i = 0; i < sizeof planned_verbs / sizeof planned_verbs[0]; i++)
-        if (strcmp(planned_verbs[i], name) == 0) {
-            errorf(NULL, "'%s' is not available in this build", name);
-            return EXIT_USAGE;
-        }
     errorf(NULL, "unknown command '%s' (see --help)", name);
     return EXIT_USAGE;
 }

@@ -51,5 +51,7 @@ int cmd_tokenize(int argc, char **argv);
 void tokenize_help(void);
 int cmd_ingest(int argc, char **argv);
 void ingest_help(void);
+int cmd_run(int argc, char **argv);
+void run_help(void);
 
 #endif

@@ -134,6 +134,8 @@ static int parse_config(mtr_model_config *c, const char *dir)
     }
     cfg_reader r = {root, path, 0};
     int rc = 0;
+    uint32_t sparse_step = 1;
+    json_t *mlp_only = NULL;
     if (!json_is_object(root)) {
         rc = mtr_fail(MTR_EFORMAT, "%s: not a JSON object", path);
         goto done;
@@ -184,8 +186,6 @@ static int parse_config(mtr_model_config *c, const char *dir)
     c->bos_token_id = get_token_id(&r, "bos_token_id");
     c->eos_token_id = get_token_id(&r, "eos_token_id");
     c->top_k = get_u32(&r, "num_experts_per_tok", -1, 1, MTR_MAX_TOPK);
-    uint32_t sparse_step = 1;
-    json_t *mlp_only = NULL;
     switch (c->arch) {
     case MTR_ARCH_QWEN3_MOE:
     case MTR_ARCH_QWEN2_MOE:

@@ -69,6 +69,7 @@ build/fuzz/fuzz_ingest: tests/fuzz/fuzz_ingest.c capture/ingest.c capture/mtr_in
 MODEL_LIB := $(LIB)/libmtr_model.a
 MODULE_ARCHIVES += $(MODEL_LIB)
 MODULE_PKGS += openblas
+CAPTURE_SRC += capture/cmd_run.c
 
 $(MODEL_LIB): $(OBJ)/capture/safetensors.o $(OBJ)/capture/model.o $(OBJ)/capture/model_forward.o
 	@mkdir -p $(@D)
