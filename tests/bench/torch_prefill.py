@@ -1,0 +1,169 @@
+"""torch_prefill.py — the PyTorch peer of the engine benchmark: times prefill (a batch of token sequences through
+the whole model) with the reference forward of tests/models/ref_moe.py, eager torch under no_grad, on a random
+Qwen3-MoE-shaped f32 checkpoint that it creates on first use in the directory given (a git-ignored cache):
+
+    /usr/bin/python3 tests/bench/torch_prefill.py DIR [--threads N] [--repeat R] [--batch B] [--tokens T]
+                     [--seed S] [--ids FILE] [--head all|last|none]
+
+DIR gets config.json, three safetensors shards + index, tokenizer.json/tokenizer_config.json (byte level, no
+merges) and prefill_ids.txt: B lines of T space-separated ids (seeded), the sequences timed, for the C bench
+to read (--ids FILE uses/creates another file). --head all computes the logits of every position (the Hugging
+Face forward), last only of the last position, none stops after the last MoE layer's router (what a router
+capture needs). Prints one line:
+
+    torch_prefill tokens_per_s=... seconds=... threads=N params=... batch=BxT head=... repeat=R (median)
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = os.path.join(os.path.dirname(HERE), "models")
+
+# Qwen3-MoE shape, scaled down: 12 layers, hidden 768, 16 query / 4 key-value heads of 64, 32 experts, top-4
+BENCH_CONFIG = {
+    "architectures": ["Qwen3MoeForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 256,
+    "decoder_sparse_step": 1,
+    "eos_token_id": 258,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 2048,
+    "max_position_embeddings": 4096,
+    "max_window_layers": 12,
+    "mlp_only_layers": [],
+    "model_type": "qwen3_moe",
+    "moe_intermediate_size": 128,
+    "norm_topk_prob": True,
+    "num_attention_heads": 16,
+    "num_experts": 32,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 12,
+    "num_key_value_heads": 4,
+    "output_router_logits": False,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "router_aux_loss_coef": 0.001,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "transformers_version": "4.51.0",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 32000,
+}
+SHARD_BYTES = 300 << 20
+
+
+def make_checkpoint(d, seed):
+    """Random weights (std as a trained model's order of magnitude; router wider so routing is not uniform)."""
+    import torch
+    import make_tiny
+    import ref_moe
+    import safetensors_io
+    cfg = ref_moe.Config(BENCH_CONFIG)
+    g = torch.Generator().manual_seed(seed)
+    w = {}
+    for name, shape in sorted(ref_moe.expected_tensors(cfg).items()):
+        fan_in = shape[-1]
+        if name.endswith("norm.weight"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith("mlp.gate.weight"):
+            t = torch.randn(shape, generator=g) * (2.0 / fan_in ** 0.5)
+        elif name == "model.embed_tokens.weight":
+            t = torch.randn(shape, generator=g)
+        else:
+            t = torch.randn(shape, generator=g) * (1.0 / fan_in ** 0.5)
+        w[name] = t
+    tmp = d.rstrip("/") + f".partial{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    safetensors_io.save_sharded(w, tmp, max_shard_bytes=SHARD_BYTES)
+    for fn, obj in (("tokenizer.json", make_tiny.tokenizer_json()),
+                    ("tokenizer_config.json", make_tiny.tokenizer_config()),
+                    ("config.json", BENCH_CONFIG)):
+        with open(os.path.join(tmp, fn), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+    if os.path.isdir(d):  # an empty or incomplete directory the caller made
+        for fn in os.listdir(tmp):
+            os.replace(os.path.join(tmp, fn), os.path.join(d, fn))
+        os.rmdir(tmp)
+    else:
+        os.replace(tmp, d)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="time prefill of the PyTorch reference MoE forward")
+    ap.add_argument("dir")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--ids", help="ids file (default DIR/prefill_ids.txt); created from --seed if missing")
+    ap.add_argument("--head", choices=("all", "last", "none"), default="all")
+    a = ap.parse_args()
+    if a.threads < 1 or a.repeat < 1 or a.batch < 1 or a.tokens < 1:
+        ap.error("--threads, --repeat, --batch and --tokens must be positive")
+    # Debian's torch does its matrix products in OpenBLAS (pthreads), which takes its thread count from the
+    # environment at load time, not from torch.set_num_threads
+    os.environ["OPENBLAS_NUM_THREADS"] = str(a.threads)
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    sys.path.insert(0, MODELS)
+    import torch
+    import ref_moe
+    torch.set_num_threads(a.threads)
+
+    if not os.path.exists(os.path.join(a.dir, "config.json")):
+        t0 = time.time()
+        make_checkpoint(a.dir, a.seed)
+        print(f"torch_prefill: made {a.dir} in {time.time() - t0:.1f} s", file=sys.stderr)
+    ids_path = a.ids or os.path.join(a.dir, "prefill_ids.txt")
+    if not os.path.exists(ids_path):
+        g = torch.Generator().manual_seed(a.seed + 1)
+        ids = torch.randint(0, 256, (a.batch, a.tokens), generator=g)
+        with open(ids_path + ".tmp", "w") as f:
+            for row in ids.tolist():
+                f.write(" ".join(map(str, row)) + "\n")
+        os.replace(ids_path + ".tmp", ids_path)
+    with open(ids_path) as f:
+        rows = [[int(x) for x in line.split()] for line in f if line.strip()]
+    if len({len(r) for r in rows}) != 1:
+        sys.exit(f"torch_prefill: {ids_path}: the sequences differ in length (a batch needs equal lengths)")
+    ids = torch.tensor(rows, dtype=torch.int64)
+    B, T = ids.shape
+
+    model = ref_moe.MoeModel(a.dir)
+    params = sum(t.numel() for t in model.w.values())
+
+    def run():
+        if a.head == "none":
+            return model.forward_full(ids, stop_after_last_moe=True)
+        if a.head == "last":
+            return model.forward_full(ids, logits_positions=slice(T - 1, T))
+        return model.forward_full(ids)
+
+    run()  # warm-up: first-call allocations and thread start-up are not prefill
+    times = []
+    for _ in range(a.repeat):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
+    print(f"torch_prefill tokens_per_s={B * T / med:.1f} seconds={med:.4f} threads={a.threads} params={params} "
+          f"batch={B}x{T} head={a.head} repeat={a.repeat} torch={torch.__version__} dtype={model.cfg.dtype_name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""check_ref.py — checks the PyTorch reference (ref_moe.py) against a second, independent implementation written
+the plain way: float64 numpy, its own config reading and rotary tables, attention one query token at a time with
+an explicit causal (and sliding) window, and a dense MoE that runs every expert on every token and then keeps
+the top-k by mask. A bug in either shows up as a large relative error or a different expert selection.
+
+    OPENBLAS_NUM_THREADS=1 /usr/bin/python3 tests/models/check_ref.py [DIR ...]   (default: every tiny checkpoint)
+
+Prints, per checkpoint and prompt, the max relative error (max |ref - plain| / max |plain|) of the final logits
+and of the router logits, whether the selected experts and the greedy continuation agree, the same for the
+steered forwards, and whether the committed golden.safetensors equals what the reference computes now.
+Exit status 1 if an f32 checkpoint is off by more than 1e-4 relative or any selection differs.
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import safetensors_io  # noqa: E402
+
+
+class Plain:
+    """The independent float64 implementation."""
+
+    def __init__(self, d):
+        with open(os.path.join(d, "config.json")) as f:
+            self.c = c = json.load(f)
+        self.mt = c["model_type"]
+        self.w = {k: v.astype(np.float64) for k, v in safetensors_io.load_checkpoint(d, numpy=True).items()}
+        self.H = c["hidden_size"]
+        self.nh = c["num_attention_heads"]
+        self.nkv = c.get("num_key_value_heads") or self.nh
+        self.hd = self.H // self.nh if self.mt == "olmoe" else (c.get("head_dim") or self.H // self.nh)
+        self.eps = c["rms_norm_eps"]
+        self.E = c["num_local_experts"] if self.mt == "mixtral" else c["num_experts"]
+        self.K = c["num_experts_per_tok"]
+        self.renorm = True if self.mt == "mixtral" else bool(c.get("norm_topk_prob", False))
+        L = c["num_hidden_layers"]
+        if self.mt in ("qwen3_moe", "qwen2_moe"):
+            only = set(c.get("mlp_only_layers") or [])
+            step = c.get("decoder_sparse_step", 1)
+            self.sparse = [l not in only and (l + 1) % step == 0 for l in range(L)]
+        else:
+            self.sparse = [True] * L
+        self.moe_layers = [l for l in range(L) if self.sparse[l]]
+        self.window = c.get("sliding_window") if self.mt == "mixtral" or c.get("use_sliding_window") else None
+        self.inv, self.mscale = self.rotary()
+
+    def rotary(self):
+        c, d = self.c, self.hd
+        theta = c.get("rope_theta", 10000.0)
+        freq = np.array([theta ** (-(2.0 * i) / d) for i in range(d // 2)])
+        rs = c.get("rope_scaling") or {}
+        kind = rs.get("rope_type", rs.get("type", "default")) if rs else "default"
+        if kind == "default":
+            return freq, 1.0
+        s = rs["factor"]
+        if kind == "linear":
+            return freq / s, 1.0
+        if kind == "yarn":
+            orig = rs.get("original_max_position_embeddings", c["max_position_embeddings"])
+            s = c["max_position_embeddings"] / orig if "original_max_position_embeddings" in rs else s
+
+            def dim_of(rot):  # the dimension index whose wavelength makes `rot` turns over the original context
+                return d * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(theta))
+            lo = max(math.floor(dim_of(rs.get("beta_fast") or 32)), 0)
+            hi = min(math.ceil(dim_of(rs.get("beta_slow") or 1)), d - 1)
+            hi = hi + 0.001 if hi == lo else hi
+            ramp = np.clip((np.arange(d // 2) - lo) / (hi - lo), 0, 1)  # 0: keep, 1: interpolate
+            inv = freq * (1 - ramp) + (freq / s) * ramp
+            af = rs.get("attention_factor")
+            return inv, (af if af is not None else (0.1 * math.log(s) + 1.0 if s > 1 else 1.0))
+        if kind == "llama3":
+            old, lf, hf = rs["original_max_position_embeddings"], rs["low_freq_factor"], rs["high_freq_factor"]
+            out = []
+            for f in freq:
+                wl = 2 * math.pi / f
+                if wl < old / hf:
+                    out.append(f)
+                elif wl > old / lf:
+                    out.append(f / s)
+                else:
+                    a = (old / wl - lf) / (hf - lf)
+                    out.append((1 - a) * f / s + a * f)
+            return np.array(out), 1.0
+        raise ValueError(kind)
+
+    def norm(self, x, w):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
+
+    def rope(self, x, pos):  # x (n_heads, hd) at one position: rotate pairs (i, i + hd/2)
+        h = self.hd // 2
+        ang = pos * self.inv
+        c, s = np.cos(ang) * self.mscale, np.sin(ang) * self.mscale
+        a, b = x[:, :h], x[:, h:]
+        return np.concatenate([a * c - b * s, b * c + a * s], axis=1)
+
+    def mlp(self, x, g, u, d):
+        a = x @ g.T
+        return ((a / (1 + np.exp(-a))) * (x @ u.T)) @ d.T
+
+    def layer_attn(self, l, x):
+        p = f"model.layers.{l}.self_attn."
+        w = self.w
+        T = x.shape[0]
+        q = x @ w[p + "q_proj.weight"].T + w.get(p + "q_proj.bias", 0)
+        k = x @ w[p + "k_proj.weight"].T + w.get(p + "k_proj.bias", 0)
+        v = x @ w[p + "v_proj.weight"].T + w.get(p + "v_proj.bias", 0)
+        if self.mt == "olmoe":
+            q, k = self.norm(q, w[p + "q_norm.weight"]), self.norm(k, w[p + "k_norm.weight"])
+            cl = self.c.get("clip_qkv")
+            if cl is not None:
+                q, k, v = np.clip(q, -cl, cl), np.clip(k, -cl, cl), np.clip(v, -cl, cl)
+        q = q.reshape(T, self.nh, self.hd)
+        k = k.reshape(T, self.nkv, self.hd)
+        v = v.reshape(T, self.nkv, self.hd)
+        if self.mt == "qwen3_moe":
+            q, k = self.norm(q, w[p + "q_norm.weight"]), self.norm(k, w[p + "k_norm.weight"])
+        q = np.stack([self.rope(q[t], t) for t in range(T)])
+        k = np.stack([self.rope(k[t], t) for t in range(T)])
+        out = np.zeros((T, self.nh, self.hd))
+        group = self.nh // self.nkv
+        for t in range(T):
+            first = 0 if not self.window or T <= self.window else max(0, t - self.window + 1)
+            for h in range(self.nh):
+                kv = h // group
+                sc = np.array([q[t, h] @ k[j, kv] for j in range(first, t + 1)]) / math.sqrt(self.hd)
+                pr = np.exp(sc - sc.max())
+                pr /= pr.sum()
+                out[t, h] = sum(pr[j - first] * v[j, kv] for j in range(first, t + 1))
+        return out.reshape(T, -1) @ w[p + "o_proj.weight"].T + w.get(p + "o_proj.bias", 0)
+
+    def layer_moe(self, l, x, steer, moe_idx, rec):
+        w = self.w
+        mix = self.mt == "mixtral"
+        p = f"model.layers.{l}." + ("block_sparse_moe." if mix else "mlp.")
+        z = x @ w[p + "gate.weight"].T
+        zr = steer(z, moe_idx) if steer else z
+        prob = np.exp(zr - zr.max(-1, keepdims=True))
+        prob /= prob.sum(-1, keepdims=True)
+        # every expert on every token, then a mask keeps the top-k (ties: lower index)
+        ys = np.stack([self.mlp(x, *(w[p + f"experts.{e}.{n}.weight"] for n in
+                                     (("w1", "w3", "w2") if mix else ("gate_proj", "up_proj", "down_proj"))))
+                       for e in range(self.E)], axis=1)  # (T, E, H)
+        sel = np.argsort(-prob, axis=-1, kind="stable")[:, :self.K]
+        keep = np.zeros_like(prob)
+        np.put_along_axis(keep, sel, 1.0, axis=-1)
+        gate = prob * keep
+        if self.renorm:
+            gate = gate / gate.sum(-1, keepdims=True)
+        out = np.einsum("te,teh->th", gate, ys)
+        if self.mt == "qwen2_moe":
+            s = p + "shared_expert."
+            sh = self.mlp(x, w[s + "gate_proj.weight"], w[s + "up_proj.weight"], w[s + "down_proj.weight"])
+            out = out + sh / (1 + np.exp(-(x @ w[p + "shared_expert_gate.weight"].T)))
+        rec.append((z, zr, sel))
+        return out
+
+    def forward(self, ids, steer=None):
+        w = self.w
+        x = w["model.embed_tokens.weight"][ids]
+        rec = []
+        for l in range(self.c["num_hidden_layers"]):
+            p = f"model.layers.{l}."
+            x = x + self.layer_attn(l, self.norm(x, w[p + "input_layernorm.weight"]))
+            h = self.norm(x, w[p + "post_attention_layernorm.weight"])
+            if self.sparse[l]:
+                x = x + self.layer_moe(l, h, steer, len(rec), rec)
+            else:
+                m = p + "mlp."
+                x = x + self.mlp(h, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
+        x = self.norm(x, w["model.norm.weight"])
+        head = w["model.embed_tokens.weight"] if self.c.get("tie_word_embeddings") else w["lm_head.weight"]
+        return x @ head.T, rec
+
+    def generate(self, ids, n, steer=None):
+        seq = list(ids)
+        for _ in range(n):
+            seq.append(int(np.argmax(self.forward(seq, steer)[0][-1])))
+        return seq[len(ids):]
+
+
+def plain_steering(path):
+    """The steering rule of traces/STEERING.md (fixed eps), vectorised in float64, as a function (z, layer)."""
+    with open(path) as f:
+        d = json.load(f)
+    coef = np.array(d["coef"], dtype=np.float32)
+    eps, op = abs(d["eps"]), d["op"]
+
+    def apply(z, layer):
+        c = coef[layer]
+        if not c.any():
+            return z
+        z32 = z.astype(np.float32).astype(np.float64)  # the engine steers the model-dtype values held in f32
+        mx, mn = z32.max(-1, keepdims=True), z32.min(-1, keepdims=True)
+        sd = z32.std(-1, keepdims=True)
+        up = np.maximum((mx + eps).astype(np.float32), np.nextafter(mx.astype(np.float32), np.float32(np.inf)))
+        dn = np.minimum((mn - eps).astype(np.float32), np.nextafter(mn.astype(np.float32), np.float32(-np.inf)))
+        out = z32.copy()
+        for e in np.nonzero(c)[0]:
+            if op == "soft":
+                out[:, e] = (z32[:, e] + float(c[e]) * sd[:, 0]).astype(np.float32)
+            elif op in ("hard", "off"):
+                out[:, e] = (up if c[e] > 0 else dn)[:, 0]
+            else:
+                out[:, e] = (z32[:, e].astype(np.float32) + c[e])
+        return out
+    return apply
+
+
+def rel(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def check_dir(d):
+    import torch
+    import ref_moe
+    torch.set_num_threads(1)
+    m = ref_moe.MoeModel(d)
+    pl = Plain(d)
+    assert pl.moe_layers == m.cfg.moe_layers, (pl.moe_layers, m.cfg.moe_layers)
+    gold, meta = safetensors_io.load(os.path.join(d, "golden.safetensors")) \
+        if os.path.exists(os.path.join(d, "golden.safetensors")) else ({}, {})
+    bf16 = m.cfg.dtype != torch.float32
+    worst, ok = 0.0, True
+    name = os.path.basename(os.path.normpath(d))
+    cases = [(f"prompt_{i}", gold[f"prompt_{i}"].tolist(), None, f"_{i}") for i in range(3) if f"prompt_{i}" in gold]
+    for op in ("hard", "soft"):
+        sp = os.path.join(d, f"steer_{op}.json")
+        if os.path.exists(sp) and "prompt_2" in gold:
+            cases.append((f"steer_{op}", gold["prompt_2"].tolist(), (ref_moe.Steering.load_json(sp),
+                                                                    plain_steering(sp)), f"_steer_{op}_2"))
+    for label, ids, st, sfx in cases:
+        out = m.forward_full(ids, st[0] if st else None)
+        lg = out["logits"][0].float().numpy()
+        plg, prec = pl.forward(ids, st[1] if st else None)
+        e_log = rel(lg, plg)
+        e_rt = max(rel(r["router"].float().numpy(), pz) for r, (pz, _, _) in zip(out["moe"], prec))
+        e_ro = max(rel(r["routed_on"].float().numpy(), pzr) for r, (_, pzr, _) in zip(out["moe"], prec))
+        same_sel = all(np.array_equal(np.sort(r["selected"].numpy(), -1), np.sort(ps, -1))
+                       for r, (_, _, ps) in zip(out["moe"], prec))
+        g_ref = m.generate(ids, 4, st[0] if st else None)
+        g_pl = pl.generate(ids, 4, st[1] if st else None)
+        gold_eq = ""
+        if "logits" + sfx in gold:
+            router_now = torch.stack([r["routed_on"].float() for r in out["moe"]])
+            gold_eq = (torch.equal(gold["logits" + sfx], out["logits"][0].float()) and
+                       torch.equal(gold["router" + sfx], router_now) and gold["generate" + sfx][:4].tolist() == g_ref)
+            gold_eq = " golden=" + ("same" if gold_eq else "DIFFERS")
+        print(f"{name:16s} {label:11s} T={len(ids):2d} logits_rel={e_log:.2e} router_rel={e_rt:.2e} "
+              f"routed_on_rel={e_ro:.2e} selection={'same' if same_sel else 'DIFFERENT'} "
+              f"greedy4={'same' if g_ref == g_pl else f'DIFFERENT {g_ref} {g_pl}'}{gold_eq}")
+        worst = max(worst, e_log, e_rt)
+        if not same_sel or (not bf16 and (e_log > 1e-4 or e_rt > 1e-4 or g_ref != g_pl)) or "DIFFERS" in gold_eq:
+            ok = False
+    return worst, ok
+
+
+def main(argv):
+    dirs = argv or [os.path.join(HERE, "tiny", n) for n in sorted(os.listdir(os.path.join(HERE, "tiny")))
+                    if os.path.isdir(os.path.join(HERE, "tiny", n))]
+    all_ok = True
+    for d in dirs:
+        worst, ok = check_dir(d)
+        all_ok &= ok
+    print("check_ref: " + ("ok" if all_ok else "FAILED"))
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,550 @@
+"""ref_moe.py — the PyTorch reference forward the native engine (capture/model*.c) is tested and benchmarked
+against: Hugging Face MoE checkpoints (qwen3_moe, olmoe, mixtral, qwen2_moe; config.json + model.safetensors or
+shards + index, tensor names as on the Hub) run with the arithmetic of the transformers eager modeling code,
+in the model's dtype (f32, or bf16/f16 with the f32 upcasts transformers does: RMSNorm, rotary tables, attention
+softmax, router softmax). Written from the transformers modeling files (modeling_qwen3_moe.py, modeling_olmoe.py,
+modeling_mixtral.py, modeling_qwen2_moe.py, modeling_rope_utils.py); attention is the eager path.
+
+Router steering (DESIGN.md §4, traces/STEERING.md) is applied to the raw gate outputs before softmax/top-k with
+the arithmetic of mtr_steer_apply (fixed eps; gaussian eps is not reproduced here).
+
+Run from anywhere with /usr/bin/python3 (Debian's torch):  ref_moe.py DIR [ids ...]  prints logits and routing.
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import safetensors_io  # noqa: E402
+
+ARCHS = ("qwen3_moe", "olmoe", "mixtral", "qwen2_moe")
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---- configuration ---------------------------------------------------------------------------------------------
+
+class Config:
+    """The fields of a config.json that the forward uses, with the defaults of the transformers config classes."""
+
+    def __init__(self, d):
+        self.raw = d
+        mt = d.get("model_type")
+        if mt not in ARCHS:
+            raise ValueError(f"model_type {mt!r} is not one of {ARCHS}")
+        self.model_type = mt
+        g = d.get
+        self.dtype_name = g("torch_dtype") or g("dtype") or "float32"
+        if self.dtype_name not in TORCH_DTYPES:
+            raise ValueError(f"torch_dtype {self.dtype_name!r} is not supported")
+        self.dtype = TORCH_DTYPES[self.dtype_name]
+        self.vocab_size = d["vocab_size"]
+        self.hidden_size = d["hidden_size"]
+        self.n_layers = d["num_hidden_layers"]
+        self.n_heads = d["num_attention_heads"]
+        self.n_kv_heads = g("num_key_value_heads") or self.n_heads
+        if mt == "olmoe":  # OlmoeAttention: head_dim = hidden_size // num_heads, whatever the config says
+            self.head_dim = self.hidden_size // self.n_heads
+        else:
+            self.head_dim = g("head_dim") or self.hidden_size // self.n_heads
+        self.rms_eps = g("rms_norm_eps", 1e-5 if mt in ("olmoe", "mixtral") else 1e-6)
+        self.rope_theta = float(g("rope_theta", 1e6 if mt == "mixtral" else 10000.0))
+        self.rope_scaling = g("rope_scaling")
+        self.max_pos = g("max_position_embeddings", 4096)
+        self.partial_rotary_factor = g("partial_rotary_factor", 1.0)
+        self.tie = bool(g("tie_word_embeddings", False))
+        self.top_k = d["num_experts_per_tok"]
+        self.clip_qkv = None
+        self.qkv_bias = self.o_bias = False
+        self.shared_inter = 0
+        self.intermediate_size = g("intermediate_size")
+        if mt == "mixtral":
+            self.n_experts = d["num_local_experts"]
+            self.moe_inter = d["intermediate_size"]
+            self.norm_topk_prob = True  # MixtralSparseMoeBlock always renormalises the top-k weights
+            self.qkv_bias = self.o_bias = False
+        elif mt == "olmoe":
+            self.n_experts = d["num_experts"]
+            self.moe_inter = d["intermediate_size"]
+            self.norm_topk_prob = bool(g("norm_topk_prob", False))
+            self.qkv_bias = self.o_bias = bool(g("attention_bias", False))
+            self.clip_qkv = g("clip_qkv")
+        else:
+            self.n_experts = d["num_experts"]
+            self.moe_inter = d["moe_intermediate_size"]
+            self.norm_topk_prob = bool(g("norm_topk_prob", False))
+            if mt == "qwen2_moe":
+                self.qkv_bias = bool(g("qkv_bias", True))  # Qwen2MoeAttention: q/k/v biased, o_proj not
+                self.shared_inter = d["shared_expert_intermediate_size"]
+            else:
+                self.qkv_bias = self.o_bias = bool(g("attention_bias", False))
+        # which decoder layers are sparse
+        if mt in ("qwen3_moe", "qwen2_moe"):
+            only = g("mlp_only_layers") or []
+            step = g("decoder_sparse_step", 1)
+            self.is_moe = [(i not in only) and self.n_experts > 0 and (i + 1) % step == 0 for i in range(self.n_layers)]
+        else:
+            self.is_moe = [True] * self.n_layers
+        self.moe_layers = [i for i, m in enumerate(self.is_moe) if m]
+        # sliding window per layer (None: full causal attention)
+        sw = g("sliding_window")
+        self.window = [None] * self.n_layers
+        if mt == "mixtral" and sw:
+            self.window = [sw] * self.n_layers
+        elif mt == "qwen3_moe" and g("use_sliding_window", False) and sw:
+            self.window = [sw] * self.n_layers
+        elif mt == "qwen2_moe" and g("use_sliding_window", False) and sw:
+            types = g("layer_types") or [
+                "sliding_attention" if (i + 1) % 2 and i < g("max_window_layers", 28) else "full_attention"
+                for i in range(self.n_layers)]
+            self.window = [sw if t == "sliding_attention" else None for t in types]
+
+    @classmethod
+    def load(cls, directory):
+        with open(os.path.join(directory, "config.json")) as f:
+            return cls(json.load(f))
+
+
+# ---- rotary embedding (modeling_rope_utils.py) ----------------------------------------------------------------
+
+def _get_mscale(scale, mscale=1.0):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_parameters(cfg, seq_len=None):
+    """(inv_freq f32 (dim/2,), attention_scaling) as ROPE_INIT_FUNCTIONS computes them for this config.
+    seq_len: the current sequence length, used only by "dynamic"."""
+    rs = cfg.rope_scaling or {}
+    rtype = rs.get("rope_type", rs.get("type", "default")) if rs else "default"
+    base = cfg.rope_theta
+    dim = int(cfg.head_dim * cfg.partial_rotary_factor)
+    ar = torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float)
+
+    def default(b=base):
+        return 1.0 / (b ** (ar / dim))
+
+    if rtype == "default":
+        return default(), 1.0
+    factor = rs["factor"]
+    if rtype == "linear":
+        return default() / factor, 1.0
+    if rtype == "dynamic":
+        L = cfg.max_pos
+        s = L if seq_len is None else max(seq_len, L)
+        b = base * ((factor * s / L) - (factor - 1)) ** (dim / (dim - 2))
+        return default(b), 1.0
+    if rtype == "yarn":
+        attention_factor = rs.get("attention_factor")
+        mscale, mscale_all_dim = rs.get("mscale"), rs.get("mscale_all_dim")
+        if "original_max_position_embeddings" in rs:
+            orig = rs["original_max_position_embeddings"]
+            factor = cfg.max_pos / orig
+        else:
+            orig = cfg.max_pos
+        if attention_factor is None:
+            if mscale and mscale_all_dim:
+                attention_factor = float(_get_mscale(factor, mscale) / _get_mscale(factor, mscale_all_dim))
+            else:
+                attention_factor = _get_mscale(factor)
+        beta_fast = rs.get("beta_fast") or 32
+        beta_slow = rs.get("beta_slow") or 1
+        truncate = rs.get("truncate", True)
+
+        def corr_dim(rot):
+            return (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(base))
+
+        lo, hi = corr_dim(beta_fast), corr_dim(beta_slow)
+        if truncate:
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, dim - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - lo) / (hi - lo), 0, 1)
+        pos_freqs = base ** (torch.arange(0, dim, 2).to(dtype=torch.float) / dim)
+        inv_extra = 1.0 / pos_freqs
+        inv_inter = 1.0 / (factor * pos_freqs)
+        extra_factor = 1 - ramp
+        inv = inv_inter * (1 - extra_factor) + inv_extra * extra_factor
+        return inv, attention_factor
+    if rtype == "llama3":
+        inv = default()
+        lf, hf = rs["low_freq_factor"], rs["high_freq_factor"]
+        old = rs["original_max_position_embeddings"]
+        low_wl, high_wl = old / lf, old / hf
+        wavelen = 2 * math.pi / inv
+        inv_l = torch.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (old / wavelen - lf) / (hf - lf)
+        smoothed = (1 - smooth) * inv_l / factor + smooth * inv_l
+        medium = ~(wavelen < high_wl) * ~(wavelen > low_wl)
+        return torch.where(medium, smoothed, inv_l), 1.0
+    raise ValueError(f"rope_scaling type {rtype!r} is not supported")
+
+
+def rope_tables(cfg, positions, dtype):
+    """cos, sin (B, T, head_dim) in `dtype` for int64 positions (B, T): computed in f32, scaled, then cast."""
+    seq_len = int(positions.max()) + 1
+    inv, scale = rope_parameters(cfg, seq_len)
+    B = positions.shape[0]
+    freqs = (inv[None, :, None].float().expand(B, -1, 1) @ positions[:, None, :].float()).transpose(1, 2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos = emb.cos() * scale
+    sin = emb.sin() * scale
+    return cos.to(dtype), sin.to(dtype)
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+# ---- steering ---------------------------------------------------------------------------------------------------
+
+class Steering:
+    """A router intervention (DESIGN.md §4): coef (n_moe_layers, n_experts) float32, op soft|hard|off|bias,
+    fixed eps. Layers are 0-based MoE layer indices, as in steering files."""
+
+    def __init__(self, op, coef, lam=0.0, eps=0.01, eps_mode="fixed", name="", model_id="", layer_index=None,
+                 top_k=None):
+        if op not in ("soft", "hard", "off", "bias"):
+            raise ValueError(f"unknown op {op!r}")
+        if eps_mode != "fixed":
+            raise ValueError("only fixed eps is reproduced by the reference")
+        self.op, self.lam, self.eps, self.eps_mode = op, float(lam), float(eps), eps_mode
+        self.coef = np.asarray(coef, dtype=np.float32)
+        self.name, self.model_id, self.layer_index, self.top_k = name, model_id, layer_index, top_k
+        self.target_layers = [int(l) for l in np.nonzero(np.any(self.coef != 0, axis=1))[0]]
+
+    @classmethod
+    def from_spec(cls, op, experts, n_layers, n_experts, lam=0.5, eps=0.01, **kw):
+        """experts: {moe_layer: [expert, ...]} (coef = lambda for soft, +1 for hard, -1 for off) or
+        {moe_layer: {expert: coef}}."""
+        coef = np.zeros((n_layers, n_experts), dtype=np.float32)
+        for l, es in experts.items():
+            items = es.items() if isinstance(es, dict) else [(e, None) for e in es]
+            for e, c in items:
+                if c is None:
+                    c = lam if op == "soft" else (-1.0 if op == "off" else 1.0)
+                coef[int(l), int(e)] = c
+        return cls(op, coef, lam=lam, eps=eps, **kw)
+
+    @classmethod
+    def load_json(cls, path):
+        with open(path) as f:
+            d = json.load(f)
+        if d.get("format") != "moetrace-steering":
+            raise ValueError(f"{path}: not a moetrace steering file")
+        return cls(d["op"], d["coef"], lam=d["lambda"], eps=d["eps"], eps_mode=d["eps_mode"], name=d.get("name", ""),
+                   model_id=d.get("model_id", ""), layer_index=d.get("layer_index"), top_k=d.get("top_k"))
+
+    def to_json(self):
+        """The JSON twin of a steering file (traces/STEERING.md) for this intervention."""
+        nl, ne = self.coef.shape
+        ex = [[int(l), int(e)] for l, e in zip(*np.nonzero(self.coef))]
+        return {"format": "moetrace-steering", "format_version": 1, "producer": "tests/models/ref_moe.py",
+                "name": self.name, "model_id": self.model_id, "n_layers": nl, "n_experts": ne,
+                "top_k": self.top_k, "layer_index": self.layer_index,
+                "indexing": "layers are 0-based MoE layer indices; experts 0-based", "op": self.op,
+                "lambda": self.lam, "eps_mode": self.eps_mode, "eps": self.eps, "seed": 0,
+                "target_layers": self.target_layers, "experts": ex, "scores": [None] * len(ex), "provenance": {},
+                "coef": [[float(x) for x in row] for row in self.coef]}
+
+    def apply(self, z, layer):
+        """Steered copy of the router logits z (N, E) at MoE layer `layer`, as float32 (mtr_steer_apply: max, min
+        and population std of the unmodified row in double; hard/off at least one float32 step beyond)."""
+        if layer not in self.target_layers:
+            return z
+        c = self.coef[layer]
+        sel = [int(e) for e in np.nonzero(c)[0]]
+        rows = z.detach().to(torch.float32).cpu().numpy().copy()
+        E = rows.shape[1]
+        f32 = np.float32
+        for row in rows:
+            vals = [float(v) for v in row]
+            mx, mn = max(vals), min(vals)
+            s = 0.0
+            for v in vals:
+                s += v
+            mean = s / E
+            sq = 0.0
+            for v in vals:
+                sq += (v - mean) * (v - mean)
+            sd = math.sqrt(sq / E)
+            eps = abs(self.eps)
+            up, down = f32(mx + eps), f32(mn - eps)
+            if not up > f32(mx):
+                up = np.nextafter(f32(mx), f32(np.inf))
+            if not down < f32(mn):
+                down = np.nextafter(f32(mn), f32(-np.inf))
+            for e in sel:
+                ce = float(c[e])
+                if self.op == "soft":
+                    row[e] = f32(vals[e] + ce * sd)
+                elif self.op == "hard":
+                    row[e] = up if ce > 0 else down
+                elif self.op == "off":
+                    row[e] = down if ce < 0 else up
+                else:
+                    row[e] = f32(row[e]) + f32(ce)
+        return torch.from_numpy(rows)
+
+
+# ---- the model ----------------------------------------------------------------------------------------------------
+
+def expected_tensors(cfg):
+    """name -> shape of every tensor a checkpoint of this config holds, as on the Hub."""
+    H, hd, nh, nkv, E = cfg.hidden_size, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.n_experts
+    t = {"model.embed_tokens.weight": (cfg.vocab_size, H), "model.norm.weight": (H,)}
+    if not cfg.tie:
+        t["lm_head.weight"] = (cfg.vocab_size, H)
+    for i in range(cfg.n_layers):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (H,)
+        t[p + "post_attention_layernorm.weight"] = (H,)
+        a = p + "self_attn."
+        t[a + "q_proj.weight"] = (nh * hd, H)
+        t[a + "k_proj.weight"] = (nkv * hd, H)
+        t[a + "v_proj.weight"] = (nkv * hd, H)
+        t[a + "o_proj.weight"] = (H, nh * hd)
+        if cfg.qkv_bias:
+            t[a + "q_proj.bias"], t[a + "k_proj.bias"], t[a + "v_proj.bias"] = (nh * hd,), (nkv * hd,), (nkv * hd,)
+        if cfg.o_bias:
+            t[a + "o_proj.bias"] = (H,)
+        if cfg.model_type == "qwen3_moe":
+            t[a + "q_norm.weight"] = (hd,)
+            t[a + "k_norm.weight"] = (hd,)
+        elif cfg.model_type == "olmoe":
+            t[a + "q_norm.weight"] = (nh * hd,)
+            t[a + "k_norm.weight"] = (nkv * hd,)
+        if cfg.model_type == "mixtral":
+            m = p + "block_sparse_moe."
+            t[m + "gate.weight"] = (E, H)
+            for e in range(E):
+                t[m + f"experts.{e}.w1.weight"] = (cfg.moe_inter, H)
+                t[m + f"experts.{e}.w3.weight"] = (cfg.moe_inter, H)
+                t[m + f"experts.{e}.w2.weight"] = (H, cfg.moe_inter)
+            continue
+        m = p + "mlp."
+        if not cfg.is_moe[i]:
+            t[m + "gate_proj.weight"] = (cfg.intermediate_size, H)
+            t[m + "up_proj.weight"] = (cfg.intermediate_size, H)
+            t[m + "down_proj.weight"] = (H, cfg.intermediate_size)
+            continue
+        t[m + "gate.weight"] = (E, H)
+        for e in range(E):
+            t[m + f"experts.{e}.gate_proj.weight"] = (cfg.moe_inter, H)
+            t[m + f"experts.{e}.up_proj.weight"] = (cfg.moe_inter, H)
+            t[m + f"experts.{e}.down_proj.weight"] = (H, cfg.moe_inter)
+        if cfg.model_type == "qwen2_moe":
+            t[m + "shared_expert.gate_proj.weight"] = (cfg.shared_inter, H)
+            t[m + "shared_expert.up_proj.weight"] = (cfg.shared_inter, H)
+            t[m + "shared_expert.down_proj.weight"] = (H, cfg.shared_inter)
+            t[m + "shared_expert_gate.weight"] = (1, H)
+    return t
+
+
+def rms_norm(x, w, eps):
+    """RMSNorm as transformers: statistics in f32, normalised value cast back, then weight * value."""
+    dt = x.dtype
+    h = x.to(torch.float32)
+    var = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(var + eps)
+    return w * h.to(dt)
+
+
+def gated_mlp(x, wg, wu, wd):
+    return F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
+
+
+class MoeModel:
+    """A checkpoint directory loaded for the reference forward. weights: the tensors, in the stored dtype."""
+
+    def __init__(self, directory, weights=None):
+        self.dir = directory
+        self.cfg = Config.load(directory)
+        w = safetensors_io.load_checkpoint(directory) if weights is None else weights
+        want = expected_tensors(self.cfg)
+        missing = sorted(set(want) - set(w))
+        extra = sorted(set(w) - set(want))
+        if missing or extra:
+            raise ValueError(f"{directory}: missing tensors {missing[:4]}, unexpected {extra[:4]}")
+        for k, shape in want.items():
+            if tuple(w[k].shape) != tuple(shape):
+                raise ValueError(f"{directory}: {k} has shape {tuple(w[k].shape)}, expected {shape}")
+            if w[k].dtype != self.cfg.dtype:
+                raise ValueError(f"{directory}: {k} is {w[k].dtype}, config says {self.cfg.dtype_name}")
+        self.w = w
+
+    # -- blocks --
+
+    def attention(self, i, x, cos, sin, mask):
+        cfg, w = self.cfg, self.w
+        B, T, _ = x.shape
+        a = f"model.layers.{i}.self_attn."
+        nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        q = F.linear(x, w[a + "q_proj.weight"], w.get(a + "q_proj.bias"))
+        k = F.linear(x, w[a + "k_proj.weight"], w.get(a + "k_proj.bias"))
+        v = F.linear(x, w[a + "v_proj.weight"], w.get(a + "v_proj.bias"))
+        if cfg.model_type == "olmoe":  # norms over the whole projection, then clipping
+            q = rms_norm(q, w[a + "q_norm.weight"], cfg.rms_eps)
+            k = rms_norm(k, w[a + "k_norm.weight"], cfg.rms_eps)
+            if cfg.clip_qkv is not None:
+                q, k, v = (t.clamp(min=-cfg.clip_qkv, max=cfg.clip_qkv) for t in (q, k, v))
+        q = q.view(B, T, nh, hd)
+        k = k.view(B, T, nkv, hd)
+        if cfg.model_type == "qwen3_moe":  # norms over each head's head_dim
+            q = rms_norm(q, w[a + "q_norm.weight"], cfg.rms_eps)
+            k = rms_norm(k, w[a + "k_norm.weight"], cfg.rms_eps)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = v.view(B, T, nkv, hd).transpose(1, 2)
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = (q * c) + (rotate_half(q) * s)
+        k = (k * c) + (rotate_half(k) * s)
+        rep = nh // nkv
+        if rep > 1:
+            k = k[:, :, None].expand(B, nkv, rep, T, hd).reshape(B, nh, T, hd)
+            v = v[:, :, None].expand(B, nkv, rep, T, hd).reshape(B, nh, T, hd)
+        att = torch.matmul(q, k.transpose(2, 3)) * (hd ** -0.5)
+        att = att + mask
+        att = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
+        o = torch.matmul(att, v).transpose(1, 2).contiguous().reshape(B, T, nh * hd)
+        return F.linear(o, w[a + "o_proj.weight"], w.get(a + "o_proj.bias"))
+
+    def route(self, z, moe_idx, steer):
+        """(routing weights (N, K) model dtype, selected experts (N, K), logits routed on) from gate outputs z.
+        Softmax in f32 over all experts, top-k (ties: lower expert index), renormalised if the model does."""
+        cfg = self.cfg
+        zr = steer.apply(z, moe_idx) if steer is not None else z
+        p = F.softmax(zr, dim=1, dtype=torch.float32)
+        order = torch.sort(p, dim=-1, descending=True, stable=True)[1][:, :cfg.top_k]
+        wts = torch.gather(p, 1, order)
+        if cfg.norm_topk_prob:
+            wts = wts / wts.sum(dim=-1, keepdim=True)
+        return wts.to(z.dtype), order, zr
+
+    def moe(self, i, x, moe_idx, steer, rec):
+        cfg, w = self.cfg, self.w
+        B, T, H = x.shape
+        x2 = x.reshape(-1, H)
+        if cfg.model_type == "mixtral":
+            m = f"model.layers.{i}.block_sparse_moe."
+            names = ("w1", "w3", "w2")
+        else:
+            m = f"model.layers.{i}.mlp."
+            names = ("gate_proj", "up_proj", "down_proj")
+        z = F.linear(x2, w[m + "gate.weight"])  # raw router logits, model dtype
+        wts, sel, zr = self.route(z, moe_idx, steer)
+        rec.append({"router": z, "routed_on": zr, "selected": sel, "weights": wts})
+        out = torch.zeros_like(x2)
+        # the experts one after another, each over the tokens routed to it (index_add_ in expert order)
+        mask = F.one_hot(sel, num_classes=cfg.n_experts).permute(2, 1, 0)  # (E, K, N)
+        hit = (mask.sum(dim=(-1, -2)) > 0).nonzero(as_tuple=True)[0].tolist()
+        for e in hit:
+            slot, tok = torch.where(mask[e])
+            ex = m + f"experts.{e}."
+            y = gated_mlp(x2[tok], *(w[ex + n + ".weight"] for n in names))
+            out.index_add_(0, tok, (y * wts[tok, slot, None]).to(x2.dtype))
+        if cfg.model_type == "qwen2_moe":
+            se = m + "shared_expert."
+            ys = gated_mlp(x2, w[se + "gate_proj.weight"], w[se + "up_proj.weight"], w[se + "down_proj.weight"])
+            ys = torch.sigmoid(F.linear(x2, w[m + "shared_expert_gate.weight"])) * ys
+            out = out + ys
+        return out.reshape(B, T, H)
+
+    def dense(self, i, x):
+        m = f"model.layers.{i}.mlp."
+        w = self.w
+        return gated_mlp(x, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
+
+    def causal_mask(self, T, window, dtype):
+        q = torch.arange(T)[:, None]
+        kv = torch.arange(T)[None, :]
+        ok = kv <= q
+        if window is not None:
+            ok = ok & (q - kv < window)
+        mask = torch.zeros(T, T, dtype=dtype)
+        mask.masked_fill_(~ok, torch.finfo(dtype).min)
+        return mask[None, None]
+
+    # -- forward --
+
+    @torch.no_grad()
+    def forward_full(self, ids, steer=None, stop_after_last_moe=False, logits_positions=None):
+        """Run token ids (T,) or (B, T). Returns a dict: logits (B, T, V) model dtype; moe (one dict per MoE layer:
+        router (B*T, E) raw gate outputs in model dtype, routed_on (the steered logits, f32, or router),
+        selected (B*T, K), weights (B*T, K)). stop_after_last_moe: no logits (None), the layers after the last
+        MoE layer skipped; logits_positions: a slice of positions to compute logits for (logits_to_keep)."""
+        cfg, w = self.cfg, self.w
+        ids = torch.as_tensor(ids, dtype=torch.int64)
+        if ids.dim() == 1:
+            ids = ids[None]
+        B, T = ids.shape
+        if int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size:
+            raise ValueError("token id outside the vocabulary")
+        x = F.embedding(ids, w["model.embed_tokens.weight"])
+        pos = torch.arange(T, dtype=torch.int64)[None].expand(B, T)
+        cos, sin = rope_tables(cfg, pos, cfg.dtype)
+        masks = {}
+        rec = []
+        for i in range(cfg.n_layers):
+            win = cfg.window[i] if cfg.window[i] is not None and cfg.window[i] < T else None
+            if win not in masks:
+                masks[win] = self.causal_mask(T, win, cfg.dtype)
+            p = f"model.layers.{i}."
+            h = rms_norm(x, w[p + "input_layernorm.weight"], cfg.rms_eps)
+            x = x + self.attention(i, h, cos, sin, masks[win])
+            h = rms_norm(x, w[p + "post_attention_layernorm.weight"], cfg.rms_eps)
+            if cfg.is_moe[i]:
+                x = x + self.moe(i, h, len(rec), steer, rec)
+            else:
+                x = x + self.dense(i, h)
+            if stop_after_last_moe and i == cfg.moe_layers[-1]:
+                return {"logits": None, "moe": rec}
+        x = rms_norm(x, w["model.norm.weight"], cfg.rms_eps)
+        if logits_positions is not None:
+            x = x[:, logits_positions]
+        head = w["model.embed_tokens.weight"] if cfg.tie else w["lm_head.weight"]
+        return {"logits": F.linear(x, head), "moe": rec}
+
+    def forward(self, ids, steer=None):
+        """logits (T, V) and the list of raw router logits (T, E) per MoE layer, in the model dtype, for a 1-D id
+        sequence (for a batch (B, T): logits (B, T, V), routers (B*T, E))."""
+        out = self.forward_full(ids, steer)
+        logits = out["logits"]
+        if torch.as_tensor(ids).dim() == 1:
+            logits = logits[0]
+        return logits, [r["router"] for r in out["moe"]]
+
+    @torch.no_grad()
+    def generate(self, ids, n, steer=None):
+        """Greedy continuation of n tokens, recomputing the whole prefix at every step (no cache); ties go to
+        the lowest id (torch.argmax over the f32 logits of the last position)."""
+        seq = [int(t) for t in ids]
+        new = []
+        for _ in range(n):
+            logits = self.forward_full(seq, steer)["logits"][0, -1].to(torch.float32)
+            nxt = int(torch.argmax(logits))
+            seq.append(nxt)
+            new.append(nxt)
+        return new
+
+
+def main(argv):
+    if not argv:
+        print(__doc__)
+        return 1
+    m = MoeModel(argv[0])
+    ids = [int(x) for x in argv[1:]] or [1, 2, 3]
+    logits, routers = m.forward(ids)
+    print(f"{m.cfg.model_type} dtype={m.cfg.dtype_name} moe_layers={m.cfg.moe_layers}")
+    print("argmax", torch.argmax(logits.float(), -1).tolist())
+    for l, r in zip(m.cfg.moe_layers, routers):
+        print(f"layer {l} top-{m.cfg.top_k}", torch.topk(r.float(), m.cfg.top_k, -1)[1].tolist())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
