@@ -103,20 +103,18 @@ static void gemm_rows(float *Y, size_t ldy, const float *X, size_t ldx, uint32_t
     }
 }
 
-/* Y (n, W->rows) = X (n, W->cols) W^T, split over threads by blocks of weight rows. */
+/* Y (n, W->rows) = X (n, W->cols) W^T, split over threads by blocks of weight rows. The blocks depend on the
+ * matrix only, never on the thread count, so every output element is computed by the same sgemm call shape and
+ * the results are identical for any number of threads. */
 static void linear(mtr_session *s, float *Y, const float *X, uint32_t n, const mtr_mat *W)
 {
     const uint32_t rows = W->rows;
-    uint32_t nb = (uint32_t)s->nt * 2, chunk = (rows + nb - 1) / nb;
+    uint32_t chunk = (rows + 7) / 8;
     chunk = (chunk + 15) / 16 * 16;
-    if (chunk < 16) chunk = 16;
-    nb = (rows + chunk - 1) / chunk;
+    if (chunk < 64) chunk = 64;
+    const uint32_t nb = (rows + chunk - 1) / chunk;
     s->st.flops += 2.0 * n * rows * W->cols;
-    if (nb <= 1 || s->nt == 1) {
-        gemm_rows(Y, rows, X, W->cols, n, W, 0, rows, s->wbuf[0], s->wbuf_floats);
-        return;
-    }
-#pragma omp parallel for num_threads(s->nt) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(s->nt) schedule(dynamic, 1) if (nb > 1 && s->nt > 1)
     for (uint32_t b = 0; b < nb; b++) {
         uint32_t r0 = b * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
         gemm_rows(Y, rows, X, W->cols, n, W, r0, r1, s->wbuf[omp_get_thread_num()], s->wbuf_floats);

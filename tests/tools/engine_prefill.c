@@ -1,7 +1,7 @@
-/* bench_engine.c — prefill speed of the native engine on a checkpoint, the machine's sgemm peak measured in the
+/* engine_prefill.c — prefill speed of the native engine on a checkpoint, the machine's sgemm peak measured in the
  * same process, and what writing the trace costs on top of the forward.
  *
- *   bench_engine MODEL_DIR IDS_FILE THREADS REPEAT RUN_DIR
+ *   engine_prefill MODEL_DIR IDS_FILE THREADS REPEAT RUN_DIR
  *
  * IDS_FILE: one sequence per line, space-separated token ids (the same file the PyTorch peer times). Prints
  * key=value lines; tests/bench/bench_engine.sh turns them into ratios against the peer. */
@@ -117,6 +117,10 @@ int main(int argc, char **argv)
         t_full[r] = now() - t;
         mtr_session_stats(s, &st1);
         flops = st1.flops - st0.flops;
+        if (r == repeat - 1)
+            printf("engine_phase_seconds attention=%.3f moe=%.3f head=%.3f other=%.3f\n",
+                   st1.t_attention - st0.t_attention, st1.t_moe - st0.t_moe, st1.t_head - st0.t_head,
+                   st1.t_other - st0.t_other);
         /* capture: router logits only (the run stops after the last MoE layer's gate) */
         t = now();
         for (uint32_t i = 0; i < n_seq; i++) {

@@ -1,0 +1,39 @@
+# The native engine against PyTorch (Debian's torch, eager, the reference model of tests/models/ref_moe.py) on the
+# same random Qwen3-MoE-shaped f32 checkpoint (~150M parameters, made once in the git-ignored tests/.cache) and the
+# same token ids: prefill tokens/s at 1 and 2 threads (target >= 1.5x the peer), achieved GFLOP/s against the
+# sgemm peak measured in the same process, and what writing the trace adds to a router capture (target <= 5%).
+set -u
+CACHE=tests/.cache/bench-engine
+DATA=build/bench-data/engine
+mkdir -p "$CACHE" "$DATA"
+if ! $PY -c 'import torch' 2>/dev/null; then
+    echo "bench_engine: skipped (no torch under $PY)"
+    exit 0
+fi
+REPEAT=${MTR_BENCH_REPEAT:-3}
+status=0
+val() { sed -n "s/.*$1=\([0-9.e+-]*\).*/\1/p" | head -n 1; }
+for t in 1 2; do
+    torch_line=$(OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t $PY tests/bench/torch_prefill.py "$CACHE" --threads "$t" \
+        --repeat "$REPEAT" --head all) || { echo "bench_engine: torch peer failed"; exit 1; }
+    rm -rf "$DATA"/run-*
+    eng=$(OPENBLAS_NUM_THREADS=1 "$TOOLS/engine_prefill" "$CACHE" "$CACHE/prefill_ids.txt" "$t" "$REPEAT" "$DATA") ||
+        { echo "bench_engine: engine failed"; exit 1; }
+    tt=$(echo "$torch_line" | val tokens_per_s)
+    et=$(echo "$eng" | val engine_prefill_tokens_per_s)
+    gf=$(echo "$eng" | val engine_gflops)
+    pk=$(echo "$eng" | val sgemm_peak_gflops)
+    tc=$(echo "$eng" | val trace_cost_fraction)
+    params=$(echo "$eng" | val engine_params)
+    echo "$torch_line"
+    echo "$eng" | sed 's/^/  /'
+    r=$(awk -v a="$et" -v b="$tt" 'BEGIN { printf "%.2f", a / b }')
+    met=$(awk -v r="$r" 'BEGIN { print (r >= 1.5) ? "met" : "MISSED" }')
+    [ "$met" = met ] || status=1
+    echo "threads=$t params=$params prefill engine $et tokens/s vs torch $tt tokens/s = ${r}x (target >= 1.5x: $met)"
+    echo "threads=$t engine ${gf} GFLOP/s = $(awk -v a="$gf" -v b="$pk" 'BEGIN { printf "%.0f", 100 * a / b }')% of the sgemm peak ${pk} GFLOP/s"
+    tmet=$(awk -v c="$tc" 'BEGIN { print (c <= 0.05) ? "met" : "MISSED" }')
+    echo "threads=$t writing the trace adds $(awk -v c="$tc" 'BEGIN { printf "%.1f", 100 * c }')% to a router capture (target <= 5%: $tmet)"
+done
+rm -rf "$DATA"
+exit $status

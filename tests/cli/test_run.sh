@@ -1,0 +1,196 @@
+# moetrace-capture run on the committed tiny checkpoints (tests/models/tiny): usage errors, capture of the bundled
+# UDHR corpus into a valid run whose router logits equal the PyTorch reference's, --layers, --resume, steering
+# (forced experts in every token's top-k), score and generate end to end into accuracy tables that moetrace-stats
+# reads, and a run into moetrace-reduce.
+. "$TESTS/cli/lib.sh"
+export HDF5_PLUGIN_PATH="$LIB/plugin"
+CAP="$BIN/moetrace-capture"
+M="$TESTS/models/tiny"
+Q="$M/qwen3_moe"
+CORPUS="$TESTS/data/udhr-mini.jsonl"
+have_torch=0
+$PY -c 'import torch, h5py' 2>/dev/null && have_torch=1
+
+expect_exit 0 "run --help" "$CAP" run --help
+expect_out "run help names the modes" "score"
+expect_exit 1 "run without --model" "$CAP" run --corpus "$CORPUS" --out "$WORK/x"
+expect_err_line "without --model: one line" "are required"
+expect_exit 1 "run bad --mode" "$CAP" run --model "$Q" --corpus "$CORPUS" --out "$WORK/x" --mode train
+expect_exit 1 "run bad --layers" "$CAP" run --model "$Q" --corpus "$CORPUS" --out "$WORK/x" --layers 0-9
+expect_err_line "bad --layers: one line" "1-based MoE layers"
+expect_exit 3 "run model dir without config" "$CAP" run --model "$WORK" --corpus "$CORPUS" --out "$WORK/x"
+expect_err_line "missing config: names config.json" "config.json"
+printf '{"unit_id": "1", "lang": "en", "dataset": "d"}\n' >"$WORK/bad.jsonl"
+expect_exit 2 "run corpus item without text" "$CAP" run --model "$Q" --corpus "$WORK/bad.jsonl" --out "$WORK/x"
+expect_err_line "bad corpus: file and line" "bad.jsonl:1"
+cp -r "$Q" "$WORK/trunc"
+f="$WORK/trunc/model.safetensors"
+head -c $(($(wc -c <"$f") - 100)) "$f" >"$f.t" && mv "$f.t" "$f"
+expect_exit 2 "run truncated safetensors" "$CAP" run --model "$WORK/trunc" --corpus "$CORPUS" --out "$WORK/x"
+expect_err_line "truncated weights: names the file" "model.safetensors"
+
+# capture: two languages of the bundled corpus, logits stored as f32
+expect_exit 0 "capture udhr" "$CAP" run --model "$Q" --corpus "$CORPUS" --langs eng_Latn,fra_Latn --limit 12 \
+    --out "$WORK/r1" --dtype f32 --no-sync --json
+expect_out "capture: 12 items" '"items_written": ?12'
+expect_exit 0 "captured run is valid (info --deep)" "$BIN/moetrace-info" --deep "$WORK/r1"
+expect_exit 0 "captured run json" "$BIN/moetrace-info" --json "$WORK/r1"
+expect_out "run records the model type" '"model_type": "qwen3_moe"'
+
+# the tokens are the tokenizer's (chat template on: the tokenizer has one)
+n_tok=$("$BIN/moetrace-info" --json "$WORK/r1" | $PY -c 'import json,sys; print(json.load(sys.stdin)["n_tokens"])' 2>/dev/null)
+if [ -n "$n_tok" ] && [ "$n_tok" -gt 12 ]; then ok "capture stored tokens ($n_tok)"; else not_ok "capture stored tokens" "n_tokens '$n_tok'"; fi
+
+if [ $have_torch -eq 1 ]; then
+    # router logits of every stored token equal the PyTorch reference on the same ids
+    out=$($PY - "$WORK/r1" "$Q" "$TESTS/models" <<'EOF' 2>&1
+import glob, sys, h5py, numpy as np, torch
+sys.path.insert(0, sys.argv[3])
+from ref_moe import MoeModel
+m = MoeModel(sys.argv[2])
+worst, n, roles_ok = 0.0, 0, True
+for shard in sorted(glob.glob(sys.argv[1] + "/shard-*.h5")):
+    with h5py.File(shard, "r") as f:
+        ids, z = f["tok/token_id"][:], f["router/logits"][:]
+        off, cnt = f["seq/token_offset"][:], f["seq/n_tokens"][:]
+        roles = f["tok/role"][:]
+        for o, c in zip(off, cnt):
+            _, routers = m.forward([int(t) for t in ids[o:o + c]])
+            ref = torch.stack([r.float() for r in routers], 1).numpy()
+            got = z[o:o + c]
+            worst = max(worst, float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)))
+            roles_ok &= bool((roles[o:o + c] == 1).any() and (roles[o:o + c] == 0).any())
+            n += 1
+print(n, worst, roles_ok)
+EOF
+)
+    set -- $out
+    if [ "${1:-0}" -eq 12 ] && $PY -c "import sys; sys.exit(0 if float('${2:-1}') <= 1e-4 else 1)" 2>/dev/null; then
+        ok "captured router logits equal the reference (max rel err $2)"
+    else not_ok "captured router logits equal the reference" "$out"; fi
+    if [ "${3:-}" = "True" ]; then ok "chat template tokens are role template, text tokens role prompt"
+    else not_ok "roles" "$out"; fi
+else
+    echo "ok captured logits vs reference # skip: no torch"
+fi
+
+# --layers: one MoE layer recorded, identical to that layer of the full capture
+expect_exit 0 "capture --layers 2" "$CAP" run --model "$Q" --corpus "$CORPUS" --langs eng_Latn,fra_Latn \
+    --limit 12 --out "$WORK/r2" --dtype f32 --no-sync --layers 2 --quiet
+if [ $have_torch -eq 1 ]; then
+    same=$($PY - "$WORK/r1" "$WORK/r2" <<'EOF' 2>&1
+import glob, sys, h5py, numpy as np
+a = h5py.File(sorted(glob.glob(sys.argv[1] + "/shard-*.h5"))[0], "r")["router/logits"][:]
+b = h5py.File(sorted(glob.glob(sys.argv[2] + "/shard-*.h5"))[0], "r")["router/logits"][:]
+print(b.shape[1] == 1 and np.array_equal(a[:, 1], b[:, 0]))
+EOF
+)
+    if [ "$same" = "True" ]; then ok "--layers 2 equals layer 2 of the full capture"; else not_ok "--layers 2" "$same"; fi
+fi
+
+# --resume: the first 4 items, then all 12 with the 4 skipped
+expect_exit 0 "capture first 4" "$CAP" run --model "$Q" --corpus "$CORPUS" --langs eng_Latn,fra_Latn --limit 4 \
+    --out "$WORK/r3" --no-sync --quiet
+expect_exit 1 "capture into an existing run" "$CAP" run --model "$Q" --corpus "$CORPUS" --out "$WORK/r3" --limit 4
+expect_exit 0 "capture --resume" "$CAP" run --model "$Q" --corpus "$CORPUS" --langs eng_Latn,fra_Latn --limit 12 \
+    --out "$WORK/r3" --no-sync --resume --json
+expect_out "resume skipped the 4 stored items" '"items_skipped_resume": ?4'
+expect_out "resume wrote the other 8" '"items_written": ?8'
+expect_exit 0 "resumed run is valid" "$BIN/moetrace-info" --deep "$WORK/r3"
+
+# steering: force experts 1 and 6 into the top-k of MoE layer 2 (0-based 1); the trace records the steered logits
+n_moe=$($PY -c "import json; c=json.load(open('$Q/config.json')); L=c['num_hidden_layers']; \
+print(sum(1 for i in range(L) if i not in c.get('mlp_only_layers', []) and (i+1) % c.get('decoder_sparse_step',1) == 0))")
+$PY - "$Q" "$WORK/hard.json" "$n_moe" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1] + "/config.json"))
+L, E, K = int(sys.argv[3]), c["num_experts"], c["num_experts_per_tok"]
+moe = [i for i in range(c["num_hidden_layers"]) if i not in c.get("mlp_only_layers", []) and (i + 1) % c.get("decoder_sparse_step", 1) == 0]
+coef = [[0.0] * E for _ in range(L)]
+coef[1][1] = coef[1][6] = 1.0
+json.dump({"format": "moetrace-steering", "format_version": 1, "producer": "test", "name": "hard",
+           "model_id": c.get("_name_or_path") or "qwen3_moe", "n_layers": L, "n_experts": E, "top_k": K,
+           "layer_index": moe, "indexing": "0-based", "op": "hard", "lambda": 0.5, "eps_mode": "fixed",
+           "eps": 0.01, "seed": 1, "target_layers": [1], "experts": [[1, 1], [1, 6]], "scores": [None, None],
+           "provenance": {}, "coef": coef}, open(sys.argv[2], "w"))
+EOF
+expect_exit 0 "capture --steer hard" "$CAP" run --model "$Q" --corpus "$CORPUS" --langs eng_Latn --limit 3 \
+    --out "$WORK/r4" --dtype f32 --no-sync --quiet --steer "$WORK/hard.json"
+expect_exit 0 "steered run json" "$BIN/moetrace-info" --json "$WORK/r4"
+expect_out "the trace records the steering" 'hard'
+if [ $have_torch -eq 1 ]; then
+    forced=$($PY - "$WORK/r4" <<'EOF' 2>&1
+import glob, sys, h5py, numpy as np
+f = h5py.File(sorted(glob.glob(sys.argv[1] + "/shard-*.h5"))[0], "r")
+z = f["router/logits"][:]
+k = int(f.attrs["top_k"])
+top = np.argsort(-z[:, 1], axis=1, kind="stable")[:, :k]
+print(all(1 in t and 6 in t for t in top.tolist()), z.shape[0])
+EOF
+)
+    case "$forced" in True*) ok "hard steering: experts 1 and 6 in every token's top-k";; *) not_ok "hard steering" "$forced";; esac
+fi
+printf '%s\n' '{"format": "moetrace-steering"}' >"$WORK/badsteer.json"
+expect_exit 2 "capture --steer malformed file" "$CAP" run --model "$Q" --corpus "$CORPUS" --limit 1 \
+    --out "$WORK/r5" --steer "$WORK/badsteer.json"
+expect_err_line "malformed steering: one line naming it" "badsteer.json"
+
+# score: a multiple-choice set; accuracy per language that moetrace-stats reads
+cat >"$WORK/mc.jsonl" <<'EOF'
+{"unit_id": "1", "lang": "eng_Latn", "dataset": "mc", "passage": "The cat sat on the mat.", "question": "Where did the cat sit?", "choices": ["mat", "hat", "bat", "cat"], "answer": 0}
+{"unit_id": "1", "lang": "fra_Latn", "dataset": "mc", "passage": "Le chat est sur le tapis.", "question": "Où est le chat ?", "choices": ["tapis", "chapeau", "lit", "mur"], "answer": "A"}
+{"unit_id": "2", "lang": "eng_Latn", "dataset": "mc", "passage": "It rains.", "question": "Weather?", "choices": ["sun", "rain", "snow", "wind"], "answer": "rain"}
+{"unit_id": "2", "lang": "fra_Latn", "dataset": "mc", "passage": "Il pleut.", "question": "Le temps ?", "choices": ["soleil", "pluie", "neige", "vent"], "answer": 1}
+EOF
+expect_exit 0 "score" "$CAP" run --mode score --model "$Q" --corpus "$WORK/mc.jsonl" --out "$WORK/s1" \
+    --trace "$WORK/s1run" --no-sync --quiet
+n_acc=$(grep -c "	mc	accuracy	" "$WORK/s1/accuracy.tsv" 2>/dev/null)
+if [ "$n_acc" = 2 ]; then ok "score: accuracy per language"; else not_ok "score accuracy.tsv" "$(cat "$WORK/s1/accuracy.tsv" 2>&1)"; fi
+n_items=$(($(wc -l <"$WORK/s1/items.tsv") - 1))
+if [ "$n_items" -eq 4 ]; then ok "score: one line per item"; else not_ok "score items" "$n_items"; fi
+expect_exit 0 "score trace is valid" "$BIN/moetrace-info" --deep "$WORK/s1run"
+if [ $have_torch -eq 1 ]; then
+    # the log-likelihoods equal the reference's sum of log-softmax over the continuation tokens
+    chk=$($PY - "$Q" "$WORK/s1/items.tsv" "$TESTS/models" "$CAP" "$WORK" <<'EOF' 2>&1
+import json, subprocess, sys, torch
+sys.path.insert(0, sys.argv[3])
+from ref_moe import MoeModel
+m = MoeModel(sys.argv[1])
+def ids(text):
+    out = subprocess.run([sys.argv[4], "tokenize", "--jsonl", "--tokenizer", sys.argv[1]], input=json.dumps({"text": text}),
+                         capture_output=True, text=True, check=True).stdout.split()
+    return [int(x) for x in out]
+prompt = "P: The cat sat on the mat.\nQ: Where did the cat sit?\nA: mat\nB: hat\nC: bat\nD: cat\nAnswer:"
+row = open(sys.argv[2]).read().splitlines()[1].split("\t")
+got = [float(x) for x in row[7].split(",")]
+worst = 0
+for k, letter in enumerate("ABCD"):
+    ctx, whole = ids(prompt), ids(prompt + " " + letter)
+    logits, _ = m.forward(whole)
+    lp = torch.log_softmax(logits.float(), -1)
+    ref = sum(float(lp[t - 1, whole[t]]) for t in range(len(ctx), len(whole)))
+    worst = max(worst, abs(ref - got[k]))
+print(worst)
+EOF
+)
+    if $PY -c "import sys; sys.exit(0 if float('$chk') < 1e-3 else 1)" 2>/dev/null; then
+        ok "score log-likelihoods equal the reference (max abs diff $chk)"
+    else not_ok "score log-likelihoods" "$chk"; fi
+fi
+
+# generate: greedy decoding with the cache; items.tsv holds the text, accuracy per language
+printf '%s\n' '{"unit_id": "1", "lang": "eng_Latn", "dataset": "mgsm", "question": "2 + 2 = ?", "answer": 4}' \
+    '{"unit_id": "1", "lang": "fra_Latn", "dataset": "mgsm", "question": "2 + 2 = ?", "answer": "4"}' >"$WORK/gen.jsonl"
+expect_exit 0 "generate" "$CAP" run --mode generate --model "$Q" --corpus "$WORK/gen.jsonl" --out "$WORK/g1" \
+    --max-new 6 --trace "$WORK/g1run" --no-sync --quiet
+n_gen=$(grep -c "	mgsm	accuracy	" "$WORK/g1/accuracy.tsv" 2>/dev/null)
+if [ "$n_gen" = 2 ]; then ok "generate: accuracy per language"; else not_ok "generate accuracy.tsv" "$(cat "$WORK/g1/accuracy.tsv" 2>&1)"; fi
+expect_exit 0 "generate trace is valid" "$BIN/moetrace-info" --deep "$WORK/g1run"
+expect_exit 0 "generated tokens are recorded" "$BIN/moetrace-info" --json "$WORK/g1run"
+
+# end to end: a capture into moetrace-reduce, divergence from English for every MoE layer
+expect_exit 0 "capture 3 languages" "$CAP" run --model "$Q" --corpus "$CORPUS" --langs eng_Latn,fra_Latn,zho_Hans \
+    --limit 18 --out "$WORK/r6" --no-sync --quiet
+expect_exit 0 "reduce the capture" "$BIN/moetrace-reduce" "$WORK/r6" -o "$WORK/t6"
+n_div=$(grep -vc '^#' "$WORK/t6/div_from_en.tsv" 2>/dev/null)
+if [ "$n_div" -eq $((2 * n_moe)) ]; then ok "div_from_en: 2 languages x $n_moe layers"; else not_ok "div_from_en rows" "$n_div"; fi

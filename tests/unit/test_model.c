@@ -1,0 +1,516 @@
+/* test_model.c — the inference engine against the PyTorch reference: router logits of every MoE layer and the
+ * final logits of the committed tiny checkpoints (tests/models/tiny/<name>/golden.safetensors, made by
+ * tests/models/make_tiny.py), batched and token-by-token through the KV cache, greedy generation, steering, thread
+ * independence, and the safetensors validation errors. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <sys/stat.h>
+
+#include "mtr_model.h"
+#include "testutil.h"
+
+static const char *models_dir(void)
+{
+    const char *d = getenv("MTR_TEST_MODELS");
+    return d ? d : "tests/models/tiny";
+}
+
+typedef struct {
+    char name[256];
+    char dir[640];
+} tiny;
+
+static size_t list_tiny(tiny *out, size_t cap)
+{
+    DIR *d = opendir(models_dir());
+    ck_assert_msg(d != NULL, "%s: missing (run from the repository root)", models_dir());
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < cap) {
+        if (e->d_name[0] == '.') continue;
+        char g[1024];
+        snprintf(g, sizeof g, "%s/%s/golden.safetensors", models_dir(), e->d_name);
+        struct stat st;
+        if (stat(g, &st) != 0) continue;
+        snprintf(out[n].name, sizeof out[n].name, "%s", e->d_name);
+        snprintf(out[n].dir, sizeof out[n].dir, "%.300s/%.255s", models_dir(), e->d_name);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static float *golden_f32(const mtr_st *g, const char *name, size_t *n)
+{
+    const mtr_st_tensor *t = mtr_st_find(g, name);
+    if (!t) return NULL;
+    float *v = malloc((size_t)t->n_elems * sizeof *v + 1);
+    mtr_st_to_f32(v, t);
+    if (n) *n = (size_t)t->n_elems;
+    return v;
+}
+
+static int32_t *golden_ids(const mtr_st *g, const char *name, size_t *n)
+{
+    float *f = golden_f32(g, name, n);
+    if (!f) return NULL;
+    int32_t *ids = malloc(*n * sizeof *ids + 1);
+    for (size_t i = 0; i < *n; i++) ids[i] = (int32_t)f[i];
+    free(f);
+    return ids;
+}
+
+/* max |a - b| over max |b|: the error relative to the tensor's scale */
+static double rel_err(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        num = d > num || isnan(d) ? d : num;
+        den = fabs((double)b[i]) > den ? fabs((double)b[i]) : den;
+    }
+    return den > 0 ? num / den : num;
+}
+
+static double tolerance(const mtr_model *m)
+{
+    return mtr_model_get_config(m)->dtype == MTR_DTYPE_F32 ? 1e-4 : 3e-2;
+}
+
+/* Router (n_moe_layers, T, E) golden vs ours (T, n_moe_layers, E). */
+static double router_err(const float *ours, const float *gold, uint32_t T, uint32_t L, uint32_t E)
+{
+    float *re = malloc((size_t)T * L * E * sizeof *re);
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t t = 0; t < T; t++)
+            memcpy(re + ((size_t)l * T + t) * E, ours + ((size_t)t * L + l) * E, E * sizeof(float));
+    double e = rel_err(re, gold, (size_t)T * L * E);
+    free(re);
+    return e;
+}
+
+START_TEST(test_golden_forward)
+{
+    tiny list[32];
+    size_t n_models = list_tiny(list, 32);
+    ck_assert_msg(n_models >= 5, "expected the tiny checkpoints of 4 architectures + bf16 in %s, found %zu",
+                  models_dir(), n_models);
+    bool seen[MTR_ARCH_COUNT] = {0};
+    for (size_t mi = 0; mi < n_models; mi++) {
+        mtr_model *m = NULL;
+        TU_OK(mtr_model_load(&m, list[mi].dir, NULL));
+        const mtr_model_config *c = mtr_model_get_config(m);
+        seen[c->arch] = true;
+        char gp[1100];
+        snprintf(gp, sizeof gp, "%s/golden.safetensors", list[mi].dir);
+        mtr_st *g = NULL;
+        TU_OK(mtr_st_open(&g, gp));
+        size_t nl = 0;
+        int32_t *moe_layers = golden_ids(g, "moe_layers", &nl);
+        ck_assert_ptr_nonnull(moe_layers);
+        ck_assert_uint_eq(nl, c->n_moe_layers);
+        for (size_t i = 0; i < nl; i++) ck_assert_int_eq(moe_layers[i], c->moe_layer_index[i]);
+        free(moe_layers);
+        const double tol = tolerance(m);
+        for (int p = 0;; p++) {
+            char name[64];
+            snprintf(name, sizeof name, "prompt_%d", p);
+            size_t T = 0;
+            int32_t *ids = golden_ids(g, name, &T);
+            if (!ids) {
+                ck_assert_msg(p >= 3, "%s: golden has %d prompts", list[mi].name, p);
+                break;
+            }
+            size_t nr = 0, nlg = 0;
+            snprintf(name, sizeof name, "router_%d", p);
+            float *gr = golden_f32(g, name, &nr);
+            snprintf(name, sizeof name, "logits_%d", p);
+            float *gl = golden_f32(g, name, &nlg);
+            ck_assert_ptr_nonnull(gr);
+            ck_assert_ptr_nonnull(gl);
+            ck_assert_uint_eq(nr, T * c->n_moe_layers * c->n_experts);
+            ck_assert_uint_eq(nlg, T * c->vocab_size);
+            float *router = malloc(nr * sizeof *router), *logits = malloc(nlg * sizeof *logits);
+            /* one batch */
+            mtr_session *s = NULL;
+            TU_OK(mtr_session_create(&s, m, 64, 64));
+            mtr_forward_io io = MTR_FORWARD_IO_INIT;
+            io.router = router;
+            io.logits = logits;
+            io.n_logits = (uint32_t)T;
+            TU_OK(mtr_model_forward(s, ids, (uint32_t)T, &io));
+            double er = router_err(router, gr, (uint32_t)T, c->n_moe_layers, c->n_experts);
+            double el = rel_err(logits, gl, nlg);
+            ck_assert_msg(er <= tol && el <= tol, "%s prompt %d batched: router err %.3g, logits err %.3g (tol %.g)",
+                          list[mi].name, p, er, el, tol);
+            /* token by token through the cache */
+            mtr_session_reset(s);
+            float *r1 = malloc(nr * sizeof *r1 + 1), *l1 = malloc(nlg * sizeof *l1 + 1);
+            float *rt = malloc((size_t)c->n_moe_layers * c->n_experts * sizeof *rt);
+            for (size_t t = 0; t < T; t++) {
+                io.router = rt;
+                io.logits = l1 + t * c->vocab_size;
+                io.n_logits = 1;
+                TU_OK(mtr_model_forward(s, ids + t, 1, &io));
+                memcpy(r1 + t * c->n_moe_layers * c->n_experts, rt,
+                       (size_t)c->n_moe_layers * c->n_experts * sizeof *rt);
+            }
+            er = router_err(r1, gr, (uint32_t)T, c->n_moe_layers, c->n_experts);
+            el = rel_err(l1, gl, nlg);
+            ck_assert_msg(er <= tol && el <= tol, "%s prompt %d cached: router err %.3g, logits err %.3g",
+                          list[mi].name, p, er, el);
+            /* greedy generation through the cache equals the reference's full recompute */
+            snprintf(name, sizeof name, "generate_%d", p);
+            size_t ng = 0;
+            int32_t *gen = golden_ids(g, name, &ng);
+            if (gen) {
+                mtr_session_destroy(s);
+                TU_OK(mtr_session_create(&s, m, (uint32_t)(T + ng + 1), (uint32_t)T));
+                float *last = malloc(c->vocab_size * sizeof *last);
+                io = (mtr_forward_io)MTR_FORWARD_IO_INIT;
+                io.logits = last;
+                io.n_logits = 1;
+                TU_OK(mtr_model_forward(s, ids, (uint32_t)T, &io));
+                for (size_t k = 0; k < ng; k++) {
+                    int32_t best = 0;
+                    for (uint32_t v = 1; v < c->vocab_size; v++)
+                        if (last[v] > last[best]) best = (int32_t)v;
+                    ck_assert_msg(best == gen[k], "%s prompt %d: generated token %zu is %d, reference %d",
+                                  list[mi].name, p, k, best, gen[k]);
+                    TU_OK(mtr_model_forward(s, &best, 1, &io));
+                }
+                free(last);
+                free(gen);
+            }
+            mtr_session_destroy(s);
+            free(ids);
+            free(gr);
+            free(gl);
+            free(router);
+            free(logits);
+            free(r1);
+            free(l1);
+            free(rt);
+        }
+        mtr_st_close(g);
+        mtr_model_destroy(m);
+    }
+    for (int a = 0; a < MTR_ARCH_COUNT; a++) ck_assert_msg(seen[a], "no tiny checkpoint of architecture %d", a);
+}
+END_TEST
+
+START_TEST(test_golden_steering)
+{
+    tiny list[32];
+    size_t n_models = list_tiny(list, 32);
+    size_t checked = 0;
+    for (size_t mi = 0; mi < n_models; mi++) {
+        mtr_model *m = NULL;
+        TU_OK(mtr_model_load(&m, list[mi].dir, NULL));
+        const mtr_model_config *c = mtr_model_get_config(m);
+        char gp[1100];
+        snprintf(gp, sizeof gp, "%s/golden.safetensors", list[mi].dir);
+        mtr_st *g = NULL;
+        TU_OK(mtr_st_open(&g, gp));
+        for (size_t ti = 0; ti < mtr_st_count(g); ti++) {
+            const char *tn = mtr_st_get(g, ti)->name;
+            if (strncmp(tn, "router_steer_", 13) != 0) continue;
+            const char *tag = tn + 13;
+            char key[160], name[160];
+            snprintf(key, sizeof key, "steer_%s", tag);
+            const char *spec = mtr_st_metadata(g, key);
+            ck_assert_msg(spec != NULL, "%s: no metadata '%s' for %s", list[mi].name, key, tn);
+            /* the steering file the reference applied, read through libmoetrace */
+            json_t *j = json_loads(spec, 0, NULL);
+            ck_assert_ptr_nonnull(j);
+            const char *file = json_string_value(json_object_get(j, "file"));
+            ck_assert_ptr_nonnull(file);
+            char sp[1400];
+            snprintf(sp, sizeof sp, "%s/%s", list[mi].dir, file);
+            json_decref(j);
+            mtr_steer *st = NULL;
+            TU_OK(mtr_steer_load(&st, sp));
+            const char *us = strrchr(tag, '_');
+            ck_assert_ptr_nonnull(us);
+            snprintf(name, sizeof name, "prompt_%s", us + 1);
+            size_t T = 0, nr = 0, nlg = 0;
+            int32_t *ids = golden_ids(g, name, &T);
+            ck_assert_ptr_nonnull(ids);
+            float *gr = golden_f32(g, tn, &nr);
+            snprintf(name, sizeof name, "logits_steer_%s", tag);
+            float *gl = golden_f32(g, name, &nlg);
+            ck_assert_ptr_nonnull(gl);
+            float *router = malloc(nr * sizeof *router), *logits = malloc(nlg * sizeof *logits);
+            mtr_session *s = NULL;
+            TU_OK(mtr_session_create(&s, m, 64, 64));
+            mtr_forward_io io = MTR_FORWARD_IO_INIT;
+            io.router = router;
+            io.logits = logits;
+            io.n_logits = (uint32_t)T;
+            io.steer = st;
+            TU_OK(mtr_model_forward(s, ids, (uint32_t)T, &io));
+            double tol = tolerance(m);
+            double er = router_err(router, gr, (uint32_t)T, c->n_moe_layers, c->n_experts);
+            double el = rel_err(logits, gl, nlg);
+            ck_assert_msg(er <= tol && el <= tol, "%s %s: router err %.3g, logits err %.3g", list[mi].name, tn, er,
+                          el);
+            /* greedy generation under steering, through the cache */
+            snprintf(name, sizeof name, "generate_steer_%s", tag);
+            size_t ng = 0;
+            int32_t *gen = golden_ids(g, name, &ng);
+            if (gen) {
+                mtr_session_destroy(s);
+                TU_OK(mtr_session_create(&s, m, (uint32_t)(T + ng + 1), (uint32_t)T));
+                float *last = malloc(c->vocab_size * sizeof *last);
+                io = (mtr_forward_io)MTR_FORWARD_IO_INIT;
+                io.logits = last;
+                io.n_logits = 1;
+                io.steer = st;
+                TU_OK(mtr_model_forward(s, ids, (uint32_t)T, &io));
+                for (size_t k = 0; k < ng; k++) {
+                    int32_t best = 0;
+                    for (uint32_t v = 1; v < c->vocab_size; v++)
+                        if (last[v] > last[best]) best = (int32_t)v;
+                    ck_assert_msg(best == gen[k], "%s %s: generated token %zu is %d, reference %d", list[mi].name,
+                                  tn, k, best, gen[k]);
+                    TU_OK(mtr_model_forward(s, &best, 1, &io));
+                }
+                free(last);
+                free(gen);
+            }
+            checked++;
+            mtr_session_destroy(s);
+            mtr_steer_destroy(st);
+            free(ids);
+            free(gr);
+            free(gl);
+            free(router);
+            free(logits);
+        }
+        mtr_st_close(g);
+        mtr_model_destroy(m);
+    }
+    ck_assert_msg(checked >= 2, "only %zu steered goldens found", checked);
+}
+END_TEST
+
+static mtr_model *load_first(const char *arch)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/%s", models_dir(), arch);
+    mtr_model *m = NULL;
+    TU_OK(mtr_model_load(&m, dir, NULL));
+    return m;
+}
+
+static const int32_t probe_ids[] = {72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 200, 17, 3};
+#define N_PROBE ((uint32_t)(sizeof probe_ids / sizeof probe_ids[0]))
+
+static float *run_router(mtr_model *m, const mtr_steer *st)
+{
+    const mtr_model_config *c = mtr_model_get_config(m);
+    float *r = malloc((size_t)N_PROBE * c->n_moe_layers * c->n_experts * sizeof *r);
+    mtr_session *s = NULL;
+    TU_OK(mtr_session_create(&s, m, 64, 64));
+    mtr_forward_io io = MTR_FORWARD_IO_INIT;
+    io.router = r;
+    io.steer = st;
+    uint64_t rng = st ? st->seed : 0;
+    io.steer_rng = st ? &rng : NULL;
+    TU_OK(mtr_model_forward(s, probe_ids, N_PROBE, &io));
+    mtr_session_destroy(s);
+    return r;
+}
+
+/* hard: the forced experts are in the top-k of every token of the target layer, and only their logits change
+ * there; soft: the logit moves by exactly lambda * std(z). Layers before the target are untouched. */
+START_TEST(test_steering_properties)
+{
+    mtr_model *m = load_first("qwen3_moe");
+    const mtr_model_config *c = mtr_model_get_config(m);
+    const uint32_t L = c->n_moe_layers, E = c->n_experts, K = c->top_k, tl = L - 1;
+    float *base = run_router(m, NULL);
+    for (int op = 0; op < 2; op++) {
+        mtr_steer *st = NULL;
+        TU_OK(mtr_steer_create(&st, c->name_or_path, L, E, K, op == 0 ? MTR_STEER_HARD : MTR_STEER_SOFT));
+        st->lambda = 0.5;
+        TU_OK(mtr_steer_add(st, tl, 3, NAN, NAN));
+        TU_OK(mtr_steer_add(st, tl, 5, NAN, NAN));
+        float *r = run_router(m, st);
+        for (uint32_t t = 0; t < N_PROBE; t++) {
+            for (uint32_t l = 0; l < tl; l++)
+                ck_assert_mem_eq(r + ((size_t)t * L + l) * E, base + ((size_t)t * L + l) * E, E * sizeof(float));
+            const float *z0 = base + ((size_t)t * L + tl) * E, *z1 = r + ((size_t)t * L + tl) * E;
+            double mean = 0, var = 0;
+            for (uint32_t e = 0; e < E; e++) mean += z0[e];
+            mean /= E;
+            for (uint32_t e = 0; e < E; e++) var += (z0[e] - mean) * (z0[e] - mean);
+            double sd = sqrt(var / E);
+            for (uint32_t e = 0; e < E; e++) {
+                if (e == 3 || e == 5) {
+                    if (op == 1) ck_assert_float_eq_tol(z1[e] - z0[e], 0.5 * sd, 1e-5 * (1 + fabs(z0[e])));
+                    continue;
+                }
+                ck_assert_float_eq(z1[e], z0[e]);
+            }
+            if (op == 0) {
+                uint16_t ids[MTR_MAX_TOPK];
+                mtr_topk(ids, z1, E, K);
+                bool has3 = false, has5 = false;
+                for (uint32_t j = 0; j < K; j++) has3 |= ids[j] == 3, has5 |= ids[j] == 5;
+                ck_assert_msg(has3 && has5, "token %u: forced experts not in the top-%u", t, K);
+            }
+        }
+        free(r);
+        mtr_steer_destroy(st);
+    }
+    free(base);
+    mtr_model_destroy(m);
+}
+END_TEST
+
+/* Results do not depend on the number of threads. */
+START_TEST(test_threads_identical)
+{
+    tiny list[32];
+    size_t n_models = list_tiny(list, 32);
+    for (size_t mi = 0; mi < n_models; mi++) {
+        float *out[2];
+        size_t bytes = 0;
+        for (int nt = 1; nt <= 2; nt++) {
+            mtr_model_opts o = MTR_MODEL_OPTS_INIT;
+            o.n_threads = nt;
+            mtr_model *m = NULL;
+            TU_OK(mtr_model_load(&m, list[mi].dir, &o));
+            const mtr_model_config *c = mtr_model_get_config(m);
+            bytes = ((size_t)N_PROBE * c->n_moe_layers * c->n_experts + c->vocab_size) * sizeof(float);
+            out[nt - 1] = malloc(bytes);
+            mtr_session *s = NULL;
+            TU_OK(mtr_session_create(&s, m, 64, 64));
+            mtr_forward_io io = MTR_FORWARD_IO_INIT;
+            io.router = out[nt - 1];
+            io.logits = out[nt - 1] + (size_t)N_PROBE * c->n_moe_layers * c->n_experts;
+            io.n_logits = 1;
+            TU_OK(mtr_model_forward(s, probe_ids, N_PROBE, &io));
+            mtr_session_destroy(s);
+            mtr_model_destroy(m);
+        }
+        ck_assert_msg(memcmp(out[0], out[1], bytes) == 0, "%s: 1 and 2 threads differ", list[mi].name);
+        free(out[0]);
+        free(out[1]);
+    }
+}
+END_TEST
+
+/* ---- safetensors validation ------------------------------------------------------------------------------ */
+
+static char tmp[512];
+
+static void write_st(const char *path, const char *header, size_t data_bytes, long hlen_override)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    uint64_t n = hlen_override >= 0 ? (uint64_t)hlen_override : strlen(header);
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++) le[i] = (unsigned char)(n >> (8 * i));
+    fwrite(le, 1, 8, f);
+    fwrite(header, 1, strlen(header), f);
+    for (size_t i = 0; i < data_bytes; i++) fputc((int)(i & 0xff), f);
+    fclose(f);
+}
+
+static void expect_st_error(const char *header, size_t data, long hlen, int code, const char *needle)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/bad.safetensors", tmp);
+    write_st(p, header, data, hlen);
+    mtr_st *st = NULL;
+    int rc = mtr_st_open(&st, p);
+    ck_assert_msg(rc == code, "header %s: got %s (%s), want %s", header, mtr_strerror(rc), mtr_errmsg(),
+                  mtr_strerror(code));
+    ck_assert_ptr_null(st);
+    ck_assert_msg(strstr(mtr_errmsg(), "bad.safetensors") && strstr(mtr_errmsg(), needle),
+                  "message '%s' lacks the file or '%s'", mtr_errmsg(), needle);
+}
+
+START_TEST(test_safetensors_errors)
+{
+    tu_tmpdir(tmp, sizeof tmp, "st");
+    const char *good = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]},"
+                       "\"__metadata__\":{\"format\":\"pt\"}}";
+    char p[600];
+    snprintf(p, sizeof p, "%s/good.safetensors", tmp);
+    write_st(p, good, 16, -1);
+    mtr_st *st = NULL;
+    TU_OK(mtr_st_open(&st, p));
+    ck_assert_uint_eq(mtr_st_count(st), 1);
+    const mtr_st_tensor *t = mtr_st_find(st, "a");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_uint_eq(t->shape[0], 2);
+    ck_assert_str_eq(mtr_st_metadata(st, "format"), "pt");
+    ck_assert_ptr_null(mtr_st_find(st, "b"));
+    mtr_st_close(st);
+
+    expect_st_error(good, 8, -1, MTR_ETRUNCATED, "runs past");
+    expect_st_error(good, 16, 1L << 40, MTR_EFORMAT, "header length");
+    expect_st_error(good, 16, (long)strlen(good) + 100, MTR_ETRUNCATED, "header");
+    expect_st_error("{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,12]}}", 16, -1, MTR_EFORMAT,
+                    "need 16");
+    expect_st_error("{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,2]}}", 16, -1, MTR_EFORMAT, "Q4");
+    expect_st_error("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                    "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+                    16, -1, MTR_EFORMAT, "overlap");
+    expect_st_error("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 16, -1, MTR_EFORMAT, "shape");
+    expect_st_error("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 16, -1, MTR_EFORMAT,
+                    "data_offsets");
+    expect_st_error("[1,2,3]", 16, -1, MTR_EFORMAT, "not a JSON object");
+    expect_st_error("{\"a\":", 16, -1, MTR_EFORMAT, "not valid JSON");
+    tu_rmrf(tmp);
+}
+END_TEST
+
+/* A checkpoint whose weights disagree with its config.json is refused with the tensor named. */
+START_TEST(test_model_mismatch)
+{
+    tu_tmpdir(tmp, sizeof tmp, "model");
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cp -r %s/qwen3_moe/. %s/ && sed -i 's/\"num_experts\": *[0-9]*/\"num_experts\": 7/' "
+             "%s/config.json", models_dir(), tmp, tmp);
+    ck_assert_int_eq(system(cmd), 0);
+    mtr_model *m = NULL;
+    int rc = mtr_model_load(&m, tmp, NULL);
+    ck_assert_msg(rc == MTR_EMISMATCH && strstr(mtr_errmsg(), "gate.weight"), "%s: %s", mtr_strerror(rc),
+                  mtr_errmsg());
+    snprintf(cmd, sizeof cmd, "sed -i 's/\"model_type\": *\"qwen3_moe\"/\"model_type\": \"llama\"/' %s/config.json",
+             tmp);
+    ck_assert_int_eq(system(cmd), 0);
+    rc = mtr_model_load(&m, tmp, NULL);
+    ck_assert_msg(rc == MTR_EFORMAT && strstr(mtr_errmsg(), "llama"), "%s", mtr_errmsg());
+    snprintf(cmd, sizeof cmd, "rm %s/config.json", tmp);
+    ck_assert_int_eq(system(cmd), 0);
+    rc = mtr_model_load(&m, tmp, NULL);
+    ck_assert_msg(rc == MTR_ENOTFOUND && strstr(mtr_errmsg(), "config.json"), "%s", mtr_errmsg());
+    tu_rmrf(tmp);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("model");
+    TCase *c = tcase_create("model");
+    tcase_set_timeout(c, 600);
+    tcase_add_test(c, test_golden_forward);
+    tcase_add_test(c, test_golden_steering);
+    tcase_add_test(c, test_steering_properties);
+    tcase_add_test(c, test_threads_identical);
+    tcase_add_test(c, test_safetensors_errors);
+    tcase_add_test(c, test_model_mismatch);
+    suite_add_tcase(s, c);
+    SRunner *r = srunner_create(s);
+    srunner_run_all(r, CK_NORMAL);
+    int failed = srunner_ntests_failed(r);
+    srunner_free(r);
+    return failed ? 1 : 0;
+}
