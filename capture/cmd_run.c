@@ -686,6 +686,9 @@ static int run_generate(engine *e, const mtr_gen *set, const mtr_prompts *prompt
     if (!items) return EXIT_IO;
     const uint32_t V = e->cfg->vocab_size;
     const size_t row = (size_t)e->cfg->n_moe_layers * e->cfg->n_experts;
+    const size_t tok_vocab = mtr_tok_vocab_size(e->tok);
+    int32_t *text_ids = malloc(((size_t)e->o.max_new + 1) * sizeof *text_ids);
+    if (!text_ids) return fail_lib(NULL, MTR_ENOMEM);
     for (size_t i = 0; i < n; i++) {
         const mtr_gen_item *it = mtr_gen_get(set, i);
         char *prompt = NULL;
@@ -736,8 +739,13 @@ static int run_generate(engine *e, const mtr_gen *set, const mtr_prompts *prompt
             n_new++;
             free(text);
             text = NULL;
-            if ((rc = mtr_tok_decode(&text, &text_len, e->tok, ids.ids + c, n_new, MTR_TOK_SKIP_SPECIAL))) {
-                rc = fail_lib(e->o.model_dir, rc);
+            /* ids past the tokenizer's (the model's padded vocabulary) decode to nothing, as in transformers */
+            size_t n_text = 0;
+            for (uint32_t q = 0; q < n_new; q++)
+                if ((size_t)ids.ids[c + q] < tok_vocab) text_ids[n_text++] = ids.ids[c + q];
+            if ((rc = mtr_tok_decode(&text, &text_len, e->tok, text_ids, n_text, MTR_TOK_SKIP_SPECIAL))) {
+                errorf(CMD, "%s: %s", e->o.model_dir, mtr_tok_errmsg());
+                rc = exit_code_for(rc);
                 goto done;
             }
             bool stop = false;
@@ -792,6 +800,7 @@ static int run_generate(engine *e, const mtr_gen *set, const mtr_prompts *prompt
     items = NULL;
     rc = write_accuracy(e, rows, n_rows, false, summary);
 done:
+    free(text_ids);
     if (items) fclose(items);
     free(rows);
     free(roles);

@@ -38,6 +38,24 @@ echo "task experts (math, tau 0.2, band 6-19): $(grep -c '^task' "$OUT/experts.t
     --model-id synthetic/moe-L24-E64 --top-k 6 --out "$OUT/steer" >/dev/null
 echo "steering files (selection and controls): $(ls "$OUT/steer"/*.h5 | wc -l) in $OUT/steer"
 echo
+TINY=tests/models/tiny/qwen3_moe
+echo "== moetrace-capture run: the native engine on a bundled checkpoint ($TINY: a tiny Qwen3-MoE made by"
+echo "   tests/models/make_tiny.py with random weights, so its numbers show the pipeline, not multilingual science)"
+mkdir -p "$OUT/engine"
+"$BIN/moetrace-capture" run --model "$TINY" --corpus tests/data/udhr-mini.jsonl --out "$OUT/engine/run" --quiet \
+    --json >"$OUT/engine/capture.json"
+echo "captured: $("$BIN/moetrace" info "$OUT/engine/run" | grep '^sequences')"
+"$BIN/moetrace-reduce" "$OUT/engine/run" -o "$OUT/engine/tables" >/dev/null 2>&1
+echo "Divergence from English by MoE layer (UDHR articles 1-30, 8 languages):"
+awk -F'\t' '!/^#/ { d[$1] = d[$1] sprintf(" %.3f", $3) } END { for (l in d) printf "  %-9s%s\n", l, d[l] }' \
+    "$OUT/engine/tables/div_from_en.tsv" | sort
+"$BIN/moetrace-capture" run --mode score --model "$TINY" --corpus tests/data/mc-mini.jsonl --out "$OUT/engine/score" \
+    --quiet
+"$BIN/moetrace-capture" run --mode generate --model "$TINY" --corpus tests/data/gen-mini.jsonl --max-new 8 \
+    --out "$OUT/engine/generate" --quiet
+echo "multiple-choice accuracy (4 items, chance 0.25) and generation exact match (4 items):"
+grep -h -v '^#' "$OUT/engine/score/accuracy.tsv" "$OUT/engine/generate/accuracy.tsv" | grep -v '^lang' | sed 's/^/  /'
+echo
 echo "Results:"
 echo "  trace run        $OUT/run  (run.json + shard-*.h5; planted truth in truth.json, accuracies in accuracy.tsv)"
 echo "  description      $OUT/info.txt, $OUT/info.json"
@@ -45,5 +63,7 @@ echo "  summaries        $OUT/tables/summaries.h5  (format: reduce/SUMMARIES.md)
 echo "  tables           $OUT/tables/*.tsv and $OUT/tables/tables.h5"
 echo "  statistics       $OUT/correlate.tsv (.json), $OUT/band.txt, $OUT/experts.tsv"
 echo "  steering files   $OUT/steer/*.h5 (+ .json twins, EasySteer and flat f32 exports; traces/STEERING.md)"
+echo "  engine           $OUT/engine/run (capture), engine/tables, engine/score and engine/generate"
+echo "                   (accuracy.tsv, accuracy.json, items.tsv)"
 echo "  read with h5py   HDF5_PLUGIN_PATH=$(dirname "$BIN")/lib/plugin /usr/bin/python3 -c 'import h5py; ...'"
 echo "Figures: none yet (the notebooks are not built yet)."
