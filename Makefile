@@ -144,7 +144,7 @@ bench: all $(BENCH_BIN) $(TOOL_BIN)
 		TOOLS=$(abspath $(BUILD)/build/tools) PY=$(PY) sh tests/bench/run.sh
 
 PUBLIC_HEADERS := traces/moetrace.h traces/mtr_format.h traces/mtr_steer.h $(wildcard reduce/mtr_reduce.h \
-	stats/mtr_stats.h capture/mtr_tokenizer.h capture/mtr_ingest.h)
+	stats/mtr_stats.h capture/mtr_tokenizer.h capture/mtr_ingest.h capture/mtr_model.h capture/mtr_corpus.h)
 
 # install programs, libraries, public headers, pkg-config file, HDF5 plugin, config (languages, model profiles),
 # the Python package and the format documents
@@ -156,7 +156,7 @@ install: all
 	install -m 644 $(LIB)/libmoetrace.a $(MODULE_ARCHIVES) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(LIB)/libmoetrace.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 $(PUBLIC_HEADERS) $(DESTDIR)$(PREFIX)/include/moetrace/
-	install -m 644 config/languages.tsv $(DESTDIR)$(PREFIX)/share/moetrace/
+	install -m 644 config/languages.tsv config/prompts.json $(DESTDIR)$(PREFIX)/share/moetrace/
 	install -m 644 config/models/*.json $(DESTDIR)$(PREFIX)/share/moetrace/models/
 	install -m 644 capture/python/moetrace/*.py $(DESTDIR)$(PREFIX)/share/moetrace/python/moetrace/
 	install -m 644 traces/FORMAT.md traces/STEERING.md traces/INGEST.md reduce/SUMMARIES.md \
