@@ -444,6 +444,7 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
                  "min_router_margin": f"{rep['router_margin']:.6g}",
                  "min_router_margin_steered": f"{rep['router_margin_steered']:.6g}",
                  "min_greedy_margin": f"{rep['logit_margin']:.6g}",
+                 "arithmetic": "transformers eager; bf16/f16 products and SiLU in f32, rounded once (ref_moe.Ops)",
                  "producer": "tests/models/make_tiny.py (ref_moe.py, eager arithmetic, no KV cache)"})
     safetensors_io.save_file(t, os.path.join(d, "golden.safetensors"), metadata=meta)
     rep.update(seed=seed, params=sum(v.numel() for v in w.values()),

@@ -355,16 +355,38 @@ def rms_norm(x, w, eps):
     return w * h.to(dt)
 
 
-def gated_mlp(x, wg, wu, wd):
-    return F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
+class Ops:
+    """Matrix products and SiLU in the model dtype. For bf16/f16 each is computed in f32 (f32 accumulation) and
+    rounded once to the model dtype, as current PyTorch kernels and cuBLAS do. native=True uses the tensor's own
+    kernels instead: Debian's torch 1.13 CPU rounds every product and partial sum of a non-transposed bf16
+    matmul/bmm (attention) to bf16 and evaluates bf16 SiLU as x / (1 + exp(-x)) with a rounding after every
+    step, which no other implementation reproduces (F.linear already accumulates in f32 there)."""
+
+    def __init__(self, dtype, native=False):
+        self.up = dtype != torch.float32 and not native
+
+    def linear(self, x, w, b=None):
+        if not self.up:
+            return F.linear(x, w, b)
+        return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
+
+    def matmul(self, a, b):
+        return torch.matmul(a.float(), b.float()).to(a.dtype) if self.up else torch.matmul(a, b)
+
+    def silu(self, x):
+        return F.silu(x.float()).to(x.dtype) if self.up else F.silu(x)
+
+    def gated_mlp(self, x, wg, wu, wd):
+        return self.linear(self.silu(self.linear(x, wg)) * self.linear(x, wu), wd)
 
 
 class MoeModel:
     """A checkpoint directory loaded for the reference forward. weights: the tensors, in the stored dtype."""
 
-    def __init__(self, directory, weights=None):
+    def __init__(self, directory, weights=None, native_kernels=False):
         self.dir = directory
         self.cfg = Config.load(directory)
+        self.ops = Ops(self.cfg.dtype, native_kernels)
         w = safetensors_io.load_checkpoint(directory) if weights is None else weights
         want = expected_tensors(self.cfg)
         missing = sorted(set(want) - set(w))
@@ -385,9 +407,10 @@ class MoeModel:
         B, T, _ = x.shape
         a = f"model.layers.{i}.self_attn."
         nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        q = F.linear(x, w[a + "q_proj.weight"], w.get(a + "q_proj.bias"))
-        k = F.linear(x, w[a + "k_proj.weight"], w.get(a + "k_proj.bias"))
-        v = F.linear(x, w[a + "v_proj.weight"], w.get(a + "v_proj.bias"))
+        op = self.ops
+        q = op.linear(x, w[a + "q_proj.weight"], w.get(a + "q_proj.bias"))
+        k = op.linear(x, w[a + "k_proj.weight"], w.get(a + "k_proj.bias"))
+        v = op.linear(x, w[a + "v_proj.weight"], w.get(a + "v_proj.bias"))
         if cfg.model_type == "olmoe":  # norms over the whole projection, then clipping
             q = rms_norm(q, w[a + "q_norm.weight"], cfg.rms_eps)
             k = rms_norm(k, w[a + "k_norm.weight"], cfg.rms_eps)
@@ -407,11 +430,11 @@ class MoeModel:
         if rep > 1:
             k = k[:, :, None].expand(B, nkv, rep, T, hd).reshape(B, nh, T, hd)
             v = v[:, :, None].expand(B, nkv, rep, T, hd).reshape(B, nh, T, hd)
-        att = torch.matmul(q, k.transpose(2, 3)) * (hd ** -0.5)
+        att = op.matmul(q, k.transpose(2, 3)) * (hd ** -0.5)
         att = att + mask
         att = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
-        o = torch.matmul(att, v).transpose(1, 2).contiguous().reshape(B, T, nh * hd)
-        return F.linear(o, w[a + "o_proj.weight"], w.get(a + "o_proj.bias"))
+        o = op.matmul(att, v).transpose(1, 2).contiguous().reshape(B, T, nh * hd)
+        return op.linear(o, w[a + "o_proj.weight"], w.get(a + "o_proj.bias"))
 
     def route(self, z, moe_idx, steer):
         """(routing weights (N, K) model dtype, selected experts (N, K), logits routed on) from gate outputs z.
@@ -435,7 +458,7 @@ class MoeModel:
         else:
             m = f"model.layers.{i}.mlp."
             names = ("gate_proj", "up_proj", "down_proj")
-        z = F.linear(x2, w[m + "gate.weight"])  # raw router logits, model dtype
+        z = self.ops.linear(x2, w[m + "gate.weight"])  # raw router logits, model dtype
         wts, sel, zr = self.route(z, moe_idx, steer)
         rec.append({"router": z, "routed_on": zr, "selected": sel, "weights": wts})
         out = torch.zeros_like(x2)
@@ -445,19 +468,20 @@ class MoeModel:
         for e in hit:
             slot, tok = torch.where(mask[e])
             ex = m + f"experts.{e}."
-            y = gated_mlp(x2[tok], *(w[ex + n + ".weight"] for n in names))
+            y = self.ops.gated_mlp(x2[tok], *(w[ex + n + ".weight"] for n in names))
             out.index_add_(0, tok, (y * wts[tok, slot, None]).to(x2.dtype))
         if cfg.model_type == "qwen2_moe":
             se = m + "shared_expert."
-            ys = gated_mlp(x2, w[se + "gate_proj.weight"], w[se + "up_proj.weight"], w[se + "down_proj.weight"])
-            ys = torch.sigmoid(F.linear(x2, w[m + "shared_expert_gate.weight"])) * ys
+            ys = self.ops.gated_mlp(x2, w[se + "gate_proj.weight"], w[se + "up_proj.weight"],
+                                    w[se + "down_proj.weight"])
+            ys = torch.sigmoid(self.ops.linear(x2, w[m + "shared_expert_gate.weight"])) * ys
             out = out + ys
         return out.reshape(B, T, H)
 
     def dense(self, i, x):
         m = f"model.layers.{i}.mlp."
         w = self.w
-        return gated_mlp(x, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
+        return self.ops.gated_mlp(x, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
 
     def causal_mask(self, T, window, dtype):
         q = torch.arange(T)[:, None]
@@ -507,7 +531,7 @@ class MoeModel:
         if logits_positions is not None:
             x = x[:, logits_positions]
         head = w["model.embed_tokens.weight"] if cfg.tie else w["lm_head.weight"]
-        return {"logits": F.linear(x, head), "moe": rec}
+        return {"logits": self.ops.linear(x, head), "moe": rec}
 
     def forward(self, ids, steer=None):
         """logits (T, V) and the list of raw router logits (T, E) per MoE layer, in the model dtype, for a 1-D id
