@@ -9,7 +9,6 @@ the steering files the steered goldens were made with. Deterministic: seeded wei
 byte for byte; goldens to 0 ulp of f32 / exactly for ids) instead of writing. See tests/models/tiny/README.md.
 """
 import argparse
-import copy
 import json
 import os
 import shutil
