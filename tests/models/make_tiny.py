@@ -294,7 +294,7 @@ PROMPTS = [encode_text(p) for p in PROMPT_PARTS]
 assert [len(p) for p in PROMPTS] == [1, 7, 23], [len(p) for p in PROMPTS]
 
 
-# ---- weights ----------------------------------------------------------------------------------------------------------
+# ---- weights ---------------------------------------------------------------------------------------------------------
 
 def make_weights(cfg, seed):
     """f32 weights for every tensor of the config, drawn in name order from one seeded generator."""
@@ -320,7 +320,7 @@ def make_weights(cfg, seed):
     return out
 
 
-# ---- goldens ----------------------------------------------------------------------------------------------------------
+# ---- goldens ---------------------------------------------------------------------------------------------------------
 
 def steering_for(cfg, op, model_id):
     nl = len(cfg.moe_layers)
