@@ -2,10 +2,13 @@
  * normalizer -> pre-tokenizer -> BPE -> post-processor), the decoder chain and the chat-template entry points.
  * Semantics follow the Hugging Face tokenizers library; the public contract is capture/mtr_tokenizer.h. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "tokenizer_internal.h"
@@ -67,12 +70,18 @@ static int grow_ids(mtr_tok *t, size_t n)
 {
     if (n <= t->n_ids) return 0;
     if (n > MAX_IDS) return tk_fail(MTR_EFORMAT, "token id %zu out of range", n - 1);
-    int64_t *o = realloc(t->tok_off, n * sizeof *o);
-    if (!o) return tk_fail(MTR_ENOMEM, "out of memory");
-    t->tok_off = o;
-    bool *sp = realloc(t->special, n * sizeof *sp);
-    if (!sp) return tk_fail(MTR_ENOMEM, "out of memory");
-    t->special = sp;
+    if (n > t->ids_cap) {
+        size_t cap = t->ids_cap ? 2 * t->ids_cap : 1024;
+        while (cap < n) cap *= 2;
+        if (cap > MAX_IDS) cap = MAX_IDS;
+        int64_t *o = realloc(t->tok_off, cap * sizeof *o);
+        if (!o) return tk_fail(MTR_ENOMEM, "out of memory");
+        t->tok_off = o;
+        bool *sp = realloc(t->special, cap * sizeof *sp);
+        if (!sp) return tk_fail(MTR_ENOMEM, "out of memory");
+        t->special = sp;
+        t->ids_cap = cap;
+    }
     for (size_t i = t->n_ids; i < n; i++) {
         t->tok_off[i] = -1;
         t->special[i] = false;
@@ -81,18 +90,26 @@ static int grow_ids(mtr_tok *t, size_t n)
     return 0;
 }
 
-/* Record the spelling of id (first spelling wins, as the vocabulary's does) */
-static int set_spelling(mtr_tok *t, int32_t id, const char *s, size_t n)
+/* Record the spelling of id (first spelling wins, as the vocabulary's does); hv is its tk_hash_bytes(). *dup
+ * (may be NULL) is set when the spelling was already known, keeping its id. */
+static int set_spelling_h(mtr_tok *t, int32_t id, const char *s, size_t n, uint64_t hv, bool *dup)
 {
     int rc;
+    int32_t old;
     if (id < 0) return tk_fail(MTR_EFORMAT, "negative token id for '%.40s'", s);
     if ((rc = grow_ids(t, (size_t)id + 1))) return rc;
     if (t->tok_off[id] < 0) {
         t->tok_off[id] = (int64_t)t->tok_pool.n;
         if ((rc = tk_buf_put(&t->tok_pool, s, n)) || (rc = tk_buf_put(&t->tok_pool, "", 1))) return rc;
     }
-    if (tk_strmap_get(&t->tok_index, s, n) < 0 && (rc = tk_strmap_put(&t->tok_index, s, n, id))) return rc;
+    if ((rc = tk_strmap_add_h(&t->tok_index, s, n, hv, id, &old))) return rc;
+    if (dup) *dup = old >= 0;
     return 0;
+}
+
+static int set_spelling(mtr_tok *t, int32_t id, const char *s, size_t n, bool *dup)
+{
+    return set_spelling_h(t, id, s, n, tk_hash_bytes(s, n), dup);
 }
 
 const char *mtr_tok_id_to_token(const mtr_tok *t, int32_t id)
@@ -132,17 +149,314 @@ static const char *model_key(tk_model *m, tk_buf *tmp, const char *s, size_t n, 
     return s;
 }
 
-static int load_model(mtr_tok *t, json_t *model)
+/* Vocabulary entries are applied in batches, in document order: the slots of a batch in both maps are fetched
+ * before any is written. */
+#define VOCAB_BATCH 64
+
+typedef struct {
+    uint32_t s, sn, k, kn; /* spelling and model key, in the arena */
+    int32_t id;
+    uint64_t hs, hk;       /* their hashes */
+} vocab_job;
+
+typedef struct {
+    vocab_job job[VOCAB_BATCH];
+    size_t n;
+    tk_buf arena;
+} vocab_batch;
+
+/* Returns TK_JS_WHOLE when a spelling was seen before: only the scanner sees duplicate keys (jansson keeps the
+ * last value at the first position), so that document is loaded through jansson whole, which defines what
+ * duplicates mean. */
+static int vocab_flush(mtr_tok *t, vocab_batch *vb)
 {
     tk_model *m = &t->model;
-    tk_buf tmp = {0}, cat = {0};
+    size_t n = vb->n;
+    int rc;
+    bool dup;
+    vb->n = 0;
+    const char *ar = vb->arena.p;
+    for (size_t i = 0; i < n; i++) {
+        vocab_job *j = &vb->job[i];
+        j->hs = tk_strmap_prefetch(&t->tok_index, ar + j->s, j->sn);
+        j->hk = j->k == j->s && j->kn == j->sn ? j->hs : tk_strmap_prefetch(&m->vocab, ar + j->k, j->kn);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const vocab_job *j = &vb->job[i];
+        const char *key = ar + j->s, *k = ar + j->k;
+        if ((rc = set_spelling_h(t, j->id, key, j->sn, j->hs, &dup))) return rc;
+        if (dup) return TK_JS_WHOLE;
+        if ((rc = tk_strmap_put_h(&m->vocab, k, j->kn, j->hk, j->id))) return rc;
+        if (m->byte_raw && j->kn == 1) m->byte_tok[(unsigned char)k[0]] = j->id;
+        if (m->byte_fallback && j->sn == 6 && memcmp(key, "<0x", 3) == 0 && key[5] == '>') {
+            unsigned v;
+            if (sscanf(key + 3, "%2X", &v) == 1) m->byte_tok[v & 0xff] = j->id;
+        }
+    }
+    vb->arena.n = 0;
+    return 0;
+}
+
+/* One vocabulary entry, in document order */
+static int vocab_add(mtr_tok *t, vocab_batch *vb, const char *key, size_t klen, int32_t id)
+{
+    tk_buf *ar = &vb->arena;
+    vocab_job *j = &vb->job[vb->n];
+    int rc;
+    j->s = (uint32_t)ar->n;
+    j->sn = (uint32_t)klen;
+    j->id = id;
+    if ((rc = tk_buf_put(ar, key, klen))) return rc;
+    j->k = j->s;
+    j->kn = j->sn;
+    if (t->model.byte_raw) { /* model_key() */
+        size_t k0 = ar->n;
+        if (tk_bytelevel_unmap(ar, key, klen)) {
+            j->k = (uint32_t)k0;
+            j->kn = (uint32_t)(ar->n - k0);
+        }
+    }
+    return ++vb->n == VOCAB_BATCH ? vocab_flush(t, vb) : 0;
+}
+
+/* An error found while reading an entry comes after those of the entries before it, still in the batch */
+static int vocab_fail(mtr_tok *t, vocab_batch *vb, int rc)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", mtr_tok_errmsg());
+    int rc2 = vocab_flush(t, vb);
+    return rc2 ? rc2 : tk_fail(rc, "%s", msg);
+}
+
+static int bad_merge(size_t i, const char *a, size_t an, const char *b, size_t bn)
+{
+    return tk_fail(MTR_EFORMAT, "merge %zu ('%.*s' '%.*s') uses a token outside the vocabulary", i,
+                   (int)(an > 40 ? 40 : an), a, (int)(bn > 40 ? 40 : bn), b);
+}
+
+/* Merges are resolved in batches: each needs the ids of a, b and the merged token a + b, three lookups at random
+ * places of a vocabulary larger than the caches, which tk_strmap_get_many() overlaps. Results are applied in
+ * order, so ranks and the first error are those of one-by-one processing. */
+#define MERGE_BATCH (TK_MAP_BATCH / 3)
+
+typedef struct {
+    size_t rank;
+    uint32_t a, an, b, bn;  /* spellings, in the arena */
+    uint32_t k[3], kn[3];   /* model keys of a, b and a + b, in the arena */
+} merge_job;
+
+typedef struct {
+    merge_job job[MERGE_BATCH];
+    size_t n;
+    tk_buf arena;
+} merge_batch;
+
+static int merge_flush(mtr_tok *t, merge_batch *mb)
+{
+    const char *k[3 * MERGE_BATCH] = {0};
+    uint32_t kn[3 * MERGE_BATCH] = {0};
+    int32_t id[3 * MERGE_BATCH];
+    size_t n = mb->n;
+    int rc;
+    mb->n = 0;
+    for (size_t i = 0; i < n; i++)
+        for (int x = 0; x < 3; x++) {
+            k[3 * i + x] = mb->arena.p + mb->job[i].k[x];
+            kn[3 * i + x] = mb->job[i].kn[x];
+        }
+    tk_strmap_get_many(&t->model.vocab, k, kn, id, 3 * n);
+    for (size_t i = 0; i < n; i++) tk_pairmap_prefetch(&t->model.merges, id[3 * i], id[3 * i + 1]);
+    for (size_t i = 0; i < n; i++) {
+        const merge_job *j = &mb->job[i];
+        if (id[3 * i] < 0 || id[3 * i + 1] < 0 || id[3 * i + 2] < 0)
+            return bad_merge(j->rank, mb->arena.p + j->a, j->an, mb->arena.p + j->b, j->bn);
+        if ((rc = tk_pairmap_put(&t->model.merges, id[3 * i], id[3 * i + 1], (int32_t)j->rank, id[3 * i + 2])))
+            return rc;
+    }
+    mb->arena.n = 0;
+    return 0;
+}
+
+/* An error found while reading merge i comes after the errors of the merges before it, still in the batch */
+static int merge_fail(mtr_tok *t, merge_batch *mb, int rc)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", mtr_tok_errmsg());
+    int rc2 = merge_flush(t, mb);
+    return rc2 ? rc2 : tk_fail(rc, "%s", msg);
+}
+
+static int arena_put(tk_buf *ar, uint32_t *off, const char *s, size_t n)
+{
+    *off = (uint32_t)ar->n;
+    return tk_buf_put(ar, s, n);
+}
+
+/* Merge number rank: a, b and the merged token a + b (without b's continuing-subword prefix) */
+static int merge_add(mtr_tok *t, merge_batch *mb, tk_buf *tmp, size_t rank, const char *a, size_t an,
+                     const char *b, size_t bn)
+{
+    tk_model *m = &t->model;
+    tk_buf *ar = &mb->arena;
+    merge_job *j = &mb->job[mb->n];
+    int rc;
+    j->rank = rank;
+    j->an = (uint32_t)an;
+    j->bn = (uint32_t)bn;
+    if ((rc = arena_put(ar, &j->a, a, an)) || (rc = arena_put(ar, &j->b, b, bn))) return rc;
+    if (m->byte_raw && !m->prefix) {
+        /* the byte-level alphabet is undone character by character, so the merged key is the two keys joined */
+        size_t k0 = ar->n;
+        if (tk_bytelevel_unmap(ar, a, an)) {
+            size_t k1 = ar->n;
+            if (tk_bytelevel_unmap(ar, b, bn)) {
+                j->k[0] = j->k[2] = (uint32_t)k0;
+                j->k[1] = (uint32_t)k1;
+                j->kn[0] = (uint32_t)(k1 - k0);
+                j->kn[1] = (uint32_t)(ar->n - k1);
+                j->kn[2] = (uint32_t)(ar->n - k0);
+                goto queued;
+            }
+        }
+        ar->n = k0;
+    }
+    size_t kn, plen = m->prefix ? strlen(m->prefix) : 0, skip;
+    const char *k = model_key(m, tmp, a, an, &kn);
+    if ((rc = arena_put(ar, &j->k[0], k, kn))) return rc;
+    j->kn[0] = (uint32_t)kn;
+    k = model_key(m, tmp, b, bn, &kn);
+    if ((rc = arena_put(ar, &j->k[1], k, kn))) return rc;
+    j->kn[1] = (uint32_t)kn;
+    skip = (plen && bn >= plen && memcmp(b, m->prefix, plen) == 0) ? plen : 0;
+    /* the merged spelling goes to the arena, then its model key after it */
+    size_t c0 = ar->n;
+    if ((rc = tk_buf_put(ar, a, an)) || (rc = tk_buf_put(ar, b + skip, bn - skip))) return rc;
+    k = model_key(m, tmp, ar->p + c0, ar->n - c0, &kn);
+    if (k == tmp->p) {
+        ar->n = c0;
+        if ((rc = arena_put(ar, &j->k[2], k, kn))) return rc;
+    } else {
+        j->k[2] = (uint32_t)c0;
+    }
+    j->kn[2] = (uint32_t)kn;
+queued:
+    return ++mb->n == MERGE_BATCH ? merge_flush(t, mb) : 0;
+}
+
+/* A merge given as one string "a b" (exactly one space) */
+static int merge_string(mtr_tok *t, merge_batch *mb, tk_buf *tmp, size_t i, const char *s, size_t n)
+{
+    const char *sp = memchr(s, ' ', n);
+    if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - s)))
+        return tk_fail(MTR_EFORMAT, "merge %zu ('%.*s') is not two tokens", i, (int)(n > 40 ? 40 : n), s);
+    return merge_add(t, mb, tmp, i, s, (size_t)(sp - s), sp + 1, n - (size_t)(sp + 1 - s));
+}
+
+static int bad_vocab(const char *key, size_t klen)
+{
+    return tk_fail(MTR_EFORMAT, "vocab entry '%.*s' has no valid id", (int)(klen > 40 ? 40 : klen), key);
+}
+
+/* model.vocab straight from the document: {"token": id, ...} */
+static int scan_vocab(mtr_tok *t, vocab_batch *vb, const char *doc, const tk_js_span *sp)
+{
+    tk_js s = {doc, sp->off + sp->len, sp->off, "tokenizer.json"};
+    tk_buf kb = {0};
+    int rc;
+    bool empty, more = true;
+    size_t est = sp->count < MAX_IDS ? sp->count : MAX_IDS;
+    if ((rc = tk_strmap_reserve(&t->model.vocab, est, 0)) || (rc = tk_strmap_reserve(&t->tok_index, est, 0)))
+        goto done;
+    if ((rc = tk_js_expect(&s, '{'))) goto done;
+    tk_js_empty(&s, '}', &empty);
+    while (!empty && more) {
+        const char *key;
+        size_t klen, at = (tk_js_ws(&s), s.i);
+        int64_t id;
+        bool is_int;
+        if ((rc = tk_js_string(&s, &kb, &key, &klen))) goto done;
+        if (memchr(key, '\0', klen)) {
+            rc = tk_js_fail(&s, at, "NUL byte in object key not supported");
+            goto done;
+        }
+        if ((rc = tk_js_expect(&s, ':'))) goto done;
+        size_t vat = (tk_js_ws(&s), s.i);
+        if (s.i < s.n && (s.p[s.i] == '-' || (s.p[s.i] >= '0' && s.p[s.i] <= '9'))) {
+            if ((rc = tk_js_number(&s, &id, &is_int))) goto done;
+        } else {
+            is_int = false;
+        }
+        if (!is_int || id < 0 || id >= MAX_IDS) {
+            rc = tk_js_fail(&s, vat, "vocab entry '%.*s' has no valid id", (int)(klen > 40 ? 40 : klen), key);
+            goto done;
+        }
+        if ((rc = vocab_add(t, vb, key, klen, (int32_t)id))) goto done;
+        if ((rc = tk_js_next(&s, '}', &more))) goto done;
+    }
+    if (tk_js_ws(&s), s.i != s.n) rc = tk_js_fail(&s, s.i, "unexpected text after model.vocab");
+done:
+    tk_buf_free(&kb);
+    return rc;
+}
+
+/* model.merges straight from the document: ["a b", ...] or [["a", "b"], ...] */
+static int scan_merges(mtr_tok *t, merge_batch *mb, tk_buf *tmp, const char *doc, const tk_js_span *sp)
+{
+    tk_js s = {doc, sp->off + sp->len, sp->off, "tokenizer.json"};
+    tk_buf ka = {0}, kb = {0};
+    int rc;
+    bool empty, more = true;
+    if ((rc = tk_pairmap_init(&t->model.merges, sp->count < MAX_IDS ? sp->count : MAX_IDS))) goto done;
+    if ((rc = tk_js_expect(&s, '['))) goto done;
+    tk_js_empty(&s, ']', &empty);
+    for (size_t i = 0; !empty && more; i++) {
+        const char *a, *b;
+        size_t an, bn, at = (tk_js_ws(&s), s.i);
+        char c = s.i < s.n ? s.p[s.i] : 0;
+        if (c == '"') {
+            if ((rc = tk_js_string(&s, &ka, &a, &an)) || (rc = merge_string(t, mb, tmp, i, a, an))) goto done;
+        } else if (c == '[') {
+            bool more2 = false;
+            s.i++;
+            tk_js_ws(&s);
+            if (s.i < s.n && s.p[s.i] == '"' && !(rc = tk_js_string(&s, &ka, &a, &an)) &&
+                !(rc = tk_js_next(&s, ']', &more2)) && more2 && (tk_js_ws(&s), s.i < s.n && s.p[s.i] == '"') &&
+                !(rc = tk_js_string(&s, &kb, &b, &bn)) && !(rc = tk_js_next(&s, ']', &more2)) && !more2) {
+                if ((rc = merge_add(t, mb, tmp, i, a, an, b, bn))) goto done;
+            } else {
+                if (!rc) rc = tk_js_fail(&s, at, "merge %zu is neither \"a b\" nor [\"a\", \"b\"]", i);
+                goto done;
+            }
+        } else {
+            rc = tk_js_fail(&s, at, "merge %zu is neither \"a b\" nor [\"a\", \"b\"]", i);
+            goto done;
+        }
+        if ((rc = tk_js_next(&s, ']', &more))) goto done;
+    }
+    if (tk_js_ws(&s), s.i != s.n) rc = tk_js_fail(&s, s.i, "unexpected text after model.merges");
+done:
+    tk_buf_free(&ka);
+    tk_buf_free(&kb);
+    return rc;
+}
+
+/* The model section. doc, vocab_sp and merges_sp (may be NULL) give the sections tk_js_split() left out of the
+ * tree; otherwise they come from the tree. */
+static int load_model(mtr_tok *t, json_t *model, const char *doc, const tk_js_span *vocab_sp,
+                      const tk_js_span *merges_sp)
+{
+    tk_model *m = &t->model;
+    tk_buf tmp = {0};
+    merge_batch mb = {.n = 0};
+    vocab_batch vb = {.n = 0};
     int rc = 0;
     if (!json_is_object(model)) return tk_fail(MTR_EFORMAT, "tokenizer.json has no model");
     const char *type = jstr(model, "type");
     if (type && strcmp(type, "BPE") != 0)
         return tk_fail(MTR_EFORMAT, "model type '%.40s' is not supported (BPE only)", type);
-    json_t *vocab = json_object_get(model, "vocab"), *merges = json_object_get(model, "merges");
-    if (!json_is_object(vocab)) return tk_fail(MTR_EFORMAT, "model.vocab is not an object");
+    bool scan_v = vocab_sp && vocab_sp->set, scan_m = merges_sp && merges_sp->set;
+    json_t *vocab = json_object_get(model, "vocab"), *merges = scan_m ? NULL : json_object_get(model, "merges");
+    if (!scan_v && !json_is_object(vocab)) return tk_fail(MTR_EFORMAT, "model.vocab is not an object");
     if (merges && !json_is_array(merges) && !json_is_null(merges))
         return tk_fail(MTR_EFORMAT, "model.merges is not an array");
     m->byte_fallback = jbool(model, "byte_fallback", false);
@@ -154,76 +468,44 @@ static int load_model(mtr_tok *t, json_t *model)
     if (s && *s && !(m->suffix = xstrdup(s))) return tk_fail(MTR_ENOMEM, "out of memory");
     for (int b = 0; b < 256; b++) m->byte_tok[b] = -1;
 
-    const char *key;
-    json_t *val;
-    json_object_foreach(vocab, key, val) {
-        if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) >= MAX_IDS) {
-            rc = tk_fail(MTR_EFORMAT, "vocab entry '%.40s' has no valid id", key);
-            goto done;
-        }
-        int32_t id = (int32_t)json_integer_value(val);
-        size_t klen = strlen(key), kn;
-        if ((rc = set_spelling(t, id, key, klen))) goto done;
-        const char *k = model_key(m, &tmp, key, klen, &kn);
-        if ((rc = tk_strmap_put(&m->vocab, k, kn, id))) goto done;
-        if (m->byte_raw && kn == 1) m->byte_tok[(unsigned char)k[0]] = id;
-        if (m->byte_fallback && klen == 6 && memcmp(key, "<0x", 3) == 0 && key[5] == '>') {
-            unsigned v;
-            if (sscanf(key + 3, "%2X", &v) == 1) m->byte_tok[v & 0xff] = id;
+    if (scan_v) {
+        rc = scan_vocab(t, &vb, doc, vocab_sp);
+    } else {
+        const char *key;
+        size_t klen;
+        json_t *val;
+        json_object_keylen_foreach(vocab, key, klen, val) {
+            if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) >= MAX_IDS)
+                rc = bad_vocab(key, klen);
+            else
+                rc = vocab_add(t, &vb, key, klen, (int32_t)json_integer_value(val));
+            if (rc) break;
         }
     }
+    rc = rc ? vocab_fail(t, &vb, rc) : vocab_flush(t, &vb);
+    if (rc) goto done;
     const char *unk = jstr(model, "unk_token");
     m->unk_id = unk ? tk_strmap_get(&t->tok_index, unk, strlen(unk)) : -1;
 
-    size_t nm = merges ? json_array_size(merges) : 0;
-    if ((rc = tk_pairmap_init(&m->merges, nm))) goto done;
-    size_t plen = m->prefix ? strlen(m->prefix) : 0;
-    for (size_t i = 0; i < nm; i++) {
-        json_t *e = json_array_get(merges, i);
-        const char *a, *b;
-        size_t an, bn;
-        if (json_is_string(e)) {
-            a = json_string_value(e);
-            const char *sp = strchr(a, ' ');
-            if (!sp || strchr(sp + 1, ' ')) {
-                rc = tk_fail(MTR_EFORMAT, "merge %zu ('%.40s') is not two tokens", i, a);
-                goto done;
-            }
-            an = (size_t)(sp - a);
-            b = sp + 1;
-            bn = strlen(b);
-        } else if (json_is_array(e) && json_array_size(e) == 2 && json_is_string(json_array_get(e, 0)) &&
-                   json_is_string(json_array_get(e, 1))) {
-            a = json_string_value(json_array_get(e, 0));
-            b = json_string_value(json_array_get(e, 1));
-            an = json_string_length(json_array_get(e, 0));
-            bn = json_string_length(json_array_get(e, 1));
-        } else {
-            rc = tk_fail(MTR_EFORMAT, "merge %zu is neither \"a b\" nor [\"a\", \"b\"]", i);
-            goto done;
+    if (scan_m) {
+        rc = scan_merges(t, &mb, &tmp, doc, merges_sp);
+    } else {
+        size_t nm = merges ? json_array_size(merges) : 0;
+        rc = tk_pairmap_init(&m->merges, nm);
+        for (size_t i = 0; i < nm && !rc; i++) {
+            json_t *e = json_array_get(merges, i), *ea = json_array_get(e, 0), *eb = json_array_get(e, 1);
+            if (json_is_string(e)) rc = merge_string(t, &mb, &tmp, i, json_string_value(e), json_string_length(e));
+            else if (json_is_array(e) && json_array_size(e) == 2 && json_is_string(ea) && json_is_string(eb))
+                rc = merge_add(t, &mb, &tmp, i, json_string_value(ea), json_string_length(ea), json_string_value(eb),
+                               json_string_length(eb));
+            else rc = tk_fail(MTR_EFORMAT, "merge %zu is neither \"a b\" nor [\"a\", \"b\"]", i);
         }
-        size_t kn;
-        const char *k = model_key(m, &tmp, a, an, &kn);
-        int32_t ia = tk_strmap_get(&m->vocab, k, kn);
-        k = model_key(m, &tmp, b, bn, &kn);
-        int32_t ib = tk_strmap_get(&m->vocab, k, kn);
-        /* the merged token: a + b without b's continuing-subword prefix */
-        cat.n = 0;
-        if ((rc = tk_buf_put(&cat, a, an))) goto done;
-        size_t skip = (plen && bn >= plen && memcmp(b, m->prefix, plen) == 0) ? plen : 0;
-        if ((rc = tk_buf_put(&cat, b + skip, bn - skip))) goto done;
-        k = model_key(m, &tmp, cat.p, cat.n, &kn);
-        int32_t ic = tk_strmap_get(&m->vocab, k, kn);
-        if (ia < 0 || ib < 0 || ic < 0) {
-            rc = tk_fail(MTR_EFORMAT, "merge %zu ('%.*s' '%.*s') uses a token outside the vocabulary", i,
-                         (int)(an > 40 ? 40 : an), a, (int)(bn > 40 ? 40 : bn), b);
-            goto done;
-        }
-        if ((rc = tk_pairmap_put(&m->merges, ia, ib, (int32_t)i, ic))) goto done;
     }
+    rc = rc ? merge_fail(t, &mb, rc) : merge_flush(t, &mb);
 done:
     tk_buf_free(&tmp);
-    tk_buf_free(&cat);
+    tk_buf_free(&mb.arena);
+    tk_buf_free(&vb.arena);
     return rc;
 }
 
@@ -558,7 +840,7 @@ static int add_token(mtr_tok *t, const char *content, size_t len, int32_t id, js
     a->rstrip = jbool(o, "rstrip", false);
     a->normalized = jbool(o, "normalized", !a->special);
     t->n_added++;
-    if ((rc = set_spelling(t, id, content, len))) return rc;
+    if ((rc = set_spelling(t, id, content, len, NULL))) return rc;
     t->special[id] = a->special;
     return 0;
 }
@@ -619,7 +901,8 @@ static int load_config(mtr_tok *t, json_t *cfg)
     return 0;
 }
 
-static int load_json(mtr_tok *t, json_t *root, json_t *cfg)
+static int load_json(mtr_tok *t, json_t *root, json_t *cfg, const char *doc, const tk_js_span *vocab_sp,
+                     const tk_js_span *merges_sp)
 {
     int rc;
     if (!json_is_object(root)) return tk_fail(MTR_EFORMAT, "tokenizer.json is not a JSON object");
@@ -630,7 +913,7 @@ static int load_json(mtr_tok *t, json_t *root, json_t *cfg)
         t->pre[t->n_pre - 1].map_bytes = false;
         t->model.byte_raw = true;
     }
-    if ((rc = load_model(t, json_object_get(root, "model")))) return rc;
+    if ((rc = load_model(t, json_object_get(root, "model"), doc, vocab_sp, merges_sp))) return rc;
     if (t->model.byte_raw && t->model.byte_fallback) return tk_fail(MTR_EFORMAT, "byte-level model with byte_fallback");
     json_t *added = json_object_get(root, "added_tokens");
     for (size_t i = 0; i < json_array_size(added); i++) {
@@ -652,19 +935,25 @@ static int load_json(mtr_tok *t, json_t *root, json_t *cfg)
     return load_decoder(t, json_object_get(root, "decoder"), 0);
 }
 
-int mtr_tok_load_buffers(mtr_tok **out, const char *json, size_t len, const char *config, size_t config_len)
+/* whole: jansson parses the entire document (the reference path); otherwise the scanner takes the bulk */
+int tk_load_buffers(mtr_tok **out, const char *json, size_t len, const char *config, size_t config_len, bool whole)
 {
     json_error_t jerr;
     json_t *root = NULL, *cfg = NULL;
+    tk_js_span vocab_sp = {0}, merges_sp = {0};
     mtr_tok *t = NULL;
     int rc = 0;
     *out = NULL;
     if (!json) return tk_fail(MTR_EINVAL, "no tokenizer.json text");
-    if (!(root = json_loadb(json, len, JSON_ALLOW_NUL, &jerr))) {
-        rc = tk_fail(MTR_EFORMAT, "tokenizer.json: line %d: %s", jerr.line, jerr.text);
+again:
+    if (!whole && (rc = tk_js_split(&root, &vocab_sp, &merges_sp, json, len)) == TK_JS_WHOLE) whole = true;
+    if (rc < 0) goto cleanup;
+    rc = 0;
+    if (whole && !(root = json_loadb(json, len, JSON_ALLOW_NUL, &jerr))) {
+        rc = tk_fail(MTR_EFORMAT, "tokenizer.json: line %d, byte %d: %s", jerr.line, jerr.position, jerr.text);
         goto cleanup;
     }
-    if (config && !(cfg = json_loadb(config, config_len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr))) {
+    if (config && !cfg && !(cfg = json_loadb(config, config_len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr))) {
         rc = tk_fail(MTR_EFORMAT, "tokenizer_config.json: line %d: %s", jerr.line, jerr.text);
         goto cleanup;
     }
@@ -672,14 +961,29 @@ int mtr_tok_load_buffers(mtr_tok **out, const char *json, size_t len, const char
         rc = tk_fail(MTR_ENOMEM, "out of memory");
         goto cleanup;
     }
-    if ((rc = load_json(t, root, json_is_object(cfg) ? cfg : NULL))) goto cleanup;
+    rc = load_json(t, root, json_is_object(cfg) ? cfg : NULL, json, whole ? NULL : &vocab_sp,
+                   whole ? NULL : &merges_sp);
+    if (rc == TK_JS_WHOLE && !whole) { /* duplicate vocabulary keys: jansson decides what they mean */
+        mtr_tok_destroy(t);
+        t = NULL;
+        json_decref(root);
+        root = NULL;
+        whole = true;
+        goto again;
+    }
+    if (rc) goto cleanup;
     *out = t;
     t = NULL;
 cleanup:
     mtr_tok_destroy(t);
     json_decref(root);
     json_decref(cfg);
-    return rc;
+    return rc > 0 ? tk_fail(MTR_EFORMAT, "tokenizer.json: duplicate keys") : rc;
+}
+
+int mtr_tok_load_buffers(mtr_tok **out, const char *json, size_t len, const char *config, size_t config_len)
+{
+    return tk_load_buffers(out, json, len, config, config_len, false);
 }
 
 /* Whole file into memory; MTR_ENOTFOUND if it does not exist */
@@ -718,9 +1022,35 @@ done:
     return rc;
 }
 
+/* A regular, non-empty file mapped read-only: no copy of a large tokenizer.json (the tables keep nothing of it).
+ * MTR_ENOTFOUND if it does not exist, MTR_EIO when it cannot be mapped (read_file() then reads it). */
+static int map_file(void **out, size_t *len, const char *path)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return tk_fail(errno == ENOENT ? MTR_ENOTFOUND : MTR_EIO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    int rc = MTR_EIO;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && (uint64_t)st.st_size <= MAX_FILE) {
+        int flags = MAP_PRIVATE;
+#ifdef MAP_POPULATE
+        flags |= MAP_POPULATE;
+#endif
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, flags, fd, 0);
+        if (p != MAP_FAILED) {
+            *out = p;
+            *len = (size_t)st.st_size;
+            rc = 0;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
 int mtr_tok_load(mtr_tok **out, const char *path)
 {
     char *json = NULL, *cfg = NULL, *dir = NULL, *file = NULL;
+    void *map = NULL;
     size_t len = 0, clen = 0;
     int rc = 0;
     struct stat st;
@@ -741,19 +1071,21 @@ int mtr_tok_load(mtr_tok **out, const char *path)
         if (slash) *slash = '\0';
         else strcpy(dir, ".");
     }
-    if ((rc = read_file(&json, &len, file))) goto cleanup;
+    if ((rc = map_file(&map, &len, file)) == MTR_EIO) rc = read_file(&json, &len, file);
+    if (rc) goto cleanup;
     char cpath[4200];
     snprintf(cpath, sizeof cpath, "%s/tokenizer_config.json", dir);
     rc = read_file(&cfg, &clen, cpath);
     if (rc == MTR_ENOTFOUND) rc = 0;
     else if (rc) goto cleanup;
-    if ((rc = mtr_tok_load_buffers(out, json, len, cfg, clen))) {
+    if ((rc = mtr_tok_load_buffers(out, map ? map : json, len, cfg, clen))) {
         /* name the file in the detail */
         char msg[512];
         snprintf(msg, sizeof msg, "%s", mtr_tok_errmsg());
         tk_fail(rc, "%s: %s", strstr(msg, "tokenizer_config.json") == msg ? dir : file, msg);
     }
 cleanup:
+    if (map) munmap(map, len);
     free(json);
     free(cfg);
     free(dir);

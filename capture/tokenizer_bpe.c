@@ -30,23 +30,35 @@ uint64_t tk_hash_bytes(const void *p, size_t n)
         s += 8;
         n -= 8;
     }
+    /* the tail (most tokens are shorter than 8 bytes) in fixed-size loads; the length is in h already */
     uint64_t w = 0;
-    memcpy(&w, s, n);
+    if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, s, 4);
+        memcpy(&hi, s + n - 4, 4);
+        w = (uint64_t)hi << 32 | lo;
+    } else if (n) {
+        w = (uint64_t)s[0] | (uint64_t)s[n / 2] << 8 | (uint64_t)s[n - 1] << 16;
+    }
     h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
     return mix64(h);
 }
 
 /* ---- bytes -> int32 -------------------------------------------------------------------------------------- */
 
-static int strmap_grow(tk_strmap *m)
+/* Slots hold the upper half of the hash beside the entry index, so a probe past another key rarely touches the
+ * entries or the pool (the vocabulary is probed over a million times while loading). */
+#define SLOT_TAG(h) ((h) & 0xFFFFFFFF00000000ULL)
+
+static int strmap_rehash(tk_strmap *m, size_t cap)
 {
-    size_t cap = m->mask ? 2 * (m->mask + 1) : 1024;
-    uint32_t *slot = calloc(cap, sizeof *slot);
+    uint64_t *slot = calloc(cap, sizeof *slot);
     if (!slot) return tk_fail(MTR_ENOMEM, "out of memory");
     for (size_t i = 0; i < m->n; i++) {
-        size_t h = (size_t)tk_hash_bytes(m->pool.p + m->koff[i], m->klen[i]) & (cap - 1);
+        uint64_t hv = tk_hash_bytes(m->pool.p + m->ent[i].koff, m->ent[i].klen);
+        size_t h = (size_t)hv & (cap - 1);
         while (slot[h]) h = (h + 1) & (cap - 1);
-        slot[h] = (uint32_t)i + 1;
+        slot[h] = SLOT_TAG(hv) | ((uint64_t)i + 1);
     }
     free(m->slot);
     m->slot = slot;
@@ -54,54 +66,151 @@ static int strmap_grow(tk_strmap *m)
     return 0;
 }
 
-int32_t tk_strmap_get(const tk_strmap *m, const char *k, size_t klen)
+static int strmap_ent_reserve(tk_strmap *m, size_t n)
 {
-    if (!m->mask) return -1;
-    size_t h = (size_t)tk_hash_bytes(k, klen) & m->mask;
+    if (n <= m->cap) return 0;
+    if (n > UINT32_MAX - 1) return tk_fail(MTR_ENOMEM, "map too large");
+    size_t cap = m->cap ? m->cap : 1024;
+    while (cap < n) cap *= 2;
+    tk_strent *e = realloc(m->ent, cap * sizeof *e);
+    if (!e) return tk_fail(MTR_ENOMEM, "out of memory");
+    m->ent = e;
+    m->cap = cap;
+    return 0;
+}
+
+int tk_strmap_reserve(tk_strmap *m, size_t n, size_t pool_bytes)
+{
+    int rc;
+    size_t cap = 1024;
+    while (cap < 2 * (m->n + n) + 2) cap *= 2;
+    if (cap > m->mask + 1 && (rc = strmap_rehash(m, cap))) return rc;
+    if ((rc = strmap_ent_reserve(m, m->n + n))) return rc;
+    return tk_buf_reserve(&m->pool, pool_bytes);
+}
+
+/* The value of k (hash hv) probing from slot h; -1 if absent */
+static int32_t strmap_probe(const tk_strmap *m, const char *k, size_t klen, uint64_t hv, size_t h)
+{
+    uint64_t tag = SLOT_TAG(hv);
     for (;;) {
-        uint32_t e = m->slot[h];
-        if (!e) return -1;
-        e--;
-        if (m->klen[e] == klen && memcmp(m->pool.p + m->koff[e], k, klen) == 0) return m->val[e];
+        uint64_t x = m->slot[h];
+        if (!x) return -1;
+        if ((x & 0xFFFFFFFF00000000ULL) == tag) {
+            const tk_strent *e = &m->ent[(uint32_t)x - 1];
+            if (e->klen == klen && memcmp(m->pool.p + e->koff, k, klen) == 0) return e->val;
+        }
         h = (h + 1) & m->mask;
     }
 }
 
-int tk_strmap_put(tk_strmap *m, const char *k, size_t klen, int32_t val)
+int32_t tk_strmap_get(const tk_strmap *m, const char *k, size_t klen)
+{
+    if (!m->mask) return -1;
+    uint64_t hv = tk_hash_bytes(k, klen);
+    return strmap_probe(m, k, klen, hv, (size_t)hv & m->mask);
+}
+
+/* Lookups of n <= TK_MAP_BATCH keys at once (val[i] = tk_strmap_get(m, k[i], klen[i])). Loading probes the
+ * vocabulary three times per merge at random places in tables larger than the caches, so the slots, then the
+ * entries, then the key bytes of the whole batch are fetched before any is compared. */
+void tk_strmap_get_many(const tk_strmap *m, const char *const *k, const uint32_t *klen, int32_t *val, size_t n)
+{
+    uint64_t hv[TK_MAP_BATCH];
+    uint32_t hit[TK_MAP_BATCH];
+    if (!m->mask || n > TK_MAP_BATCH) {
+        for (size_t i = 0; i < n; i++) val[i] = tk_strmap_get(m, k[i], klen[i]);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        hv[i] = tk_hash_bytes(k[i], klen[i]);
+        __builtin_prefetch(&m->slot[(size_t)hv[i] & m->mask]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t x = m->slot[(size_t)hv[i] & m->mask];
+        hit[i] = x && (x & 0xFFFFFFFF00000000ULL) == SLOT_TAG(hv[i]) ? (uint32_t)x : 0;
+        if (hit[i]) __builtin_prefetch(&m->ent[hit[i] - 1]);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (hit[i]) __builtin_prefetch(m->pool.p + m->ent[hit[i] - 1].koff);
+    for (size_t i = 0; i < n; i++) {
+        if (hit[i]) {
+            const tk_strent *e = &m->ent[hit[i] - 1];
+            if (e->klen == klen[i] && memcmp(m->pool.p + e->koff, k[i], klen[i]) == 0) {
+                val[i] = e->val;
+                continue;
+            }
+        }
+        val[i] = strmap_probe(m, k[i], klen[i], hv[i], (size_t)hv[i] & m->mask);
+    }
+}
+
+uint64_t tk_strmap_prefetch(const tk_strmap *m, const char *k, size_t klen)
+{
+    uint64_t hv = tk_hash_bytes(k, klen);
+    if (m->mask) __builtin_prefetch(&m->slot[(size_t)hv & m->mask], 1);
+    return hv;
+}
+
+/* Find k; if absent insert it with val. Returns the entry's index in *idx and whether it existed in *found. */
+static int strmap_upsert(tk_strmap *m, const char *k, size_t klen, uint64_t hv, int32_t val, size_t *idx,
+                         bool *found)
 {
     int rc;
-    if ((m->n + 1) * 2 > m->mask + 1 && (rc = strmap_grow(m))) return rc;
-    size_t h = (size_t)tk_hash_bytes(k, klen) & m->mask;
+    if ((m->n + 1) * 2 > m->mask + 1 && (rc = strmap_rehash(m, m->mask ? 2 * (m->mask + 1) : 1024))) return rc;
+    uint64_t tag = SLOT_TAG(hv);
+    size_t h = (size_t)hv & m->mask;
     for (;;) {
-        uint32_t e = m->slot[h];
-        if (!e) break;
-        e--;
-        if (m->klen[e] == klen && memcmp(m->pool.p + m->koff[e], k, klen) == 0) {
-            m->val[e] = val;
-            return 0;
+        uint64_t x = m->slot[h];
+        if (!x) break;
+        if ((x & 0xFFFFFFFF00000000ULL) == tag) {
+            const tk_strent *e = &m->ent[(uint32_t)x - 1];
+            if (e->klen == klen && memcmp(m->pool.p + e->koff, k, klen) == 0) {
+                *idx = (uint32_t)x - 1;
+                *found = true;
+                return 0;
+            }
         }
         h = (h + 1) & m->mask;
     }
-    if (m->n == m->cap) {
-        size_t cap = m->cap ? 2 * m->cap : 1024;
-        uint32_t *ko = realloc(m->koff, cap * sizeof *ko);
-        if (!ko) return tk_fail(MTR_ENOMEM, "out of memory");
-        m->koff = ko;
-        uint32_t *kl = realloc(m->klen, cap * sizeof *kl);
-        if (!kl) return tk_fail(MTR_ENOMEM, "out of memory");
-        m->klen = kl;
-        int32_t *v = realloc(m->val, cap * sizeof *v);
-        if (!v) return tk_fail(MTR_ENOMEM, "out of memory");
-        m->val = v;
-        m->cap = cap;
-    }
+    if ((rc = strmap_ent_reserve(m, m->n + 1))) return rc;
     uint32_t off = (uint32_t)m->pool.n;
     if ((rc = tk_buf_put(&m->pool, k, klen))) return rc;
-    m->koff[m->n] = off;
-    m->klen[m->n] = (uint32_t)klen;
-    m->val[m->n] = val;
-    m->slot[h] = (uint32_t)++m->n;
+    m->ent[m->n].koff = off;
+    m->ent[m->n].klen = (uint32_t)klen;
+    m->ent[m->n].val = val;
+    m->slot[h] = tag | ((uint64_t)m->n + 1);
+    *idx = m->n++;
+    *found = false;
     return 0;
+}
+
+int tk_strmap_put_h(tk_strmap *m, const char *k, size_t klen, uint64_t hv, int32_t val)
+{
+    size_t i;
+    bool found;
+    int rc = strmap_upsert(m, k, klen, hv, val, &i, &found);
+    if (!rc && found) m->ent[i].val = val;
+    return rc;
+}
+
+int tk_strmap_add_h(tk_strmap *m, const char *k, size_t klen, uint64_t hv, int32_t val, int32_t *old)
+{
+    size_t i;
+    bool found;
+    int rc = strmap_upsert(m, k, klen, hv, val, &i, &found);
+    if (!rc) *old = found ? m->ent[i].val : -1;
+    return rc;
+}
+
+int tk_strmap_put(tk_strmap *m, const char *k, size_t klen, int32_t val)
+{
+    return tk_strmap_put_h(m, k, klen, tk_hash_bytes(k, klen), val);
+}
+
+int tk_strmap_add(tk_strmap *m, const char *k, size_t klen, int32_t val, int32_t *old)
+{
+    return tk_strmap_add_h(m, k, klen, tk_hash_bytes(k, klen), val, old);
 }
 
 static void strmap_clear(tk_strmap *m)
@@ -114,67 +223,91 @@ static void strmap_clear(tk_strmap *m)
 void tk_strmap_free(tk_strmap *m)
 {
     free(m->slot);
-    free(m->koff);
-    free(m->klen);
-    free(m->val);
+    free(m->ent);
     tk_buf_free(&m->pool);
     memset(m, 0, sizeof *m);
 }
 
 /* ---- pairs ----------------------------------------------------------------------------------------------- */
 
+/* Keys are stored plus one so that an empty slot is zero and a new table is calloc's untouched pages */
+#define PAIR_KEY(a, b) (((uint64_t)(uint32_t)(a) << 32 | (uint32_t)(b)) + 1)
+
+static int pairmap_alloc(tk_pairmap *m, size_t cap)
+{
+    tk_pairent *e = calloc(cap, sizeof *e);
+    if (!e) return tk_fail(MTR_ENOMEM, "out of memory");
+    m->e = e;
+    m->mask = cap - 1;
+    return 0;
+}
+
 int tk_pairmap_init(tk_pairmap *m, size_t expected)
 {
     size_t cap = 1024;
     while (cap < 2 * expected + 2) cap *= 2;
-    m->key = malloc(cap * sizeof *m->key);
-    m->rank = malloc(cap * sizeof *m->rank);
-    m->id = malloc(cap * sizeof *m->id);
-    if (!m->key || !m->rank || !m->id) return tk_fail(MTR_ENOMEM, "out of memory");
-    memset(m->key, 0xff, cap * sizeof *m->key);
-    m->mask = cap - 1;
+    free(m->e);
+    m->e = NULL;
     m->n = 0;
-    return 0;
+    return pairmap_alloc(m, cap);
 }
 
 int tk_pairmap_put(tk_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t id)
 {
-    if ((m->n + 1) * 2 > m->mask + 1) return tk_fail(MTR_EFORMAT, "more merges than announced");
-    uint64_t k = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    int rc;
+    if (!m->e && (rc = tk_pairmap_init(m, 0))) return rc;
+    if ((m->n + 1) * 2 > m->mask + 1) { /* more than announced: double */
+        tk_pairmap old = *m;
+        if ((rc = pairmap_alloc(m, 2 * (old.mask + 1)))) {
+            *m = old;
+            return rc;
+        }
+        for (size_t i = 0; i <= old.mask; i++) {
+            if (!old.e[i].key) continue;
+            size_t h = (size_t)mix64(old.e[i].key) & m->mask;
+            while (m->e[h].key) h = (h + 1) & m->mask;
+            m->e[h] = old.e[i];
+        }
+        free(old.e);
+    }
+    uint64_t k = PAIR_KEY(a, b);
     size_t h = (size_t)mix64(k) & m->mask;
-    while (m->key[h] != UINT64_MAX) {
-        if (m->key[h] == k) return 0; /* a repeated merge keeps its first (lowest) rank */
+    while (m->e[h].key) {
+        if (m->e[h].key == k) return 0; /* a repeated merge keeps its first (lowest) rank */
         h = (h + 1) & m->mask;
     }
-    m->key[h] = k;
-    m->rank[h] = rank;
-    m->id[h] = id;
+    m->e[h].key = k;
+    m->e[h].rank = rank;
+    m->e[h].id = id;
     m->n++;
     return 0;
 }
 
+void tk_pairmap_prefetch(const tk_pairmap *m, int32_t a, int32_t b)
+{
+    if (m->e) __builtin_prefetch(&m->e[(size_t)mix64(PAIR_KEY(a, b)) & m->mask], 1);
+}
+
 bool tk_pairmap_get(const tk_pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *id)
 {
-    if (!m->key) return false;
-    uint64_t k = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    if (!m->e) return false;
+    uint64_t k = PAIR_KEY(a, b);
     size_t h = (size_t)mix64(k) & m->mask;
     for (;;) {
-        uint64_t x = m->key[h];
-        if (x == k) {
-            *rank = m->rank[h];
-            *id = m->id[h];
+        const tk_pairent *e = &m->e[h];
+        if (e->key == k) {
+            *rank = e->rank;
+            *id = e->id;
             return true;
         }
-        if (x == UINT64_MAX) return false;
+        if (!e->key) return false;
         h = (h + 1) & m->mask;
     }
 }
 
 void tk_pairmap_free(tk_pairmap *m)
 {
-    free(m->key);
-    free(m->rank);
-    free(m->id);
+    free(m->e);
     memset(m, 0, sizeof *m);
 }
 

@@ -54,32 +54,107 @@ int tk_utf8_lossy(tk_buf *b, const char *s, size_t n);
 
 /* bytes -> int32, keys copied into a pool */
 typedef struct {
-    uint32_t *slot;  /* (mask + 1) entry index + 1, 0 = empty */
+    uint32_t koff, klen; /* key bytes in the pool */
+    int32_t val;
+} tk_strent;
+
+typedef struct {
+    uint64_t *slot;  /* (mask + 1) upper 32 bits of the key's hash << 32 | entry index + 1; 0 = empty */
     size_t mask;
-    uint32_t *koff;  /* (n) key offset in pool */
-    uint32_t *klen;  /* (n) */
-    int32_t *val;    /* (n) */
+    tk_strent *ent;  /* (n) */
     size_t n, cap;
     tk_buf pool;
 } tk_strmap;
 
+/* Room for n entries and pool_bytes of keys without rehashing (a hint: more may still be put). */
+int tk_strmap_reserve(tk_strmap *m, size_t n, size_t pool_bytes);
 int tk_strmap_put(tk_strmap *m, const char *k, size_t klen, int32_t val); /* replaces an existing value */
+/* Insert k -> val unless k is present; *old gets the present value or -1 when k was inserted. */
+int tk_strmap_add(tk_strmap *m, const char *k, size_t klen, int32_t val, int32_t *old);
 int32_t tk_strmap_get(const tk_strmap *m, const char *k, size_t klen);    /* -1 if absent */
+/* val[i] = tk_strmap_get(m, k[i], klen[i]) for n keys, the memory of all fetched before any compare: much faster
+ * than n single lookups in a table larger than the caches. */
+#define TK_MAP_BATCH 128
+void tk_strmap_get_many(const tk_strmap *m, const char *const *k, const uint32_t *klen, int32_t *val, size_t n);
+/* Start fetching the slot of k for an insert or lookup soon after; returns the hash of k for the _h calls. */
+uint64_t tk_strmap_prefetch(const tk_strmap *m, const char *k, size_t klen);
+/* tk_strmap_put / tk_strmap_add with hv = tk_hash_bytes(k, klen) already computed */
+int tk_strmap_put_h(tk_strmap *m, const char *k, size_t klen, uint64_t hv, int32_t val);
+int tk_strmap_add_h(tk_strmap *m, const char *k, size_t klen, uint64_t hv, int32_t val, int32_t *old);
 void tk_strmap_free(tk_strmap *m);
 uint64_t tk_hash_bytes(const void *p, size_t n);
 
 /* (left id, right id) -> (rank, merged id) */
 typedef struct {
-    uint64_t *key; /* (mask + 1) left << 32 | right, UINT64_MAX = empty */
-    int32_t *rank;
-    int32_t *id;
+    uint64_t key;  /* (left << 32 | right) + 1, 0 = empty */
+    int32_t rank;
+    int32_t id;
+} tk_pairent;
+
+typedef struct {
+    tk_pairent *e; /* (mask + 1) */
     size_t mask, n;
 } tk_pairmap;
 
 int tk_pairmap_init(tk_pairmap *m, size_t expected);
 int tk_pairmap_put(tk_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t id); /* keeps the first rank */
+void tk_pairmap_prefetch(const tk_pairmap *m, int32_t a, int32_t b); /* before a put or get of (a, b) */
 bool tk_pairmap_get(const tk_pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *id);
 void tk_pairmap_free(tk_pairmap *m);
+
+/* ---- JSON scanner (tokenizer_json.c) --------------------------------------------------------------------- */
+
+/* A strict JSON scanner over a document in memory, for the bulk sections of tokenizer.json (model.vocab,
+ * model.merges). It accepts what jansson accepts with JSON_ALLOW_NUL (escapes, \uXXXX with surrogate pairs,
+ * valid UTF-8, no raw control characters in strings) and fails with MTR_EFORMAT naming the line and byte
+ * offset in the document. Offsets are absolute: p is the whole document, n where scanning must stop. */
+typedef struct {
+    const char *p;    /* the document */
+    size_t n;         /* end of the scanned region (bytes of p) */
+    size_t i;         /* current offset */
+    const char *name; /* document name for messages */
+} tk_js;
+
+/* Record "name: line L, byte B: what" for mtr_tok_errmsg(); returns MTR_EFORMAT. */
+int tk_js_fail(const tk_js *s, size_t at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Skip JSON whitespace. */
+static inline void tk_js_ws(tk_js *s)
+{
+    while (s->i < s->n && (s->p[s->i] == ' ' || s->p[s->i] == '\n' || s->p[s->i] == '\r' || s->p[s->i] == '\t'))
+        s->i++;
+}
+/* Skip whitespace, then require the character c and step over it. */
+int tk_js_expect(tk_js *s, char c);
+/* After a member or element: skip whitespace, then ',' (*more = true) or close (*more = false). */
+int tk_js_next(tk_js *s, char close, bool *more);
+/* Skip whitespace; if close follows, step over it and set *empty (an empty object or array). */
+void tk_js_empty(tk_js *s, char close, bool *empty);
+/* A string after optional whitespace. *str points into the document when the string has no escapes, else into
+ * scratch (replaced); *len is its decoded length (it may contain NUL bytes from \u0000). */
+int tk_js_string(tk_js *s, tk_buf *scratch, const char **str, size_t *len);
+/* A number after optional whitespace. *is_int is false for a fraction or exponent, or beyond int64 (then *v
+ * saturates). */
+int tk_js_number(tk_js *s, int64_t *v, bool *is_int);
+/* Step over one value after optional whitespace without checking its content (whoever parses the span checks
+ * it): strings and brackets are matched. *count gets the number of members or elements of an object or array
+ * (exact for valid JSON), *depth the deepest bracket nesting (0 for a scalar). */
+int tk_js_skip(tk_js *s, size_t *count, size_t *depth);
+
+/* A value's place in the document */
+typedef struct {
+    size_t off, len; /* bytes of the document */
+    size_t count;    /* members or elements */
+    bool set;
+} tk_js_span;
+
+/* tk_js_split() result when the document is not a JSON object (or nests deeper than the scanner walks): parse
+ * it whole with jansson. */
+#define TK_JS_WHOLE 1
+
+/* Parse tokenizer.json (n bytes) into a jansson tree of everything except model.vocab and model.merges, whose
+ * spans are returned for the scanner (unset when absent or not an object/array; then the tree has them).
+ * Returns 0, TK_JS_WHOLE, or MTR_EFORMAT / MTR_ENOMEM with the detail naming line and byte. */
+int tk_js_split(json_t **root, tk_js_span *vocab, tk_js_span *merges, const char *doc, size_t n);
 
 /* ---- regex (PCRE2, UTF + UCP, JIT) ----------------------------------------------------------------------- */
 
@@ -207,6 +282,7 @@ typedef struct {
 struct mtr_tok {
     tk_model model;
     size_t n_ids;           /* vocab size including added tokens */
+    size_t ids_cap;         /* allocated length of tok_off and special */
     int64_t *tok_off;       /* (n_ids) offset of the token spelling in tok_pool, -1 if the id has none */
     tk_buf tok_pool;        /* NUL-separated spellings */
     bool *special;          /* (n_ids) */
@@ -234,6 +310,10 @@ struct mtr_tok {
     tk_buf pre_buf[2];
     tk_spans pieces, pieces_tmp;
 };
+
+/* mtr_tok_load_buffers() with a choice of parser: whole = true parses all of tokenizer.json with jansson (the
+ * reference for the scanner path, which the default false takes). */
+int tk_load_buffers(mtr_tok **out, const char *json, size_t len, const char *config, size_t config_len, bool whole);
 
 /* ---- Jinja (tokenizer_jinja.c) --------------------------------------------------------------------------- */
 

@@ -129,6 +129,10 @@ typedef struct {
     int line;
 } toks;
 
+/* doubles that convert to json_int_t without overflow */
+static bool in_int_range(double x) { return x > -9.2e18 && x < 9.2e18; }
+static json_int_t to_int(double x) { return in_int_range(x) ? (json_int_t)x : x < 0 ? INT64_MIN : x > 0 ? INT64_MAX : 0; }
+
 static int lex(toks *ts, const char *s, int line)
 {
     size_t cap = 16;
@@ -185,7 +189,7 @@ static int lex(toks *ts, const char *s, int line)
                 rc = tk_buf_put(&b, &x, 1);
                 j++;
             }
-            if (!rc && !b.p) rc = tk_buf_reserve(&b, 0);
+            if (!rc && !b.p && !(rc = tk_buf_reserve(&b, 0))) b.p[0] = '\0'; /* '' is a string too */
             if (rc) return rc;
             if (!s[j]) {
                 tk_buf_free(&b);
@@ -359,7 +363,8 @@ static node *parse_primary(pstate *p)
     if (t->kind == T_STR || t->kind == T_NUM) {
         if (!(n = mk(p, N_LIT))) return NULL;
         n->lit = t->kind == T_STR ? json_stringn(t->s, t->n)
-                                  : (t->is_int ? json_integer((json_int_t)t->num) : json_real(t->num));
+                                  : (t->is_int && in_int_range(t->num) ? json_integer((json_int_t)t->num)
+                                                                       : json_real(t->num));
         p->ts.pos++;
         /* adjacent string literals concatenate */
         while (t->kind == T_STR && peek(p)->kind == T_STR) {
@@ -1190,7 +1195,7 @@ static int eval_filter(renv *e, const node *n, json_t **out)
     } else if (!strcmp(f, "safe") || !strcmp(f, "e") || !strcmp(f, "escape")) {
         *out = v ? json_incref(v) : NULL;
     } else if (!strcmp(f, "int")) {
-        *out = json_integer(json_is_number(v) ? (json_int_t)json_number_value(v)
+        *out = json_integer(json_is_number(v) ? to_int(json_number_value(v))
                                                : json_is_string(v) ? strtoll(json_string_value(v), NULL, 10) : 0);
     } else {
         rc = rerr(n, "filter '%s' is not supported", f);
@@ -1350,18 +1355,20 @@ static int eval_bin(renv *e, const node *n, json_t **out)
     } else if (json_is_number(l) && json_is_number(r)) {
         bool ints = json_is_integer(l) && json_is_integer(r);
         double x = json_number_value(l), y = json_number_value(r);
-        json_int_t xi = ints ? json_integer_value(l) : 0, yi = ints ? json_integer_value(r) : 0;
+        json_int_t xi = ints ? json_integer_value(l) : 0, yi = ints ? json_integer_value(r) : 0, zi;
         switch (op[0]) {
-        case '+': *out = ints ? json_integer(xi + yi) : json_real(x + y); break;
-        case '-': *out = ints ? json_integer(xi - yi) : json_real(x - y); break;
-        case '*': *out = ints ? json_integer(xi * yi) : json_real(x * y); break;
+        /* integers that overflow 64 bits become reals (Python's would grow) */
+        case '+': *out = ints && !__builtin_add_overflow(xi, yi, &zi) ? json_integer(zi) : json_real(x + y); break;
+        case '-': *out = ints && !__builtin_sub_overflow(xi, yi, &zi) ? json_integer(zi) : json_real(x - y); break;
+        case '*': *out = ints && !__builtin_mul_overflow(xi, yi, &zi) ? json_integer(zi) : json_real(x * y); break;
         case '/':
             if (y == 0) { rc = rerr(n, "division by zero"); break; }
-            *out = op[1] == '/' && ints ? json_integer((json_int_t)floor(x / y)) : op[1] == '/' ? json_real(floor(x / y)) : json_real(x / y);
+            *out = op[1] == '/' && ints && in_int_range(floor(x / y)) ? json_integer((json_int_t)floor(x / y))
+                   : op[1] == '/' ? json_real(floor(x / y)) : json_real(x / y);
             break;
         case '%':
             if (y == 0) { rc = rerr(n, "division by zero"); break; }
-            *out = ints ? json_integer(((xi % yi) + yi) % yi) : json_real(fmod(x, y));
+            *out = ints ? json_integer(yi == -1 ? 0 : ((xi % yi) + yi) % yi) : json_real(fmod(x, y));
             break;
         case '<': *out = json_boolean(op[1] == '=' ? x <= y : x < y); break;
         case '>': *out = json_boolean(op[1] == '=' ? x >= y : x > y); break;

