@@ -37,6 +37,10 @@ struct mtr_session {
     float *ge, *ue;          /* (max_batch * top_k, moe_intermediate) */
     float *mg, *mu;          /* (max_batch, max(intermediate, shared intermediate)) */
     float *rope_cos, *rope_sin; /* (max_batch, head_dim / 2) */
+    uint32_t *pos;           /* (max_batch) rotary position of each token of the batch */
+    uint32_t *key0;          /* (max_batch) first cache index the token may attend to (its sequence's start) */
+    uint32_t *tasks;         /* (max_batch, 3) attention query blocks: first token, end, first key */
+    uint32_t n_qblocks;
     float *route_scratch;    /* (nt, n_experts) */
     float **wbuf;            /* (nt) widened weight rows */
     size_t wbuf_floats;
@@ -103,21 +107,33 @@ static void gemm_rows(float *Y, size_t ldy, const float *X, size_t ldx, uint32_t
     }
 }
 
-/* Y (n, W->rows) = X (n, W->cols) W^T, split over threads by blocks of weight rows. The blocks depend on the
- * matrix only, never on the thread count, so every output element is computed by the same sgemm call shape and
- * the results are identical for any number of threads. */
+/* Y (n, W->rows) = X (n, W->cols) W^T over the threads. Many tokens: blocks of T_BLOCK token rows, each against
+ * the whole weight (OpenBLAS packs each weight panel once per block and the activations once); few tokens
+ * (decoding): blocks of weight rows. The blocks depend on the shapes only, never on the thread count, so every
+ * output element comes from the same sgemm call shape and results are identical for any number of threads. */
+#define T_BLOCK 256u
 static void linear(mtr_session *s, float *Y, const float *X, uint32_t n, const mtr_mat *W)
 {
-    const uint32_t rows = W->rows;
+    const uint32_t rows = W->rows, cols = W->cols;
+    s->st.flops += 2.0 * n * rows * cols;
+    if (n >= T_BLOCK / 2) {
+        const uint32_t nb = (n + T_BLOCK - 1) / T_BLOCK;
+#pragma omp parallel for num_threads(s->nt) schedule(dynamic, 1) if (nb > 1 && s->nt > 1)
+        for (uint32_t b = 0; b < nb; b++) {
+            uint32_t t0 = b * T_BLOCK, tn = n - t0 < T_BLOCK ? n - t0 : T_BLOCK;
+            gemm_rows(Y + (size_t)t0 * rows, rows, X + (size_t)t0 * cols, cols, tn, W, 0, rows,
+                      s->wbuf[omp_get_thread_num()], s->wbuf_floats);
+        }
+        return;
+    }
     uint32_t chunk = (rows + 7) / 8;
     chunk = (chunk + 15) / 16 * 16;
     if (chunk < 64) chunk = 64;
     const uint32_t nb = (rows + chunk - 1) / chunk;
-    s->st.flops += 2.0 * n * rows * W->cols;
 #pragma omp parallel for num_threads(s->nt) schedule(dynamic, 1) if (nb > 1 && s->nt > 1)
     for (uint32_t b = 0; b < nb; b++) {
         uint32_t r0 = b * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
-        gemm_rows(Y, rows, X, W->cols, n, W, r0, r1, s->wbuf[omp_get_thread_num()], s->wbuf_floats);
+        gemm_rows(Y, rows, X, cols, n, W, r0, r1, s->wbuf[omp_get_thread_num()], s->wbuf_floats);
     }
 }
 
@@ -131,6 +147,10 @@ static void add_bias(float *Y, const float *b, uint32_t n, uint32_t d)
 /* HF RMSNorm: x * rsqrt(mean(x^2) + eps) in f32, cast to the model dtype, then times the weight. */
 static void rmsnorm(float *out, const float *in, const float *w, uint32_t d, double eps, mtr_dtype dt)
 {
+    if (dt == MTR_DTYPE_F32) {
+        mtr_mk_rmsnorm(out, in, w, d, (float)eps);
+        return;
+    }
     float ss = 0;
     for (uint32_t j = 0; j < d; j++) ss += in[j] * in[j];
     float r = 1.f / sqrtf(ss / (float)d + (float)eps);
@@ -189,6 +209,9 @@ int mtr_session_create(mtr_session **out, const mtr_model *m, uint32_t max_token
                                                                          : c->shared_expert_intermediate_size;
     ALLOC(s->mg, B * mi);
     ALLOC(s->mu, B * mi);
+    ALLOC(s->pos, B);
+    ALLOC(s->key0, B);
+    ALLOC(s->tasks, 3 * B);
     ALLOC(s->rope_cos, B * c->head_dim / 2);
     ALLOC(s->rope_sin, B * c->head_dim / 2);
     ALLOC(s->route_scratch, (size_t)s->nt * E);
@@ -217,6 +240,9 @@ void mtr_session_destroy(mtr_session *s)
                       &s->route_scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     free(s->sel);
+    free(s->pos);
+    free(s->key0);
+    free(s->tasks);
     free(s->cnt);
     free(s->off);
     free(s->slot_tok);
@@ -257,7 +283,8 @@ static void rope_tables(mtr_session *s, uint32_t n)
     const uint32_t half = c->head_dim / 2;
     float dyn[2048]; /* head_dim <= 4096 (config.json is checked) */
     const float *inv = m->inv_freq;
-    uint32_t seq_len = s->len + n;
+    uint32_t seq_len = 0;
+    for (uint32_t t = 0; t < n; t++) seq_len = s->pos[t] + 1 > seq_len ? s->pos[t] + 1 : seq_len;
     if (c->rope_type == MTR_ROPE_DYNAMIC && seq_len > c->rope_orig_max_pos) {
         /* transformers recomputes the base for the longest position of the call */
         double f = c->rope_factor, dim = c->head_dim;
@@ -266,7 +293,7 @@ static void rope_tables(mtr_session *s, uint32_t n)
         inv = dyn;
     }
     for (uint32_t t = 0; t < n; t++) {
-        float pos = (float)(s->len + t);
+        float pos = (float)s->pos[t];
         for (uint32_t i = 0; i < half; i++) {
             float a = pos * inv[i];
             s->rope_cos[(size_t)t * half + i] = round_dt(cosf(a) * m->attn_factor, c->dtype);
@@ -332,36 +359,46 @@ static void attention(mtr_session *s, uint32_t l, uint32_t n)
             memcpy(s->kc + dst, s->k + (size_t)t * kd + (size_t)h * hd, hd * sizeof(float));
             memcpy(s->vc + dst, s->v + (size_t)t * kd + (size_t)h * hd, hd * sizeof(float));
         }
-    const uint32_t nqb = (n + Q_BLOCK - 1) / Q_BLOCK, group = nh / nkv;
+    const uint32_t nqb = s->n_qblocks, group = nh / nkv;
     const float scale = 1.f / sqrtf((float)hd);
     const uint32_t win = c->sliding_window;
     const uint32_t len0 = s->len;
-    s->st.flops += 4.0 * nh * hd * (double)n * (len0 + (n + 1) / 2.0);
+    for (uint32_t t = 0; t < n; t++) s->st.flops += 4.0 * nh * hd * (double)(len0 + t + 1 - s->key0[t]);
 #pragma omp parallel for num_threads(s->nt) schedule(dynamic, 1)
     for (uint32_t task = 0; task < nh * nqb; task++) {
         uint32_t h = task / nqb, qb = task % nqb, kvh = h / group;
-        uint32_t q0 = qb * Q_BLOCK, q1 = q0 + Q_BLOCK < n ? q0 + Q_BLOCK : n, qn = q1 - q0;
-        uint32_t L_keys = len0 + q1; /* keys 0 .. position of the last query */
+        const uint32_t *tk = s->tasks + 3 * (size_t)qb;
+        uint32_t q0 = tk[0], q1 = tk[1], k0 = tk[2], qn = q1 - q0;
+        uint32_t n_keys = len0 + q1 - k0; /* cache indices k0 .. that of the last query */
         float *S = s->sbuf[omp_get_thread_num()];
-        const float *K = s->kc + lay + (size_t)kvh * s->max_tokens * hd, *V = s->vc + lay + (size_t)kvh * s->max_tokens * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)qn, (int)L_keys, (int)hd, 1.f,
-                    s->q + (size_t)q0 * qd + (size_t)h * hd, (int)qd, K, (int)hd, 0.f, S, (int)L_keys);
+        const size_t kv_off = lay + (size_t)kvh * s->max_tokens * hd + (size_t)k0 * hd;
+        const float *K = s->kc + kv_off, *V = s->vc + kv_off;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)qn, (int)n_keys, (int)hd, 1.f,
+                    s->q + (size_t)q0 * qd + (size_t)h * hd, (int)qd, K, (int)hd, 0.f, S, (int)n_keys);
         for (uint32_t i = 0; i < qn; i++) {
-            float *row = S + (size_t)i * L_keys;
-            uint32_t pos = len0 + q0 + i, lo = win && pos + 1 > win ? pos + 1 - win : 0;
+            float *row = S + (size_t)i * n_keys;
+            /* visible keys, relative to k0: the token's own sequence up to itself, within the sliding window */
+            uint32_t self = len0 + q0 + i - k0, pos = s->pos[q0 + i];
+            uint32_t lo = win && pos + 1 > win ? self - (win - 1) : 0;
+            if (dt == MTR_DTYPE_F32) {
+                mtr_mk_softmax(row + lo, self + 1 - lo, scale);
+                for (uint32_t j = 0; j < lo; j++) row[j] = 0;
+                for (uint32_t j = self + 1; j < n_keys; j++) row[j] = 0;
+                continue;
+            }
             float mx = -INFINITY;
-            for (uint32_t j = lo; j <= pos; j++) {
+            for (uint32_t j = lo; j <= self; j++) {
                 row[j] = round_dt(round_dt(row[j], dt) * scale, dt);
                 mx = row[j] > mx ? row[j] : mx;
             }
             float sum = 0;
-            for (uint32_t j = lo; j <= pos; j++) sum += row[j] = expf(row[j] - mx);
+            for (uint32_t j = lo; j <= self; j++) sum += row[j] = expf(row[j] - mx);
             float inv = 1.f / sum;
             for (uint32_t j = 0; j < lo; j++) row[j] = 0;
-            for (uint32_t j = lo; j <= pos; j++) row[j] = round_dt(row[j] * inv, dt);
-            for (uint32_t j = pos + 1; j < L_keys; j++) row[j] = 0;
+            for (uint32_t j = lo; j <= self; j++) row[j] = round_dt(row[j] * inv, dt);
+            for (uint32_t j = self + 1; j < n_keys; j++) row[j] = 0;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)qn, (int)hd, (int)L_keys, 1.f, S, (int)L_keys, V,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)qn, (int)hd, (int)n_keys, 1.f, S, (int)n_keys, V,
                     (int)hd, 0.f, s->att + (size_t)q0 * qd + (size_t)h * hd, (int)qd);
     }
     round_buf(s->att, (size_t)n * qd, dt);
@@ -380,8 +417,10 @@ static void dense_mlp(mtr_session *s, float *out, const float *x, uint32_t n, co
     const size_t NI = g->rows;
     linear(s, s->mg, x, n, g);
     linear(s, s->mu, x, n, u);
-    for (size_t i = 0; i < (size_t)n * NI; i++)
-        s->mg[i] = round_dt(round_dt(silu(round_dt(s->mg[i], dt)), dt) * round_dt(s->mu[i], dt), dt);
+    if (dt == MTR_DTYPE_F32) mtr_mk_silu_mul(s->mg, s->mu, (size_t)n * NI);
+    else
+        for (size_t i = 0; i < (size_t)n * NI; i++)
+            s->mg[i] = round_dt(round_dt(silu(round_dt(s->mg[i], dt)), dt) * round_dt(s->mu[i], dt), dt);
     linear(s, out, s->mg, n, d);
     round_buf(out, (size_t)n * d->rows, dt);
 }
@@ -445,8 +484,10 @@ static void moe(mtr_session *s, uint32_t l, uint32_t n)
         float *g = s->ge + (size_t)r0 * NI, *u = s->ue + (size_t)r0 * NI;
         gemm_rows(g, NI, s->xe + (size_t)r0 * H, H, rn, &L->e_gate[e], 0, NI, wb, s->wbuf_floats);
         gemm_rows(u, NI, s->xe + (size_t)r0 * H, H, rn, &L->e_up[e], 0, NI, wb, s->wbuf_floats);
-        for (size_t k = 0; k < (size_t)rn * NI; k++)
-            g[k] = round_dt(round_dt(silu(round_dt(g[k], dt)), dt) * round_dt(u[k], dt), dt);
+        if (dt == MTR_DTYPE_F32) mtr_mk_silu_mul(g, u, (size_t)rn * NI);
+        else
+            for (size_t k = 0; k < (size_t)rn * NI; k++)
+                g[k] = round_dt(round_dt(silu(round_dt(g[k], dt)), dt) * round_dt(u[k], dt), dt);
         gemm_rows(s->ye + (size_t)r0 * H, H, g, NI, rn, &L->e_down[e], 0, H, wb, s->wbuf_floats);
     }
     /* combine per token in increasing expert order, as index_add_ over the expert loop does */
@@ -504,6 +545,34 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
         if (ids[t] < 0 || (uint32_t)ids[t] >= c->vocab_size)
             return mtr_fail(MTR_EINVAL, "forward: token id %d at %u is outside the vocabulary of %u", ids[t], t,
                             c->vocab_size);
+    /* positions, visible key ranges and attention query blocks (never across a sequence boundary) */
+    const bool packed = io.n_seqs > 1;
+    if (packed) {
+        if (s->len != 0) return mtr_fail(MTR_EINVAL, "forward: a packed batch needs an empty session");
+        uint64_t total = 0;
+        for (uint32_t q = 0; q < io.n_seqs; q++) {
+            if (!io.seq_lens || io.seq_lens[q] == 0) return mtr_fail(MTR_EINVAL, "forward: packed sequence %u is empty", q);
+            total += io.seq_lens[q];
+        }
+        if (total != n)
+            return mtr_fail(MTR_EINVAL, "forward: packed lengths sum to %llu, the batch has %u tokens",
+                            (unsigned long long)total, n);
+    }
+    s->n_qblocks = 0;
+    for (uint32_t q = 0, start = 0; start < n; q++) {
+        uint32_t len = packed ? io.seq_lens[q] : n;
+        for (uint32_t t = 0; t < len; t++) {
+            s->pos[start + t] = packed ? t : s->len + start + t;
+            s->key0[start + t] = packed ? start : 0;
+        }
+        for (uint32_t b = 0; b < len; b += Q_BLOCK) {
+            uint32_t *tk = s->tasks + 3 * (size_t)s->n_qblocks++;
+            tk[0] = start + b;
+            tk[1] = start + (b + Q_BLOCK < len ? b + Q_BLOCK : len);
+            tk[2] = packed ? start : 0;
+        }
+        start += len;
+    }
     uint32_t stop = c->n_layers;
     bool router_only_last = false;
     if (io.stop_after_layer && io.stop_after_layer < stop) stop = io.stop_after_layer;
@@ -543,7 +612,7 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
         for (size_t i = 0; i < (size_t)n * H; i++) s->h[i] = round_dt(s->h[i] + s->tmp[i], dt);
         s->st.t_moe += omp_get_wtime() - tm;
     }
-    if (stop < c->n_layers) s->broken = true;
+    if (stop < c->n_layers || packed) s->broken = true;
     s->len += n;
     s->st.tokens += n;
     if (io.n_logits && io.logits) {

@@ -40,5 +40,10 @@ struct mtr_model {
     int n_threads;
 };
 
-/* Read a JSON file (config.json) with a one-line error naming it. *out is a new reference. */
+/* f32 element kernels (model_kernels.c, vectorised): softmax of row (n) scaled by scale, in place; RMSNorm of in
+ * (d) times w into out (may alias in); g (n) = silu(g) * u. */
+void mtr_mk_softmax(float *row, uint32_t n, float scale);
+void mtr_mk_rmsnorm(float *out, const float *in, const float *w, uint32_t d, float eps);
+void mtr_mk_silu_mul(float *g, const float *u, size_t n);
+
 #endif

@@ -169,11 +169,15 @@ typedef struct {
                                 set and logits is not) */
     const mtr_steer *steer;  /* applied to the router logits of its target layers before top-k, or NULL */
     uint64_t *steer_rng;     /* splitmix64 state for gaussian eps (seed it with steer->seed), or NULL */
+    const uint32_t *seq_lens; /* packed prefill: the batch is n_seqs independent sequences of these lengths
+                                 (summing to n), each from position 0, attending only within itself; needs
+                                 an empty session and leaves it unable to continue (reset it) */
+    uint32_t n_seqs;         /* 0 or 1: the batch continues the session's one sequence */
     uint32_t stop_after_layer; /* 0: automatic — all layers, except that a forward with router set and n_logits
                                   0 stops after the last MoE layer's router (the session then needs a reset);
                                   else run decoder layers [0, stop_after_layer) only */
 } mtr_forward_io;
-#define MTR_FORWARD_IO_INIT {NULL, NULL, 0, NULL, NULL, 0}
+#define MTR_FORWARD_IO_INIT {NULL, NULL, 0, NULL, NULL, NULL, 0, 0}
 
 /* Run ids (n tokens, positions continuing the session) through the model, appending their keys and values to the
  * cache. Errors: MTR_EINVAL (n == 0, n > max_batch, cache full, an id outside the vocabulary, n_logits > n, a

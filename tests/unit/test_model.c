@@ -371,6 +371,71 @@ START_TEST(test_steering_properties)
 }
 END_TEST
 
+/* A packed batch of the golden prompts (independent sequences in one forward) gives each prompt's golden router
+ * logits and final logits. */
+START_TEST(test_golden_packed)
+{
+    tiny list[32];
+    size_t n_models = list_tiny(list, 32);
+    for (size_t mi = 0; mi < n_models; mi++) {
+        mtr_model *m = NULL;
+        TU_OK(mtr_model_load(&m, list[mi].dir, NULL));
+        const mtr_model_config *c = mtr_model_get_config(m);
+        char gp[1100];
+        snprintf(gp, sizeof gp, "%s/golden.safetensors", list[mi].dir);
+        mtr_st *g = NULL;
+        TU_OK(mtr_st_open(&g, gp));
+        int32_t *ids[3];
+        uint32_t lens[3], total = 0;
+        for (int p = 0; p < 3; p++) {
+            char name[32];
+            snprintf(name, sizeof name, "prompt_%d", p);
+            size_t T = 0;
+            ids[p] = golden_ids(g, name, &T);
+            ck_assert_ptr_nonnull(ids[p]);
+            lens[p] = (uint32_t)T;
+            total += lens[p];
+        }
+        int32_t *all = malloc(total * sizeof *all);
+        for (uint32_t p = 0, at = 0; p < 3; at += lens[p], p++) memcpy(all + at, ids[p], lens[p] * sizeof *all);
+        const size_t rrow = (size_t)c->n_moe_layers * c->n_experts;
+        float *router = malloc(total * rrow * sizeof *router), *logits = malloc((size_t)total * c->vocab_size * 4);
+        mtr_session *s = NULL;
+        TU_OK(mtr_session_create(&s, m, 64, 64));
+        mtr_forward_io io = MTR_FORWARD_IO_INIT;
+        io.router = router;
+        io.logits = logits;
+        io.n_logits = total;
+        io.seq_lens = lens;
+        io.n_seqs = 3;
+        TU_OK(mtr_model_forward(s, all, total, &io));
+        /* the session cannot continue a packed batch */
+        ck_assert_int_eq(mtr_model_forward(s, all, 1, NULL), MTR_EINVAL);
+        const double tol = tolerance(m);
+        for (uint32_t p = 0, at = 0; p < 3; at += lens[p], p++) {
+            char name[32];
+            snprintf(name, sizeof name, "router_%u", p);
+            float *gr = golden_f32(g, name, NULL);
+            snprintf(name, sizeof name, "logits_%u", p);
+            float *gl = golden_f32(g, name, NULL);
+            double er = router_err(router + at * rrow, gr, lens[p], c->n_moe_layers, c->n_experts);
+            double el = rel_err(logits + (size_t)at * c->vocab_size, gl, (size_t)lens[p] * c->vocab_size);
+            ck_assert_msg(er <= tol && el <= tol, "%s packed prompt %u: router err %.3g, logits err %.3g",
+                          list[mi].name, p, er, el);
+            free(gr);
+            free(gl);
+        }
+        for (int p = 0; p < 3; p++) free(ids[p]);
+        free(all);
+        free(router);
+        free(logits);
+        mtr_session_destroy(s);
+        mtr_st_close(g);
+        mtr_model_destroy(m);
+    }
+}
+END_TEST
+
 /* Results do not depend on the number of threads. */
 START_TEST(test_threads_identical)
 {
@@ -503,6 +568,7 @@ int main(void)
     tcase_set_timeout(c, 600);
     tcase_add_test(c, test_golden_forward);
     tcase_add_test(c, test_golden_steering);
+    tcase_add_test(c, test_golden_packed);
     tcase_add_test(c, test_steering_properties);
     tcase_add_test(c, test_threads_identical);
     tcase_add_test(c, test_safetensors_errors);
