@@ -57,6 +57,7 @@ void run_help(void)
            "  --layers LIST          MoE layers to record, 1-based, e.g. 1-4,10 (default all)\n"
            "  --model-id ID          model id recorded in the trace (default config.json _name_or_path)\n"
            "  --steer FILE           apply a steering file (steer.h5 or its JSON twin) to the router logits\n"
+           "  --shard-bytes BYTES    start a new shard after this many stored bytes (K/M/G; default 1G)\n"
            "\n"
            "Generation:\n"
            "  --max-new N            new tokens at most (default 256)\n"
@@ -78,7 +79,7 @@ void run_help(void)
 enum {
     R_MODEL, R_CORPUS, R_OUT, R_MODE, R_FORMAT, R_DATASET, R_LANGS, R_LIMIT, R_CHAT, R_NO_CHAT, R_THINKING,
     R_PROMPTS, R_TEMPLATE, R_MAX_TOKENS, R_TRACE, R_RESUME, R_STORE, R_DTYPE, R_LAYERS, R_MODEL_ID, R_STEER,
-    R_MAX_NEW, R_STOP, R_THREADS, R_BATCH, R_SEED, R_NO_SYNC, R_QUIET, R_JSON, R_HELP
+    R_MAX_NEW, R_STOP, R_THREADS, R_BATCH, R_SEED, R_NO_SYNC, R_QUIET, R_JSON, R_HELP, R_SHARD_BYTES
 };
 
 static const cli_option run_options[] = {
@@ -92,6 +93,7 @@ static const cli_option run_options[] = {
     {"max-new", R_MAX_NEW, true},   {"stop", R_STOP, true},         {"threads", R_THREADS, true},
     {"batch", R_BATCH, true},       {"seed", R_SEED, true},         {"no-sync", R_NO_SYNC, false},
     {"quiet", R_QUIET, false},      {"json", R_JSON, false},        {"help", R_HELP, false},
+    {"shard-bytes", R_SHARD_BYTES, true},
 };
 
 typedef enum { MODE_CAPTURE, MODE_SCORE, MODE_GENERATE } run_mode;
@@ -106,7 +108,7 @@ typedef struct {
     run_mode mode;
     int chat; /* -1 auto */
     int thinking;
-    uint64_t limit, seed;
+    uint64_t limit, seed, shard_bytes;
     bool have_seed, resume, no_sync, quiet, json;
     uint32_t max_tokens, max_new, batch, threads;
     mtr_dtype dtype;
@@ -278,25 +280,31 @@ static int prefill(engine *e, const int32_t *ids, uint32_t n, bool want_router, 
     return 0;
 }
 
-/* The recorded layers of n tokens, as the writer takes them. */
-static const float *recorded(engine *e, uint32_t n)
+/* The recorded layers of n tokens whose router rows start at row first, as the writer takes them. */
+static const float *recorded(engine *e, size_t first, uint32_t n)
 {
     const mtr_model_config *c = e->cfg;
-    if (e->info.n_layers == c->n_moe_layers) return e->router;
+    const float *z = e->router + first * c->n_moe_layers * c->n_experts;
+    if (e->info.n_layers == c->n_moe_layers) return z;
     for (uint32_t t = 0; t < n; t++)
         for (uint32_t l = 0; l < e->info.n_layers; l++)
             memcpy(e->rec_buf + ((size_t)t * e->info.n_layers + l) * c->n_experts,
-                   e->router + ((size_t)t * c->n_moe_layers + e->rec[l]) * c->n_experts, c->n_experts * sizeof(float));
+                   z + ((size_t)t * c->n_moe_layers + e->rec[l]) * c->n_experts, c->n_experts * sizeof(float));
     return e->rec_buf;
+}
+
+static int record_at(engine *e, size_t first, uint64_t seq, const char *unit, const char *lang, const char *dataset,
+                     const int32_t *ids, const uint8_t *roles, uint32_t n)
+{
+    if (!e->w) return 0;
+    mtr_seq_meta meta = {seq, unit, lang, dataset, n, 0};
+    return mtr_writer_append(e->w, &meta, ids, NULL, roles, recorded(e, first, n), MTR_DTYPE_F32);
 }
 
 static int record(engine *e, uint64_t seq, const char *unit, const char *lang, const char *dataset,
                   const int32_t *ids, const uint8_t *roles, uint32_t n)
 {
-    if (!e->w) return 0;
-    mtr_seq_meta meta = {seq, unit, lang, dataset, n, 0};
-    int rc = mtr_writer_append(e->w, &meta, ids, NULL, roles, recorded(e, n), MTR_DTYPE_F32);
-    return rc;
+    return record_at(e, 0, seq, unit, lang, dataset, ids, roles, n);
 }
 
 static json_t *steer_json(const mtr_steer *s, const char *path)
@@ -331,6 +339,7 @@ static int open_writer(engine *e, const char *dir, bool resume)
     wo.store_topk = e->o.store_topk;
     wo.resume = resume;
     wo.sync = !e->o.no_sync;
+    if (e->o.shard_bytes) wo.shard_bytes = e->o.shard_bytes;
     wo.producer = "moetrace-capture run";
     json_t *cs = json_object();
     json_object_set_new(cs, "mode", json_string(e->o.mode == MODE_CAPTURE ? "capture" : e->o.mode == MODE_SCORE ? "score" : "generate"));
@@ -360,13 +369,61 @@ static int open_writer(engine *e, const char *dir, bool resume)
 
 /* ---- capture --------------------------------------------------------------------------------------------- */
 
+/* Items shorter than --batch are packed into one forward (each attends only within itself) until the batch is
+ * full; longer ones run alone in --batch chunks. */
+typedef struct {
+    size_t item;
+    uint32_t start, len;
+} packed_item;
+
+static int flush_packed(engine *e, const mtr_corpus *corpus, const packed_item *pk, size_t n_pk,
+                        const int32_t *ids, const uint8_t *roles, uint32_t *lens, uint64_t *written)
+{
+    if (n_pk == 0) return 0;
+    uint32_t total = pk[n_pk - 1].start + pk[n_pk - 1].len;
+    int rc;
+    if (n_pk == 1) rc = prefill(e, ids, total, true, 0);
+    else {
+        for (size_t q = 0; q < n_pk; q++) lens[q] = pk[q].len;
+        mtr_session_reset(e->sess);
+        mtr_forward_io io = MTR_FORWARD_IO_INIT;
+        io.router = e->router;
+        io.steer = e->steer;
+        io.steer_rng = e->steer ? &e->steer_rng : NULL;
+        io.seq_lens = lens;
+        io.n_seqs = (uint32_t)n_pk;
+        rc = mtr_model_forward(e->sess, ids, total, &io);
+        e->tokens += total;
+    }
+    if (rc) return fail_lib(e->o.corpus, rc);
+    for (size_t q = 0; q < n_pk; q++) {
+        const mtr_corpus_item *it = mtr_corpus_get(corpus, pk[q].item);
+        if ((rc = record_at(e, pk[q].start, pk[q].item, it->unit_id, it->lang, it->dataset, ids + pk[q].start,
+                            roles + pk[q].start, pk[q].len)))
+            return fail_lib(e->o.out, rc);
+        (*written)++;
+    }
+    return 0;
+}
+
 static int run_capture(engine *e, const mtr_corpus *corpus, json_t *summary)
 {
     size_t n = mtr_corpus_count(corpus);
     mtr_tok_ids ids = MTR_TOK_IDS_INIT;
     uint8_t *roles = NULL;
+    const uint32_t B = e->o.batch;
+    int32_t *pids = malloc((size_t)B * sizeof *pids);
+    uint8_t *proles = malloc(B);
+    packed_item *pk = malloc((size_t)B * sizeof *pk);
+    uint32_t *lens = malloc((size_t)B * sizeof *lens);
+    size_t n_pk = 0;
+    uint32_t used = 0;
     int rc = 0;
     uint64_t skipped = 0, written = 0;
+    if (!pids || !proles || !pk || !lens) {
+        rc = fail_lib(NULL, MTR_ENOMEM);
+        goto done;
+    }
     for (size_t i = 0; i < n; i++) {
         const mtr_corpus_item *it = mtr_corpus_get(corpus, i);
         if (mtr_writer_has_seq(e->w, i)) {
@@ -374,29 +431,47 @@ static int run_capture(engine *e, const mtr_corpus *corpus, json_t *summary)
             continue;
         }
         if ((rc = tokenize_item(e, &ids, &roles, it->text, it->messages, it->n_messages, false))) {
-            errorf(CMD, "%s: item %zu (line %zu): %s", e->o.corpus, i + 1, it->line, mtr_errmsg());
+            errorf(CMD, "%s: item %zu (line %zu): %s", e->o.corpus, i + 1, it->line, mtr_tok_errmsg());
+            rc = exit_code_for(rc);
             goto done;
         }
         uint32_t T = ids.n > e->o.max_tokens ? e->o.max_tokens : (uint32_t)ids.n;
         if (T < ids.n) e->n_truncated++;
         if (T == 0) continue;
-        if ((rc = prefill(e, ids.ids, T, true, 0))) {
-            fail_lib(e->o.corpus, rc);
-            goto done;
+        if (used + T > B) {
+            if ((rc = flush_packed(e, corpus, pk, n_pk, pids, proles, lens, &written))) goto done;
+            n_pk = 0;
+            used = 0;
         }
-        if ((rc = record(e, i, it->unit_id, it->lang, it->dataset, ids.ids, roles, T))) {
-            fail_lib(e->o.out, rc);
-            goto done;
+        if (T > B) { /* alone, in chunks */
+            if ((rc = prefill(e, ids.ids, T, true, 0))) {
+                rc = fail_lib(e->o.corpus, rc);
+                goto done;
+            }
+            if ((rc = record(e, i, it->unit_id, it->lang, it->dataset, ids.ids, roles, T))) {
+                rc = fail_lib(e->o.out, rc);
+                goto done;
+            }
+            written++;
+        } else {
+            memcpy(pids + used, ids.ids, T * sizeof *pids);
+            memcpy(proles + used, roles, T);
+            pk[n_pk++] = (packed_item){i, used, T};
+            used += T;
         }
-        written++;
         progress(e, i + 1, n, false);
     }
+    if ((rc = flush_packed(e, corpus, pk, n_pk, pids, proles, lens, &written))) goto done;
     progress(e, n, n, true);
     json_object_set_new(summary, "items_written", json_integer((json_int_t)written));
     json_object_set_new(summary, "items_skipped_resume", json_integer((json_int_t)skipped));
 done:
     mtr_tok_ids_free(&ids);
     free(roles);
+    free(pids);
+    free(proles);
+    free(pk);
+    free(lens);
     return rc;
 }
 
@@ -925,6 +1000,12 @@ static int parse_args(run_opts *o, int argc, char **argv)
             o->have_seed = true;
             break;
         case R_NO_SYNC: o->no_sync = true; break;
+        case R_SHARD_BYTES:
+            if (parse_bytes(&o->shard_bytes, v) || o->shard_bytes == 0) {
+                errorf(CMD, "--shard-bytes must be a positive byte count (K/M/G suffixes), not '%s'", v);
+                return EXIT_USAGE;
+            }
+            break;
         case R_QUIET: o->quiet = true; break;
         case R_JSON: o->json = true; break;
         default: break;

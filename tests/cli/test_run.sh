@@ -194,3 +194,30 @@ expect_exit 0 "capture 3 languages" "$CAP" run --model "$Q" --corpus "$CORPUS" -
 expect_exit 0 "reduce the capture" "$BIN/moetrace-reduce" "$WORK/r6" -o "$WORK/t6"
 n_div=$(grep -vc '^#' "$WORK/t6/div_from_en.tsv" 2>/dev/null)
 if [ "$n_div" -eq $((2 * n_moe)) ]; then ok "div_from_en: 2 languages x $n_moe layers"; else not_ok "div_from_en rows" "$n_div"; fi
+
+# a capture killed with SIGKILL mid-run, then resumed: every finished shard is kept, the run ends complete and valid
+$PY - "$CORPUS" "$WORK/big.jsonl" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+with open(sys.argv[2], "w", encoding="utf-8") as f:
+    for rep in range(12):
+        for r in rows:
+            f.write(json.dumps(dict(r, unit_id=f"{r['unit_id']}-{rep}"), ensure_ascii=False) + "\n")
+PYEOF
+total=$(wc -l <"$WORK/big.jsonl")
+"$CAP" run --model "$Q" --corpus "$WORK/big.jsonl" --out "$WORK/r8" --batch 64 --threads 1 --shard-bytes 64K \
+    --quiet >/dev/null 2>&1 &
+pid=$!
+sleep 1.5
+kill -9 "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+stored_before=$("$BIN/moetrace-info" --json "$WORK/r8" 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["n_sequences"])' 2>/dev/null || echo 0)
+expect_exit 0 "resume after SIGKILL" "$CAP" run --model "$Q" --corpus "$WORK/big.jsonl" --out "$WORK/r8" --resume \
+    --shard-bytes 64K --json
+skipped=$(sed -n 's/.*"items_skipped_resume": *\([0-9]*\).*/\1/p' "$WORK/out")
+if [ -n "$skipped" ] && [ "$skipped" -eq "${stored_before:-0}" ]; then
+    ok "resume kept the $skipped sequences finished before the kill"
+else not_ok "resume after kill" "skipped '$skipped', stored before '$stored_before'"; fi
+n_after=$("$BIN/moetrace-info" --json "$WORK/r8" | $PY -c 'import json,sys; print(json.load(sys.stdin)["n_sequences"])')
+if [ "$n_after" -eq "$total" ]; then ok "resumed run holds all $total sequences"; else not_ok "resumed run" "$n_after of $total"; fi
+expect_exit 0 "resumed run is valid (info --deep)" "$BIN/moetrace-info" --deep "$WORK/r8"
