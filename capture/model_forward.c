@@ -44,6 +44,7 @@ struct mtr_session {
     float *route_scratch;    /* (nt, n_experts) */
     float **wbuf;            /* (nt) widened weight rows */
     size_t wbuf_floats;
+    uint64_t bytes;          /* everything allocated for the session */
     float **sbuf;            /* (nt) attention scores (Q_BLOCK, max_tokens) */
     mtr_forward_stats st;
 };
@@ -161,11 +162,15 @@ static inline float silu(float x) { return x / (1.f + expf(-x)); }
 
 /* ---- sessions -------------------------------------------------------------------------------------------- */
 
-static void *zalloc(size_t n, size_t size) { return calloc(n > 0 ? n : 1, size); }
+static void *zalloc(uint64_t *bytes, size_t n, size_t size)
+{
+    *bytes += (uint64_t)(n > 0 ? n : 1) * size;
+    return calloc(n > 0 ? n : 1, size);
+}
 
-#define ALLOC(p, n)                                         \
-    do {                                                    \
-        if (!((p) = zalloc((size_t)(n), sizeof *(p)))) goto nomem; \
+#define ALLOC(p, n)                                                       \
+    do {                                                                  \
+        if (!((p) = zalloc(&s->bytes, (size_t)(n), sizeof *(p)))) goto nomem; \
     } while (0)
 
 int mtr_session_create(mtr_session **out, const mtr_model *m, uint32_t max_tokens, uint32_t max_batch)
@@ -272,6 +277,7 @@ int mtr_session_truncate(mtr_session *s, uint32_t n)
 }
 
 uint32_t mtr_session_length(const mtr_session *s) { return s->len; }
+uint64_t mtr_session_bytes(const mtr_session *s) { return s->bytes; }
 void mtr_session_stats(const mtr_session *s, mtr_forward_stats *out) { *out = s->st; }
 
 /* ---- attention ------------------------------------------------------------------------------------------- */

@@ -160,6 +160,8 @@ void mtr_session_reset(mtr_session *s);
 /* Drop cached positions from n on (n <= the current length): for scoring several continuations of one prompt. */
 int mtr_session_truncate(mtr_session *s, uint32_t n);
 uint32_t mtr_session_length(const mtr_session *s);
+/* Bytes the session allocated (KV cache, activations, scratch): with the mapped weights, the engine's memory. */
+uint64_t mtr_session_bytes(const mtr_session *s);
 
 typedef struct {
     float *router;           /* (n, n_moe_layers, n_experts) raw gate outputs, or NULL; in f32 holding the

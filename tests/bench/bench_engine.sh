@@ -35,5 +35,39 @@ for t in 1 2; do
     tmet=$(awk -v c="$tc" 'BEGIN { print (c <= 0.05) ? "met" : "MISSED" }')
     echo "threads=$t writing the trace adds $(awk -v c="$tc" 'BEGIN { printf "%.1f", 100 * c }')% to a router capture (target <= 5%: $tmet)"
 done
+
+# memory: peak RSS of a prefill against the mapped checkpoint plus the session's own allocations, for the f32
+# checkpoint and a bf16 copy of it (a bf16 model must not be widened to f32 as a whole); target <= 1.2x
+BF="$CACHE-bf16"
+if [ ! -f "$BF/model.safetensors" ]; then
+    mkdir -p "$BF"
+    $PY - "$CACHE" "$BF" <<'PYEOF' || { echo "bench_engine: bf16 copy failed"; exit 1; }
+import glob, json, os, shutil, sys, torch
+sys.path.insert(0, "tests/models")
+import safetensors_io as st
+src, dst = sys.argv[1], sys.argv[2]
+tensors = {}
+for f in sorted(glob.glob(src + "/model-*.safetensors")):
+    t, _ = st.load(f)
+    tensors.update({k: v.to(torch.bfloat16) for k, v in t.items()})
+st.save_file(tensors, dst + "/model.safetensors", {"format": "pt"})
+cfg = json.load(open(src + "/config.json"))
+cfg["torch_dtype"] = "bfloat16"
+json.dump(cfg, open(dst + "/config.json", "w"), indent=2)
+for f in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(os.path.join(src, f), dst)
+PYEOF
+fi
+for m in "$CACHE" "$BF"; do
+    rm -rf "$DATA"/run-*
+    mem=$(OPENBLAS_NUM_THREADS=1 "$TOOLS/engine_prefill" "$m" "$CACHE/prefill_ids.txt" 1 1 "$DATA") ||
+        { echo "bench_engine: engine failed on $m"; exit 1; }
+    dt=$(echo "$mem" | sed -n 's/^engine_dtype=//p')
+    rr=$(echo "$mem" | val rss_ratio)
+    echo "$mem" | grep -E '^(peak_rss|engine_prefill_tokens_per_s)' | sed "s/^/  $dt: /"
+    rmet=$(awk -v r="$rr" 'BEGIN { print (r <= 1.2) ? "met" : "MISSED" }')
+    [ "$rmet" = met ] || status=1
+    echo "$dt checkpoint: peak RSS = ${rr}x (mapped weights + session + output buffers) (target <= 1.2x: $rmet)"
+done
 rm -rf "$DATA"
 exit $status

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "moetrace.h"
 #include "mtr_model.h"
@@ -171,6 +172,14 @@ int main(int argc, char **argv)
     printf("engine_capture_seconds=%.4f\n", tc);
     printf("engine_capture_trace_seconds=%.4f\n", tt);
     printf("trace_cost_fraction=%.4f\n", tt / tc - 1);
+    /* memory: peak RSS against the mapped checkpoint plus what the session allocated (activations, cache) */
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss = (double)ru.ru_maxrss * 1024, wb = (double)mtr_model_weight_bytes(m),
+           sb = (double)mtr_session_bytes(s), bufs = (double)tokens * (rows + c->vocab_size) * 4;
+    printf("engine_dtype=%s\n", mtr_dtype_name(c->dtype));
+    printf("peak_rss_bytes=%.0f weight_bytes=%.0f session_bytes=%.0f output_bytes=%.0f\n", rss, wb, sb, bufs);
+    printf("rss_ratio=%.3f\n", rss / (wb + sb + bufs));
     for (uint32_t i = 0; i < n_seq; i++) free(ids[i]);
     free(all);
     free(router);
