@@ -221,3 +221,34 @@ else not_ok "resume after kill" "skipped '$skipped', stored before '$stored_befo
 n_after=$("$BIN/moetrace-info" --json "$WORK/r8" | $PY -c 'import json,sys; print(json.load(sys.stdin)["n_sequences"])')
 if [ "$n_after" -eq "$total" ]; then ok "resumed run holds all $total sequences"; else not_ok "resumed run" "$n_after of $total"; fi
 expect_exit 0 "resumed run is valid (info --deep)" "$BIN/moetrace-info" --deep "$WORK/r8"
+
+# other corpus forms: a FLORES-style directory (one file per language, line-aligned) and a TSV
+mkdir -p "$WORK/flores"
+$PY - "$CORPUS" "$WORK/flores" "$WORK/c.tsv" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+for lang in ("eng_Latn", "fra_Latn"):
+    with open(f"{sys.argv[2]}/{lang}.dev", "w", encoding="utf-8") as f:
+        for r in [r for r in rows if r["lang"] == lang][:5]:
+            f.write(r["text"] + "\n")
+with open(sys.argv[3], "w", encoding="utf-8") as f:
+    f.write("unit_id\tlang\tdataset\ttext\n")
+    for r in rows[:6]:
+        f.write(f"{r['unit_id']}\t{r['lang']}\tudhr\t{r['text']}\n")
+PYEOF
+expect_exit 0 "capture a FLORES-style directory" "$CAP" run --model "$Q" --corpus "$WORK/flores" --out "$WORK/r9" \
+    --no-sync --json
+expect_out "flores: 10 items" '"items_written": ?10'
+expect_exit 0 "flores run json" "$BIN/moetrace-info" --json "$WORK/r9"
+expect_out "flores: 5 parallel units" '"n_units": ?5'
+expect_exit 0 "capture a TSV corpus" "$CAP" run --model "$Q" --corpus "$WORK/c.tsv" --out "$WORK/r10" --no-sync --json
+expect_out "tsv: 6 items" '"items_written": ?6'
+# scoring through the chat template (the prompt as one user turn, the continuation after the assistant prompt)
+expect_exit 0 "score --chat" "$CAP" run --mode score --chat --model "$Q" --corpus "$WORK/mc.jsonl" --out "$WORK/s2" \
+    --no-sync --quiet
+cp -r "$Q" "$WORK/notemplate"
+$PY -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c.pop('chat_template', None); json.dump(c, open(p, 'w'))" \
+    "$WORK/notemplate/tokenizer_config.json"
+expect_exit 1 "score --chat without a template" "$CAP" run --mode score --chat --model "$WORK/notemplate" \
+    --corpus "$WORK/mc.jsonl" --out "$WORK/s3"
+expect_err_line "no template: one line" "no chat template"
