@@ -88,3 +88,17 @@ MODULE_ARCHIVES += $(CORPUS_LIB)
 $(CORPUS_LIB): $(OBJ)/capture/corpus.o
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
+
+.PHONY: fuzz-safetensors
+# the safetensors header reader under libFuzzer for FUZZ_SECONDS from its seed corpus (replayed by test_model)
+fuzz-safetensors: build/fuzz/fuzz_safetensors
+	@mkdir -p build/fuzz/corpus-fuzz_safetensors
+	build/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+		-artifact_prefix=build/fuzz/fuzz_safetensors- build/fuzz/corpus-fuzz_safetensors tests/fuzz/corpus/safetensors
+
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c capture/safetensors.c capture/mtr_model.h $(LIB)/libmoetrace.a | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Icapture -Itraces \
+		$(shell pkg-config --cflags $(HDF5_PC) jansson libzstd openblas 2>/dev/null) -o $@ tests/fuzz/fuzz_safetensors.c \
+		capture/safetensors.c $(LIB)/libmoetrace.a $(shell pkg-config --libs $(HDF5_PC) jansson libzstd 2>/dev/null) \
+		-fopenmp -lm -lpthread

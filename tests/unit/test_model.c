@@ -536,6 +536,40 @@ START_TEST(test_safetensors_errors)
 }
 END_TEST
 
+/* The fuzz target's seed corpus (tests/fuzz/corpus/safetensors) opens or fails cleanly; seed4 overlaps. */
+START_TEST(test_safetensors_seeds)
+{
+    const char *dir = "tests/fuzz/corpus/safetensors";
+    DIR *d = opendir(dir);
+    ck_assert_msg(d != NULL, "%s: missing", dir);
+    size_t n = 0, opened = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char p[600];
+        snprintf(p, sizeof p, "%s/%.255s", dir, e->d_name);
+        mtr_st *st = NULL;
+        int rc = mtr_st_open(&st, p);
+        if (rc == 0) {
+            opened++;
+            for (size_t i = 0; i < mtr_st_count(st); i++) {
+                const mtr_st_tensor *t = mtr_st_get(st, i);
+                float *f = malloc((size_t)t->n_elems * sizeof *f + 1);
+                mtr_st_to_f32(f, t);
+                free(f);
+            }
+            mtr_st_close(st);
+        } else
+            ck_assert_msg(strstr(mtr_errmsg(), e->d_name) != NULL, "%s: error '%s' does not name the file", p,
+                          mtr_errmsg());
+        n++;
+    }
+    closedir(d);
+    ck_assert_uint_ge(n, 4);
+    ck_assert_uint_ge(opened, 3);
+}
+END_TEST
+
 /* A checkpoint whose weights disagree with its config.json is refused with the tensor named. */
 START_TEST(test_model_mismatch)
 {
@@ -573,6 +607,7 @@ int main(void)
     tcase_add_test(c, test_threads_identical);
     tcase_add_test(c, test_safetensors_errors);
     tcase_add_test(c, test_model_mismatch);
+    tcase_add_test(c, test_safetensors_seeds);
     suite_add_tcase(s, c);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);
