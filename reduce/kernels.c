@@ -11,7 +11,7 @@
 #include <immintrin.h>
 #endif
 
-#include "mtr_reduce.h"
+#include "reduce_internal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 /* clones picked at load time by CPU feature (not by CPU model, which VMs often hide); the default runs anywhere */
@@ -30,6 +30,7 @@ MTR_CLONES static void softmax_terms(float *e, const float *z, uint32_t n, float
 #pragma omp simd reduction(+ : s, sz)
     for (uint32_t i = 0; i < n; i++) {
         float d = z[i] - mx;
+        d = d > -87.0f ? d : -87.0f; /* z - max may overflow for extreme logits; exp(-87) is as good as 0 */
         float v = expf(d);
         e[i] = v;
         s += v;
@@ -140,10 +141,41 @@ static void topk_finite(uint16_t *ids, const float *z, uint32_t n, uint32_t k, f
     *hint = best[k - 1] - 0.25f * (best[0] - best[k - 1]);
 }
 
+/* the AVX2 + FMA kernels (kernels_avx2.c) run when the CPU has both, unless switched off for a comparison */
+static bool simd_off;
+
+void mtr_reduce_set_simd(bool on)
+{
+    simd_off = !on;
+}
+
+bool mtr_reduce_simd(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    return !simd_off && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+
+bool mtr_reduce_widen_checked(float *dst, const void *src, mtr_dtype t, size_t n)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (t == MTR_DTYPE_BF16 && mtr_reduce_simd()) return mtr_widen_bf16_avx2(dst, src, n);
+#endif
+    return mtr_widen_checked(dst, src, t, n);
+}
+
 void mtr_token_accumulate(const mtr_model_info *m, uint32_t layer, const float *z, bool topk_weights,
                           mtr_token_acc *acc, float *scratch)
 {
     const uint32_t n = m->n_experts, k = m->top_k;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (!topk_weights && !m->selection_bias && k <= 8 && mtr_reduce_simd()) {
+        mtr_token_full_avx2(z, n, k, acc, scratch);
+        return;
+    }
+#endif
     uint16_t ids[MTR_MAX_TOPK];
     float w[MTR_MAX_TOPK];
     float *e = scratch;
@@ -203,14 +235,20 @@ static uint64_t splitmix(uint64_t *s)
 }
 
 /* Jaccard of two tokens' top-k sets at every layer, added to sum (n_layers); rows are (n_layers, words). Every
- * set has exactly k members, so |A u B| = 2k - |A n B| and one popcount per word is enough. */
+ * set has exactly k members, so |A u B| = 2k - |A n B|: one popcount per word, and the quotient comes from a
+ * table (frac[i] = i / (2k - i), the same double as the division). */
 MTR_POPCNT_CLONES static void pair_jaccard_layers(double *sum, const uint64_t *a, const uint64_t *b, uint32_t n_layers,
-                                                  uint32_t words, uint32_t k)
+                                                  uint32_t words, const double *frac)
 {
+    if (words == 2) {
+        for (uint32_t l = 0; l < n_layers; l++)
+            sum[l] += frac[__builtin_popcountll(a[2 * l] & b[2 * l]) + __builtin_popcountll(a[2 * l + 1] & b[2 * l + 1])];
+        return;
+    }
     for (uint32_t l = 0; l < n_layers; l++) {
         uint32_t inter = 0;
         for (uint32_t w = 0; w < words; w++) inter += (uint32_t)__builtin_popcountll(a[l * words + w] & b[l * words + w]);
-        sum[l] += (double)inter / (double)(2 * k - inter);
+        sum[l] += frac[inter];
     }
 }
 
@@ -224,11 +262,13 @@ void mtr_jaccard_layers(double *out, const uint64_t *bits, uint32_t n_tokens, ui
         for (uint32_t l = 0; l < n_layers; l++) out[l] = NAN;
         return;
     }
+    double frac[MTR_MAX_TOPK + 1];
+    for (uint32_t i = 0; i <= k; i++) frac[i] = (double)i / (double)(2 * k - i);
     uint64_t all = (uint64_t)n_tokens * (n_tokens - 1) / 2, np;
     if (all <= max_pairs) {
         for (uint32_t i = 0; i < n_tokens; i++)
             for (uint32_t j = i + 1; j < n_tokens; j++)
-                pair_jaccard_layers(out, bits + i * stride, bits + j * stride, n_layers, words, k);
+                pair_jaccard_layers(out, bits + i * stride, bits + j * stride, n_layers, words, frac);
         np = all;
     } else {
         /* uniform pairs of distinct tokens, drawn with replacement */
@@ -237,7 +277,7 @@ void mtr_jaccard_layers(double *out, const uint64_t *bits, uint32_t n_tokens, ui
             uint32_t i = (uint32_t)(splitmix(&st) % n_tokens);
             uint32_t j = (uint32_t)(splitmix(&st) % (n_tokens - 1));
             if (j >= i) j++;
-            pair_jaccard_layers(out, bits + i * stride, bits + j * stride, n_layers, words, k);
+            pair_jaccard_layers(out, bits + i * stride, bits + j * stride, n_layers, words, frac);
         }
         np = max_pairs;
     }

@@ -1,7 +1,7 @@
 # reduce/module.mk — moetrace-reduce: libmtrreduce.a (phase 1 and 2 kernels, summaries, tables) and the program.
 # Built with OpenMPI when its pkg-config file is present (mpirun -np N moetrace-reduce ...).
 
-REDUCE_LIB_SRC := reduce/kernels.c reduce/summaries.c reduce/summarize.c reduce/reference.c reduce/tables.c
+REDUCE_LIB_SRC := reduce/kernels.c reduce/kernels_avx2.c reduce/summaries.c reduce/summarize.c reduce/reference.c reduce/tables.c
 REDUCE_LIB := $(LIB)/libmtrreduce.a
 MODULE_ARCHIVES += $(REDUCE_LIB)
 PROGRAMS += $(BIN)/moetrace-reduce
@@ -11,6 +11,8 @@ MPI_DEFS = $(if $(MPI_LIBS),-DMTR_WITH_MPI)
 
 # the per-token kernels: vector exp from glibc's libmvec needs -ffast-math; inputs are checked finite first
 $(OBJ)/reduce/kernels.o: KERNEL_FLAGS := -O3 -ffast-math
+# the AVX2 path has its own exp and exact threshold comparisons: no -ffast-math
+$(OBJ)/reduce/kernels_avx2.o: KERNEL_FLAGS := -O3
 
 $(REDUCE_LIB): $(REDUCE_LIB_SRC:%.c=$(OBJ)/%.o)
 	@mkdir -p $(@D)

@@ -7,6 +7,23 @@
 int mtr_reduce_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void mtr_reduce_clear_error(void);
 
+/* ---- kernel selection (kernels.c) ---- */
+
+/* true when the AVX2 + FMA kernels run: the CPU has both and they are not switched off */
+bool mtr_reduce_simd(void);
+/* switch the AVX2 + FMA kernels off (false) or back on, so tests can compare both paths; not thread-safe */
+void mtr_reduce_set_simd(bool on);
+/* mtr_widen_checked with the AVX2 path for bf16 */
+bool mtr_reduce_widen_checked(float *dst, const void *src, mtr_dtype t, size_t n);
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* kernels_avx2.c, only when mtr_reduce_simd(). One token row z (n) at one layer: full-softmax weights into acc->q,
+ * the top-k (k <= 8) of z into acc->a and acc->bits, the token entropy into acc->ent; e: (n) floats of scratch. */
+void mtr_token_full_avx2(const float *z, uint32_t n, uint32_t k, mtr_token_acc *acc, float *e);
+/* bf16 src (n) -> f32 dst (n); true if any element is NaN or +-Inf */
+bool mtr_widen_bf16_avx2(float *dst, const uint16_t *src, size_t n);
+#endif
+
 /* One finished sequence. */
 typedef struct {
     uint64_t seq_id;

@@ -288,7 +288,7 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
                     uint32_t tok = pc->tok0 + t;
                     const uint8_t *src = w->stored + (size_t)(pc->row0 + t) * le * esz;
                     if (s->roles && !(opts->role_mask & (1u << s->roles[tok]))) continue;
-                    if (mtr_widen_checked(w->row, src, dt, le)) {
+                    if (mtr_reduce_widen_checked(w->row, src, dt, le)) {
                         acc->n_bad++;
                         continue;
                     }
