@@ -228,6 +228,9 @@ static int tokenize_item(engine *e, mtr_tok_ids *ids, uint8_t **roles, const cha
     size_t from = 0;
     for (size_t k = 0; k < (msgs ? n_msgs : 1); k++) {
         const char *content = msgs ? msgs[k].content : text;
+        /* assistant turns of a chat item are the response, every other turn's content is prompt */
+        const uint8_t role = msgs && msgs[k].role && strcmp(msgs[k].role, "assistant") == 0 ? MTR_ROLE_RESPONSE
+                                                                                           : MTR_ROLE_PROMPT;
         if (!*content) continue;
         const char *at = strstr(rendered + from, content);
         if (!at) continue;
@@ -238,11 +241,8 @@ static int tokenize_item(engine *e, mtr_tok_ids *ids, uint8_t **roles, const cha
             mtr_tok_encode(&suf, e->tok, rendered + b1, strlen(rendered + b1), 0) == 0) {
             size_t lp = 0, ls = 0;
             while (lp < pre.n && lp < ids->n && pre.ids[lp] == ids->ids[lp]) lp++;
-            if (lp == pre.n && lp > 0 && lp < ids->n) {
-                /* the last prefix token may merge with the content: it stays template only if equal */
-            }
             while (ls < suf.n && ls < ids->n - lp && suf.ids[suf.n - 1 - ls] == ids->ids[ids->n - 1 - ls]) ls++;
-            for (size_t i = lp; i < ids->n - ls; i++) (*roles)[i] = MTR_ROLE_PROMPT;
+            for (size_t i = lp; i < ids->n - ls; i++) (*roles)[i] = role;
         }
         mtr_tok_ids_free(&pre);
         mtr_tok_ids_free(&suf);

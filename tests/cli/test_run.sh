@@ -252,3 +252,27 @@ $PY -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c.pop('chat_templa
 expect_exit 1 "score --chat without a template" "$CAP" run --mode score --chat --model "$WORK/notemplate" \
     --corpus "$WORK/mc.jsonl" --out "$WORK/s3"
 expect_err_line "no template: one line" "no chat template"
+
+# a chat item: scaffolding is role template (0), the user turn prompt (1), the assistant turn response (2)
+printf '%s\n' '{"unit_id": "1", "lang": "eng_Latn", "dataset": "chat", "messages": [{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Two plus two is four."}]}' >"$WORK/chat.jsonl"
+expect_exit 0 "capture a chat item" "$CAP" run --model "$Q" --corpus "$WORK/chat.jsonl" --out "$WORK/r11" --no-sync --quiet
+if [ $have_torch -eq 1 ]; then
+    roles=$($PY - "$WORK/r11" "$CAP" "$Q" <<'PYEOF' 2>&1
+import glob, subprocess, sys, h5py
+f = h5py.File(glob.glob(sys.argv[1] + "/shard-*.h5")[0], "r")
+r = list(f["tok/role"][:])
+runs = [r[0]] + [b for a, b in zip(r, r[1:]) if a != b]
+# the user text and the assistant text, each as the tokenizer encodes it alone, appear under their roles
+def enc(t):
+    return subprocess.run([sys.argv[2], "tokenize", "--tokenizer", sys.argv[3]], input=t, capture_output=True,
+                          text=True, check=True).stdout.split()
+ids = [str(x) for x in f["tok/token_id"][:]]
+p = [i for i, x in zip(ids, r) if x == 1]
+a = [i for i, x in zip(ids, r) if x == 2]
+print(runs == [0, 1, 0, 2, 0] and p == enc("What is two plus two?") and a == enc("Two plus two is four."))
+PYEOF
+)
+    if [ "$roles" = "True" ]; then ok "chat roles: template / prompt / response"; else not_ok "chat roles" "$roles"; fi
+fi
+# the score trace goes through moetrace-reduce like any capture
+expect_exit 0 "reduce the score trace" "$BIN/moetrace-reduce" "$WORK/s1run" -o "$WORK/t7"
