@@ -508,7 +508,7 @@ static int write_accuracy(engine *e, const acc_row *rows, size_t n, bool with_no
     }
     fprintf(f, "# %s run %s: model=%s corpus=%s steer=%s\n", PROG, e->o.mode == MODE_SCORE ? "score" : "generate",
             e->info.model_id, e->o.corpus, e->o.steer_path ? e->o.steer_path : "none");
-    fprintf(f, "lang\ttask\tmetric\tvalue\tn\n");
+    fprintf(f, "#lang\ttask\tmetric\tvalue\tn\n");
     json_t *ja = json_array();
     for (size_t i = 0; i < n; i++) {
         double acc = rows[i].n ? (double)rows[i].correct / (double)rows[i].n : NAN;
@@ -586,7 +586,7 @@ static int run_score(engine *e, const mtr_mc *set, const mtr_prompts *prompts, j
     mtr_tok_ids ctx = MTR_TOK_IDS_INIT, whole = MTR_TOK_IDS_INIT;
     uint8_t *roles = NULL;
     double *ll = NULL;
-    FILE *items = open_items(e, "unit_id\tlang\ttask\tgold\tpred\tpred_norm\tcorrect\tloglik");
+    FILE *items = open_items(e, "#unit_id\tlang\ttask\tgold\tpred\tpred_norm\tcorrect\tloglik");
     if (!items) return EXIT_IO;
     const uint32_t V = e->cfg->vocab_size;
     for (size_t i = 0; i < n; i++) {
@@ -757,7 +757,7 @@ static int run_generate(engine *e, const mtr_gen *set, const mtr_prompts *prompt
     int rc = 0;
     mtr_tok_ids ids = MTR_TOK_IDS_INIT;
     uint8_t *roles = NULL;
-    FILE *items = open_items(e, "unit_id\tlang\ttask\tgold\tcorrect\tn_new\tgenerated");
+    FILE *items = open_items(e, "#unit_id\tlang\ttask\tgold\tcorrect\tn_new\tgenerated");
     if (!items) return EXIT_IO;
     const uint32_t V = e->cfg->vocab_size;
     const size_t row = (size_t)e->cfg->n_moe_layers * e->cfg->n_experts;

@@ -276,3 +276,23 @@ PYEOF
 fi
 # the score trace goes through moetrace-reduce like any capture
 expect_exit 0 "reduce the score trace" "$BIN/moetrace-reduce" "$WORK/s1run" -o "$WORK/t7"
+
+# closing the loop: the same multiple-choice set scored without and with the steering file, the effect per
+# language by moetrace-stats
+$PY - "$WORK/mc.jsonl" "$WORK/mc4.jsonl" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+with open(sys.argv[2], "w", encoding="utf-8") as f:
+    for lang in ("eng_Latn", "fra_Latn", "deu_Latn", "rus_Cyrl", "zho_Hans"):
+        for r in rows:
+            f.write(json.dumps(dict(r, lang=lang, unit_id=r["unit_id"] + r["lang"][:3]), ensure_ascii=False) + "\n")
+PYEOF
+expect_exit 0 "score baseline (5 languages)" "$CAP" run --mode score --model "$Q" --corpus "$WORK/mc4.jsonl" \
+    --out "$WORK/e0" --no-sync --quiet
+expect_exit 0 "score under steering" "$CAP" run --mode score --model "$Q" --corpus "$WORK/mc4.jsonl" \
+    --out "$WORK/e1" --no-sync --quiet --steer "$WORK/hard.json"
+expect_exit 0 "steering effect (moetrace-stats effect)" "$BIN/moetrace-stats" effect --baseline "$WORK/e0/accuracy.tsv" \
+    --steered "$WORK/e1/accuracy.tsv" --steer "$WORK/hard.json" --task mc --json
+expect_out "effect names the operation" '"op": ?"hard'
+if cmp -s "$WORK/e0/items.tsv" "$WORK/e1/items.tsv"; then not_ok "steering changes the log-likelihoods" "items.tsv identical"
+else ok "steering changes the log-likelihoods"; fi
