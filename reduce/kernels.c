@@ -6,6 +6,7 @@
  */
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -44,6 +45,21 @@ MTR_CLONES static void add_scaled(double *q, const float *e, float inv, uint32_t
 {
 #pragma omp simd
     for (uint32_t i = 0; i < n; i++) q[i] += (double)(e[i] * inv);
+}
+
+MTR_CLONES static void add_scaled_f(float *q, const float *e, float inv, uint32_t n)
+{
+#pragma omp simd
+    for (uint32_t i = 0; i < n; i++) q[i] += e[i] * inv;
+}
+
+MTR_CLONES void mtr_token_flush(double *q, float *qf, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        q[i] += (double)qf[i];
+        qf[i] = 0;
+    }
 }
 
 MTR_CLONES static float row_max(const float *z, uint32_t n)
@@ -152,7 +168,13 @@ void mtr_reduce_set_simd(bool on)
 bool mtr_reduce_simd(void)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    return !simd_off && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    static int cpu = -1; /* found once: every thread finds the same */
+    int c = __atomic_load_n(&cpu, __ATOMIC_RELAXED);
+    if (c < 0) {
+        c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        __atomic_store_n(&cpu, c, __ATOMIC_RELAXED);
+    }
+    return c && !simd_off;
 #else
     return false;
 #endif
@@ -164,6 +186,28 @@ bool mtr_reduce_widen_checked(float *dst, const void *src, mtr_dtype t, size_t n
     if (t == MTR_DTYPE_BF16 && mtr_reduce_simd()) return mtr_widen_bf16_avx2(dst, src, n);
 #endif
     return mtr_widen_checked(dst, src, t, n);
+}
+
+bool mtr_token_bf16_direct(const mtr_model_info *m, bool topk_weights)
+{
+    return !topk_weights && !m->selection_bias && m->top_k <= 8 && mtr_reduce_simd();
+}
+
+bool mtr_reduce_nonfinite_bf16(const uint16_t *src, size_t n)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (mtr_reduce_simd()) return mtr_nonfinite_bf16_avx2(src, n);
+#endif
+    return mtr_any_nonfinite(src, MTR_DTYPE_BF16, n);
+}
+
+void mtr_token_accumulate_bf16(const mtr_model_info *m, const uint16_t *z, mtr_token_acc *acc, float *scratch)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    mtr_token_full_bf16_avx2(z, m->n_experts, m->top_k, acc, scratch);
+#else
+    (void)m, (void)z, (void)acc, (void)scratch;
+#endif
 }
 
 void mtr_token_accumulate(const mtr_model_info *m, uint32_t layer, const float *z, bool topk_weights,
@@ -191,6 +235,8 @@ void mtr_token_accumulate(const mtr_model_info *m, uint32_t layer, const float *
     }
     if (topk_weights)
         for (uint32_t i = 0; i < k; i++) acc->q[ids[i]] += (double)w[i];
+    else if (acc->qf)
+        add_scaled_f(acc->qf, e, 1.0f / s, n);
     else
         add_scaled(acc->q, e, 1.0f / s, n);
     const uint32_t words = (n + 63) / 64;
@@ -252,6 +298,30 @@ MTR_POPCNT_CLONES static void pair_jaccard_layers(double *sum, const uint64_t *a
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The AVX2 way for k <= 8 and up to 128 experts: pairs are counted by intersection size (7-bit counters packed in a
+ * word per layer, emptied into totals every 127 pairs), and the mean is taken from the totals at the end. */
+typedef struct {
+    uint64_t *h, *tot; /* (n_layers), (n_layers, 9) */
+    uint32_t n_layers, in_h;
+} pair_counts;
+
+static void counts_empty(pair_counts *c)
+{
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        for (uint32_t i = 0; i < 9; i++) c->tot[l * 9 + i] += (c->h[l] >> (7 * i)) & 127;
+        c->h[l] = 0;
+    }
+    c->in_h = 0;
+}
+
+static void counts_add(pair_counts *c, const uint64_t *a, const uint64_t *b, uint32_t words)
+{
+    mtr_jaccard_count_avx2(c->h, a, b, c->n_layers, words);
+    if (++c->in_h == 127) counts_empty(c);
+}
+#endif
+
 void mtr_jaccard_layers(double *out, const uint64_t *bits, uint32_t n_tokens, uint32_t n_layers, uint32_t words,
                         uint32_t k, uint32_t max_pairs, uint64_t seed, uint32_t *n_pairs)
 {
@@ -265,6 +335,35 @@ void mtr_jaccard_layers(double *out, const uint64_t *bits, uint32_t n_tokens, ui
     double frac[MTR_MAX_TOPK + 1];
     for (uint32_t i = 0; i <= k; i++) frac[i] = (double)i / (double)(2 * k - i);
     uint64_t all = (uint64_t)n_tokens * (n_tokens - 1) / 2, np;
+#if defined(__x86_64__) && defined(__GNUC__)
+    uint64_t *cbuf = k <= 8 && words <= 2 && mtr_reduce_simd() ? calloc((size_t)n_layers * 10, sizeof *cbuf) : NULL;
+    if (cbuf) {
+        pair_counts c = {cbuf, cbuf + n_layers, n_layers, 0};
+        if (all <= max_pairs) {
+            for (uint32_t i = 0; i < n_tokens; i++)
+                for (uint32_t j = i + 1; j < n_tokens; j++) counts_add(&c, bits + i * stride, bits + j * stride, words);
+            np = all;
+        } else {
+            uint64_t st = seed;
+            for (uint32_t p = 0; p < max_pairs; p++) {
+                uint32_t i = (uint32_t)(splitmix(&st) % n_tokens);
+                uint32_t j = (uint32_t)(splitmix(&st) % (n_tokens - 1));
+                if (j >= i) j++;
+                counts_add(&c, bits + i * stride, bits + j * stride, words);
+            }
+            np = max_pairs;
+        }
+        counts_empty(&c);
+        for (uint32_t l = 0; l < n_layers; l++) {
+            double sum = 0;
+            for (uint32_t i = 0; i <= k; i++) sum += (double)c.tot[l * 9 + i] * frac[i];
+            out[l] = sum / (double)np;
+        }
+        free(cbuf);
+        *n_pairs = (uint32_t)np;
+        return;
+    }
+#endif
     if (all <= max_pairs) {
         for (uint32_t i = 0; i < n_tokens; i++)
             for (uint32_t j = i + 1; j < n_tokens; j++)

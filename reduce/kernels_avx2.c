@@ -100,15 +100,61 @@ AVX2_INLINE __m256 exp_clamped(__m256 d)
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
+/* ln x for a sum of exps whose largest term is 1 (x >= 1, finite): x = 2^k m with m in [sqrt(1/2), sqrt(2)), and
+ * ln m = 2 atanh(f / (2 + f)), f = m - 1, by its series (error below 1e-10) */
+AVX2_INLINE double log_sum(float x)
+{
+    uint32_t ix;
+    memcpy(&ix, &x, sizeof ix);
+    ix += 0x3f800000u - 0x3f3504f3u;
+    const int k = (int)(ix >> 23) - 0x7f;
+    ix = (ix & 0x007fffffu) + 0x3f3504f3u;
+    float m;
+    memcpy(&m, &ix, sizeof m);
+    const double f = (double)m - 1.0, t = f / (2.0 + f), t2 = t * t;
+    const double p = 1.0 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7 + t2 * (1.0 / 9 + t2 * (1.0 / 11)))));
+    return (double)k * 0.69314718055994530942 + 2.0 * t * p;
+}
+
+/* A row is f32, or bf16 (widened here: its f32 value is its bits shifted up by 16). `bf16` is a constant in each
+ * instantiation, so the choice costs nothing in the loops. */
+AVX2_INLINE __m256 load8(const void *z, uint32_t i, bool bf16)
+{
+    if (bf16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)z + i))), 16));
+    return _mm256_loadu_ps((const float *)z + i);
+}
+
+AVX2_INLINE float value(const void *z, uint32_t i, bool bf16)
+{
+    if (bf16) {
+        uint32_t u = (uint32_t)((const uint16_t *)z)[i] << 16;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        return f;
+    }
+    return ((const float *)z)[i];
+}
+
+/* elements [i, n) of z (fewer than 8) as one vector, the lanes past the end = pad */
+AVX2_INLINE __m256 load_tail(const void *z, uint32_t i, uint32_t n, bool bf16, float pad)
+{
+    float t[8];
+    for (int j = 0; j < 8; j++) t[j] = pad;
+    for (uint32_t j = i; j < n; j++) t[j - i] = value(z, j, bf16);
+    return _mm256_loadu_ps(t);
+}
+
 /* The k-th largest of z (n), k <= 8, broadcast; *mx_out = the largest, broadcast. Blocks of 64 (8 registers) are
  * sorted lane-wise and merged into the 8 largest of each lane so far; then the lanes' lists are merged pairwise.
  * A partial last block is padded with -FLT_MAX, which is at most every value and so never above the k-th. */
-AVX2_INLINE void kth_largest(const float *z, uint32_t n, uint32_t k, __m256 *thr, __m256 *mx_out)
+AVX2_INLINE void kth_largest(const void *z, uint32_t n, uint32_t k, bool bf16, __m256 *thr, __m256 *mx_out)
 {
     __m256 r[8], x[8];
     uint32_t b = 0;
     for (; b + 64 <= n; b += 64) {
-        for (int i = 0; i < 8; i++) x[i] = _mm256_loadu_ps(z + b + 8 * i);
+        for (uint32_t i = 0; i < 8; i++) x[i] = load8(z, b + 8 * i, bf16);
         sort8(x);
         if (b == 0)
             for (int i = 0; i < 8; i++) r[i] = x[i];
@@ -116,10 +162,10 @@ AVX2_INLINE void kth_largest(const float *z, uint32_t n, uint32_t k, __m256 *thr
             merge8(r, x);
     }
     if (b < n) {
-        float buf[64];
-        for (int i = 0; i < 64; i++) buf[i] = -FLT_MAX;
-        memcpy(buf, z + b, (n - b) * sizeof *z);
-        for (int i = 0; i < 8; i++) x[i] = _mm256_loadu_ps(buf + 8 * i);
+        for (uint32_t i = 0; i < 8; i++) {
+            const uint32_t at = b + 8 * i;
+            x[i] = at + 8 <= n ? load8(z, at, bf16) : at < n ? load_tail(z, at, n, bf16, -FLT_MAX) : _mm256_set1_ps(-FLT_MAX);
+        }
         sort8(x);
         if (b == 0)
             for (int i = 0; i < 8; i++) r[i] = x[i];
@@ -145,13 +191,14 @@ AVX2_INLINE void kth_largest(const float *z, uint32_t n, uint32_t k, __m256 *thr
 
 /* exactly k of the c > k selected experts: deselect (and uncount) the highest-index ones whose logit equals the
  * threshold, as ties go to the lower index */
-static void drop_ties(uint64_t *bits, uint32_t *a, uint32_t words, const float *z, uint32_t c, uint32_t k, float t)
+AVX2_INLINE void drop_ties(uint64_t *bits, uint32_t *a, uint32_t words, const void *z, bool bf16, uint32_t c,
+                           uint32_t k, float t)
 {
     for (uint32_t w = words; w-- > 0 && c > k;)
         for (uint64_t x = bits[w]; x && c > k;) {
             uint32_t top = 63 - (uint32_t)__builtin_clzll(x);
             x &= ~((uint64_t)1 << top);
-            if (z[64 * w + top] == t) {
+            if (value(z, 64 * w + top, bf16) == t) {
                 bits[w] &= ~((uint64_t)1 << top);
                 a[64 * w + top]--;
                 c--;
@@ -173,12 +220,12 @@ static void drop_ties(uint64_t *bits, uint32_t *a, uint32_t words, const float *
         mask_out = (uint64_t)(uint32_t)_mm256_movemask_ps(ge_);                                                      \
     } while (0)
 
-AVX2_FN void mtr_token_full_avx2(const float *z, uint32_t n, uint32_t k, mtr_token_acc *acc, float *e)
+AVX2_INLINE void token_full(const void *z, bool bf16, uint32_t n, uint32_t k, mtr_token_acc *acc, float *e)
 {
     const uint32_t nfull = n / 8, rem = n % 8, words = (n + 63) / 64;
     uint32_t *a = acc->a;
     __m256 thr, mx;
-    kth_largest(z, n, k, &thr, &mx);
+    kth_largest(z, n, k, bf16, &thr, &mx);
 
     /* one pass: exp of the shifted logits with their sum and the sum of e * (z - max); the experts at or above
      * the threshold counted and set in the bitmask, a word per 64 */
@@ -188,8 +235,9 @@ AVX2_FN void mtr_token_full_avx2(const float *z, uint32_t n, uint32_t k, mtr_tok
     uint32_t v = 0;
     for (; v + 8 <= nfull; v += 8) {
         uint64_t word = 0;
+#pragma GCC unroll 8
         for (uint32_t j = 0; j < 8; j++) {
-            EXP_STEP(_mm256_loadu_ps(z + 8 * (v + j)), 8 * (v + j), m);
+            EXP_STEP(load8(z, 8 * (v + j), bf16), 8 * (v + j), m);
             word |= m << (8 * j);
         }
         bits[v / 8] = word;
@@ -197,13 +245,13 @@ AVX2_FN void mtr_token_full_avx2(const float *z, uint32_t n, uint32_t k, mtr_tok
     if (v < nfull || rem) {
         uint64_t word = 0;
         for (uint32_t j = 0; v + j < nfull; j++) {
-            EXP_STEP(_mm256_loadu_ps(z + 8 * (v + j)), 8 * (v + j), m);
+            EXP_STEP(load8(z, 8 * (v + j), bf16), 8 * (v + j), m);
             word |= m << (8 * j);
         }
         if (rem) {
             /* lanes past the end load 0 and are masked out of every result */
             const __m256i tm = tail_mask(rem);
-            const __m256 zv = _mm256_maskload_ps(z + 8 * nfull, tm), d = _mm256_max_ps(_mm256_sub_ps(zv, mx), lo);
+            const __m256 zv = load_tail(z, 8 * nfull, n, bf16, 0.0f), d = _mm256_max_ps(_mm256_sub_ps(zv, mx), lo);
             const __m256 ev = _mm256_and_ps(exp_clamped(d), _mm256_castsi256_ps(tm));
             const __m256i ge = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(zv, thr, _CMP_GE_OQ)), tm);
             s = _mm256_add_ps(s, ev);
@@ -217,25 +265,119 @@ AVX2_FN void mtr_token_full_avx2(const float *z, uint32_t n, uint32_t k, mtr_tok
         bits[words - 1] = word;
     }
 
-    /* q += e / sum */
+    /* q += e / sum, in f32 partial sums when the caller keeps them */
     const float sum = hsum(s), sumz = hsum(sz);
-    const double inv = 1.0 / (double)sum;
-    const __m256d invd = _mm256_set1_pd(inv);
-    double *q = acc->q;
+    if (acc->qf) {
+        const __m256 invf = _mm256_set1_ps(1.0f / sum);
+        float *qf = acc->qf;
 #pragma GCC unroll 4
-    for (v = 0; v < nfull; v++) {
-        __m256 x = _mm256_loadu_ps(e + 8 * v);
-        __m256d lo4 = _mm256_cvtps_pd(_mm256_castps256_ps128(x)), hi4 = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
-        _mm256_storeu_pd(q + 8 * v, _mm256_fmadd_pd(lo4, invd, _mm256_loadu_pd(q + 8 * v)));
-        _mm256_storeu_pd(q + 8 * v + 4, _mm256_fmadd_pd(hi4, invd, _mm256_loadu_pd(q + 8 * v + 4)));
+        for (v = 0; v < nfull; v++)
+            _mm256_storeu_ps(qf + 8 * v, _mm256_fmadd_ps(_mm256_loadu_ps(e + 8 * v), invf, _mm256_loadu_ps(qf + 8 * v)));
+        for (uint32_t i = 8 * nfull; i < n; i++) qf[i] += e[i] * (1.0f / sum);
+    } else {
+        const double inv = 1.0 / (double)sum;
+        const __m256d invd = _mm256_set1_pd(inv);
+        double *q = acc->q;
+#pragma GCC unroll 4
+        for (v = 0; v < nfull; v++) {
+            __m256 x = _mm256_loadu_ps(e + 8 * v);
+            __m256d lo4 = _mm256_cvtps_pd(_mm256_castps256_ps128(x)), hi4 = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+            _mm256_storeu_pd(q + 8 * v, _mm256_fmadd_pd(lo4, invd, _mm256_loadu_pd(q + 8 * v)));
+            _mm256_storeu_pd(q + 8 * v + 4, _mm256_fmadd_pd(hi4, invd, _mm256_loadu_pd(q + 8 * v + 4)));
+        }
+        for (uint32_t i = 8 * nfull; i < n; i++) q[i] += (double)e[i] * inv;
     }
-    for (uint32_t i = 8 * nfull; i < n; i++) q[i] += (double)e[i] * inv;
-    *acc->ent += log((double)sum) - (double)sumz / (double)sum;
+    *acc->ent += log_sum(sum) - (double)sumz / (double)sum;
 
     /* exactly k selected: more only when logits tie at the threshold */
     uint32_t c = 0;
     for (uint32_t w = 0; w < words; w++) c += (uint32_t)__builtin_popcountll(bits[w]);
-    if (c > k) drop_ties(bits, a, words, z, c, k, _mm256_cvtss_f32(thr));
+    if (c > k) drop_ties(bits, a, words, z, bf16, c, k, _mm256_cvtss_f32(thr));
+}
+
+/* the common expert counts get their own copies, with every loop unrolled */
+AVX2_FN void mtr_token_full_avx2(const float *z, uint32_t n, uint32_t k, mtr_token_acc *acc, float *e)
+{
+    if (n == 128)
+        token_full(z, false, 128, k, acc, e);
+    else if (n == 64)
+        token_full(z, false, 64, k, acc, e);
+    else
+        token_full(z, false, n, k, acc, e);
+}
+
+AVX2_FN void mtr_token_full_bf16_avx2(const uint16_t *z, uint32_t n, uint32_t k, mtr_token_acc *acc, float *e)
+{
+    if (n == 128)
+        token_full(z, true, 128, k, acc, e);
+    else if (n == 64)
+        token_full(z, true, 64, k, acc, e);
+    else
+        token_full(z, true, n, k, acc, e);
+}
+
+AVX2_FN bool mtr_nonfinite_bf16_avx2(const uint16_t *src, size_t n)
+{
+    /* NaN or Inf: exponent all ones, i.e. (u & 0x7fff) >= 0x7f80 */
+    const __m256i mag = _mm256_set1_epi16(0x7fff);
+    __m256i mx0 = _mm256_setzero_si256(), mx1 = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i u0 = _mm256_loadu_si256((const __m256i *)(const void *)(src + i));
+        __m256i u1 = _mm256_loadu_si256((const __m256i *)(const void *)(src + i + 16));
+        mx0 = _mm256_max_epu16(mx0, _mm256_and_si256(u0, mag));
+        mx1 = _mm256_max_epu16(mx1, _mm256_and_si256(u1, mag));
+    }
+    __m256i big = _mm256_cmpeq_epi16(_mm256_max_epu16(_mm256_max_epu16(mx0, mx1), _mm256_set1_epi16(0x7f80)),
+                                     _mm256_max_epu16(mx0, mx1));
+    /* big lanes: max >= 0x7f80 (max(m, 0x7f80) == m) */
+    uint32_t bad = (uint32_t)_mm256_movemask_epi8(big);
+    for (; i < n; i++) bad |= (src[i] & 0x7fffu) >= 0x7f80u;
+    return bad != 0;
+}
+
+/* bytes of x -> their popcounts */
+AVX2_INLINE __m256i popcnt_bytes(__m256i x)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3,
+                                         2, 3, 3, 4);
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, nib)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), nib)));
+}
+
+AVX2_FN void mtr_jaccard_count_avx2(uint64_t *h, const uint64_t *a, const uint64_t *b, uint32_t n_layers,
+                                    uint32_t words)
+{
+    const __m256i one = _mm256_set1_epi64x(1), zero = _mm256_setzero_si256();
+    uint32_t l = 0;
+    if (words == 1) {
+        for (; l + 4 <= n_layers; l += 4) {
+            const __m256i x = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(a + l)),
+                                               _mm256_loadu_si256((const __m256i *)(const void *)(b + l)));
+            const __m256i inter = _mm256_sad_epu8(popcnt_bytes(x), zero);
+            const __m256i sh = _mm256_sub_epi64(_mm256_slli_epi64(inter, 3), inter); /* 7 * inter */
+            __m256i *hv = (__m256i *)(void *)(h + l);
+            _mm256_storeu_si256(hv, _mm256_add_epi64(_mm256_loadu_si256(hv), _mm256_sllv_epi64(one, sh)));
+        }
+    } else {
+        for (; l + 4 <= n_layers; l += 4) {
+            const __m256i *pa = (const __m256i *)(const void *)(a + 2 * l), *pb = (const __m256i *)(const void *)(b + 2 * l);
+            const __m256i c0 = _mm256_sad_epu8(popcnt_bytes(_mm256_and_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb))), zero);
+            const __m256i c1 = _mm256_sad_epu8(popcnt_bytes(_mm256_and_si256(_mm256_loadu_si256(pa + 1), _mm256_loadu_si256(pb + 1))), zero);
+            /* c0 = words of layers l, l+1; c1 of l+2, l+3: add the two words of each layer, back in layer order */
+            const __m256i inter = _mm256_permute4x64_epi64(
+                _mm256_add_epi64(_mm256_unpacklo_epi64(c0, c1), _mm256_unpackhi_epi64(c0, c1)), 0xd8);
+            const __m256i sh = _mm256_sub_epi64(_mm256_slli_epi64(inter, 3), inter);
+            __m256i *hv = (__m256i *)(void *)(h + l);
+            _mm256_storeu_si256(hv, _mm256_add_epi64(_mm256_loadu_si256(hv), _mm256_sllv_epi64(one, sh)));
+        }
+    }
+    for (; l < n_layers; l++) {
+        uint32_t inter = 0;
+        for (uint32_t w = 0; w < words; w++) inter += (uint32_t)__builtin_popcountll(a[l * words + w] & b[l * words + w]);
+        h[l] += (uint64_t)1 << (7 * inter);
+    }
 }
 
 AVX2_FN bool mtr_widen_bf16_avx2(float *dst, const uint16_t *src, size_t n)

@@ -34,7 +34,14 @@ typedef struct {
     uint64_t *bits;   /* (ceil(n_experts / 64)) set to the selection as a bitset */
     float *hint;      /* this layer's selection threshold from the previous token of the same worker (a speed hint
                          only: any value gives the same selection); start it at -FLT_MAX */
+    float *qf;        /* (n_experts) or NULL: full-softmax weights are added here in f32 instead of to q; the caller
+                         adds qf into q (mtr_token_flush) every MTR_TOKEN_FLUSH tokens, so f32 sums stay short */
 } mtr_token_acc;
+
+#define MTR_TOKEN_FLUSH 8
+
+/* q (n) += qf (n) in double, then qf = 0. */
+void mtr_token_flush(double *q, float *qf, size_t n);
 
 /* Accumulate one token row z (n_experts logits of layer `layer`) into acc. topk_weights: add the weights the model
  * applies to its selection instead of the full softmax. scratch: (2 * n_experts) floats. z must be finite. */

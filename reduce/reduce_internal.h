@@ -16,10 +16,25 @@ void mtr_reduce_set_simd(bool on);
 /* mtr_widen_checked with the AVX2 path for bf16 */
 bool mtr_reduce_widen_checked(float *dst, const void *src, mtr_dtype t, size_t n);
 
+/* Rows stored as bf16 can go to the token kernel without widening when the AVX2 kernel takes them: full-softmax
+ * weights, no selection bias, top-k <= 8, and mtr_reduce_simd(). */
+bool mtr_token_bf16_direct(const mtr_model_info *m, bool topk_weights);
+/* mtr_token_accumulate of a bf16 row z (n_experts), full-softmax weights; only when mtr_token_bf16_direct(). */
+void mtr_token_accumulate_bf16(const mtr_model_info *m, const uint16_t *z, mtr_token_acc *acc, float *scratch);
+/* true if any of n bf16 values is NaN or +-Inf */
+bool mtr_reduce_nonfinite_bf16(const uint16_t *src, size_t n);
+
 #if defined(__x86_64__) && defined(__GNUC__)
 /* kernels_avx2.c, only when mtr_reduce_simd(). One token row z (n) at one layer: full-softmax weights into acc->q,
  * the top-k (k <= 8) of z into acc->a and acc->bits, the token entropy into acc->ent; e: (n) floats of scratch. */
 void mtr_token_full_avx2(const float *z, uint32_t n, uint32_t k, mtr_token_acc *acc, float *e);
+/* the same for a bf16 row */
+void mtr_token_full_bf16_avx2(const uint16_t *z, uint32_t n, uint32_t k, mtr_token_acc *acc, float *e);
+/* true if any of n bf16 values is NaN or +-Inf */
+bool mtr_nonfinite_bf16_avx2(const uint16_t *src, size_t n);
+/* one token pair's top-k sets at every layer (rows (n_layers, words), words 1 or 2, k <= 8): h[l] += 1 << (7 *
+ * |A n B|), i.e. 7-bit counters of pairs by intersection size, good for 127 pairs */
+void mtr_jaccard_count_avx2(uint64_t *h, const uint64_t *a, const uint64_t *b, uint32_t n_layers, uint32_t words);
 /* bf16 src (n) -> f32 dst (n); true if any element is NaN or +-Inf */
 bool mtr_widen_bf16_avx2(float *dst, const uint16_t *src, size_t n);
 #endif

@@ -46,6 +46,7 @@ typedef struct {
     uint8_t *raw, *stored;
     float *row, *scratch;
     float *hints; /* (L) top-k thresholds carried from token to token */
+    float *qf;    /* (L, E) f32 partial sums of q over up to MTR_TOKEN_FLUSH tokens of one piece */
 } worker;
 
 static int accum_alloc(accum *a, size_t le, size_t L)
@@ -229,7 +230,8 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
         wk[t].row = malloc(le * sizeof(float));
         wk[t].scratch = malloc(2 * (size_t)E * sizeof(float));
         wk[t].hints = malloc(L * sizeof(float));
-        if (!wk[t].raw || !wk[t].stored || !wk[t].row || !wk[t].scratch || !wk[t].hints) goto nomem;
+        wk[t].qf = calloc(le, sizeof(float));
+        if (!wk[t].raw || !wk[t].stored || !wk[t].row || !wk[t].scratch || !wk[t].hints || !wk[t].qf) goto nomem;
         for (uint32_t l = 0; l < L; l++) wk[t].hints[l] = -FLT_MAX;
     }
     settings = mtr_summ_settings_json(opts, sources, n_sources);
@@ -279,28 +281,43 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
             }
             const mtr_dtype dt = mtr_run_get_meta(r, mtr_run_seq(r, pieces[jobs[j][2]].seq)->run)->stored_dtype;
             const size_t esz = mtr_dtype_size(dt);
+            /* bf16 rows straight into the kernel, checked but not widened, when it takes them */
+            const bool direct = dt == MTR_DTYPE_BF16 && mtr_token_bf16_direct(m, opts->topk_weights);
             for (size_t p = jobs[j][2]; p < p1 && pieces[p].job == j; p++) {
                 const piece *pc = &pieces[p];
                 seq_state *s = states[pc->seq];
                 accum *acc = &pacc[p - p0];
                 accum_zero(acc, le, L);
+                /* full weights go through f32 partial sums, added into the piece every MTR_TOKEN_FLUSH tokens */
+                float *qf = opts->topk_weights ? NULL : w->qf;
+                uint32_t in_qf = 0;
                 for (uint32_t t = 0; t < pc->n_tok; t++) {
                     uint32_t tok = pc->tok0 + t;
                     const uint8_t *src = w->stored + (size_t)(pc->row0 + t) * le * esz;
                     if (s->roles && !(opts->role_mask & (1u << s->roles[tok]))) continue;
-                    if (mtr_reduce_widen_checked(w->row, src, dt, le)) {
+                    if (direct ? mtr_reduce_nonfinite_bf16((const uint16_t *)(const void *)src, le)
+                               : mtr_reduce_widen_checked(w->row, src, dt, le)) {
                         acc->n_bad++;
                         continue;
                     }
                     uint64_t *bits = s->bits + (size_t)tok * L * W;
                     for (uint32_t l = 0; l < L; l++) {
                         mtr_token_acc ta = {acc->q + (size_t)l * E, acc->a + (size_t)l * E, acc->ent + l,
-                                            bits + (size_t)l * W, w->hints + l};
-                        mtr_token_accumulate(m, l, w->row + (size_t)l * E, opts->topk_weights, &ta, w->scratch);
+                                            bits + (size_t)l * W, w->hints + l, qf ? qf + (size_t)l * E : NULL};
+                        if (direct)
+                            mtr_token_accumulate_bf16(m, (const uint16_t *)(const void *)src + (size_t)l * E, &ta,
+                                                      w->scratch);
+                        else
+                            mtr_token_accumulate(m, l, w->row + (size_t)l * E, opts->topk_weights, &ta, w->scratch);
                     }
                     s->used[tok] = 1;
                     acc->n_used++;
+                    if (qf && ++in_qf == MTR_TOKEN_FLUSH) {
+                        mtr_token_flush(acc->q, qf, le);
+                        in_qf = 0;
+                    }
                 }
+                if (in_qf) mtr_token_flush(acc->q, qf, le);
             }
         }
         if (err) {
@@ -377,6 +394,7 @@ done:
             free(wk[t].row);
             free(wk[t].scratch);
             free(wk[t].hints);
+            free(wk[t].qf);
         }
     free(wk);
     free(settings);

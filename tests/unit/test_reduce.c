@@ -1,7 +1,8 @@
 /* test_reduce.c — the per-token kernels of moetrace-reduce (kernels.c, kernels_avx2.c) against plain references:
- * the token kernel (softmax weights, top-k counts and bitset, token entropy) with ties, all-equal rows, extreme
- * ranges, k = 1, k = n, k > 8 and n not a multiple of 8, on the AVX2 path and with it switched off; the checked
- * widening of bf16 rows with NaN and Inf anywhere; the Jaccard consistency of top-k sets. Outputs are guarded. */
+ * the token kernel (softmax weights, top-k counts and bitset, token entropy; f32 and bf16 rows; weights into q or
+ * through f32 partial sums) with ties, all-equal rows, extreme ranges, k = 1, k = n, k > 8 and n not a multiple
+ * of 8, on the AVX2 path and with it switched off; the checked widening and the NaN/Inf scan of bf16 rows; the
+ * Jaccard consistency of top-k sets. Outputs are guarded. */
 #include <float.h>
 #include <math.h>
 
@@ -22,8 +23,9 @@ static void ref_topk(uint32_t *ids, const float *z, uint32_t n, uint32_t k)
     for (uint32_t i = 0; i < k; i++) ids[i] = order[i];
 }
 
-/* one row through mtr_token_accumulate (into zeroed, guarded outputs) and through the double-precision reference */
-static void check_row(const float *z, uint32_t n, uint32_t k, const char *what)
+/* one row through mtr_token_accumulate (into zeroed, guarded outputs; weights straight into q, or through f32
+ * partial sums and mtr_token_flush) and through the double-precision reference */
+static void check_row_into(const float *z, uint32_t n, uint32_t k, const char *what, bool use_qf)
 {
     mtr_model_info m;
     mtr_model_info_init(&m, "test", "test", 1, n, k);
@@ -36,8 +38,16 @@ static void check_row(const float *z, uint32_t n, uint32_t k, const char *what)
     memset(a, 0, n * sizeof *a);
     memset(bits, 0xff, words * sizeof *bits); /* the kernel sets every word */
     *ent = 0;
-    mtr_token_acc acc = {q, a, ent, bits, &hint};
+    float *qf = use_qf ? tu_guarded(n * sizeof *qf) : NULL;
+    if (qf) memset(qf, 0, n * sizeof *qf);
+    mtr_token_acc acc = {q, a, ent, bits, &hint, qf};
     mtr_token_accumulate(&m, 0, z, false, &acc, scratch);
+    if (qf) {
+        mtr_token_flush(q, qf, n);
+        for (uint32_t e = 0; e < n; e++) ck_assert(qf[e] == 0);
+        ck_assert_msg(tu_guard_ok(qf, n * sizeof *qf), "%s: n %u k %u: write past qf", what, n, k);
+        free(qf);
+    }
 
     double mx = -INFINITY, sum = 0, h = 0;
     for (uint32_t e = 0; e < n; e++) mx = fmax(mx, z[e]);
@@ -62,6 +72,30 @@ static void check_row(const float *z, uint32_t n, uint32_t k, const char *what)
     for (uint32_t w = 0; w < words; w++)
         ck_assert_msg(bits[w] == want_bits[w], "%s: n %u k %u selection word %u %016llx, want %016llx", what, n, k, w,
                       (unsigned long long)bits[w], (unsigned long long)want_bits[w]);
+    /* a row that bf16 holds exactly: the bf16 entry point gives the same bits */
+    bool exact = true;
+    uint16_t *zb = tu_guarded(n * sizeof *zb);
+    for (uint32_t e = 0; e < n; e++) {
+        zb[e] = (uint16_t)(mtr_f32_to_bf16(z[e]));
+        exact &= mtr_bf16_to_f32(zb[e]) == z[e];
+    }
+    if (exact && mtr_token_bf16_direct(&m, false)) {
+        double *q2 = calloc(n, sizeof *q2), ent2 = 0;
+        uint32_t *a2 = calloc(n, sizeof *a2);
+        uint64_t bits2[16];
+        float *qf2 = use_qf ? calloc(n, sizeof *qf2) : NULL;
+        mtr_token_acc acc2 = {q2, a2, &ent2, bits2, &hint, qf2};
+        mtr_token_accumulate_bf16(&m, zb, &acc2, scratch);
+        if (qf2) mtr_token_flush(q2, qf2, n);
+        ck_assert_msg(memcmp(q, q2, n * sizeof *q) == 0 && memcmp(a, a2, n * sizeof *a) == 0 &&
+                          memcmp(bits, bits2, words * sizeof *bits) == 0 && ent2 == *ent,
+                      "%s: n %u k %u: bf16 entry point differs", what, n, k);
+        free(q2);
+        free(a2);
+        free(qf2);
+    }
+    ck_assert(tu_guard_ok(zb, n * sizeof *zb));
+    free(zb);
     ck_assert_msg(tu_guard_ok(q, n * sizeof *q) && tu_guard_ok(a, n * sizeof *a) &&
                       tu_guard_ok(bits, words * sizeof *bits) && tu_guard_ok(ent, sizeof *ent) &&
                       tu_guard_ok(scratch, 2 * n * sizeof *scratch),
@@ -71,6 +105,12 @@ static void check_row(const float *z, uint32_t n, uint32_t k, const char *what)
     free(a);
     free(bits);
     free(scratch);
+}
+
+static void check_row(const float *z, uint32_t n, uint32_t k, const char *what)
+{
+    check_row_into(z, n, k, what, false);
+    check_row_into(z, n, k, what, true);
 }
 
 /* every row kind at one (n, k) */
@@ -142,7 +182,7 @@ START_TEST(token_kernel_paths_agree)
         for (uint32_t l = 0; l < L; l++) {
             for (int p = 0; p < 2; p++) {
                 mtr_reduce_set_simd(p == 0);
-                mtr_token_acc acc = {q[p] + l * E, a[p] + l * E, &ent[p][l], bits[p], &hint[p][l]};
+                mtr_token_acc acc = {q[p] + l * E, a[p] + l * E, &ent[p][l], bits[p], &hint[p][l], NULL};
                 mtr_token_accumulate(&m, l, z + ((size_t)t * L + l) * E, false, &acc, scratch);
             }
             ck_assert_mem_eq(bits[0], bits[1], sizeof bits[0]);
@@ -172,6 +212,7 @@ START_TEST(widen_checked_bf16)
         for (int simd = 1; simd >= 0; simd--) {
             mtr_reduce_set_simd(simd);
             ck_assert(!mtr_reduce_widen_checked(dst, src, MTR_DTYPE_BF16, n));
+            ck_assert(!mtr_reduce_nonfinite_bf16(src, n));
             ck_assert(!mtr_widen_checked(want, src, MTR_DTYPE_BF16, n));
             ck_assert_mem_eq(dst, want, n * sizeof *dst);
             ck_assert(tu_guard_ok(dst, n * sizeof *dst));
@@ -183,12 +224,18 @@ START_TEST(widen_checked_bf16)
                     src[pos] = bad[b];
                     ck_assert_msg(mtr_reduce_widen_checked(dst, src, MTR_DTYPE_BF16, n),
                                   "n %zu: %04x at %zu not found", n, bad[b], pos);
+                    ck_assert_msg(mtr_reduce_nonfinite_bf16(src, n), "n %zu: %04x at %zu not found", n, bad[b], pos);
                     src[pos] = keep;
                 }
             size_t last = n - 1;
             uint16_t keep = src[last];
             src[last] = 0x7f80;
             ck_assert(mtr_reduce_widen_checked(dst, src, MTR_DTYPE_BF16, n));
+            ck_assert(mtr_reduce_nonfinite_bf16(src, n));
+            src[last] = 0x7f7f; /* the largest finite bf16 */
+            ck_assert(!mtr_reduce_nonfinite_bf16(src, n));
+            src[last] = 0xff7f;
+            ck_assert(!mtr_reduce_nonfinite_bf16(src, n));
             src[last] = keep;
         }
         mtr_reduce_set_simd(true);
@@ -205,6 +252,15 @@ START_TEST(widen_checked_bf16)
 }
 END_TEST
 
+/* the pair sampler's generator (splitmix64), written out again */
+static uint64_t tu_hash_step(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
 /* Jaccard of top-k sets from their member lists, element by element */
 static double ref_jaccard_pair(const uint64_t *a, const uint64_t *b, uint32_t words, uint32_t k)
 {
@@ -215,10 +271,10 @@ static double ref_jaccard_pair(const uint64_t *a, const uint64_t *b, uint32_t wo
 
 START_TEST(jaccard_against_sets)
 {
-    const uint32_t L = 4;
-    const uint32_t shapes[][2] = {{16, 3}, {128, 8}, {130, 5}, {256, 8}, {8, 8}};
+    const uint32_t shapes[][3] = {{16, 3, 4}, {128, 8, 4}, {128, 8, 7}, {64, 8, 5}, {60, 4, 1}, {130, 5, 4},
+                                  {256, 8, 4}, {8, 8, 4}, {128, 9, 3}, {128, 1, 6}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
-        const uint32_t E = shapes[s][0], K = shapes[s][1], W = (E + 63) / 64, T = 40;
+        const uint32_t E = shapes[s][0], K = shapes[s][1], L = shapes[s][2], W = (E + 63) / 64, T = 40;
         uint64_t *bits = calloc((size_t)T * L * W, sizeof *bits);
         float *z = tu_make_logits(s + 1, T, L, E);
         for (uint32_t t = 0; t < T; t++)
@@ -230,22 +286,42 @@ START_TEST(jaccard_against_sets)
                 ref_topk(ids, row, E, K);
                 for (uint32_t i = 0; i < K; i++) bits[((size_t)t * L + l) * W + (ids[i] >> 6)] |= (uint64_t)1 << (ids[i] & 63);
             }
-        double out[4];
-        uint32_t np;
-        /* all pairs */
-        mtr_jaccard_layers(out, bits, T, L, W, K, 100000, 1, &np);
-        ck_assert_uint_eq(np, T * (T - 1) / 2);
-        for (uint32_t l = 0; l < L; l++) {
-            double sum = 0;
-            for (uint32_t i = 0; i < T; i++)
-                for (uint32_t j = i + 1; j < T; j++)
-                    sum += ref_jaccard_pair(bits + ((size_t)i * L + l) * W, bits + ((size_t)j * L + l) * W, W, K);
-            ck_assert_double_eq_tol(out[l], sum / np, 1e-12);
+        double out[8], out2[8];
+        uint32_t np, np2;
+        for (int simd = 1; simd >= 0; simd--) {
+            mtr_reduce_set_simd(simd);
+            /* all pairs */
+            mtr_jaccard_layers(out, bits, T, L, W, K, 100000, 1, &np);
+            ck_assert_uint_eq(np, T * (T - 1) / 2);
+            for (uint32_t l = 0; l < L; l++) {
+                double sum = 0;
+                for (uint32_t i = 0; i < T; i++)
+                    for (uint32_t j = i + 1; j < T; j++)
+                        sum += ref_jaccard_pair(bits + ((size_t)i * L + l) * W, bits + ((size_t)j * L + l) * W, W, K);
+                ck_assert_msg(fabs(out[l] - sum / np) <= 1e-12, "E %u K %u L %u layer %u: %.17g, want %.17g", E, K, L,
+                              l, out[l], sum / np);
+            }
+            /* a sample (more pairs than one round of 7-bit counters): the sampled pairs' mean, by the same rule */
+            mtr_jaccard_layers(out, bits, T, L, W, K, 300, 9, &np);
+            ck_assert_uint_eq(np, 300);
+            uint64_t st = 9;
+            double sum[8] = {0};
+            for (uint32_t p = 0; p < 300; p++) {
+                uint32_t i = (uint32_t)(tu_hash_step(&st) % T), j = (uint32_t)(tu_hash_step(&st) % (T - 1));
+                if (j >= i) j++;
+                for (uint32_t l = 0; l < L; l++)
+                    sum[l] += ref_jaccard_pair(bits + ((size_t)i * L + l) * W, bits + ((size_t)j * L + l) * W, W, K);
+            }
+            for (uint32_t l = 0; l < L; l++) ck_assert_double_eq_tol(out[l], sum[l] / 300, 1e-12);
+            if (simd) {
+                memcpy(out2, out, sizeof out);
+                np2 = np;
+            } else {
+                ck_assert_uint_eq(np, np2);
+                for (uint32_t l = 0; l < L; l++) ck_assert_double_eq_tol(out[l], out2[l], 1e-12);
+            }
         }
-        /* a sample: the same number of pairs, every value a mean of Jaccards in [0, 1] */
-        mtr_jaccard_layers(out, bits, T, L, W, K, 100, 9, &np);
-        ck_assert_uint_eq(np, 100);
-        for (uint32_t l = 0; l < L; l++) ck_assert(out[l] >= 0 && out[l] <= 1);
+        mtr_reduce_set_simd(true);
         /* fewer than two tokens: NaN */
         mtr_jaccard_layers(out, bits, 1, L, W, K, 100, 9, &np);
         ck_assert(isnan(out[0]) && np == 0);
