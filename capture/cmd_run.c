@@ -514,15 +514,17 @@ static int write_accuracy(engine *e, const acc_row *rows, size_t n, bool with_no
         double acc = rows[i].n ? (double)rows[i].correct / (double)rows[i].n : NAN;
         fprintf(f, "%s\t%s\taccuracy\t%.6f\t%llu\n", rows[i].lang, rows[i].dataset, acc,
                 (unsigned long long)rows[i].n);
-        json_t *r = json_pack("{s:s, s:s, s:f, s:I}", "lang", rows[i].lang, "task", rows[i].dataset, "accuracy", acc,
-                              "n", (json_int_t)rows[i].n);
+        json_array_append_new(ja, json_pack("{s:s, s:s, s:s, s:f, s:I}", "lang", rows[i].lang, "task",
+                                            rows[i].dataset, "metric", "accuracy", "value", acc, "n",
+                                            (json_int_t)rows[i].n));
         if (with_norm) {
             double an = rows[i].n ? (double)rows[i].correct_norm / (double)rows[i].n : NAN;
             fprintf(f, "%s\t%s\taccuracy_norm\t%.6f\t%llu\n", rows[i].lang, rows[i].dataset, an,
                     (unsigned long long)rows[i].n);
-            json_object_set_new(r, "accuracy_norm", json_real(an));
+            json_array_append_new(ja, json_pack("{s:s, s:s, s:s, s:f, s:I}", "lang", rows[i].lang, "task",
+                                                rows[i].dataset, "metric", "accuracy_norm", "value", an, "n",
+                                                (json_int_t)rows[i].n));
         }
-        json_array_append_new(ja, r);
     }
     int bad = ferror(f);
     bad |= fclose(f) != 0;
@@ -533,7 +535,7 @@ static int write_accuracy(engine *e, const acc_row *rows, size_t n, bool with_no
     }
     snprintf(path, sizeof path, "%s/accuracy.json", e->o.out);
     json_t *doc = json_pack("{s:s, s:s, s:s, s:O}", "model", e->info.model_id, "corpus", e->o.corpus, "steer",
-                            e->o.steer_path ? e->o.steer_path : "none", "results", ja);
+                            e->o.steer_path ? e->o.steer_path : "none", "accuracy", ja);
     int rc = json_dump_file(doc, path, JSON_INDENT(1) | JSON_SORT_KEYS);
     json_decref(doc);
     json_object_set_new(summary, "accuracy", ja);

@@ -250,6 +250,28 @@ static int load_json_rows(mtr_accuracy *a, const char *path, json_t *arr, const 
     return 0;
 }
 
+/* ---- one metric per (language, task) -------------------------------------------------------------------- */
+
+/* moetrace's own files may carry several metrics per language and task (score mode: accuracy and
+ * accuracy_norm): keep the one asked for (--metric), else "accuracy" when a pair has several. */
+static int filter_metric(mtr_accuracy *a, const char *want, const char *path)
+{
+    bool several = false;
+    for (size_t i = 0; i < a->n && !several; i++)
+        for (size_t j = i + 1; j < a->n && !several; j++)
+            several = !strcmp(a->rows[i].lang, a->rows[j].lang) && !strcmp(a->rows[i].task, a->rows[j].task);
+    if (!want && !several) return 0;
+    const char *keep = want ? want : "accuracy";
+    size_t k = 0;
+    for (size_t i = 0; i < a->n; i++)
+        if (!strcmp(a->rows[i].metric, keep)) a->rows[k++] = a->rows[i];
+    if (k == 0)
+        return mtr_stats_fail(MTR_EFORMAT, "%s: no rows with metric '%s'%s", path, keep,
+                              want ? "" : " among several metrics per language and task (choose one with --metric)");
+    a->n = k;
+    return 0;
+}
+
 /* ---- merging subtasks ----------------------------------------------------------------------------------- */
 
 /* Average the rows whose tasks share the part before ':' (per language and metric), in place; n is summed when
@@ -324,6 +346,8 @@ int mtr_accuracy_load(mtr_accuracy **out, const char *path, const mtr_langs *lan
         rc = mtr_stats_fail(MTR_EFORMAT, "%s: no accuracy rows", path);
         goto out_free;
     }
+    if (strcmp(a->format, "tsv") == 0 || strcmp(a->format, "json") == 0)
+        if ((rc = filter_metric(a, opts->metric, path))) goto out_free;
     if (opts->merge_subtasks && (rc = merge_subtasks(a))) goto out_free;
     *out = a;
     a = NULL;

@@ -416,14 +416,35 @@ static bool want_control(const char *list, const char *name)
     return false;
 }
 
+/* Hard steering cannot force more than top-k experts into one layer: keep the first cap of each layer (the sets
+ * list experts in their rule's order of preference) and say how many were dropped. */
+static size_t cap_per_layer(mtr_expert_set *set, uint32_t cap)
+{
+    if (!cap) return 0;
+    uint32_t per[MTR_MAX_LAYERS] = {0};
+    size_t k = 0, dropped = 0;
+    for (size_t i = 0; i < set->n; i++) {
+        uint32_t l = set->v[i].layer;
+        if (l < MTR_MAX_LAYERS && per[l] >= cap) {
+            dropped++;
+            continue;
+        }
+        if (l < MTR_MAX_LAYERS) per[l]++;
+        set->v[k++] = set->v[i];
+    }
+    set->n = k;
+    return dropped;
+}
+
 static int write_one(json_t *summary, const sel_args *a, const sel_ctx *x, const char *name, const mtr_expert_set *set,
                      mtr_steer_op op, double lambda, const char *rule, uint32_t n_layers, uint32_t n_experts,
-                     uint32_t top_k, const char *model_id)
+                     uint32_t top_k, const char *model_id, const int32_t *layer_index)
 {
     int rc;
     mtr_steer *s = NULL;
     char h5[4200], js[4200], es[4200], fb[4200], fj[4200];
     if ((rc = mtr_steer_create(&s, model_id, n_layers, n_experts, top_k, op))) return cli_fail("steer", rc, mtr_errmsg());
+    if (layer_index) memcpy(s->layer_index, layer_index, n_layers * sizeof *layer_index);
     snprintf(s->name, sizeof s->name, "%s", name);
     s->lambda = lambda;
     s->eps_mode = a->eps_mode;
@@ -511,8 +532,23 @@ int cmd_steer(int argc, char **argv)
     if ((ex = load_ctx(&x, &a, "steer"))) goto out_free;
     uint32_t n_layers = x.has_prof ? x.prof.n_layers : x.t->n_layers;
     uint32_t n_experts = x.has_prof ? x.prof.n_experts : x.t->n_experts;
-    uint32_t top_k = a.top_k ? a.top_k : x.has_prof ? x.prof.top_k : 0;
-    const char *model_id = a.model_id ? a.model_id : x.has_prof ? x.prof.model_id : NULL;
+    /* the model the tables were reduced from (summaries.h5 beside them): its id, top-k and MoE layer map */
+    mtr_model_info traced;
+    bool has_traced = false;
+    {
+        char sp[4200];
+        struct stat sst;
+        if (stat(a.tables, &sst) == 0 && S_ISDIR(sst.st_mode)) snprintf(sp, sizeof sp, "%s/summaries.h5", a.tables);
+        else {
+            const char *slash = strrchr(a.tables, '/');
+            snprintf(sp, sizeof sp, "%.*ssummaries.h5", slash ? (int)(slash - a.tables + 1) : 0, a.tables);
+        }
+        has_traced = stat(sp, &sst) == 0 && mtr_model_info_read(&traced, NULL, sp) == 0 &&
+                     traced.n_layers == n_layers && traced.n_experts == n_experts;
+    }
+    uint32_t top_k = a.top_k ? a.top_k : x.has_prof ? x.prof.top_k : has_traced ? traced.top_k : 0;
+    const char *model_id = a.model_id ? a.model_id : x.has_prof ? x.prof.model_id : has_traced ? traced.model_id : NULL;
+    const int32_t *layer_index = has_traced ? traced.layer_index : NULL;
     if (!top_k || !model_id) {
         cli_error("steer", "the model is unknown: give --profile, or --model-id and --top-k");
         ex = EXIT_USAGE;
@@ -551,7 +587,7 @@ int cmd_steer(int argc, char **argv)
     }
     char rule[256];
     snprintf(rule, sizeof rule, "task experts: Delta(%s, English vs %s) > %g in the band", a.dataset, x.generic, a.tau);
-    if ((ex = write_one(summary, &a, &x, "task", &task, a.op, a.lambda, rule, n_layers, n_experts, top_k, model_id)))
+    if ((ex = write_one(summary, &a, &x, "task", &task, a.op, a.lambda, rule, n_layers, n_experts, top_k, model_id, layer_index)))
         goto out_free;
     if (want_control(a.controls, "outside")) {
         if ((rc = mtr_control_outside(&ctl, &task, delta, x.t->n_layers, x.t->n_experts, &x.band.band, cap))) {
@@ -559,7 +595,7 @@ int cmd_steer(int argc, char **argv)
             goto out_free;
         }
         snprintf(rule, sizeof rule, "control: the %zu experts with the largest Delta(%s) outside the band", task.n, a.dataset);
-        ex = write_one(summary, &a, &x, "outside_band", &ctl, a.op, a.lambda, rule, n_layers, n_experts, top_k, model_id);
+        ex = write_one(summary, &a, &x, "outside_band", &ctl, a.op, a.lambda, rule, n_layers, n_experts, top_k, model_id, layer_index);
         mtr_expert_set_free(&ctl);
         if (ex) goto out_free;
     }
@@ -569,11 +605,15 @@ int cmd_steer(int argc, char **argv)
             ex = cli_fail("steer", rc, mtr_stats_errmsg());
             goto out_free;
         }
+        size_t over = a.op == MTR_STEER_HARD ? cap_per_layer(&ctl, cap) : 0;
+        if (over)
+            cli_error("steer", "warning: %zu multilingual experts refused: more than %u per layer (the top-k cap of "
+                               "hard steering)", over, cap);
         if (ctl.n < task.n)
             cli_error("steer", "warning: only %zu multilingual experts in the band for %zu task experts", ctl.n, task.n);
         snprintf(rule, sizeof rule, "control: the %zu multilingual-specialised experts (%s, tau %g) with the largest "
                                     "margin in the band", ctl.n, a.ml_rule == MTR_ML_3SD ? "3sd" : "delta", a.ml_tau);
-        ex = write_one(summary, &a, &x, "multilingual", &ctl, a.op, a.lambda, rule, n_layers, n_experts, top_k, model_id);
+        ex = write_one(summary, &a, &x, "multilingual", &ctl, a.op, a.lambda, rule, n_layers, n_experts, top_k, model_id, layer_index);
         mtr_expert_set_free(&ctl);
         if (ex) goto out_free;
     }
@@ -584,7 +624,7 @@ int cmd_steer(int argc, char **argv)
         }
         snprintf(rule, sizeof rule, "control: random experts matched per layer to the task experts (seed %llu)",
                  (unsigned long long)a.seed);
-        ex = write_one(summary, &a, &x, "random", &ctl, a.op, a.lambda, rule, n_layers, n_experts, top_k, model_id);
+        ex = write_one(summary, &a, &x, "random", &ctl, a.op, a.lambda, rule, n_layers, n_experts, top_k, model_id, layer_index);
         mtr_expert_set_free(&ctl);
         if (ex) goto out_free;
     }
@@ -592,7 +632,7 @@ int cmd_steer(int argc, char **argv)
         bool soft = a.op == MTR_STEER_SOFT;
         snprintf(rule, sizeof rule, "control: the task experts deactivated (%s)", soft ? "soft, lambda negated" : "off");
         if ((ex = write_one(summary, &a, &x, "deactivate", &task, soft ? MTR_STEER_SOFT : MTR_STEER_OFF,
-                            soft ? -a.lambda : a.lambda, rule, n_layers, n_experts, top_k, model_id)))
+                            soft ? -a.lambda : a.lambda, rule, n_layers, n_experts, top_k, model_id, layer_index)))
             goto out_free;
     }
     if (a.json) {

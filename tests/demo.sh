@@ -50,11 +50,24 @@ echo "Divergence from English by MoE layer (UDHR articles 1-30, 8 languages):"
 awk -F'\t' '!/^#/ { d[$1] = d[$1] sprintf(" %.3f", $3) } END { for (l in d) printf "  %-9s%s\n", l, d[l] }' \
     "$OUT/engine/tables/div_from_en.tsv" | sort
 "$BIN/moetrace-capture" run --mode score --model "$TINY" --corpus tests/data/mc-mini.jsonl --out "$OUT/engine/score" \
-    --quiet
+    --trace "$OUT/engine/score-run" --quiet
 "$BIN/moetrace-capture" run --mode generate --model "$TINY" --corpus tests/data/gen-mini.jsonl --max-new 8 \
     --out "$OUT/engine/generate" --quiet
-echo "multiple-choice accuracy (4 items, chance 0.25) and generation exact match (4 items):"
-grep -h -v '^#' "$OUT/engine/score/accuracy.tsv" "$OUT/engine/generate/accuracy.tsv" | grep -v '^lang' | sed 's/^/  /'
+echo "multiple-choice accuracy (8 items, chance 0.25) and generation exact match (4 items):"
+grep -h -v '^#' "$OUT/engine/score/accuracy.tsv" "$OUT/engine/generate/accuracy.tsv" | sed 's/^/  /'
+echo
+echo "== closing the loop: task experts of the multiple-choice prompts -> steering file -> scored again under it"
+"$BIN/moetrace-reduce" "$OUT/engine/run" "$OUT/engine/score-run" -o "$OUT/engine/tables-mc" >/dev/null 2>&1
+"$BIN/moetrace-stats" steer --tables "$OUT/engine/tables-mc" --dataset mc-mini --generic udhr --tau 0.05 \
+    --band 1-2 --op hard --out "$OUT/engine/steer" >"$OUT/engine/steer.tsv" 2>"$OUT/engine/steer.log"
+echo "steering files for $(grep -m1 '^task' "$OUT/engine/steer.tsv" | cut -f4) task experts (hard, MoE layers 1-2): $OUT/engine/steer"
+"$BIN/moetrace-capture" run --mode score --model "$TINY" --corpus tests/data/mc-mini.jsonl \
+    --out "$OUT/engine/score-steered" --steer "$OUT/engine/steer/task.h5" --quiet
+"$BIN/moetrace-stats" effect --baseline "$OUT/engine/score/accuracy.tsv" \
+    --steered "$OUT/engine/score-steered/accuracy.tsv" --steer "$OUT/engine/steer/task.h5" --metric accuracy \
+    >"$OUT/engine/effect.tsv"
+awk -F'\t' '!/^#/ { printf "steering effect: mean accuracy over non-English languages %s -> %s (gain %s, 95%% CI %s..%s)\n", $7, $8, $9, $10, $11 }' \
+    "$OUT/engine/effect.tsv"
 echo
 echo "Results:"
 echo "  trace run        $OUT/run  (run.json + shard-*.h5; planted truth in truth.json, accuracies in accuracy.tsv)"
@@ -64,6 +77,6 @@ echo "  tables           $OUT/tables/*.tsv and $OUT/tables/tables.h5"
 echo "  statistics       $OUT/correlate.tsv (.json), $OUT/band.txt, $OUT/experts.tsv"
 echo "  steering files   $OUT/steer/*.h5 (+ .json twins, EasySteer and flat f32 exports; traces/STEERING.md)"
 echo "  engine           $OUT/engine/run (capture), engine/tables, engine/score and engine/generate"
-echo "                   (accuracy.tsv, accuracy.json, items.tsv)"
+echo "                   (accuracy.tsv, accuracy.json, items.tsv), engine/steer, engine/effect.tsv"
 echo "  read with h5py   HDF5_PLUGIN_PATH=$(dirname "$BIN")/lib/plugin /usr/bin/python3 -c 'import h5py; ...'"
 echo "Figures: none yet (the notebooks are not built yet)."

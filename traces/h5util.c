@@ -362,3 +362,20 @@ int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const ch
             return mtr_fail(MTR_EMISMATCH, "%s: layer_index differs at MoE layer %u", what, l);
     return 0;
 }
+
+int mtr_model_info_read(mtr_model_info *out, float **selection_bias, const char *path)
+{
+    mtr_h5_quiet();
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return mtr_fail(MTR_ENOTFOUND, "%s: cannot open as HDF5", path);
+    float *bias = NULL;
+    int rc = mtr_read_model_attrs(f, out, &bias, path);
+    H5Fclose(f);
+    if (!rc && (rc = mtr_model_info_check(out))) rc = mtr_fail(MTR_EFORMAT, "%s: %s", path, mtr_errmsg());
+    if (rc || !selection_bias) {
+        free(bias);
+        out->selection_bias = NULL;
+    } else
+        *selection_bias = bias;
+    return rc;
+}

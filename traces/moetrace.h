@@ -113,6 +113,10 @@ void mtr_model_info_init(mtr_model_info *m, const char *model_id, const char *mo
                          uint32_t n_experts, uint32_t top_k);
 /* 0 if the model description is self-consistent, else MTR_EINVAL with a detail message. */
 int mtr_model_info_check(const mtr_model_info *m);
+/* The model description recorded at the root of a moetrace HDF5 file (a shard, or moetrace-reduce's
+ * summaries.h5). *selection_bias (may be NULL: not read) gets a malloc'd (n_layers, n_experts) copy or NULL.
+ * MTR_ENOTFOUND (not an HDF5 file), MTR_EFORMAT (attributes missing or inconsistent). */
+int mtr_model_info_read(mtr_model_info *out, float **selection_bias, const char *path);
 
 /* Route one token at one MoE layer as the model does: ids (top_k) = the selection, in descending order of the
  * selection score (the score function's output plus the selection-only bias where the model has one; ties go to

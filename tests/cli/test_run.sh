@@ -296,3 +296,20 @@ expect_exit 0 "steering effect (moetrace-stats effect)" "$BIN/moetrace-stats" ef
 expect_out "effect names the operation" '"op": ?"hard'
 if cmp -s "$WORK/e0/items.tsv" "$WORK/e1/items.tsv"; then not_ok "steering changes the log-likelihoods" "items.tsv identical"
 else ok "steering changes the log-likelihoods"; fi
+
+# steering files selected by moetrace-stats from this model's own tables carry its MoE layer map and top-k, and
+# every one of them (task and controls, hard: at most top-k forced per layer) steers the engine
+expect_exit 0 "score with a routing trace" "$CAP" run --mode score --model "$Q" --corpus "$WORK/mc4.jsonl" \
+    --out "$WORK/e2" --trace "$WORK/e2run" --no-sync --quiet
+expect_exit 0 "reduce capture + score traces" "$BIN/moetrace-reduce" "$WORK/r1" "$WORK/e2run" -o "$WORK/t8"
+expect_exit 0 "stats steer from the engine's tables" "$BIN/moetrace-stats" steer --tables "$WORK/t8" --dataset mc \
+    --generic udhr --tau 0.01 --band 1-2 --op hard --out "$WORK/st8"
+nfiles=0
+for f in "$WORK"/st8/*.h5; do
+    [ -f "$f" ] || continue
+    nfiles=$((nfiles + 1))
+    if "$CAP" run --mode score --model "$Q" --corpus "$WORK/mc.jsonl" --out "$WORK/e3" --steer "$f" --no-sync \
+        --quiet 2>"$WORK/err"; then ok "steers the engine: $(basename "$f")"
+    else not_ok "steers the engine: $(basename "$f")" "$(cat "$WORK/err")"; fi
+done
+if [ "$nfiles" -ge 4 ]; then ok "stats wrote $nfiles steering files"; else not_ok "stats steering files" "$nfiles"; fi
