@@ -288,12 +288,14 @@ MTR_POPCNT_CLONES static void pair_jaccard_layers(double *sum, const uint64_t *a
 {
     if (words == 2) {
         for (uint32_t l = 0; l < n_layers; l++)
-            sum[l] += frac[__builtin_popcountll(a[2 * l] & b[2 * l]) + __builtin_popcountll(a[2 * l + 1] & b[2 * l + 1])];
+            sum[l] += frac[__builtin_popcountll(a[2 * l] & b[2 * l]) +
+                           __builtin_popcountll(a[2 * l + 1] & b[2 * l + 1])];
         return;
     }
     for (uint32_t l = 0; l < n_layers; l++) {
         uint32_t inter = 0;
-        for (uint32_t w = 0; w < words; w++) inter += (uint32_t)__builtin_popcountll(a[l * words + w] & b[l * words + w]);
+        for (uint32_t w = 0; w < words; w++)
+            inter += (uint32_t)__builtin_popcountll(a[l * words + w] & b[l * words + w]);
         sum[l] += frac[inter];
     }
 }

@@ -1,6 +1,7 @@
 /* kernels_avx2.c — the AVX2 + FMA path of the per-token kernel (DESIGN.md §3), picked at run time by kernels.c:
- * one token at one layer with full-softmax weights and a selection of at most 8 experts that is the top-k of the
- * logits themselves (no selection bias). Also the bf16 widen-and-check of a token row.
+ * one token at one layer, f32 or bf16 logits, with full-softmax weights and a selection of at most 8 experts that
+ * is the top-k of the logits themselves (no selection bias). Also the NaN/Inf scan and widening of bf16 rows and
+ * the counting of Jaccard pairs by intersection size.
  *
  * Nothing here branches on the data in the common case: the k-th largest logit comes out of min/max networks
  * (every lane keeps its sorted 8 largest, then lanes are merged by bitonic steps), the selection is the bitmask of
@@ -164,7 +165,9 @@ AVX2_INLINE void kth_largest(const void *z, uint32_t n, uint32_t k, bool bf16, _
     if (b < n) {
         for (uint32_t i = 0; i < 8; i++) {
             const uint32_t at = b + 8 * i;
-            x[i] = at + 8 <= n ? load8(z, at, bf16) : at < n ? load_tail(z, at, n, bf16, -FLT_MAX) : _mm256_set1_ps(-FLT_MAX);
+            x[i] = at + 8 <= n ? load8(z, at, bf16)
+                   : at < n    ? load_tail(z, at, n, bf16, -FLT_MAX)
+                               : _mm256_set1_ps(-FLT_MAX);
         }
         sort8(x);
         if (b == 0)
@@ -272,7 +275,8 @@ AVX2_INLINE void token_full(const void *z, bool bf16, uint32_t n, uint32_t k, mt
         float *qf = acc->qf;
 #pragma GCC unroll 4
         for (v = 0; v < nfull; v++)
-            _mm256_storeu_ps(qf + 8 * v, _mm256_fmadd_ps(_mm256_loadu_ps(e + 8 * v), invf, _mm256_loadu_ps(qf + 8 * v)));
+            _mm256_storeu_ps(qf + 8 * v,
+                             _mm256_fmadd_ps(_mm256_loadu_ps(e + 8 * v), invf, _mm256_loadu_ps(qf + 8 * v)));
         for (uint32_t i = 8 * nfull; i < n; i++) qf[i] += e[i] * (1.0f / sum);
     } else {
         const double inv = 1.0 / (double)sum;
@@ -281,7 +285,8 @@ AVX2_INLINE void token_full(const void *z, bool bf16, uint32_t n, uint32_t k, mt
 #pragma GCC unroll 4
         for (v = 0; v < nfull; v++) {
             __m256 x = _mm256_loadu_ps(e + 8 * v);
-            __m256d lo4 = _mm256_cvtps_pd(_mm256_castps256_ps128(x)), hi4 = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+            __m256d lo4 = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
+            __m256d hi4 = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
             _mm256_storeu_pd(q + 8 * v, _mm256_fmadd_pd(lo4, invd, _mm256_loadu_pd(q + 8 * v)));
             _mm256_storeu_pd(q + 8 * v + 4, _mm256_fmadd_pd(hi4, invd, _mm256_loadu_pd(q + 8 * v + 4)));
         }
@@ -339,8 +344,8 @@ AVX2_FN bool mtr_nonfinite_bf16_avx2(const uint16_t *src, size_t n)
 /* bytes of x -> their popcounts */
 AVX2_INLINE __m256i popcnt_bytes(__m256i x)
 {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3,
-                                         2, 3, 3, 4);
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, /* per 128-bit lane */
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i nib = _mm256_set1_epi8(0x0f);
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, nib)),
                            _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), nib)));
@@ -362,9 +367,11 @@ AVX2_FN void mtr_jaccard_count_avx2(uint64_t *h, const uint64_t *a, const uint64
         }
     } else {
         for (; l + 4 <= n_layers; l += 4) {
-            const __m256i *pa = (const __m256i *)(const void *)(a + 2 * l), *pb = (const __m256i *)(const void *)(b + 2 * l);
-            const __m256i c0 = _mm256_sad_epu8(popcnt_bytes(_mm256_and_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb))), zero);
-            const __m256i c1 = _mm256_sad_epu8(popcnt_bytes(_mm256_and_si256(_mm256_loadu_si256(pa + 1), _mm256_loadu_si256(pb + 1))), zero);
+            const __m256i *pa = (const __m256i *)(const void *)(a + 2 * l);
+            const __m256i *pb = (const __m256i *)(const void *)(b + 2 * l);
+            const __m256i x0 = _mm256_and_si256(_mm256_loadu_si256(pa), _mm256_loadu_si256(pb));
+            const __m256i x1 = _mm256_and_si256(_mm256_loadu_si256(pa + 1), _mm256_loadu_si256(pb + 1));
+            const __m256i c0 = _mm256_sad_epu8(popcnt_bytes(x0), zero), c1 = _mm256_sad_epu8(popcnt_bytes(x1), zero);
             /* c0 = words of layers l, l+1; c1 of l+2, l+3: add the two words of each layer, back in layer order */
             const __m256i inter = _mm256_permute4x64_epi64(
                 _mm256_add_epi64(_mm256_unpacklo_epi64(c0, c1), _mm256_unpackhi_epi64(c0, c1)), 0xd8);
@@ -375,7 +382,8 @@ AVX2_FN void mtr_jaccard_count_avx2(uint64_t *h, const uint64_t *a, const uint64
     }
     for (; l < n_layers; l++) {
         uint32_t inter = 0;
-        for (uint32_t w = 0; w < words; w++) inter += (uint32_t)__builtin_popcountll(a[l * words + w] & b[l * words + w]);
+        for (uint32_t w = 0; w < words; w++)
+            inter += (uint32_t)__builtin_popcountll(a[l * words + w] & b[l * words + w]);
         h[l] += (uint64_t)1 << (7 * inter);
     }
 }

@@ -135,7 +135,8 @@ static void check_shapes(uint32_t n, uint32_t k, uint64_t seed)
     check_row(z, n, k, "underflow");
 }
 
-static const uint32_t SIZES[] = {1, 2, 3, 7, 8, 9, 13, 16, 32, 60, 63, 64, 65, 67, 100, 127, 128, 129, 136, 192, 256, 300};
+static const uint32_t SIZES[] = {1,  2,  3,   7,   8,   9,   13,  16,  32,  60,  63,
+                                 64, 65, 67, 100, 127, 128, 129, 136, 192, 256, 300};
 
 static void check_all_shapes(void)
 {
@@ -282,9 +283,11 @@ START_TEST(jaccard_against_sets)
                 uint32_t ids[1024];
                 /* neighbouring tokens share experts: the sets overlap by varying amounts */
                 float row[1024];
-                for (uint32_t e = 0; e < E; e++) row[e] = z[((size_t)(t / 3) * L + l) * E + e] + 0.3f * z[((size_t)t * L + l) * E + e];
+                for (uint32_t e = 0; e < E; e++)
+                    row[e] = z[((size_t)(t / 3) * L + l) * E + e] + 0.3f * z[((size_t)t * L + l) * E + e];
                 ref_topk(ids, row, E, K);
-                for (uint32_t i = 0; i < K; i++) bits[((size_t)t * L + l) * W + (ids[i] >> 6)] |= (uint64_t)1 << (ids[i] & 63);
+                for (uint32_t i = 0; i < K; i++)
+                    bits[((size_t)t * L + l) * W + (ids[i] >> 6)] |= (uint64_t)1 << (ids[i] & 63);
             }
         double out[8], out2[8];
         uint32_t np, np2;
