@@ -79,4 +79,6 @@ echo "  steering files   $OUT/steer/*.h5 (+ .json twins, EasySteer and flat f32 
 echo "  engine           $OUT/engine/run (capture), engine/tables, engine/score and engine/generate"
 echo "                   (accuracy.tsv, accuracy.json, items.tsv), engine/steer, engine/effect.tsv"
 echo "  read with h5py   HDF5_PLUGIN_PATH=$(dirname "$BIN")/lib/plugin /usr/bin/python3 -c 'import h5py; ...'"
-echo "Figures: none yet (the notebooks are not built yet)."
+echo
+echo "== notebooks: the paper's figures from these results, executed headless"
+MOETRACE_EXECUTED="$OUT/notebooks" sh notebooks/run.sh "$OUT"
