@@ -337,6 +337,24 @@ def _():
     assert np.array_equal(steered_seen[:, 0, :].numpy(), z[:, 0, :].numpy()), "untargeted layer changed"
 
 
+@case("steer_hard_bf16_forced_expert_beats_the_maximum")
+def _():
+    # bf16 logits: max + eps (eps far below one bf16 step) must not round back into a tie with the maximum
+    path = os.path.join(WORK, "steer-bf16.h5")
+    write_steering(path, "tiny/qwen3_moe", "hard", [(1, 3, float("nan"))], eps_mode=1, eps=1e-6)
+    sf = moetrace.SteeringFile.load(path)
+    g = torch.Generator().manual_seed(7)
+    z = (torch.randn(64, 8, generator=g) * 3).to(torch.bfloat16)
+    z[:, 5] = z.float().amax(-1).to(torch.bfloat16)  # a tie at the top already
+    st, _ = sf.apply(z, 1, None)
+    assert st.dtype == torch.bfloat16
+    mx = z.float().amax(-1)
+    assert torch.all(st[:, 3].float() > mx), "forced expert tied with or below the maximum after bf16 rounding"
+    assert torch.all(torch.topk(st.float(), 2, -1).indices[:, 0] == 3), "forced expert is not the first choice"
+    others = [e for e in range(8) if e != 3]
+    assert torch.equal(st[:, others], z[:, others]), "other experts changed"
+
+
 @case("steer_refuses_other_model_shape")
 def _():
     model = tiny_moe.build("olmoe", E=16)

@@ -2,7 +2,9 @@
 PyTorch model, with the same arithmetic as the native engine's mtr_steer_apply:
 
   soft  z_e += coef_e * std(z)      (population std over the experts, in float64, rounded to the logits' dtype)
-  hard  z_e  = max(z) + |eps|       (coef > 0; coef < 0: min(z) - |eps|), at least one float32 step beyond
+  hard  z_e  = max(z) + |eps|       (coef > 0; coef < 0: min(z) - |eps|), at least one float32 step beyond,
+                                    and for bf16/f16 logits at least one step of that dtype, so rounding the
+                                    result back cannot tie it with the extreme
   off   z_e  = min(z) - |eps|       (coef < 0; coef > 0: max(z) + |eps|)
   bias  z_e += coef_e               (in float32)
 
@@ -149,8 +151,24 @@ class SteeringFile:
             down = (mn[:, None] - eps).to(torch.float32)
             up = torch.where(up > mx32, up, torch.nextafter(mx32, torch.full_like(mx32, np.inf)))
             down = torch.where(down < mn32, down, torch.nextafter(mn32, torch.full_like(mn32, -np.inf)))
+            if dt in (torch.bfloat16, torch.float16):
+                # the result goes back to the model's dtype: keep the forced value at least one step of that
+                # dtype beyond the extreme, or rounding could tie it with the original maximum (or minimum)
+                up = torch.maximum(up, mx32 + _dtype_step(mx32, dt))
+                down = torch.minimum(down, mn32 - _dtype_step(mn32, dt))
             out[:, idx] = torch.where((cs > 0)[None, :], up, down)
         return out.to(dt).reshape(shape), state
+
+
+def _dtype_step(x, dt):
+    """The spacing of dtype dt (bfloat16: 8 significant bits, float16: 11) at the float32 values x (their
+    magnitude's binade; the smallest normal spacing at 0), as float32."""
+    import torch
+    bits = 8 if dt == torch.bfloat16 else 11
+    tiny = torch.finfo(dt).tiny
+    _, e = torch.frexp(x.abs())
+    step = torch.ldexp(torch.ones_like(x), (e - bits).to(torch.int32))
+    return torch.clamp(step, min=tiny * 2.0 ** (1 - bits))
 
 
 class SteeringHook:
