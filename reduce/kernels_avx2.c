@@ -177,6 +177,15 @@ AVX2_INLINE void kth_largest(const void *z, uint32_t n, uint32_t k, bool bf16, _
     }
     LANE_MERGE(r, SWAP4);
     LANE_MERGE(r, SWAP2);
+    if (k == 8) {
+        /* the last merge without its sort: the 8 largest of lanes j and j^1 are c_0..c_3 of both lanes, so the
+         * 8th largest is their minimum */
+        __m256 c = _mm256_max_ps(r[0], SWAP1(r[7]));
+        for (int i = 1; i < 4; i++) c = _mm256_min_ps(c, _mm256_max_ps(r[i], SWAP1(r[7 - i])));
+        *thr = _mm256_min_ps(c, SWAP1(c));
+        *mx_out = _mm256_max_ps(r[0], SWAP1(r[0]));
+        return;
+    }
     LANE_MERGE(r, SWAP1);
     /* every lane now holds the 8 largest of the row, sorted */
     *mx_out = r[0];
