@@ -124,7 +124,7 @@ typedef struct {
     mtr_tok *tok;
     mtr_session *sess;
     mtr_steer *steer;
-    uint64_t steer_rng;
+    uint64_t *steer_rng;       /* (n_moe_layers) gaussian-eps generator states */
     mtr_model_info info;       /* the recorded layers */
     uint32_t *rec;             /* (info.n_layers) recorded MoE layer -> engine MoE layer */
     mtr_writer *w;
@@ -262,7 +262,7 @@ static int prefill(engine *e, const int32_t *ids, uint32_t n, bool want_router, 
         mtr_forward_io io = MTR_FORWARD_IO_INIT;
         io.router = want_router ? e->router + (size_t)at * row : NULL;
         io.steer = e->steer;
-        io.steer_rng = e->steer ? &e->steer_rng : NULL;
+        io.steer_rng = e->steer ? e->steer_rng : NULL;
         /* logits only for the rows asked, which may start in an earlier batch */
         uint32_t first = n - n_logits;
         if (n_logits && at + b > first) {
@@ -297,7 +297,7 @@ static int record_at(engine *e, size_t first, uint64_t seq, const char *unit, co
                      const int32_t *ids, const uint8_t *roles, uint32_t n)
 {
     if (!e->w) return 0;
-    mtr_seq_meta meta = {seq, unit, lang, dataset, n, 0};
+    mtr_seq_meta meta = {seq, unit, lang, dataset, n, e->steer ? MTR_SEQ_STEERED : 0u};
     return mtr_writer_append(e->w, &meta, ids, NULL, roles, recorded(e, first, n), MTR_DTYPE_F32);
 }
 
@@ -389,7 +389,7 @@ static int flush_packed(engine *e, const mtr_corpus *corpus, const packed_item *
         mtr_forward_io io = MTR_FORWARD_IO_INIT;
         io.router = e->router;
         io.steer = e->steer;
-        io.steer_rng = e->steer ? &e->steer_rng : NULL;
+        io.steer_rng = e->steer ? e->steer_rng : NULL;
         io.seq_lens = lens;
         io.n_seqs = (uint32_t)n_pk;
         rc = mtr_model_forward(e->sess, ids, total, &io);
@@ -684,7 +684,7 @@ static int run_score(engine *e, const mtr_mc *set, const mtr_prompts *prompts, j
                     io.logits = e->logits;
                     io.n_logits = nc - 1;
                     io.steer = e->steer;
-                    io.steer_rng = e->steer ? &e->steer_rng : NULL;
+                    io.steer_rng = e->steer ? e->steer_rng : NULL;
                     if ((rc = mtr_model_forward(e->sess, whole.ids + c, nc - 1, &io))) break;
                     for (uint32_t q = 1; q < nc; q++)
                         s += log_softmax_at(e->logits + (size_t)(q - 1) * V, V, whole.ids[c + q]);
@@ -836,7 +836,7 @@ static int run_generate(engine *e, const mtr_gen *set, const mtr_prompts *prompt
             io.n_logits = 1;
             io.router = e->w ? e->router + (size_t)(c + n_new - 1) * row : NULL;
             io.steer = e->steer;
-            io.steer_rng = e->steer ? &e->steer_rng : NULL;
+            io.steer_rng = e->steer ? e->steer_rng : NULL;
             if ((rc = mtr_model_forward(e->sess, &best, 1, &io))) {
                 free(text);
                 rc = fail_lib(e->o.corpus, rc);
@@ -1174,7 +1174,12 @@ int cmd_run(int argc, char **argv)
             rc = fail_lib(o->steer_path, rc);
             goto done;
         }
-        e.steer_rng = o->have_seed ? o->seed : e.steer->seed;
+        e.steer_rng = calloc(L, sizeof *e.steer_rng);
+        if (!e.steer_rng) {
+            rc = fail_lib(NULL, MTR_ENOMEM);
+            goto done;
+        }
+        for (uint32_t l = 0; l < L; l++) e.steer_rng[l] = mtr_steer_layer_seed(o->have_seed ? o->seed : e.steer->seed, l);
     }
     if ((rc = mtr_session_create(&e.sess, e.model, o->max_tokens + 1, o->batch))) {
         rc = fail_lib(NULL, rc);
@@ -1240,6 +1245,7 @@ done:
     free(e.logits);
     mtr_session_destroy(e.sess);
     mtr_steer_destroy(e.steer);
+    free(e.steer_rng);
     mtr_tok_destroy(e.tok);
     mtr_model_destroy(e.model);
     mtr_corpus_destroy(corpus);

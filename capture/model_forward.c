@@ -446,11 +446,13 @@ static void route(mtr_session *s, uint32_t l, uint32_t n, const mtr_forward_io *
     const uint32_t E = c->n_experts, K = c->top_k, ml = (uint32_t)L->moe_index;
     linear(s, s->rl, s->x, n, &L->router);
     round_buf(s->rl, (size_t)n * E, c->dtype);
-    if (io->steer)
-        for (uint32_t t = 0; t < n; t++) mtr_steer_apply(io->steer, ml, s->rl + (size_t)t * E, io->steer_rng);
+    /* the raw gate outputs are what a trace stores (FORMAT.md 2.2); the model routes on the steered ones */
     if (io->router)
         for (uint32_t t = 0; t < n; t++)
             memcpy(io->router + ((size_t)t * c->n_moe_layers + ml) * E, s->rl + (size_t)t * E, E * sizeof(float));
+    if (io->steer)
+        for (uint32_t t = 0; t < n; t++)
+            mtr_steer_apply(io->steer, ml, s->rl + (size_t)t * E, io->steer_rng ? &io->steer_rng[ml] : NULL);
     for (uint32_t t = 0; t < n; t++) {
         mtr_route(&m->info, ml, s->rl + (size_t)t * E, s->sel + (size_t)t * K, s->selw + (size_t)t * K,
                   s->route_scratch);

@@ -165,12 +165,14 @@ uint64_t mtr_session_bytes(const mtr_session *s);
 
 typedef struct {
     float *router;           /* (n, n_moe_layers, n_experts) raw gate outputs, or NULL; in f32 holding the
-                                model-dtype values */
+                                model-dtype values; under steering still the values before the intervention
+                                (traces/FORMAT.md 2.2: the steered ones follow from the recorded spec) */
     float *logits;           /* (n_logits, vocab) final logits of the last n_logits tokens, or NULL */
     uint32_t n_logits;       /* 0: skip the LM head (and every layer after the last MoE layer when router is
                                 set and logits is not) */
     const mtr_steer *steer;  /* applied to the router logits of its target layers before top-k, or NULL */
-    uint64_t *steer_rng;     /* splitmix64 state for gaussian eps (seed it with steer->seed), or NULL */
+    uint64_t *steer_rng;     /* (n_moe_layers) gaussian-eps generator states, one per MoE layer (start them at
+                                mtr_steer_layer_seed(steer->seed, l)), or NULL (eps = 0) */
     const uint32_t *seq_lens; /* packed prefill: the batch is n_seqs independent sequences of these lengths
                                  (summing to n), each from position 0, attending only within itself; needs
                                  an empty session and leaves it unable to continue (reset it) */
@@ -183,8 +185,7 @@ typedef struct {
 
 /* Run ids (n tokens, positions continuing the session) through the model, appending their keys and values to the
  * cache. Errors: MTR_EINVAL (n == 0, n > max_batch, cache full, an id outside the vocabulary, n_logits > n, a
- * steering file for another model). The router output holds the steered logits when io->steer is set (what the
- * model routed on). */
+ * steering file for another model). */
 int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_forward_io *io);
 
 /* Per-phase wall time of the forwards of this session so far (seconds): attention block, MoE/MLP block, LM head,

@@ -110,6 +110,9 @@ int mtr_steer_load(mtr_steer **out, const char *path);
  * drawn per forced expert from *rng (a splitmix64 state the caller seeds, e.g. with s->seed; NULL: eps = 0).
  * Layers outside the targets are left alone. */
 void mtr_steer_apply(const mtr_steer *s, uint32_t layer, float *z, uint64_t *rng);
+/* Start state of MoE layer `layer`'s gaussian-eps generator: seed XOR ((layer + 1) * 0x9E3779B97F4A7C15), one
+ * generator per layer continuing over the tokens in order, as the native engine and the PyTorch hook use it. */
+uint64_t mtr_steer_layer_seed(uint64_t seed, uint32_t layer);
 
 /* EasySteer `moe_router` layer config: {"layer_configs": {"<decoder layer>": {"mode": "activate"|"deactivate",
  * "expert_ids": [...]}}} (a layer with both signs: "mode": "activate", "activate_ids", "deactivate_ids").

@@ -851,3 +851,8 @@ int mtr_steer_export_flat(const mtr_steer *s, const char *bin_path, const char *
     json_object_set_new(root, "provenance", prov ? prov : json_object());
     return dump_json(root, json_path, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
 }
+
+uint64_t mtr_steer_layer_seed(uint64_t seed, uint32_t layer)
+{
+    return seed ^ ((uint64_t)(layer + 1) * 0x9e3779b97f4a7c15ULL);
+}

@@ -119,16 +119,20 @@ expect_exit 0 "capture --steer hard" "$CAP" run --model "$Q" --corpus "$CORPUS" 
 expect_exit 0 "steered run json" "$BIN/moetrace-info" --json "$WORK/r4"
 expect_out "the trace records the steering" 'hard'
 if [ $have_torch -eq 1 ]; then
-    forced=$($PY - "$WORK/r4" <<'EOF' 2>&1
-import glob, sys, h5py, numpy as np
+    forced=$($PY - "$WORK/r4" "$WORK/hard.json" "$TESTS/../capture/python" <<'EOF' 2>&1
+import glob, sys, h5py, numpy as np, torch
+sys.path.insert(0, sys.argv[3])
+import moetrace
 f = h5py.File(sorted(glob.glob(sys.argv[1] + "/shard-*.h5"))[0], "r")
-z = f["router/logits"][:]
+z = torch.as_tensor(f["router/logits"][:])  # the raw gate outputs (FORMAT.md 2.2); the spec gives the steered ones
 k = int(f.attrs["top_k"])
-top = np.argsort(-z[:, 1], axis=1, kind="stable")[:, :k]
-print(all(1 in t and 6 in t for t in top.tolist()), z.shape[0])
+st, _ = moetrace.SteeringFile.load(sys.argv[2]).apply(z[:, 1], 1, None)
+top = torch.topk(st, k, -1).indices
+flags = f["seq/flags"][:]
+print(bool(all(1 in t and 6 in t for t in top.tolist()) and (flags & 2).all()), z.shape[0])
 EOF
 )
-    case "$forced" in True*) ok "hard steering: experts 1 and 6 in every token's top-k";; *) not_ok "hard steering" "$forced";; esac
+    case "$forced" in True*) ok "hard steering: experts 1 and 6 in every token's top-k, sequences flagged steered";; *) not_ok "hard steering" "$forced";; esac
 fi
 printf '%s\n' '{"format": "moetrace-steering"}' >"$WORK/badsteer.json"
 expect_exit 2 "capture --steer malformed file" "$CAP" run --model "$Q" --corpus "$CORPUS" --limit 1 \
