@@ -14,7 +14,7 @@
 #include "internal.h"
 #include "model_internal.h"
 
-#define Q_BLOCK 64u          /* query rows per attention task */
+#define Q_BLOCK 128u         /* query rows per attention task */
 #define W_BLOCK_BYTES (1u << 18) /* widened weight rows per sgemm call (bf16/f16 models) */
 
 struct mtr_session {
@@ -45,7 +45,7 @@ struct mtr_session {
     float **wbuf;            /* (nt) widened weight rows */
     size_t wbuf_floats;
     uint64_t bytes;          /* everything allocated for the session */
-    float **sbuf;            /* (nt) attention scores (Q_BLOCK, max_tokens) */
+    float **sbuf;            /* (nt) attention scratch: scores (Q_BLOCK * group, max_tokens), stacked q and out */
     mtr_forward_stats st;
 };
 
@@ -108,7 +108,7 @@ static void gemm_rows(float *Y, size_t ldy, const float *X, size_t ldx, uint32_t
     }
 }
 
-/* Y (n, W->rows) = X (n, W->cols) W^T over the threads. Many tokens: blocks of T_BLOCK token rows, each against
+/* Y (n, W->rows) = X (n, W->cols) W^T over the threads. Many tokens against a weight of comparable size: blocks of T_BLOCK token rows, each against
  * the whole weight (OpenBLAS packs each weight panel once per block and the activations once); few tokens
  * (decoding): blocks of weight rows. The blocks depend on the shapes only, never on the thread count, so every
  * output element comes from the same sgemm call shape and results are identical for any number of threads. */
@@ -117,7 +117,7 @@ static void linear(mtr_session *s, float *Y, const float *X, uint32_t n, const m
 {
     const uint32_t rows = W->rows, cols = W->cols;
     s->st.flops += 2.0 * n * rows * cols;
-    if (n >= T_BLOCK / 2) {
+    if (n >= T_BLOCK / 2 && rows < 4 * (size_t)n) {
         const uint32_t nb = (n + T_BLOCK - 1) / T_BLOCK;
 #pragma omp parallel for num_threads(s->nt) schedule(dynamic, 1) if (nb > 1 && s->nt > 1)
         for (uint32_t b = 0; b < nb; b++) {
@@ -127,7 +127,9 @@ static void linear(mtr_session *s, float *Y, const float *X, uint32_t n, const m
         }
         return;
     }
-    uint32_t chunk = (rows + 7) / 8;
+    /* weight-row blocks: each call packs its weight rows once and the (smaller) activations again; many tokens
+     * against a large weight (the LM head) take four blocks, decoding eight */
+    uint32_t chunk = (rows + (n >= T_BLOCK / 2 ? 3 : 7)) / (n >= T_BLOCK / 2 ? 4 : 8);
     chunk = (chunk + 15) / 16 * 16;
     if (chunk < 64) chunk = 64;
     const uint32_t nb = (rows + chunk - 1) / chunk;
@@ -228,7 +230,9 @@ int mtr_session_create(mtr_session **out, const mtr_model *m, uint32_t max_token
     s->wbuf_floats = W_BLOCK_BYTES / 4 > maxcols ? W_BLOCK_BYTES / 4 : maxcols;
     for (int t = 0; t < s->nt; t++) {
         ALLOC(s->wbuf[t], m->cfg.dtype == MTR_DTYPE_F32 ? 1 : s->wbuf_floats);
-        ALLOC(s->sbuf[t], (size_t)Q_BLOCK * max_tokens);
+        /* attention scores (Q_BLOCK * group, max_tokens), then the stacked queries and outputs */
+        const size_t group = c->n_heads / c->n_kv_heads;
+        ALLOC(s->sbuf[t], (size_t)Q_BLOCK * group * (max_tokens + 2 * (size_t)c->head_dim));
     }
     *out = s;
     return 0;
@@ -370,19 +374,26 @@ static void attention(mtr_session *s, uint32_t l, uint32_t n)
     const uint32_t win = c->sliding_window;
     const uint32_t len0 = s->len;
     for (uint32_t t = 0; t < n; t++) s->st.flops += 4.0 * nh * hd * (double)(len0 + t + 1 - s->key0[t]);
+    /* one task per (key-value head, query block): the query heads sharing that key-value head are stacked into
+     * one matrix (rows token-major: token i, head j at i * group + j), so each product is group times taller */
 #pragma omp parallel for num_threads(s->nt) schedule(dynamic, 1)
-    for (uint32_t task = 0; task < nh * nqb; task++) {
-        uint32_t h = task / nqb, qb = task % nqb, kvh = h / group;
+    for (uint32_t task = 0; task < nkv * nqb; task++) {
+        uint32_t kvh = task / nqb, qb = task % nqb;
         const uint32_t *tk = s->tasks + 3 * (size_t)qb;
-        uint32_t q0 = tk[0], q1 = tk[1], k0 = tk[2], qn = q1 - q0;
+        uint32_t q0 = tk[0], q1 = tk[1], k0 = tk[2], qn = q1 - q0, rows = qn * group;
         uint32_t n_keys = len0 + q1 - k0; /* cache indices k0 .. that of the last query */
         float *S = s->sbuf[omp_get_thread_num()];
+        float *Qg = S + (size_t)Q_BLOCK * group * s->max_tokens, *Og = Qg + (size_t)Q_BLOCK * group * hd;
         const size_t kv_off = lay + (size_t)kvh * s->max_tokens * hd + (size_t)k0 * hd;
         const float *K = s->kc + kv_off, *V = s->vc + kv_off;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)qn, (int)n_keys, (int)hd, 1.f,
-                    s->q + (size_t)q0 * qd + (size_t)h * hd, (int)qd, K, (int)hd, 0.f, S, (int)n_keys);
-        for (uint32_t i = 0; i < qn; i++) {
-            float *row = S + (size_t)i * n_keys;
+        for (uint32_t i = 0; i < qn; i++)
+            memcpy(Qg + (size_t)i * group * hd, s->q + (size_t)(q0 + i) * qd + (size_t)kvh * group * hd,
+                   (size_t)group * hd * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)n_keys, (int)hd, 1.f, Qg, (int)hd, K,
+                    (int)hd, 0.f, S, (int)n_keys);
+        for (uint32_t r = 0; r < rows; r++) {
+            const uint32_t i = r / group;
+            float *row = S + (size_t)r * n_keys;
             /* visible keys, relative to k0: the token's own sequence up to itself, within the sliding window */
             uint32_t self = len0 + q0 + i - k0, pos = s->pos[q0 + i];
             uint32_t lo = win && pos + 1 > win ? self - (win - 1) : 0;
@@ -404,8 +415,11 @@ static void attention(mtr_session *s, uint32_t l, uint32_t n)
             for (uint32_t j = lo; j <= self; j++) row[j] = round_dt(row[j] * inv, dt);
             for (uint32_t j = self + 1; j < n_keys; j++) row[j] = 0;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)qn, (int)hd, (int)n_keys, 1.f, S, (int)n_keys, V,
-                    (int)hd, 0.f, s->att + (size_t)q0 * qd + (size_t)h * hd, (int)qd);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)hd, (int)n_keys, 1.f, S, (int)n_keys, V,
+                    (int)hd, 0.f, Og, (int)hd);
+        for (uint32_t i = 0; i < qn; i++)
+            memcpy(s->att + (size_t)(q0 + i) * qd + (size_t)kvh * group * hd, Og + (size_t)i * group * hd,
+                   (size_t)group * hd * sizeof(float));
     }
     round_buf(s->att, (size_t)n * qd, dt);
     linear(s, s->tmp, s->att, n, &L->o);
