@@ -91,6 +91,35 @@ static double router_err(const float *ours, const float *gold, uint32_t T, uint3
     return e;
 }
 
+/* Greedy decoding of n_gen tokens after ids (T) through the KV cache (under steer, if set) gives the golden
+ * tokens `name` (the reference recomputes the whole prefix at every step). */
+static void check_greedy(mtr_model *m, const mtr_st *g, const char *name, const int32_t *ids, uint32_t T,
+                         const mtr_steer *steer, const char *model)
+{
+    const mtr_model_config *c = mtr_model_get_config(m);
+    size_t ng = 0;
+    int32_t *gen = golden_ids(g, name, &ng);
+    ck_assert_msg(gen != NULL && ng > 0, "%s: golden '%s' missing", model, name);
+    mtr_session *s = NULL;
+    TU_OK(mtr_session_create(&s, m, (uint32_t)(T + ng + 1), T));
+    float *last = malloc(c->vocab_size * sizeof *last);
+    mtr_forward_io io = MTR_FORWARD_IO_INIT;
+    io.logits = last;
+    io.n_logits = 1;
+    io.steer = steer;
+    TU_OK(mtr_model_forward(s, ids, T, &io));
+    for (size_t k = 0; k < ng; k++) {
+        int32_t best = 0;
+        for (uint32_t v = 1; v < c->vocab_size; v++)
+            if (last[v] > last[best]) best = (int32_t)v;
+        ck_assert_msg(best == gen[k], "%s %s: generated token %zu is %d, reference %d", model, name, k, best, gen[k]);
+        TU_OK(mtr_model_forward(s, &best, 1, &io));
+    }
+    free(last);
+    free(gen);
+    mtr_session_destroy(s);
+}
+
 START_TEST(test_golden_forward)
 {
     tiny list[32];
@@ -163,27 +192,7 @@ START_TEST(test_golden_forward)
                           list[mi].name, p, er, el);
             /* greedy generation through the cache equals the reference's full recompute */
             snprintf(name, sizeof name, "generate_%d", p);
-            size_t ng = 0;
-            int32_t *gen = golden_ids(g, name, &ng);
-            if (gen) {
-                mtr_session_destroy(s);
-                TU_OK(mtr_session_create(&s, m, (uint32_t)(T + ng + 1), (uint32_t)T));
-                float *last = malloc(c->vocab_size * sizeof *last);
-                io = (mtr_forward_io)MTR_FORWARD_IO_INIT;
-                io.logits = last;
-                io.n_logits = 1;
-                TU_OK(mtr_model_forward(s, ids, (uint32_t)T, &io));
-                for (size_t k = 0; k < ng; k++) {
-                    int32_t best = 0;
-                    for (uint32_t v = 1; v < c->vocab_size; v++)
-                        if (last[v] > last[best]) best = (int32_t)v;
-                    ck_assert_msg(best == gen[k], "%s prompt %d: generated token %zu is %d, reference %d",
-                                  list[mi].name, p, k, best, gen[k]);
-                    TU_OK(mtr_model_forward(s, &best, 1, &io));
-                }
-                free(last);
-                free(gen);
-            }
+            check_greedy(m, g, name, ids, (uint32_t)T, NULL, list[mi].name);
             mtr_session_destroy(s);
             free(ids);
             free(gr);
@@ -272,28 +281,7 @@ START_TEST(test_golden_steering)
             free(steered);
             /* greedy generation under steering, through the cache */
             snprintf(name, sizeof name, "generate_steer_%s", tag);
-            size_t ng = 0;
-            int32_t *gen = golden_ids(g, name, &ng);
-            if (gen) {
-                mtr_session_destroy(s);
-                TU_OK(mtr_session_create(&s, m, (uint32_t)(T + ng + 1), (uint32_t)T));
-                float *last = malloc(c->vocab_size * sizeof *last);
-                io = (mtr_forward_io)MTR_FORWARD_IO_INIT;
-                io.logits = last;
-                io.n_logits = 1;
-                io.steer = st;
-                TU_OK(mtr_model_forward(s, ids, (uint32_t)T, &io));
-                for (size_t k = 0; k < ng; k++) {
-                    int32_t best = 0;
-                    for (uint32_t v = 1; v < c->vocab_size; v++)
-                        if (last[v] > last[best]) best = (int32_t)v;
-                    ck_assert_msg(best == gen[k], "%s %s: generated token %zu is %d, reference %d", list[mi].name,
-                                  tn, k, best, gen[k]);
-                    TU_OK(mtr_model_forward(s, &best, 1, &io));
-                }
-                free(last);
-                free(gen);
-            }
+            check_greedy(m, g, name, ids, (uint32_t)T, st, list[mi].name);
             checked++;
             mtr_session_destroy(s);
             mtr_steer_destroy(st);
