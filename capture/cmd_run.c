@@ -129,7 +129,7 @@ typedef struct {
     uint32_t *rec;             /* (info.n_layers) recorded MoE layer -> engine MoE layer */
     mtr_writer *w;
     float *router;             /* (max_tokens, n_moe_layers, n_experts) */
-    float *rec_buf;            /* (max_tokens, info.n_layers, n_experts) */
+    float *rec_buf;            /* (max_tokens, info.n_layers, n_experts) with --layers, else NULL */
     float *logits;             /* (max_tokens, vocab) */
     int32_t eos_ids[4];
     int n_eos;
@@ -600,7 +600,7 @@ static int run_score(engine *e, const mtr_mc *set, const mtr_prompts *prompts, j
             goto done;
         }
         if ((rc = tokenize_item(e, &ctx, &roles, pm.prompt, NULL, 0, true))) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_errmsg());
+            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_tok_errmsg());
             rc = EXIT_DATA;
             mtr_prompt_mc_free(&pm);
             goto done;
@@ -632,29 +632,34 @@ static int run_score(engine *e, const mtr_mc *set, const mtr_prompts *prompts, j
         ll = calloc(it->n_choices, sizeof *ll);
         double *lln = calloc(it->n_choices, sizeof *lln);
         for (size_t k = 0; k < it->n_choices && !rc; k++) {
-            /* continuation tokens as lm-evaluation-harness takes them: encode(context + continuation) minus the
-             * context's tokens */
-            size_t plen = strlen(pm.prompt), clen = strlen(pm.continuations[k]);
-            char *joint = malloc(plen + clen + 1);
-            memcpy(joint, pm.prompt, plen);
-            memcpy(joint + plen, pm.continuations[k], clen + 1);
-            rc = tokenize_item(e, &whole, &roles, joint, NULL, 0, true);
-            if (rc == 0 && e->o.chat == 1) {
-                /* with a chat template the continuation follows the rendered prompt directly */
-                mtr_tok_ids cont = MTR_TOK_IDS_INIT;
-                rc = mtr_tok_encode(&cont, e->tok, pm.continuations[k], clen, 0);
-                if (!rc) {
-                    free(whole.ids);
-                    whole.ids = malloc((ctx.n + cont.n) * sizeof *whole.ids);
-                    memcpy(whole.ids, ctx.ids, ctx.n * 4);
-                    memcpy(whole.ids + ctx.n, cont.ids, cont.n * 4);
-                    whole.n = whole.cap = ctx.n + cont.n;
+            size_t clen = strlen(pm.continuations[k]);
+            if (e->o.chat == 1) {
+                /* with a chat template the continuation follows the rendered prompt's tokens directly */
+                whole.n = 0;
+                if (whole.cap < ctx.n) {
+                    int32_t *grown = realloc(whole.ids, ctx.n * sizeof *grown);
+                    if (grown) whole.ids = grown, whole.cap = ctx.n;
+                    else rc = MTR_ENOMEM;
                 }
-                mtr_tok_ids_free(&cont);
+                if (!rc) {
+                    memcpy(whole.ids, ctx.ids, ctx.n * sizeof *whole.ids);
+                    whole.n = ctx.n;
+                    rc = mtr_tok_encode(&whole, e->tok, pm.continuations[k], clen, 0);
+                }
+            } else {
+                /* as lm-evaluation-harness: encode(context + continuation), the context's tokens taken off below */
+                size_t plen = strlen(pm.prompt);
+                char *joint = malloc(plen + clen + 1);
+                if (!joint) rc = MTR_ENOMEM;
+                else {
+                    memcpy(joint, pm.prompt, plen);
+                    memcpy(joint + plen, pm.continuations[k], clen + 1);
+                    rc = tokenize_item(e, &whole, &roles, joint, NULL, 0, true);
+                    free(joint);
+                }
             }
-            free(joint);
             if (rc) {
-                errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_errmsg());
+                errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_tok_errmsg());
                 rc = EXIT_DATA;
                 break;
             }
@@ -777,7 +782,7 @@ static int run_generate(engine *e, const mtr_gen *set, const mtr_prompts *prompt
         rc = tokenize_item(e, &ids, &roles, prompt, NULL, 0, true);
         free(prompt);
         if (rc) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_errmsg());
+            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_tok_errmsg());
             rc = EXIT_DATA;
             goto done;
         }
@@ -1186,9 +1191,9 @@ int cmd_run(int argc, char **argv)
         goto done;
     }
     e.router = malloc(((size_t)o->max_tokens + 1) * L * E * sizeof *e.router);
-    e.rec_buf = malloc(((size_t)o->max_tokens + 1) * L * E * sizeof *e.rec_buf);
+    if (e.info.n_layers < L) e.rec_buf = malloc(((size_t)o->max_tokens + 1) * e.info.n_layers * E * sizeof *e.rec_buf);
     e.logits = malloc((size_t)(o->batch > 1 ? o->batch : 1) * e.cfg->vocab_size * sizeof *e.logits);
-    if (!e.router || !e.rec_buf || !e.logits) {
+    if (!e.router || (e.info.n_layers < L && !e.rec_buf) || !e.logits) {
         rc = fail_lib(NULL, MTR_ENOMEM);
         goto done;
     }

@@ -490,8 +490,10 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
     m->final_norm = bind_vec(&b, "model.norm.weight", c->hidden_size);
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
-        if (mtr_st_find(m->st, "lm_head.weight")) /* some tied checkpoints still store the copy */
-            (void)find_tensor(&b, "lm_head.weight", c->vocab_size, c->hidden_size, 2), m->n_params -= (uint64_t)c->vocab_size * c->hidden_size;
+        /* some tied checkpoints still store the copy: check it, count it as used, not as parameters */
+        if (mtr_st_find(m->st, "lm_head.weight") &&
+            find_tensor(&b, "lm_head.weight", c->vocab_size, c->hidden_size, 2))
+            m->n_params -= (uint64_t)c->vocab_size * c->hidden_size;
     } else
         m->lm_head = bind_mat(&b, "lm_head.weight", c->vocab_size, c->hidden_size);
     for (uint32_t l = 0; l < c->n_layers && !b.rc; l++) bind_layer(&b, l);
