@@ -14,7 +14,7 @@
 #include "internal.h"
 #include "model_internal.h"
 
-#define Q_BLOCK 128u         /* query rows per attention task */
+#define Q_BLOCK 32u          /* query rows per attention task (fewer rows: less of the causal triangle computed and discarded) */
 #define W_BLOCK_BYTES (1u << 18) /* widened weight rows per sgemm call (bf16/f16 models) */
 
 struct mtr_session {
@@ -210,7 +210,7 @@ int mtr_session_create(mtr_session **out, const mtr_model *m, uint32_t max_token
     ALLOC(s->order, E);
     ALLOC(s->xe, B * K * H);
     ALLOC(s->ye, B * K * H);
-    ALLOC(s->ge, B * K * c->moe_intermediate_size);
+    ALLOC(s->ge, B * K * 2 * (size_t)c->moe_intermediate_size); /* gate and up side by side when fused */
     ALLOC(s->ue, B * K * c->moe_intermediate_size);
     size_t mi = c->intermediate_size > c->shared_expert_intermediate_size ? c->intermediate_size
                                                                          : c->shared_expert_intermediate_size;
@@ -481,6 +481,7 @@ static void moe(mtr_session *s, uint32_t l, uint32_t n)
     const mtr_layer *L = &m->layers[l];
     const mtr_dtype dt = c->dtype;
     const uint32_t E = c->n_experts, K = c->top_k, H = c->hidden_size, NI = c->moe_intermediate_size;
+    const size_t esz = dt == MTR_DTYPE_F32 ? 4 : 2;
     /* group the (token, choice) slots by expert: counting sort, tokens in order within an expert */
     memset(s->cnt, 0, (E + 1) * sizeof *s->cnt);
     for (size_t i = 0; i < (size_t)n * K; i++) s->cnt[s->sel[i]]++;
@@ -503,14 +504,35 @@ static void moe(mtr_session *s, uint32_t l, uint32_t n)
     for (uint32_t i = 0; i < n_active; i++) {
         uint32_t e = s->order[i], r0 = s->off[e], rn = s->cnt[e];
         float *wb = s->wbuf[omp_get_thread_num()];
-        float *g = s->ge + (size_t)r0 * NI, *u = s->ue + (size_t)r0 * NI;
-        gemm_rows(g, NI, s->xe + (size_t)r0 * H, H, rn, &L->e_gate[e], 0, NI, wb, s->wbuf_floats);
-        gemm_rows(u, NI, s->xe + (size_t)r0 * H, H, rn, &L->e_up[e], 0, NI, wb, s->wbuf_floats);
-        if (dt == MTR_DTYPE_F32) mtr_mk_silu_mul(g, u, (size_t)rn * NI);
-        else
-            for (size_t k = 0; k < (size_t)rn * NI; k++)
-                g[k] = round_dt(round_dt(silu(round_dt(g[k], dt)), dt) * round_dt(u[k], dt), dt);
-        gemm_rows(s->ye + (size_t)r0 * H, H, g, NI, rn, &L->e_down[e], 0, H, wb, s->wbuf_floats);
+        const mtr_mat *G = &L->e_gate[e], *U = &L->e_up[e];
+        const float *xe = s->xe + (size_t)r0 * H;
+        /* gate and up stored back to back (safetensors writes tensors in name order, so gate_proj is followed by
+         * up_proj) are one weight of 2 * NI rows: one product instead of two, the activations packed once */
+        const bool fused = U->data == (const unsigned char *)G->data + (size_t)NI * H * esz;
+        float *g, *u;
+        size_t ld;
+        if (fused) {
+            const mtr_mat GU = {G->data, G->dtype, 2 * NI, H};
+            ld = 2 * (size_t)NI;
+            g = s->ge + (size_t)r0 * ld;
+            u = g + NI;
+            gemm_rows(g, ld, xe, H, rn, &GU, 0, 2 * NI, wb, s->wbuf_floats);
+        } else {
+            ld = NI;
+            g = s->ge + (size_t)r0 * ld;
+            u = s->ue + (size_t)r0 * ld;
+            gemm_rows(g, ld, xe, H, rn, G, 0, NI, wb, s->wbuf_floats);
+            gemm_rows(u, ld, xe, H, rn, U, 0, NI, wb, s->wbuf_floats);
+        }
+        for (uint32_t r = 0; r < rn; r++) {
+            float *gr = g + r * ld;
+            const float *ur = u + r * ld;
+            if (dt == MTR_DTYPE_F32) mtr_mk_silu_mul(gr, ur, NI);
+            else
+                for (uint32_t k = 0; k < NI; k++)
+                    gr[k] = round_dt(round_dt(silu(round_dt(gr[k], dt)), dt) * round_dt(ur[k], dt), dt);
+        }
+        gemm_rows(s->ye + (size_t)r0 * H, H, g, ld, rn, &L->e_down[e], 0, H, wb, s->wbuf_floats);
     }
     /* combine per token in increasing expert order, as index_add_ over the expert loop does */
     for (uint32_t t = 0; t < n; t++) {
