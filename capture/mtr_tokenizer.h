@@ -65,8 +65,8 @@ typedef struct {
  * to a tokenizer.json (its directory is searched for tokenizer_config.json). *out is owned by the caller: free
  * with mtr_tok_destroy(). Errors: MTR_ENOTFOUND (no tokenizer.json), MTR_EIO, MTR_EFORMAT (not JSON, or a
  * component, model type or regex this implementation does not support — the detail names it, with line and
- * byte offset for malformed JSON), MTR_ENOMEM. A regular tokenizer.json is read through a read-only mapping
- * for the duration of the call (the tokenizer keeps nothing of it), so it must not be truncated meanwhile. */
+ * byte offset for malformed JSON), MTR_ENOMEM. The file is read into memory for the duration of the call (the
+ * tokenizer keeps nothing of it). */
 int mtr_tok_load(mtr_tok **out, const char *path);
 
 /* Same from memory: tokenizer.json text (len bytes) and optional tokenizer_config.json text (config may be NULL).

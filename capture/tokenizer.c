@@ -2,11 +2,9 @@
  * normalizer -> pre-tokenizer -> BPE -> post-processor), the decoder chain and the chat-template entry points.
  * Semantics follow the Hugging Face tokenizers library; the public contract is capture/mtr_tokenizer.h. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <utf8proc.h>
@@ -1022,35 +1020,9 @@ done:
     return rc;
 }
 
-/* A regular, non-empty file mapped read-only: no copy of a large tokenizer.json (the tables keep nothing of it).
- * MTR_ENOTFOUND if it does not exist, MTR_EIO when it cannot be mapped (read_file() then reads it). */
-static int map_file(void **out, size_t *len, const char *path)
-{
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return tk_fail(errno == ENOENT ? MTR_ENOTFOUND : MTR_EIO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    int rc = MTR_EIO;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && (uint64_t)st.st_size <= MAX_FILE) {
-        int flags = MAP_PRIVATE;
-#ifdef MAP_POPULATE
-        flags |= MAP_POPULATE;
-#endif
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, flags, fd, 0);
-        if (p != MAP_FAILED) {
-            *out = p;
-            *len = (size_t)st.st_size;
-            rc = 0;
-        }
-    }
-    close(fd);
-    return rc;
-}
-
 int mtr_tok_load(mtr_tok **out, const char *path)
 {
     char *json = NULL, *cfg = NULL, *dir = NULL, *file = NULL;
-    void *map = NULL;
     size_t len = 0, clen = 0;
     int rc = 0;
     struct stat st;
@@ -1071,21 +1043,21 @@ int mtr_tok_load(mtr_tok **out, const char *path)
         if (slash) *slash = '\0';
         else strcpy(dir, ".");
     }
-    if ((rc = map_file(&map, &len, file)) == MTR_EIO) rc = read_file(&json, &len, file);
+    /* read, not mapped: a file truncated by someone else while it loads is then a short read, never a fault */
+    rc = read_file(&json, &len, file);
     if (rc) goto cleanup;
     char cpath[4200];
     snprintf(cpath, sizeof cpath, "%s/tokenizer_config.json", dir);
     rc = read_file(&cfg, &clen, cpath);
     if (rc == MTR_ENOTFOUND) rc = 0;
     else if (rc) goto cleanup;
-    if ((rc = mtr_tok_load_buffers(out, map ? map : json, len, cfg, clen))) {
+    if ((rc = mtr_tok_load_buffers(out, json, len, cfg, clen))) {
         /* name the file in the detail */
         char msg[512];
         snprintf(msg, sizeof msg, "%s", mtr_tok_errmsg());
         tk_fail(rc, "%s: %s", strstr(msg, "tokenizer_config.json") == msg ? dir : file, msg);
     }
 cleanup:
-    if (map) munmap(map, len);
     free(json);
     free(cfg);
     free(dir);
