@@ -110,6 +110,7 @@ typedef struct {
     bool topk_weights;
     char *settings;        /* JSON of the phase-1 settings and sources */
     char path[4096];
+    size_t row0;           /* first row of the data in the file: 0, except in a rank's part (internal) */
 } mtr_summaries;
 
 /* Open a summaries file: sequence table and per-layer scalars are loaded; q and counts are read per layer. */

@@ -52,9 +52,14 @@ typedef struct {
 } summ_row;
 
 typedef struct summ_writer summ_writer;
+#define SUMM_CHUNK_ROWS 64 /* rows per chunk of every summaries dataset */
 /* Create path.partial; summ_writer_close renames it to path. */
 int summ_writer_create(summ_writer **out, const char *path, const mtr_model_info *m, bool topk_weights,
                        const char *settings_json);
+/* The same for one rank's part: its first row sits at row0 (its row in the whole file modulo the chunk rows), so
+ * mtr_summaries_concat can copy its compressed chunks as they are. */
+int summ_writer_create_at(summ_writer **out, const char *path, const mtr_model_info *m, bool topk_weights,
+                          const char *settings_json, size_t row0);
 int summ_writer_append(summ_writer *w, const summ_row *row);
 int summ_writer_close(summ_writer *w);
 void summ_writer_destroy(summ_writer *w);

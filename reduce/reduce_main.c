@@ -153,14 +153,14 @@ static int run_summarize(const char *out, const char *const *runs, size_t n_runs
     double t0 = now();
     char part[4200];
     const char *target = out;
-    if (g_size > 1) {
+    if (g_size > 1 && !reference) {
         snprintf(part, sizeof part, "%s.rank%04d.part", out, g_rank);
         target = part;
     }
     o->rank = g_rank;
     o->n_ranks = g_size;
-    if (reference)
-        rc = mtr_summarize_reference(target, r, o);
+    if (reference) /* serial by definition: under mpirun, rank 0 alone writes the whole file */
+        rc = g_rank == 0 ? mtr_summarize_reference(target, r, o) : 0;
     else
         rc = mtr_summarize(target, r, runs, n_runs, o, &st);
     if (rc) fail_line("summarize", rc);
@@ -170,7 +170,7 @@ static int run_summarize(const char *out, const char *const *runs, size_t n_runs
         uint64_t mine[5] = {st.n_sequences, st.n_tokens, st.n_used, st.n_nonfinite, st.n_empty}, all[5];
         MPI_Reduce(mine, all, 5, MPI_UINT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
         st = (mtr_summ_stats){all[0], all[1], all[2], all[3], all[4]};
-        if (!rc && g_rank == 0 && g_size > 1) {
+        if (!rc && g_rank == 0 && g_size > 1 && !reference) {
             char **parts = malloc((size_t)g_size * sizeof *parts);
             for (int k = 0; k < g_size; k++) {
                 parts[k] = malloc(4200);

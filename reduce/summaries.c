@@ -30,7 +30,7 @@ int mtr_reduce_fail(int err, const char *fmt, ...)
 const char *mtr_reduce_errmsg(void) { return tl_msg[0] ? tl_msg : mtr_errmsg(); }
 void mtr_reduce_clear_error(void) { tl_msg[0] = '\0'; }
 
-#define BLOCK 64
+#define BLOCK SUMM_CHUNK_ROWS
 
 #define D_SEQ_ID "seq/seq_id"
 #define D_UNIT "seq/unit_id"
@@ -45,12 +45,14 @@ void mtr_reduce_clear_error(void) { tl_msg[0] = '\0'; }
 #define D_ENT "entropy"
 #define D_TENT "token_entropy"
 #define D_JAC "jaccard"
+#define A_ROW_OFFSET "row_offset" /* a rank's part: rows start here (reduce/SUMMARIES.md) */
 
 struct summ_writer {
     char path[4096], partial[4200];
     hid_t f;
     uint32_t L, E;
-    size_t n_rows, n_buf;
+    size_t row0;          /* rows left empty before the first (a rank's part, aligned to the whole file's chunks) */
+    size_t n_rows, n_buf; /* n_rows counts row0 */
     /* row buffers of BLOCK rows */
     uint64_t seq_id[BLOCK];
     char *unit[BLOCK], *lang[BLOCK], *dataset[BLOCK];
@@ -140,6 +142,12 @@ static int model_attrs(hid_t f, const mtr_model_info *m)
 int summ_writer_create(summ_writer **out, const char *path, const mtr_model_info *m, bool topk_weights,
                        const char *settings_json)
 {
+    return summ_writer_create_at(out, path, m, topk_weights, settings_json, 0);
+}
+
+int summ_writer_create_at(summ_writer **out, const char *path, const mtr_model_info *m, bool topk_weights,
+                          const char *settings_json, size_t row0)
+{
     int rc = 0;
     *out = NULL;
     if ((rc = mtr_h5zstd_register())) return rc;
@@ -149,6 +157,7 @@ int summ_writer_create(summ_writer **out, const char *path, const mtr_model_info
     snprintf(w->partial, sizeof w->partial, "%s.partial", path);
     w->L = m->n_layers;
     w->E = m->n_experts;
+    w->row0 = w->n_rows = row0;
     size_t le = (size_t)w->L * w->E;
     w->q = malloc(BLOCK * le * sizeof(double));
     w->a = malloc(BLOCK * le * sizeof(uint32_t));
@@ -183,7 +192,8 @@ int summ_writer_create(summ_writer **out, const char *path, const mtr_model_info
          create_ds(w->f, D_A, H5T_STD_U32LE, 3, le_in, le_chunk, true) ||
          create_ds(w->f, D_ENT, H5T_IEEE_F64LE, 2, l_in, l_chunk, true) ||
          create_ds(w->f, D_TENT, H5T_IEEE_F64LE, 2, l_in, l_chunk, true) ||
-         create_ds(w->f, D_JAC, H5T_IEEE_F64LE, 2, l_in, l_chunk, true);
+         create_ds(w->f, D_JAC, H5T_IEEE_F64LE, 2, l_in, l_chunk, true) ||
+         (row0 && set_u32_attr(w->f, A_ROW_OFFSET, (uint32_t)row0));
     H5Tclose(st);
     if (rc) {
         unlink(w->partial);
@@ -265,13 +275,14 @@ int summ_writer_append(summ_writer *w, const summ_row *row)
     memcpy(w->tent + i * w->L, row->tent, w->L * sizeof(double));
     memcpy(w->jac + i * w->L, row->jac, w->L * sizeof(double));
     w->n_buf++;
-    return w->n_buf == BLOCK ? flush_rows(w) : 0;
+    /* blocks end on the file's chunk boundaries (after row0, the first block is short) */
+    return (w->n_rows + w->n_buf) % BLOCK == 0 ? flush_rows(w) : 0;
 }
 
 int summ_writer_close(summ_writer *w)
 {
     int rc = flush_rows(w);
-    if (!rc && set_u32_attr(w->f, "n_sequences", (uint32_t)w->n_rows)) rc = MTR_EHDF5;
+    if (!rc && set_u32_attr(w->f, "n_sequences", (uint32_t)(w->n_rows - w->row0))) rc = MTR_EHDF5;
     if (H5Fclose(w->f) < 0 && !rc) rc = mtr_reduce_fail(MTR_EIO, "%s: cannot close", w->path);
     w->f = H5I_INVALID_HID;
     if (!rc && rename(w->partial, w->path) < 0)
@@ -299,28 +310,37 @@ void summ_writer_destroy(summ_writer *w)
 
 /* ---- reading ---- */
 
-static int read_all(hid_t f, const char *name, hid_t mtype, void *out, size_t n, const char *path)
+/* rows [row0, row0 + n) of a dataset whose first dimension must be exactly row0 + n */
+static int read_all(hid_t f, const char *name, hid_t mtype, void *out, size_t row0, size_t n, const char *path)
 {
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
     if (d < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
     hid_t sp = H5Dget_space(d);
+    int rank = H5Sget_simple_extent_ndims(sp);
     hsize_t dims[3] = {0, 0, 0};
     H5Sget_simple_extent_dims(sp, dims, NULL);
     int rc = 0;
-    if (dims[0] != n) rc = mtr_reduce_fail(MTR_EFORMAT, "%s: /%s has %llu rows, expected %zu", path, name,
-                                           (unsigned long long)dims[0], n);
-    else if (n && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
-        rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
+    if (rank < 1 || rank > 3 || dims[0] != row0 + n)
+        rc = mtr_reduce_fail(MTR_EFORMAT, "%s: /%s has %llu rows, expected %zu", path, name,
+                             (unsigned long long)dims[0], row0 + n);
+    else if (n) {
+        hsize_t start[3] = {row0, 0, 0}, count[3] = {n, dims[1], dims[2]};
+        hid_t ms = H5Screate_simple(rank, count, NULL);
+        if (H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+            H5Dread(d, mtype, ms, sp, H5P_DEFAULT, out) < 0)
+            rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
+        H5Sclose(ms);
+    }
     H5Sclose(sp);
     H5Dclose(d);
     return rc;
 }
 
-static int read_strs(hid_t f, const char *name, char **out, size_t n, const char *path)
+static int read_strs(hid_t f, const char *name, char **out, size_t row0, size_t n, const char *path)
 {
     hid_t st = str_type();
     char **tmp = calloc(n ? n : 1, sizeof *tmp);
-    int rc = tmp ? read_all(f, name, st, tmp, n, path) : mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    int rc = tmp ? read_all(f, name, st, tmp, row0, n, path) : mtr_reduce_fail(MTR_ENOMEM, "out of memory");
     for (size_t i = 0; !rc && i < n; i++)
         if (!(out[i] = strdup(tmp[i] ? tmp[i] : ""))) rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
     if (tmp && n) {
@@ -357,7 +377,8 @@ static int get_u32(hid_t f, const char *name, uint32_t *out, const char *path)
     return rc;
 }
 
-int mtr_summaries_open(mtr_summaries **out, const char *path)
+/* part: a rank's part of an MPI summarize (its rows may start at row_offset); otherwise such a file is refused */
+static int summaries_open(mtr_summaries **out, const char *path, bool part)
 {
     int rc = 0;
     *out = NULL;
@@ -388,6 +409,15 @@ int mtr_summaries_open(mtr_summaries **out, const char *path)
     if ((rc = get_u32(f, "n_sequences", &n, path))) {
         rc = mtr_reduce_fail(MTR_EPARTIAL, "%s: summaries file was not finished", path);
         goto done;
+    }
+    if (H5Aexists(f, A_ROW_OFFSET) > 0) {
+        uint32_t r0 = 0;
+        if (!part) {
+            rc = mtr_reduce_fail(MTR_EPARTIAL, "%s: one rank's part of an MPI summarize, not a summaries file", path);
+            goto done;
+        }
+        if ((rc = get_u32(f, A_ROW_OFFSET, &r0, path))) goto done;
+        s->row0 = r0;
     }
     mtr_model_info *m = &s->model;
     if ((rc = get_str(f, MTR_A_MODEL_ID, &mid, path)) || (rc = get_str(f, MTR_A_MODEL_TYPE, &mt, path)) ||
@@ -429,15 +459,16 @@ int mtr_summaries_open(mtr_summaries **out, const char *path)
         rc = mtr_reduce_fail(MTR_ENOMEM, "%s: out of memory for %u sequences", path, n);
         goto done;
     }
-    if ((rc = read_all(f, D_SEQ_ID, H5T_NATIVE_UINT64, s->seq_id, n, path)) ||
-        (rc = read_strs(f, D_UNIT, s->unit_id, n, path)) || (rc = read_strs(f, D_LANG, s->lang, n, path)) ||
-        (rc = read_strs(f, D_DATASET, s->dataset, n, path)) ||
-        (rc = read_all(f, D_NTOK, H5T_NATIVE_UINT32, s->n_tokens, n, path)) ||
-        (rc = read_all(f, D_NUSED, H5T_NATIVE_UINT32, s->n_used, n, path)) ||
-        (rc = read_all(f, D_NBAD, H5T_NATIVE_UINT32, s->n_nonfinite, n, path)) ||
-        (rc = read_all(f, D_ENT, H5T_NATIVE_DOUBLE, s->entropy, n, path)) ||
-        (rc = read_all(f, D_TENT, H5T_NATIVE_DOUBLE, s->token_entropy, n, path)) ||
-        (rc = read_all(f, D_JAC, H5T_NATIVE_DOUBLE, s->jaccard, n, path)))
+    const size_t r0 = s->row0;
+    if ((rc = read_all(f, D_SEQ_ID, H5T_NATIVE_UINT64, s->seq_id, r0, n, path)) ||
+        (rc = read_strs(f, D_UNIT, s->unit_id, r0, n, path)) || (rc = read_strs(f, D_LANG, s->lang, r0, n, path)) ||
+        (rc = read_strs(f, D_DATASET, s->dataset, r0, n, path)) ||
+        (rc = read_all(f, D_NTOK, H5T_NATIVE_UINT32, s->n_tokens, r0, n, path)) ||
+        (rc = read_all(f, D_NUSED, H5T_NATIVE_UINT32, s->n_used, r0, n, path)) ||
+        (rc = read_all(f, D_NBAD, H5T_NATIVE_UINT32, s->n_nonfinite, r0, n, path)) ||
+        (rc = read_all(f, D_ENT, H5T_NATIVE_DOUBLE, s->entropy, r0, n, path)) ||
+        (rc = read_all(f, D_TENT, H5T_NATIVE_DOUBLE, s->token_entropy, r0, n, path)) ||
+        (rc = read_all(f, D_JAC, H5T_NATIVE_DOUBLE, s->jaccard, r0, n, path)))
         goto done;
 done:
     free(fmt);
@@ -453,6 +484,8 @@ done:
     *out = s;
     return 0;
 }
+
+int mtr_summaries_open(mtr_summaries **out, const char *path) { return summaries_open(out, path, false); }
 
 void mtr_summaries_close(mtr_summaries *s)
 {
@@ -504,75 +537,205 @@ int mtr_summaries_read_layer(const mtr_summaries *s, uint32_t layer, double *q, 
     hid_t f = H5Fopen(s->path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return mtr_reduce_fail(MTR_EIO, "%s: cannot reopen", s->path);
     int rc = 0;
-    if (q) rc = read_block(f, D_Q, H5T_NATIVE_DOUBLE, 0, s->n_seqs, layer, s->model.n_experts, true, q, s->path);
+    if (q) rc = read_block(f, D_Q, H5T_NATIVE_DOUBLE, s->row0, s->n_seqs, layer, s->model.n_experts, true, q, s->path);
     if (!rc && counts)
-        rc = read_block(f, D_A, H5T_NATIVE_UINT32, 0, s->n_seqs, layer, s->model.n_experts, true, counts, s->path);
+        rc = read_block(f, D_A, H5T_NATIVE_UINT32, s->row0, s->n_seqs, layer, s->model.n_experts, true, counts,
+                        s->path);
     H5Fclose(f);
     return rc;
 }
 
 /* ---- concatenation of rank parts ---- */
 
+/* rows [row0, row0 + n) of an output dataset already extended to its final size */
+static int write_rows(hid_t f, const char *name, hid_t mtype, const void *data, size_t row0, size_t n)
+{
+    if (!n) return 0;
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return MTR_EHDF5;
+    hid_t fs = H5Dget_space(d);
+    int rank = H5Sget_simple_extent_ndims(fs);
+    hsize_t dims[3] = {0, 0, 0};
+    H5Sget_simple_extent_dims(fs, dims, NULL);
+    hsize_t start[3] = {row0, 0, 0}, count[3] = {n, dims[1], dims[2]};
+    hid_t ms = H5Screate_simple(rank, count, NULL);
+    int rc = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+                     H5Dwrite(d, mtype, ms, fs, H5P_DEFAULT, data) < 0
+                 ? MTR_EHDF5
+                 : 0;
+    H5Sclose(ms);
+    H5Sclose(fs);
+    H5Dclose(d);
+    return rc;
+}
+
+static int set_rows(hid_t f, const char *name, size_t n)
+{
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return MTR_EHDF5;
+    hid_t fs = H5Dget_space(d);
+    hsize_t dims[3] = {0, 0, 0};
+    H5Sget_simple_extent_dims(fs, dims, NULL);
+    H5Sclose(fs);
+    dims[0] = n;
+    int rc = H5Dset_extent(d, dims) < 0 ? MTR_EHDF5 : 0;
+    H5Dclose(d);
+    return rc;
+}
+
+/* importance or counts (rows, L, E), chunked (BLOCK, 1, E), of the whole file from the parts. A block of BLOCK rows
+ * inside one part whose rows sit on the same chunk grid (a part written at its global row modulo BLOCK, as the
+ * ranks write them) is copied as its stored, compressed chunks; a block that spans parts is decoded from them and
+ * written anew. */
+static int concat_big(hid_t out, const char *name, hid_t mtype, size_t esz, mtr_summaries **ps, const hid_t *pf,
+                      const size_t *first, size_t n_parts, size_t total, uint32_t L, uint32_t E, void *buf,
+                      unsigned char **raw, size_t *raw_cap, uint64_t *n_copied, const char *out_path)
+{
+    int rc = 0;
+    if ((rc = set_rows(out, name, total))) return mtr_reduce_fail(MTR_EIO, "%s: cannot extend /%s", out_path, name);
+    hid_t dout = H5Dopen2(out, name, H5P_DEFAULT);
+    hid_t *din = calloc(n_parts, sizeof *din);
+    if (dout < 0 || !din) {
+        rc = mtr_reduce_fail(din ? MTR_EHDF5 : MTR_ENOMEM, "%s: cannot open /%s", out_path, name);
+        goto done;
+    }
+    for (size_t k = 0; k < n_parts; k++) din[k] = H5I_INVALID_HID;
+    for (size_t k = 0; k < n_parts && !rc; k++)
+        if ((din[k] = H5Dopen2(pf[k], name, H5P_DEFAULT)) < 0) rc = mtr_reduce_fail(MTR_EFORMAT, "%s: /%s missing", ps[k]->path, name);
+    for (size_t b0 = 0, k = 0; b0 < total && !rc; b0 += BLOCK) {
+        const size_t b1 = b0 + BLOCK < total ? b0 + BLOCK : total;
+        while (first[k] + ps[k]->n_seqs <= b0) k++; /* the part holding row b0 */
+        const mtr_summaries *p = ps[k];
+        if (b1 <= first[k] + p->n_seqs && (first[k] - p->row0) % BLOCK == 0) {
+            const hsize_t prow = b0 - first[k] + p->row0;
+            for (uint32_t l = 0; l < L && !rc; l++) {
+                hsize_t off_in[3] = {prow, l, 0}, off_out[3] = {b0, l, 0}, size = 0;
+                uint32_t mask = 0;
+                if (H5Dget_chunk_storage_size(din[k], off_in, &size) < 0 || size == 0) {
+                    rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: /%s: chunk at row %llu missing", p->path, name,
+                                         (unsigned long long)prow);
+                    break;
+                }
+                if (size > *raw_cap) {
+                    unsigned char *nr = realloc(*raw, size);
+                    if (!nr) {
+                        rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+                        break;
+                    }
+                    *raw = nr;
+                    *raw_cap = size;
+                }
+                if (H5Dread_chunk(din[k], H5P_DEFAULT, off_in, &mask, *raw) < 0)
+                    rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", p->path, name);
+                else if (H5Dwrite_chunk(dout, H5P_DEFAULT, mask, off_out, size, *raw) < 0)
+                    rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write /%s", out_path, name);
+            }
+            *n_copied += 1;
+            continue;
+        }
+        /* across parts (or off the grid): decode the block's rows from each part, write them as one block */
+        for (size_t r = b0, kk = k; r < b1 && !rc; kk++) {
+            const size_t end = first[kk] + ps[kk]->n_seqs < b1 ? first[kk] + ps[kk]->n_seqs : b1;
+            if (end > r)
+                rc = read_block(pf[kk], name, mtype, r - first[kk] + ps[kk]->row0, end - r, 0, E, false,
+                                (unsigned char *)buf + (r - b0) * L * E * esz, ps[kk]->path);
+            r = end > r ? end : r;
+        }
+        if (!rc && write_rows(out, name, mtype, buf, b0, b1 - b0))
+            rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write /%s", out_path, name);
+    }
+done:
+    for (size_t k = 0; din && k < n_parts; k++)
+        if (din[k] >= 0) H5Dclose(din[k]);
+    free(din);
+    if (dout >= 0) H5Dclose(dout);
+    return rc;
+}
+
 int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t n_parts)
 {
     int rc = 0;
     summ_writer *w = NULL;
-    mtr_summaries *first = NULL;
     if (n_parts == 0) return mtr_reduce_fail(MTR_EINVAL, "no parts to concatenate");
-    if ((rc = mtr_summaries_open(&first, parts[0]))) return rc;
-    const size_t L = first->model.n_layers, E = first->model.n_experts, le = L * E;
-    /* whole blocks of rows at a time: reading row by row would decompress every chunk once per row */
-    double *q = malloc(BLOCK * le * 8);
-    uint32_t *a = malloc(BLOCK * le * 4), jp[BLOCK];
-    if (!q || !a) {
+    mtr_summaries **ps = calloc(n_parts, sizeof *ps);
+    hid_t *pf = calloc(n_parts, sizeof *pf);
+    size_t *first = calloc(n_parts + 1, sizeof *first);
+    void *buf = NULL;
+    unsigned char *raw = NULL;
+    size_t raw_cap = 0;
+    uint32_t *jp = NULL;
+    if (!ps || !pf || !first) {
         rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
         goto done;
     }
-    if ((rc = summ_writer_create(&w, out_path, &first->model, first->topk_weights, first->settings))) goto done;
-    for (size_t p = 0; p < n_parts && !rc; p++) {
-        mtr_summaries *s = NULL;
-        if ((rc = mtr_summaries_open(&s, parts[p]))) break;
-        if (s->model.n_layers != L || s->model.n_experts != E || s->topk_weights != first->topk_weights) {
-            rc = mtr_reduce_fail(MTR_EMISMATCH, "%s: differs from %s", parts[p], parts[0]);
-            mtr_summaries_close(s);
+    for (size_t k = 0; k < n_parts; k++) pf[k] = H5I_INVALID_HID;
+    for (size_t k = 0; k < n_parts && !rc; k++) {
+        if ((rc = summaries_open(&ps[k], parts[k], true))) break;
+        if (ps[k]->model.n_layers != ps[0]->model.n_layers || ps[k]->model.n_experts != ps[0]->model.n_experts ||
+            ps[k]->topk_weights != ps[0]->topk_weights) {
+            rc = mtr_reduce_fail(MTR_EMISMATCH, "%s: differs from %s", parts[k], parts[0]);
             break;
         }
-        hid_t f = H5Fopen(parts[p], H5F_ACC_RDONLY, H5P_DEFAULT);
-        hid_t dj = f >= 0 ? H5Dopen2(f, D_JPAIRS, H5P_DEFAULT) : H5I_INVALID_HID;
-        if (dj < 0) rc = mtr_reduce_fail(MTR_EFORMAT, "%s: cannot reopen", parts[p]);
-        for (size_t i0 = 0; !rc && i0 < s->n_seqs; i0 += BLOCK) {
-            size_t n = s->n_seqs - i0 < BLOCK ? s->n_seqs - i0 : BLOCK;
-            if ((rc = read_block(f, D_Q, H5T_NATIVE_DOUBLE, i0, n, 0, (uint32_t)E, false, q, parts[p])) ||
-                (rc = read_block(f, D_A, H5T_NATIVE_UINT32, i0, n, 0, (uint32_t)E, false, a, parts[p])))
-                break;
-            hid_t fs = H5Dget_space(dj);
-            hsize_t st = i0, cnt = n;
-            hid_t ms = H5Screate_simple(1, &cnt, NULL);
-            H5Sselect_hyperslab(fs, H5S_SELECT_SET, &st, NULL, &cnt, NULL);
-            if (H5Dread(dj, H5T_NATIVE_UINT32, ms, fs, H5P_DEFAULT, jp) < 0)
-                rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", parts[p], D_JPAIRS);
-            H5Sclose(ms);
-            H5Sclose(fs);
-            for (size_t k = 0; !rc && k < n; k++) {
-                size_t i = i0 + k;
-                summ_row row = {s->seq_id[i], s->unit_id[i], s->lang[i], s->dataset[i], s->n_tokens[i], s->n_used[i],
-                                s->n_nonfinite[i], jp[k], q + k * le, a + k * le, s->entropy + i * L,
-                                s->token_entropy + i * L, s->jaccard + i * L};
-                rc = summ_writer_append(w, &row);
-            }
+        if ((pf[k] = H5Fopen(parts[k], H5F_ACC_RDONLY, H5P_DEFAULT)) < 0) {
+            rc = mtr_reduce_fail(MTR_EFORMAT, "%s: cannot reopen", parts[k]);
+            break;
         }
-        if (dj >= 0) H5Dclose(dj);
-        if (f >= 0) H5Fclose(f);
-        mtr_summaries_close(s);
+        first[k + 1] = first[k] + ps[k]->n_seqs;
     }
+    if (rc) goto done;
+    const uint32_t L = ps[0]->model.n_layers, E = ps[0]->model.n_experts;
+    const size_t total = first[n_parts], le = (size_t)L * E;
+    if (!(buf = malloc(BLOCK * le * 8)) || !(jp = malloc((total ? total : 1) * sizeof *jp))) {
+        rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+        goto done;
+    }
+    if ((rc = summ_writer_create(&w, out_path, &ps[0]->model, ps[0]->topk_weights, ps[0]->settings))) goto done;
+    /* the sequence table and per-layer scalars (small: they are in memory) part by part */
+    hid_t st = str_type();
+    static const char *const small[] = {D_SEQ_ID, D_UNIT, D_LANG, D_DATASET, D_NTOK, D_NUSED, D_NBAD, D_JPAIRS,
+                                        D_ENT, D_TENT, D_JAC};
+    for (size_t i = 0; i < sizeof small / sizeof *small && !rc; i++)
+        if (set_rows(w->f, small[i], total)) rc = mtr_reduce_fail(MTR_EIO, "%s: cannot extend /%s", out_path, small[i]);
+    for (size_t k = 0; k < n_parts && !rc; k++) {
+        const mtr_summaries *p = ps[k];
+        const size_t r0 = first[k], n = p->n_seqs;
+        if ((rc = read_all(pf[k], D_JPAIRS, H5T_NATIVE_UINT32, jp + r0, p->row0, n, p->path))) break;
+        if (write_rows(w->f, D_SEQ_ID, H5T_NATIVE_UINT64, p->seq_id, r0, n) ||
+            write_rows(w->f, D_UNIT, st, p->unit_id, r0, n) || write_rows(w->f, D_LANG, st, p->lang, r0, n) ||
+            write_rows(w->f, D_DATASET, st, p->dataset, r0, n) ||
+            write_rows(w->f, D_NTOK, H5T_NATIVE_UINT32, p->n_tokens, r0, n) ||
+            write_rows(w->f, D_NUSED, H5T_NATIVE_UINT32, p->n_used, r0, n) ||
+            write_rows(w->f, D_NBAD, H5T_NATIVE_UINT32, p->n_nonfinite, r0, n) ||
+            write_rows(w->f, D_JPAIRS, H5T_NATIVE_UINT32, jp + r0, r0, n) ||
+            write_rows(w->f, D_ENT, H5T_NATIVE_DOUBLE, p->entropy, r0, n) ||
+            write_rows(w->f, D_TENT, H5T_NATIVE_DOUBLE, p->token_entropy, r0, n) ||
+            write_rows(w->f, D_JAC, H5T_NATIVE_DOUBLE, p->jaccard, r0, n))
+            rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write summaries", out_path);
+    }
+    H5Tclose(st);
+    uint64_t copied = 0;
+    if (!rc)
+        rc = concat_big(w->f, D_Q, H5T_NATIVE_DOUBLE, 8, ps, pf, first, n_parts, total, L, E, buf, &raw, &raw_cap,
+                        &copied, out_path);
+    if (!rc)
+        rc = concat_big(w->f, D_A, H5T_NATIVE_UINT32, 4, ps, pf, first, n_parts, total, L, E, buf, &raw, &raw_cap,
+                        &copied, out_path);
     if (!rc) {
+        w->n_rows = total;
         rc = summ_writer_close(w);
         w = NULL;
     }
 done:
     summ_writer_destroy(w);
-    free(q);
-    free(a);
-    mtr_summaries_close(first);
+    for (size_t k = 0; ps && k < n_parts; k++) {
+        if (pf[k] >= 0) H5Fclose(pf[k]);
+        mtr_summaries_close(ps[k]);
+    }
+    free(ps);
+    free(pf);
+    free(first);
+    free(buf);
+    free(raw);
+    free(jp);
     return rc;
 }

@@ -235,7 +235,11 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
         for (uint32_t l = 0; l < L; l++) wk[t].hints[l] = -FLT_MAX;
     }
     settings = mtr_summ_settings_json(opts, sources, n_sources);
-    if ((rc = summ_writer_create(&out, out_path, m, opts->topk_weights, settings))) goto done;
+    /* a rank's part starts at its row of the whole file modulo the chunk rows, so its chunks can be joined as
+     * they are stored */
+    if ((rc = summ_writer_create_at(&out, out_path, m, opts->topk_weights, settings,
+                                    opts->n_ranks > 1 ? first % SUMM_CHUNK_ROWS : 0)))
+        goto done;
 
     size_t *finished = malloc((mtr_run_n_seqs(r) ? mtr_run_n_seqs(r) : 1) * sizeof *finished);
     if (!finished) goto nomem;

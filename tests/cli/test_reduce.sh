@@ -33,6 +33,23 @@ for f in t2 m1 m2; do
 done
 [ ! -e "$small/m1.h5.rank0000.part" ] && ok "MPI rank parts removed" || not_ok "MPI parts" "left behind"
 
+# enough sequences for whole 64-row chunks on both sides of the rank boundaries: rank 0 joins the parts by copying
+# their stored chunks and re-encodes only the chunks that straddle two parts (and the short last one)
+many="$WORK/many"
+mkdir -p "$many"
+"$BIN/moetrace-capture" synth --out "$many/run" --layers 3 --experts 8 --top-k 2 --units 110 --seed 9 \
+    --langs eng_Latn:1,fra_Latn:0.7,bam_Latn:0.2 --len-mean 6 --len-max 12 --quiet
+"$R" summarize "$many/run" -o "$many/t1.h5" --threads 1 --jaccard-pairs 50 -q
+for np in 2 3; do
+    expect_exit 0 "summarize, $np ranks over $(ls "$many/run" | grep -c '^shard') shard(s)" env ASAN_OPTIONS=detect_leaks=0 \
+        mpirun -np "$np" "$R" summarize "$many/run" -o "$many/m$np.h5" --threads 1 --jaccard-pairs 50 -q
+    check_py same "$many/t1.h5" "$many/m$np.h5" | sed "s/^ok same/ok 1 thread = $np ranks, chunks joined as stored:/; s/^not ok same/not ok 1 thread = $np ranks:/"
+done
+expect_exit 0 "reference under 2 ranks: rank 0 alone writes it" env ASAN_OPTIONS=detect_leaks=0 \
+    mpirun -np 2 "$R" reference "$many/run" -o "$many/ref2.h5" --jaccard-pairs 50 -q
+"$R" reference "$many/run" -o "$many/ref1.h5" --jaccard-pairs 50 -q
+check_py same "$many/ref1.h5" "$many/ref2.h5" | sed "s/^ok same/ok reference, 1 = 2 ranks (no rows twice):/; s/^not ok same/not ok reference, 1 = 2 ranks:/"
+
 # the shapes the token kernel has its own code for: 128 and 64 experts with top-8 (bf16 rows go to it directly,
 # f32 rows widened), and a row length that is not a multiple of 8; NumPy and C references, 1 = 2 threads
 for shape in "128 8 bf16" "64 8 f32" "60 4 bf16"; do

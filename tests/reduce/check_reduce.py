@@ -179,7 +179,10 @@ def cmd_numpy(run, summaries, tables):
 
 def cmd_same(a, b, tol):
     with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
-        for name in ("seq/seq_id", "seq/n_tokens", "seq/n_used", "seq/n_nonfinite", "counts"):
+        check("same n_sequences", int(x.attrs["n_sequences"]) == int(y.attrs["n_sequences"]) == len(x["seq/seq_id"]),
+              f'{int(x.attrs["n_sequences"])} vs {int(y.attrs["n_sequences"])}')
+        check("no row_offset (not a rank's part)", "row_offset" not in x.attrs and "row_offset" not in y.attrs)
+        for name in ("seq/seq_id", "seq/n_tokens", "seq/n_used", "seq/n_nonfinite", "seq/jaccard_pairs", "counts"):
             check(f"same {name}", np.array_equal(x[name][...], y[name][...]))
         for name in ("seq/unit_id", "seq/lang", "seq/dataset"):
             check(f"same {name}", [text(v) for v in x[name][...]] == [text(v) for v in y[name][...]])
