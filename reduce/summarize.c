@@ -143,6 +143,29 @@ static void rank_share(const mtr_run *r, int rank, int n_ranks, size_t *first, s
     if (*first > *last) *first = *last;
 }
 
+/* Write the finished sequences fin (n_fin), in order, and free their state. */
+static int append_finished(summ_writer *out, seq_state **states, const size_t *fin, size_t n_fin, const mtr_run *r,
+                           mtr_summ_stats *stats)
+{
+    int rc = 0;
+    for (size_t f = 0; f < n_fin && !rc; f++) {
+        size_t si = fin[f];
+        seq_state *s = states[si];
+        const mtr_seq_info *q = mtr_run_seq(r, si);
+        summ_row row = {q->seq_id, q->unit_id, q->lang, q->dataset, q->n_tokens, s->acc.n_used, s->acc.n_bad,
+                        s->jpairs, s->acc.q, s->acc.a, s->fin_ent, s->fin_tent, s->fin_jac};
+        rc = summ_writer_append(out, &row);
+        stats->n_sequences++;
+        stats->n_tokens += q->n_tokens;
+        stats->n_used += s->acc.n_used;
+        stats->n_nonfinite += s->acc.n_bad;
+        stats->n_empty += s->acc.n_used == 0;
+        seq_free(s);
+        states[si] = NULL;
+    }
+    return rc;
+}
+
 int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, size_t n_sources,
                   const mtr_summ_opts *opts, mtr_summ_stats *stats)
 {
@@ -241,8 +264,14 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
                                     opts->n_ranks > 1 ? first % SUMM_CHUNK_ROWS : 0)))
         goto done;
 
+    /* the sequences a batch finishes are written while the next batch is decoded (pending) */
     size_t *finished = malloc((mtr_run_n_seqs(r) ? mtr_run_n_seqs(r) : 1) * sizeof *finished);
-    if (!finished) goto nomem;
+    size_t *pending = malloc((mtr_run_n_seqs(r) ? mtr_run_n_seqs(r) : 1) * sizeof *pending), n_pending = 0;
+    if (!finished || !pending) {
+        free(finished);
+        free(pending);
+        goto nomem;
+    }
     for (size_t j0 = 0; j0 < n_jobs && !rc; j0 += batch) {
         size_t j1 = j0 + batch < n_jobs ? j0 + batch : n_jobs;
         size_t p0 = jobs[j0][2], p1 = j1 < n_jobs ? jobs[j1][2] : n_pieces;
@@ -274,8 +303,14 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
         }
         if (rc) break;
 
-        int err = 0;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : err)
+        int err = 0, arc = 0;
+        /* one thread writes the previous batch's sequences (HDF5 is called by no other thread meanwhile: the
+         * workers read chunks with pread), then joins the others on this batch's chunks */
+#pragma omp parallel num_threads(nt) reduction(| : err)
+        {
+#pragma omp single nowait
+        arc = append_finished(out, states, pending, n_pending, r, stats);
+#pragma omp for schedule(dynamic, 1) nowait
         for (size_t j = j0; j < j1; j++) {
             worker *w = &wk[omp_get_thread_num()];
             uint32_t sh = jobs[j][0], ch = jobs[j][1];
@@ -324,6 +359,12 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
                 if (in_qf) mtr_token_flush(acc->q, qf, le);
             }
         }
+        }
+        n_pending = 0;
+        if (arc) {
+            rc = arc;
+            break;
+        }
         if (err) {
             /* redo serially to get the message on this thread */
             for (size_t j = j0; j < j1 && !rc; j++) {
@@ -353,28 +394,19 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
         for (size_t f = 0; f < n_fin; f++)
             finalise(states[finished[f]], m, mtr_run_seq(r, finished[f])->n_tokens, opts,
                      mtr_run_seq(r, finished[f])->seq_id);
-        for (size_t f = 0; f < n_fin && !rc; f++) {
-            size_t si = finished[f];
-            seq_state *s = states[si];
-            const mtr_seq_info *q = mtr_run_seq(r, si);
-            summ_row row = {q->seq_id, q->unit_id, q->lang, q->dataset, q->n_tokens, s->acc.n_used, s->acc.n_bad,
-                            s->jpairs, s->acc.q, s->acc.a, s->fin_ent, s->fin_tent, s->fin_jac};
-            rc = summ_writer_append(out, &row);
-            stats->n_sequences++;
-            stats->n_tokens += q->n_tokens;
-            stats->n_used += s->acc.n_used;
-            stats->n_nonfinite += s->acc.n_bad;
-            stats->n_empty += s->acc.n_used == 0;
-            seq_free(s);
-            states[si] = NULL;
-        }
+        size_t *t = pending;
+        pending = finished;
+        finished = t;
+        n_pending = n_fin;
         if (opts->progress) opts->progress(opts->progress_ctx, done_tokens, total_tokens);
         continue;
     nomem_loop:
         rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
         break;
     }
+    if (!rc) rc = append_finished(out, states, pending, n_pending, r, stats);
     free(finished);
+    free(pending);
     if (!rc) {
         rc = summ_writer_close(out);
         out = NULL;
