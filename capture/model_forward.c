@@ -15,7 +15,7 @@
 #include "model_internal.h"
 
 #define Q_BLOCK 32u          /* query rows per attention task (fewer rows: less of the causal triangle computed and discarded) */
-#define W_BLOCK_BYTES (1u << 18) /* widened weight rows per sgemm call (bf16/f16 models) */
+#define W_BLOCK_BYTES (1u << 22) /* widened weight rows per sgemm call (bf16/f16 models) */
 
 struct mtr_session {
     const mtr_model *m;
@@ -70,9 +70,23 @@ static inline float round_dt(float f, mtr_dtype dt)
 static void round_buf(float *x, size_t n, mtr_dtype dt)
 {
     if (dt == MTR_DTYPE_BF16)
+#pragma omp simd
         for (size_t i = 0; i < n; i++) x[i] = round_bf16(x[i]);
     else if (dt == MTR_DTYPE_F16)
         for (size_t i = 0; i < n; i++) x[i] = (float)(_Float16)x[i];
+}
+
+/* x += y, rounded to the model dtype */
+static void add_round(float *x, const float *y, size_t n, mtr_dtype dt)
+{
+    if (dt == MTR_DTYPE_F32) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) x[i] += y[i];
+    } else if (dt == MTR_DTYPE_BF16) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) x[i] = round_bf16(x[i] + y[i]);
+    } else
+        for (size_t i = 0; i < n; i++) x[i] = round_dt(x[i] + y[i], dt);
 }
 
 /* ---- matrix products ------------------------------------------------------------------------------------- */
@@ -155,9 +169,14 @@ static void rmsnorm(float *out, const float *in, const float *w, uint32_t d, dou
         return;
     }
     float ss = 0;
+#pragma omp simd reduction(+ : ss)
     for (uint32_t j = 0; j < d; j++) ss += in[j] * in[j];
     float r = 1.f / sqrtf(ss / (float)d + (float)eps);
-    for (uint32_t j = 0; j < d; j++) out[j] = round_dt(round_dt(in[j] * r, dt) * w[j], dt);
+    if (dt == MTR_DTYPE_BF16) {
+#pragma omp simd
+        for (uint32_t j = 0; j < d; j++) out[j] = round_bf16(round_bf16(in[j] * r) * w[j]);
+    } else
+        for (uint32_t j = 0; j < d; j++) out[j] = round_dt(round_dt(in[j] * r, dt) * w[j], dt);
 }
 
 static inline float silu(float x) { return x / (1.f + expf(-x)); }
@@ -321,11 +340,26 @@ static void apply_rope(float *x, uint32_t n, uint32_t heads, uint32_t hd, const 
         for (uint32_t h = 0; h < heads; h++) {
             float *v = x + ((size_t)t * heads + h) * hd;
             const float *c = cs + (size_t)t * half, *s = sn + (size_t)t * half;
-            for (uint32_t i = 0; i < half; i++) {
-                float a = v[i], b = v[i + half];
-                v[i] = round_dt(round_dt(a * c[i], dt) - round_dt(b * s[i], dt), dt);
-                v[i + half] = round_dt(round_dt(b * c[i], dt) + round_dt(a * s[i], dt), dt);
-            }
+            if (dt == MTR_DTYPE_F32) {
+#pragma omp simd
+                for (uint32_t i = 0; i < half; i++) {
+                    float a = v[i], b = v[i + half];
+                    v[i] = a * c[i] - b * s[i];
+                    v[i + half] = b * c[i] + a * s[i];
+                }
+            } else if (dt == MTR_DTYPE_BF16) {
+#pragma omp simd
+                for (uint32_t i = 0; i < half; i++) {
+                    float a = v[i], b = v[i + half];
+                    v[i] = round_bf16(round_bf16(a * c[i]) - round_bf16(b * s[i]));
+                    v[i + half] = round_bf16(round_bf16(b * c[i]) + round_bf16(a * s[i]));
+                }
+            } else
+                for (uint32_t i = 0; i < half; i++) {
+                    float a = v[i], b = v[i + half];
+                    v[i] = round_dt(round_dt(a * c[i], dt) - round_dt(b * s[i], dt), dt);
+                    v[i + half] = round_dt(round_dt(b * c[i], dt) + round_dt(a * s[i], dt), dt);
+                }
         }
 }
 
@@ -403,16 +437,15 @@ static void attention(mtr_session *s, uint32_t l, uint32_t n)
                 for (uint32_t j = self + 1; j < n_keys; j++) row[j] = 0;
                 continue;
             }
-            float mx = -INFINITY;
-            for (uint32_t j = lo; j <= self; j++) {
-                row[j] = round_dt(round_dt(row[j], dt) * scale, dt);
-                mx = row[j] > mx ? row[j] : mx;
-            }
-            float sum = 0;
-            for (uint32_t j = lo; j <= self; j++) sum += row[j] = expf(row[j] - mx);
-            float inv = 1.f / sum;
+            /* scores in the model dtype, scaled in it; the softmax in f32; probabilities back in the dtype */
+            if (dt == MTR_DTYPE_BF16) {
+#pragma omp simd
+                for (uint32_t j = lo; j <= self; j++) row[j] = round_bf16(round_bf16(row[j]) * scale);
+            } else
+                for (uint32_t j = lo; j <= self; j++) row[j] = round_dt(round_dt(row[j], dt) * scale, dt);
+            mtr_mk_softmax(row + lo, self + 1 - lo, 1.f);
             for (uint32_t j = 0; j < lo; j++) row[j] = 0;
-            for (uint32_t j = lo; j <= self; j++) row[j] = round_dt(row[j] * inv, dt);
+            round_buf(row + lo, self + 1 - lo, dt);
             for (uint32_t j = self + 1; j < n_keys; j++) row[j] = 0;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)hd, (int)n_keys, 1.f, S, (int)n_keys, V,
@@ -547,7 +580,14 @@ static void moe(mtr_session *s, uint32_t l, uint32_t n)
             done |= (uint64_t)1 << best;
             const float *y = s->ye + (size_t)s->tok_slot[(size_t)t * K + best] * H;
             float w = s->selw[(size_t)t * K + best];
-            for (uint32_t d = 0; d < H; d++) o[d] = round_dt(o[d] + round_dt(round_dt(y[d], dt) * w, dt), dt);
+            if (dt == MTR_DTYPE_F32) {
+#pragma omp simd
+                for (uint32_t d = 0; d < H; d++) o[d] += y[d] * w;
+            } else if (dt == MTR_DTYPE_BF16) {
+#pragma omp simd
+                for (uint32_t d = 0; d < H; d++) o[d] = round_bf16(o[d] + round_bf16(round_bf16(y[d]) * w));
+            } else
+                for (uint32_t d = 0; d < H; d++) o[d] = round_dt(o[d] + round_dt(round_dt(y[d], dt) * w, dt), dt);
         }
     }
     if (L->has_mlp) { /* qwen2_moe shared expert, gated by sigmoid(x . w) */
@@ -639,7 +679,7 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
         for (uint32_t t = 0; t < n; t++)
             rmsnorm(s->x + (size_t)t * H, s->h + (size_t)t * H, L->in_norm, H, c->rms_eps, dt);
         attention(s, l, n);
-        for (size_t i = 0; i < (size_t)n * H; i++) s->h[i] = round_dt(s->h[i] + s->tmp[i], dt);
+        add_round(s->h, s->tmp, (size_t)n * H, dt);
         for (uint32_t t = 0; t < n; t++)
             rmsnorm(s->x + (size_t)t * H, s->h + (size_t)t * H, L->post_norm, H, c->rms_eps, dt);
         double tm = omp_get_wtime();
@@ -653,7 +693,7 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
             moe(s, l, n);
         } else
             dense_mlp(s, s->tmp, s->x, n, &L->gate, &L->up, &L->down);
-        for (size_t i = 0; i < (size_t)n * H; i++) s->h[i] = round_dt(s->h[i] + s->tmp[i], dt);
+        add_round(s->h, s->tmp, (size_t)n * H, dt);
         s->st.t_moe += omp_get_wtime() - tm;
     }
     if (stop < c->n_layers || packed) s->broken = true;
