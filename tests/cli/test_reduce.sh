@@ -45,6 +45,15 @@ for np in 2 3; do
         mpirun -np "$np" "$R" summarize "$many/run" -o "$many/m$np.h5" --threads 1 --jaccard-pairs 50 -q
     check_py same "$many/t1.h5" "$many/m$np.h5" | sed "s/^ok same/ok 1 thread = $np ranks, chunks joined as stored:/; s/^not ok same/not ok 1 thread = $np ranks:/"
 done
+# more ranks than sequences: some parts are empty
+few="$WORK/few"
+mkdir -p "$few"
+"$BIN/moetrace-capture" synth --out "$few/run" --layers 3 --experts 8 --top-k 2 --units 1 --seed 4 \
+    --langs eng_Latn:1,fra_Latn:1 --len-mean 6 --len-max 12 --quiet
+"$R" summarize "$few/run" -o "$few/t1.h5" --threads 1 -q
+expect_exit 0 "summarize, 5 ranks over $("$PY" -c "import h5py,glob; print(sum(len(h5py.File(f)['seq/seq_id']) for f in glob.glob('$few/run/shard-*.h5')))") sequences" \
+    env ASAN_OPTIONS=detect_leaks=0 mpirun -np 5 "$R" summarize "$few/run" -o "$few/m5.h5" --threads 1 -q
+check_py same "$few/t1.h5" "$few/m5.h5" | sed "s/^ok same/ok 1 thread = 5 ranks, empty parts:/; s/^not ok same/not ok 1 thread = 5 ranks:/"
 expect_exit 0 "reference under 2 ranks: rank 0 alone writes it" env ASAN_OPTIONS=detect_leaks=0 \
     mpirun -np 2 "$R" reference "$many/run" -o "$many/ref2.h5" --jaccard-pairs 50 -q
 "$R" reference "$many/run" -o "$many/ref1.h5" --jaccard-pairs 50 -q
