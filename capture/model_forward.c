@@ -14,7 +14,7 @@
 #include "internal.h"
 #include "model_internal.h"
 
-#define Q_BLOCK 32u          /* query rows per attention task (fewer rows: less of the causal triangle computed and discarded) */
+#define Q_BLOCK 32u /* query rows per attention task (few: little of the causal triangle computed and discarded) */
 #define W_BLOCK_BYTES (1u << 22) /* widened weight rows per sgemm call (bf16/f16 models) */
 
 struct mtr_session {

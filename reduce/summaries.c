@@ -591,7 +591,7 @@ static int set_rows(hid_t f, const char *name, size_t n)
  * written anew. */
 static int concat_big(hid_t out, const char *name, hid_t mtype, size_t esz, mtr_summaries **ps, const hid_t *pf,
                       const size_t *first, size_t n_parts, size_t total, uint32_t L, uint32_t E, void *buf,
-                      unsigned char **raw, size_t *raw_cap, uint64_t *n_copied, const char *out_path)
+                      unsigned char **raw, size_t *raw_cap, const char *out_path)
 {
     int rc = 0;
     if ((rc = set_rows(out, name, total))) return mtr_reduce_fail(MTR_EIO, "%s: cannot extend /%s", out_path, name);
@@ -603,7 +603,8 @@ static int concat_big(hid_t out, const char *name, hid_t mtype, size_t esz, mtr_
     }
     for (size_t k = 0; k < n_parts; k++) din[k] = H5I_INVALID_HID;
     for (size_t k = 0; k < n_parts && !rc; k++)
-        if ((din[k] = H5Dopen2(pf[k], name, H5P_DEFAULT)) < 0) rc = mtr_reduce_fail(MTR_EFORMAT, "%s: /%s missing", ps[k]->path, name);
+        if ((din[k] = H5Dopen2(pf[k], name, H5P_DEFAULT)) < 0)
+            rc = mtr_reduce_fail(MTR_EFORMAT, "%s: /%s missing", ps[k]->path, name);
     for (size_t b0 = 0, k = 0; b0 < total && !rc; b0 += BLOCK) {
         const size_t b1 = b0 + BLOCK < total ? b0 + BLOCK : total;
         while (first[k] + ps[k]->n_seqs <= b0) k++; /* the part holding row b0 */
@@ -632,7 +633,6 @@ static int concat_big(hid_t out, const char *name, hid_t mtype, size_t esz, mtr_
                 else if (H5Dwrite_chunk(dout, H5P_DEFAULT, mask, off_out, size, *raw) < 0)
                     rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write /%s", out_path, name);
             }
-            *n_copied += 1;
             continue;
         }
         /* across parts (or off the grid): decode the block's rows from each part, write them as one block */
@@ -715,13 +715,12 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
             rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write summaries", out_path);
     }
     H5Tclose(st);
-    uint64_t copied = 0;
     if (!rc)
         rc = concat_big(w->f, D_Q, H5T_NATIVE_DOUBLE, 8, ps, pf, first, n_parts, total, L, E, buf, &raw, &raw_cap,
-                        &copied, out_path);
+                        out_path);
     if (!rc)
         rc = concat_big(w->f, D_A, H5T_NATIVE_UINT32, 4, ps, pf, first, n_parts, total, L, E, buf, &raw, &raw_cap,
-                        &copied, out_path);
+                        out_path);
     if (!rc) {
         w->n_rows = total;
         rc = summ_writer_close(w);
