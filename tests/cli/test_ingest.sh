@@ -90,7 +90,9 @@ $PY "$MS" 60 --slow 0.02 --out "$WORK/kfifo" 2>/dev/null &
 ppid=$!
 "$CAP" ingest --out "$WORK/rk" --input "$WORK/kfifo" --shard-bytes 20K --quiet 2>/dev/null &
 pid=$!
-sleep 0.8
+# kill it once a first shard is finished (at most 10 s), however fast or loaded the machine
+i=0
+while [ $i -lt 100 ] && ! ls "$WORK/rk"/shard-*.h5 >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
 kill -9 "$pid"
 wait "$pid" 2>/dev/null
 wait "$ppid" 2>/dev/null
