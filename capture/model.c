@@ -99,6 +99,10 @@ static int parse_rope(mtr_model_config *c, cfg_reader *r)
         c->rope_beta_fast = get_num(rs, r, "beta_fast", 32, true);
         c->rope_beta_slow = get_num(rs, r, "beta_slow", 1, true);
         double mscale = get_num(rs, r, "mscale", 0, false), mscale_all = get_num(rs, r, "mscale_all_dim", 0, false);
+        /* with original_max_position_embeddings given, transformers (>= 4.48, _compute_yarn_parameters) scales by
+         * max_position_embeddings / original, not by "factor", both in the frequencies and the attention factor */
+        if (json_object_get(rs, "original_max_position_embeddings") && c->rope_orig_max_pos > 0)
+            c->rope_factor = (double)c->max_position_embeddings / c->rope_orig_max_pos;
         double f = c->rope_factor;
 #define YARN_MSCALE(scale, m) ((scale) <= 1 ? 1.0 : 0.1 * (m) * log(scale) + 1.0)
         double af = get_num(rs, r, "attention_factor", NAN, true);
