@@ -98,6 +98,10 @@ static int parse_rope(mtr_model_config *c, cfg_reader *r)
         c->rope_type = MTR_ROPE_YARN;
         c->rope_beta_fast = get_num(rs, r, "beta_fast", 32, true);
         c->rope_beta_slow = get_num(rs, r, "beta_slow", 1, true);
+        json_t *tr = json_object_get(rs, "truncate");
+        if (tr && !json_is_boolean(tr) && !r->rc)
+            r->rc = mtr_fail(MTR_EFORMAT, "%s: rope_scaling \"truncate\" is not true or false", r->path);
+        c->rope_yarn_truncate = !json_is_false(tr);
         double mscale = get_num(rs, r, "mscale", 0, false), mscale_all = get_num(rs, r, "mscale_all_dim", 0, false);
         /* with original_max_position_embeddings given, transformers (>= 4.48, _compute_yarn_parameters) scales by
          * max_position_embeddings / original, not by "factor", both in the frequencies and the attention factor */
@@ -295,8 +299,12 @@ static void rope_frequencies(mtr_model *m)
         case MTR_ROPE_LINEAR: inv /= c->rope_factor; break;
         case MTR_ROPE_YARN: {
             double orig = c->rope_orig_max_pos;
-            double lo = floor(dim * log(orig / (c->rope_beta_fast * 2 * M_PI)) / (2 * log(base)));
-            double hi = ceil(dim * log(orig / (c->rope_beta_slow * 2 * M_PI)) / (2 * log(base)));
+            double lo = dim * log(orig / (c->rope_beta_fast * 2 * M_PI)) / (2 * log(base));
+            double hi = dim * log(orig / (c->rope_beta_slow * 2 * M_PI)) / (2 * log(base));
+            if (c->rope_yarn_truncate) {
+                lo = floor(lo);
+                hi = ceil(hi);
+            }
             if (lo < 0) lo = 0;
             if (hi > dim - 1) hi = dim - 1;
             if (lo == hi) hi += 0.001;

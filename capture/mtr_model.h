@@ -113,6 +113,7 @@ typedef struct {
     double rope_factor;         /* linear/dynamic/yarn/llama3 */
     double rope_orig_max_pos;   /* original_max_position_embeddings (yarn, llama3, dynamic) */
     double rope_beta_fast, rope_beta_slow, rope_low_freq_factor, rope_high_freq_factor;
+    bool rope_yarn_truncate;    /* yarn: correction range rounded to whole dimensions ("truncate", default true) */
     double rope_attention_factor; /* yarn: mscale applied to cos/sin; 1 otherwise */
     uint32_t max_position_embeddings;
     uint32_t sliding_window;    /* 0 = full attention */

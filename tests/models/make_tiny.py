@@ -273,11 +273,13 @@ def model_specs():
             hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_hidden_layers=2,
             mlp_only_layers=[], max_window_layers=2, moe_intermediate_size=16, intermediate_size=32,
             rope_theta=10000.0, max_position_embeddings=256, rope_scaling=yarn), seed=None, shards=1),
-        # max_position_embeddings / original (2.5) differs from factor (4): transformers (>= 4.48) uses the ratio
+        # max_position_embeddings / original (2.5) differs from factor (4): transformers (>= 4.48) uses the ratio;
+        # and the correction range not truncated to whole dimensions
         "qwen3_moe_yarn_ratio": dict(config=qwen3_moe_config(
             hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_hidden_layers=2,
             mlp_only_layers=[], max_window_layers=2, moe_intermediate_size=16, intermediate_size=32,
-            rope_theta=10000.0, max_position_embeddings=160, rope_scaling=yarn), seed=None, shards=1),
+            rope_theta=10000.0, max_position_embeddings=160, rope_scaling=dict(yarn, truncate=False)),
+            seed=None, shards=1),
         "mixtral_llama3": dict(config=mixtral_config(
             num_hidden_layers=2, sliding_window=None, rope_theta=10000.0, max_position_embeddings=512,
             intermediate_size=16, rope_scaling=llama3), seed=None, shards=1),
