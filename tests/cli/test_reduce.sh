@@ -54,6 +54,11 @@ mkdir -p "$few"
 expect_exit 0 "summarize, 5 ranks over $("$PY" -c "import h5py,glob; print(sum(len(h5py.File(f)['seq/seq_id']) for f in glob.glob('$few/run/shard-*.h5')))") sequences" \
     env ASAN_OPTIONS=detect_leaks=0 mpirun -np 5 "$R" summarize "$few/run" -o "$few/m5.h5" --threads 1 -q
 check_py same "$few/t1.h5" "$few/m5.h5" | sed "s/^ok same/ok 1 thread = 5 ranks, empty parts:/; s/^not ok same/not ok 1 thread = 5 ranks:/"
+# a rank's part left behind (its root says row_offset) is not a summaries file
+cp "$many/t1.h5" "$many/part.h5"
+"$PY" -c 'import h5py, numpy, sys; h5py.File(sys.argv[1], "a").attrs["row_offset"] = numpy.uint32(5)' "$many/part.h5"
+expect_exit 2 "tables refuses a rank's part" "$R" tables "$many/part.h5" -o "$many/tp"
+expect_err_line "rank's part: one line naming it" "$many/part.h5: one rank's part of an MPI summarize"
 expect_exit 0 "reference under 2 ranks: rank 0 alone writes it" env ASAN_OPTIONS=detect_leaks=0 \
     mpirun -np 2 "$R" reference "$many/run" -o "$many/ref2.h5" --jaccard-pairs 50 -q
 "$R" reference "$many/run" -o "$many/ref1.h5" --jaccard-pairs 50 -q

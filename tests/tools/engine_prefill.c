@@ -111,31 +111,23 @@ int main(int argc, char **argv)
     mtr_model_info_of(&info, m, "bench");
     /* one untimed forward first, as the peer runs one: first-touch faults of the session's buffers, the output
      * buffers and the weight mapping's page tables are start-up, not prefill */
-    {
-        mtr_forward_io io = MTR_FORWARD_IO_INIT;
-        io.router = router;
-        io.logits = logits;
-        io.n_logits = argc == 7 && !strcmp(argv[6], "last") ? 1 : (uint32_t)tokens;
-        io.seq_lens = lens;
-        io.n_seqs = n_seq;
-        if (mtr_model_forward(s, all, (uint32_t)tokens, &io)) {
-            fprintf(stderr, "%s\n", mtr_errmsg());
-            return 1;
-        }
+    /* the timed forward: the prompt to the next-token logits (last) or the logits of every position (all) */
+    mtr_forward_io full = MTR_FORWARD_IO_INIT;
+    full.router = router;
+    full.logits = logits;
+    full.n_logits = argc == 7 && !strcmp(argv[6], "last") ? 1 : (uint32_t)tokens;
+    full.seq_lens = lens;
+    full.n_seqs = n_seq;
+    if (mtr_model_forward(s, all, (uint32_t)tokens, &full)) {
+        fprintf(stderr, "%s\n", mtr_errmsg());
+        return 1;
     }
     for (int r = 0; r < repeat; r++) {
-        /* the timed forward: the prompt to the next-token logits (last) or the logits of every position (all) */
         mtr_forward_stats st0, st1;
         mtr_session_stats(s, &st0);
         double t = now();
         mtr_session_reset(s);
-        mtr_forward_io io = MTR_FORWARD_IO_INIT;
-        io.router = router;
-        io.logits = logits;
-        io.n_logits = argc == 7 && !strcmp(argv[6], "last") ? 1 : (uint32_t)tokens;
-        io.seq_lens = lens;
-        io.n_seqs = n_seq;
-        if (mtr_model_forward(s, all, (uint32_t)tokens, &io)) {
+        if (mtr_model_forward(s, all, (uint32_t)tokens, &full)) {
             fprintf(stderr, "%s\n", mtr_errmsg());
             return 1;
         }
@@ -152,12 +144,12 @@ int main(int argc, char **argv)
          * forwards alone. Alternated three times, the fastest of each kept (interference only adds). The writer's
          * own calls (create, append, close) are also timed inside the traced run. */
         t_cap[r] = t_trace[r] = t_wcalls[r] = 1e30;
+        mtr_forward_io io = MTR_FORWARD_IO_INIT;
+        io.router = router;
+        io.seq_lens = lens;
+        io.n_seqs = n_seq;
         for (int k = 0; k < 3; k++) {
             double t0 = now();
-            io = (mtr_forward_io)MTR_FORWARD_IO_INIT;
-            io.router = router;
-            io.seq_lens = lens;
-            io.n_seqs = n_seq;
             for (int b = 0; b < TRACE_BATCHES; b++) {
                 mtr_session_reset(s);
                 mtr_model_forward(s, all, (uint32_t)tokens, &io);
