@@ -431,7 +431,7 @@ static int run_capture(engine *e, const mtr_corpus *corpus, json_t *summary)
             continue;
         }
         if ((rc = tokenize_item(e, &ids, &roles, it->text, it->messages, it->n_messages, false))) {
-            errorf(CMD, "%s: item %zu (line %zu): %s", e->o.corpus, i + 1, it->line, mtr_tok_errmsg());
+            errorf(CMD, "%s: item %zu (line %zu): %s", e->o.corpus, i + 1, it->line, mtr_errmsg());
             rc = exit_code_for(rc);
             goto done;
         }
@@ -595,12 +595,12 @@ static int run_score(engine *e, const mtr_mc *set, const mtr_prompts *prompts, j
         const mtr_mc_item *it = mtr_mc_get(set, i);
         mtr_prompt_mc pm = {NULL, NULL, 0};
         if ((rc = mtr_prompt_render_mc(&pm, prompts, e->o.template_name, it))) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_corpus_errmsg());
+            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_errmsg());
             rc = EXIT_DATA;
             goto done;
         }
         if ((rc = tokenize_item(e, &ctx, &roles, pm.prompt, NULL, 0, true))) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_tok_errmsg());
+            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_errmsg());
             rc = EXIT_DATA;
             mtr_prompt_mc_free(&pm);
             goto done;
@@ -659,7 +659,7 @@ static int run_score(engine *e, const mtr_mc *set, const mtr_prompts *prompts, j
                 }
             }
             if (rc) {
-                errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_tok_errmsg());
+                errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_errmsg());
                 rc = EXIT_DATA;
                 break;
             }
@@ -775,14 +775,14 @@ static int run_generate(engine *e, const mtr_gen *set, const mtr_prompts *prompt
         const mtr_gen_item *it = mtr_gen_get(set, i);
         char *prompt = NULL;
         if ((rc = mtr_prompt_render_gen(&prompt, prompts, e->o.template_name, it))) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_corpus_errmsg());
+            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_errmsg());
             rc = EXIT_DATA;
             goto done;
         }
         rc = tokenize_item(e, &ids, &roles, prompt, NULL, 0, true);
         free(prompt);
         if (rc) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_tok_errmsg());
+            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_errmsg());
             rc = EXIT_DATA;
             goto done;
         }
@@ -826,7 +826,7 @@ static int run_generate(engine *e, const mtr_gen *set, const mtr_prompts *prompt
             for (uint32_t q = 0; q < n_new; q++)
                 if ((size_t)ids.ids[c + q] < tok_vocab) text_ids[n_text++] = ids.ids[c + q];
             if ((rc = mtr_tok_decode(&text, &text_len, e->tok, text_ids, n_text, MTR_TOK_SKIP_SPECIAL))) {
-                errorf(CMD, "%s: %s", e->o.model_dir, mtr_tok_errmsg());
+                errorf(CMD, "%s: %s", e->o.model_dir, mtr_errmsg());
                 rc = exit_code_for(rc);
                 goto done;
             }
@@ -1095,14 +1095,14 @@ int cmd_run(int argc, char **argv)
     else if (o->mode == MODE_SCORE) rc = mtr_mc_load(&mc, o->corpus, &co);
     else rc = mtr_gen_load(&gen, o->corpus, &co);
     if (rc) {
-        errorf(CMD, "%s", mtr_corpus_errmsg());
+        errorf(CMD, "%s", mtr_errmsg());
         rc = exit_code_for(rc);
         goto done;
     }
     if (o->mode != MODE_CAPTURE) {
         const char *pp = o->prompts ? o->prompts : default_prompts();
         if ((rc = mtr_prompts_load(&prompts, pp))) {
-            errorf(CMD, "%s", mtr_corpus_errmsg());
+            errorf(CMD, "%s", mtr_errmsg());
             rc = exit_code_for(rc);
             goto done;
         }
@@ -1126,7 +1126,7 @@ int cmd_run(int argc, char **argv)
     }
     e.cfg = mtr_model_get_config(e.model);
     if ((rc = mtr_tok_load(&e.tok, o->model_dir))) {
-        errorf(CMD, "%s", mtr_tok_errmsg());
+        errorf(CMD, "%s", mtr_errmsg());
         rc = exit_code_for(rc);
         goto done;
     }

@@ -109,7 +109,7 @@ static int do_item(mtr_tok *t, const tok_opts *o, char *line, size_t len, size_t
             return EXIT_DATA;
         }
         if ((rc = mtr_tok_decode(&s, &slen, t, ids->ids, ids->n, o->skip_special ? MTR_TOK_SKIP_SPECIAL : 0))) {
-            errorf("tokenize", "line %zu: %s", lineno, mtr_tok_errmsg());
+            errorf("tokenize", "line %zu: %s", lineno, mtr_errmsg());
             return rc == MTR_ENOMEM ? EXIT_IO : EXIT_DATA;
         }
         if (o->jsonl) {
@@ -174,7 +174,7 @@ static int do_item(mtr_tok *t, const tok_opts *o, char *line, size_t len, size_t
             goto done;
         }
         if ((rc = mtr_tok_apply_chat_template(&rendered, t, msgs ? msgs : &one, msgs ? nmsg : 1, &co))) {
-            errorf("tokenize", "line %zu: chat template: %s", lineno, mtr_tok_errmsg());
+            errorf("tokenize", "line %zu: chat template: %s", lineno, mtr_errmsg());
             status = rc == MTR_ENOTFOUND ? EXIT_USAGE : EXIT_DATA;
             goto done;
         }
@@ -193,7 +193,7 @@ static int do_item(mtr_tok *t, const tok_opts *o, char *line, size_t len, size_t
                      (o->split_special ? MTR_TOK_SPLIT_SPECIAL : 0);
     ids->n = 0;
     if ((rc = mtr_tok_encode(ids, t, text, tlen, flags))) {
-        errorf("tokenize", "line %zu: %s", lineno, mtr_tok_errmsg());
+        errorf("tokenize", "line %zu: %s", lineno, mtr_errmsg());
         status = rc == MTR_ENOMEM ? EXIT_IO : EXIT_DATA;
         goto done;
     }
@@ -272,7 +272,7 @@ int cmd_tokenize(int argc, char **argv)
     mtr_tok *t = NULL;
     int rc = mtr_tok_load(&t, o.tokenizer);
     if (rc) {
-        errorf("tokenize", "%s", mtr_tok_errmsg());
+        errorf("tokenize", "%s", mtr_errmsg());
         if (f != stdin) fclose(f);
         return rc == MTR_ENOTFOUND ? EXIT_DATA : exit_code_for(rc);
     }

@@ -16,6 +16,7 @@
 #include <mpi.h>
 #endif
 
+#include "mtr_cli.h"
 #include "mtr_reduce.h"
 
 #define PROG "moetrace-reduce"
@@ -61,19 +62,9 @@ static void usage(FILE *f)
             "Exit codes: 0 success, 1 bad usage, 2 bad input data, 3 I/O or internal failure.\n");
 }
 
-static int exit_code(int err)
-{
-    switch (err) {
-    case MTR_OK: return 0;
-    case MTR_EINVAL: return 1;
-    case MTR_EIO: case MTR_ENOMEM: case MTR_EHDF5: return 3;
-    default: return 2;
-    }
-}
-
 static void fail_line(const char *verb, int rc)
 {
-    if (g_rank == 0 || g_mpi) fprintf(stderr, PROG " %s: %s\n", verb, mtr_reduce_errmsg()[0] ? mtr_reduce_errmsg() : mtr_strerror(rc));
+    if (g_rank == 0 || g_mpi) mtr_cli_fail(verb, rc, NULL);
 }
 
 typedef struct {
@@ -142,7 +133,7 @@ static int run_summarize(const char *out, const char *const *runs, size_t n_runs
     mtr_run *r = NULL;
     int rc = mtr_run_open_many(&r, runs, n_runs, 0);
     if (rc) {
-        if (g_rank == 0) fprintf(stderr, PROG " summarize: %s\n", mtr_errmsg());
+        if (g_rank == 0) mtr_cli_fail("summarize", rc, NULL);
         return agree(rc);
     }
     if ((rc = check_complete(r, allow_partial))) {
@@ -235,6 +226,7 @@ static int parse_roles(uint32_t *mask, const char *list)
 
 int main(int argc, char **argv)
 {
+    mtr_cli_set_prog(PROG);
 #ifdef MTR_WITH_MPI
     /* only when started by a launcher: a direct run must not pay for (or depend on) MPI start-up */
     if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK")) {
@@ -364,5 +356,5 @@ finish:
 #ifdef MTR_WITH_MPI
     if (g_mpi) MPI_Finalize();
 #endif
-    return exit_code(rc);
+    return mtr_exit_code(rc);
 }

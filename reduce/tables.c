@@ -1,4 +1,4 @@
-/* tables.c — phase 2 of moetrace-reduce: tables from per-sequence summaries (DESIGN.md §3, reduce/SUMMARIES.md).
+/* tables.c — phase 2 of moetrace-reduce: tables from per-sequence summaries (docs/ARCHITECTURE.md §3, reduce/SUMMARIES.md).
  *
  * Reads the summaries one layer at a time (q and counts of every sequence), so memory holds one layer, not the
  * trace set. TSVs carry '#' provenance lines and a '#' column header; layers are 1-based, experts 0-based.
@@ -54,7 +54,7 @@ static int tsv_open(tsv *t, const char *dir, const char *name, const mtr_summari
 {
     snprintf(t->path, sizeof t->path, "%s/%s", dir, name);
     t->f = fopen(t->path, "w");
-    if (!t->f) return mtr_reduce_fail(MTR_EIO, "%s: %s", t->path, strerror(errno));
+    if (!t->f) return mtr_fail(MTR_EIO, "%s: %s", t->path, strerror(errno));
     fprintf(t->f, "# moetrace-reduce %s: %s\n", MTR_VERSION_STRING, name);
     fprintf(t->f, "# summaries: %s\n", s->path);
     fprintf(t->f, "# model: %s (%u layers, %u experts, top-%u); weights: %s\n", s->model.model_id,
@@ -70,7 +70,7 @@ static int tsv_close(tsv *t)
 {
     if (!t->f) return 0;
     int bad = ferror(t->f);
-    if (fclose(t->f) != 0 || bad) return mtr_reduce_fail(MTR_EIO, "%s: write failed", t->path);
+    if (fclose(t->f) != 0 || bad) return mtr_fail(MTR_EIO, "%s: write failed", t->path);
     t->f = NULL;
     return 0;
 }
@@ -134,7 +134,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     mtr_tables_opts dflt = MTR_TABLES_OPTS_INIT;
     if (!opts) opts = &dflt;
     int rc = 0;
-    mtr_reduce_clear_error();
+    mtr_clear_error();
     const uint32_t L = s->model.n_layers, E = s->model.n_experts;
     const size_t S = s->n_seqs;
     const char *en = opts->english ? opts->english : "eng_Latn";
@@ -150,12 +150,12 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
         t_rd = {0}, t_miss = {0};
     hid_t h5 = H5I_INVALID_HID;
 
-    if (mkdir(dir, 0777) < 0 && errno != EEXIST) return mtr_reduce_fail(MTR_EIO, "%s: %s", dir, strerror(errno));
-    if (S == 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: holds no sequences", s->path);
+    if (mkdir(dir, 0777) < 0 && errno != EEXIST) return mtr_fail(MTR_EIO, "%s: %s", dir, strerror(errno));
+    if (S == 0) return mtr_fail(MTR_EFORMAT, "%s: holds no sequences", s->path);
     if ((rc = strset_build(&datasets, s->dataset, S, NULL))) goto nomem;
     const char *base = opts->base_dataset ? opts->base_dataset : pick_base(s, &datasets);
     if (strset_find(&datasets, base) < 0) {
-        rc = mtr_reduce_fail(MTR_EINVAL, "%s: no sequences of base dataset '%s'", s->path, base);
+        rc = mtr_fail(MTR_EINVAL, "%s: no sequences of base dataset '%s'", s->path, base);
         goto done;
     }
     const char *base_lang = opts->base_lang ? opts->base_lang : en;
@@ -173,7 +173,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     const long en_idx = strset_find(&langs, en);
     if (en_idx < 0) {
         free(in_base);
-        rc = mtr_reduce_fail(MTR_EINVAL, "%s: no %s sequences in dataset '%s': divergence from English needs them",
+        rc = mtr_fail(MTR_EINVAL, "%s: no %s sequences in dataset '%s': divergence from English needs them",
                              s->path, en, base);
         goto done;
     }
@@ -188,7 +188,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
         long li = strset_find(&langs, s->lang[i]), ui = strset_find(&units, s->unit_id[i]);
         if (unit_seq[li * NU + ui] >= 0) {
             free(in_base);
-            rc = mtr_reduce_fail(MTR_EFORMAT, "%s: unit '%s' appears twice for %s in dataset '%s'", s->path,
+            rc = mtr_fail(MTR_EFORMAT, "%s: unit '%s' appears twice for %s in dataset '%s'", s->path,
                                  s->unit_id[i], s->lang[i], base);
             goto done;
         }
@@ -213,7 +213,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     snprintf(base_slice, sizeof base_slice, "%s:%s", base, base_lang);
     const long base_si = strset_find(&slices_ds, base_slice);
     if (base_si < 0) {
-        rc = mtr_reduce_fail(MTR_EINVAL, "%s: no sequences in the base slice %s", s->path, base_slice);
+        rc = mtr_fail(MTR_EINVAL, "%s: no sequences in the base slice %s", s->path, base_slice);
         goto done;
     }
     long rd_a = -1, rd_b = -1;
@@ -221,7 +221,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
         rd_a = strset_find(&slices_ds, opts->rd_a);
         rd_b = strset_find(&slices_ds, opts->rd_b);
         if (rd_a < 0 || rd_b < 0) {
-            rc = mtr_reduce_fail(MTR_EINVAL, "%s: no sequences in slice '%s' (slices are dataset:lang)", s->path,
+            rc = mtr_fail(MTR_EINVAL, "%s: no sequences in slice '%s' (slices are dataset:lang)", s->path,
                                  rd_a < 0 ? opts->rd_a : opts->rd_b);
             goto done;
         }
@@ -424,7 +424,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
         snprintf(path, sizeof path, "%s/tables.h5", dir);
         h5 = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
         if (h5 < 0) {
-            rc = mtr_reduce_fail(MTR_EIO, "%s: cannot create", path);
+            rc = mtr_fail(MTR_EIO, "%s: cannot create", path);
             goto done;
         }
         hsize_t d2[2] = {NL, L}, d3[3] = {NL, NL, L}, dsl[3] = {NS, L, E};
@@ -437,13 +437,13 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
             h5_put_attr(h5, "format", "moetrace-tables") || h5_put_attr(h5, "english", en) ||
             h5_put_attr(h5, "base_dataset", base) || h5_put_attr(h5, "base_slice", base_slice) ||
             h5_put_attr(h5, "summaries", s->path) || h5_put_attr(h5, "settings", s->settings ? s->settings : "{}")) {
-            rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write tables", path);
+            rc = mtr_fail(MTR_EIO, "%s: cannot write tables", path);
             goto done;
         }
     }
     goto done;
 nomem:
-    rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    rc = mtr_fail(MTR_ENOMEM, "out of memory");
 done:;
     tsv *all[] = {&t_div, &t_pair, &t_ent, &t_jac, &t_freq, &t_delta, &t_spec, &t_top, &t_rd, &t_miss};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) {

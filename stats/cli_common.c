@@ -9,71 +9,18 @@
 
 #include "cli.h"
 
-const char exit_status_text[] =
-    "Exit status:\n"
-    "  0  success\n"
-    "  1  bad usage: unknown verb or option, bad option value\n"
-    "  2  bad input data: unknown language, missing or NaN accuracy, fewer than 3 languages, malformed table\n"
-    "  3  I/O or internal failure\n";
-
 const char *cli_command_line = "";
-
-void cli_error(const char *verb, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, verb ? "%s %s: " : "%s: ", PROG, verb);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-int cli_exit_code(int err)
-{
-    switch (err) {
-    case MTR_OK: return EXIT_OK;
-    case MTR_EIO:
-    case MTR_ENOMEM:
-    case MTR_EHDF5: return EXIT_IO;
-    default: return EXIT_DATA;
-    }
-}
 
 int cli_fail(const char *verb, int err, const char *detail)
 {
-    cli_error(verb, "%s", detail && *detail ? detail : mtr_strerror(err));
-    return cli_exit_code(err);
+    if (detail && *detail && detail != mtr_errmsg()) {
+        cli_error(verb, "%s", detail);
+        return mtr_exit_code(err);
+    }
+    return mtr_cli_fail(verb, err, NULL);
 }
 
-int cli_parse_u64(uint64_t *out, const char *s)
-{
-    char *end;
-    if (!s || *s < '0' || *s > '9') return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end || errno) return -1;
-    *out = v;
-    return 0;
-}
-
-int cli_parse_u32(uint32_t *out, const char *s)
-{
-    uint64_t v;
-    if (cli_parse_u64(&v, s) || v > 0xffffffffu) return -1;
-    *out = (uint32_t)v;
-    return 0;
-}
-
-int cli_parse_double(double *out, const char *s)
-{
-    char *end;
-    if (!s || !*s) return -1;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (*end || errno || !isfinite(v)) return -1;
-    *out = v;
-    return 0;
-}
+int cli_parse_u32(uint32_t *out, const char *s) { return mtr_cli_parse_u32_in(out, s, 0, 0xffffffffu); }
 
 int cli_load_langs(mtr_langs **out, const char *verb, const char *path)
 {
@@ -85,7 +32,7 @@ int cli_load_langs(mtr_langs **out, const char *verb, const char *path)
         path = buf;
     }
     int rc = mtr_langs_load(out, path);
-    return rc ? cli_fail(verb, rc, mtr_stats_errmsg()) : 0;
+    return rc ? cli_fail(verb, rc, mtr_errmsg()) : 0;
 }
 
 int cli_resolve_band(cli_band *out, const char *verb, const char *band_arg, const mtr_profile *profile,
@@ -96,7 +43,7 @@ int cli_resolve_band(cli_band *out, const char *verb, const char *band_arg, cons
     uint32_t n_layers = profile ? profile->n_layers : t ? t->n_layers : 0;
     if (band_arg && strcmp(band_arg, "detect") != 0) {
         if ((rc = mtr_band_parse(&out->band, band_arg, n_layers))) {
-            cli_error(verb, "--band: %s", mtr_stats_errmsg());
+            cli_error(verb, "--band: %s", mtr_errmsg());
             return EXIT_USAGE;
         }
         snprintf(out->source, sizeof out->source, "given (--band %s)", band_arg);
@@ -120,7 +67,7 @@ int cli_resolve_band(cli_band *out, const char *verb, const char *band_arg, cons
     rc = mtr_band_curve(curve, t, english);
     if (!rc) rc = mtr_band_detect(&out->band, curve, 1, t->n_layers, alpha);
     free(curve);
-    if (rc) return cli_fail(verb, rc, mtr_stats_errmsg());
+    if (rc) return cli_fail(verb, rc, mtr_errmsg());
     snprintf(out->source, sizeof out->source,
              "detected from the U-curve: longest run of layers with language-mean divergence <= min + alpha*(max-min), "
              "alpha=%g, threshold=%.6g%s",

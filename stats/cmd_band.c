@@ -1,5 +1,5 @@
 /* cmd_band.c — `moetrace-stats band`: the language-mean divergence-from-English curve per layer and the middle
- * band, from a model profile or detected from the U-curve (DESIGN.md §3 "Middle band"), saying which. */
+ * band, from a model profile or detected from the U-curve (docs/ARCHITECTURE.md §3 "Middle band"), saying which. */
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -77,7 +77,7 @@ int cmd_band(int argc, char **argv)
     mtr_band det;
     bool have_det = false;
     if ((rc = mtr_tables_open(&t, tables_path)) || (profile_arg && (rc = mtr_profile_load(&prof, profile_arg)))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (!t->div_en) {

@@ -1,5 +1,5 @@
 /* cmd_correlate.c — `moetrace-stats correlate`: for every layer and for the band mean, across the non-English
- * languages, the correlation of divergence from English with task accuracy (DESIGN.md §3 "Correlation with
+ * languages, the correlation of divergence from English with task accuracy (docs/ARCHITECTURE.md §3 "Correlation with
  * performance"), as TSV or JSON, with a one-line verdict per model and task. */
 #include <getopt.h>
 #include <math.h>
@@ -174,12 +174,12 @@ int cmd_correlate(int argc, char **argv)
     if ((ex = cli_load_langs(&langs, VERB, langs_path))) goto out_free;
     const char *eng;
     if (mtr_langs_normalize(&eng, langs, english)) {
-        cli_error(VERB, "--english: %s", mtr_stats_errmsg());
+        cli_error(VERB, "--english: %s", mtr_errmsg());
         ex = EXIT_USAGE;
         goto out_free;
     }
     if ((rc = mtr_accuracy_load(&acc, acc_path, langs, &ao)) || (rc = mtr_tables_open(&t, tables_path))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (!t->div_en) {
@@ -188,7 +188,7 @@ int cmd_correlate(int argc, char **argv)
         goto out_free;
     }
     if (profile_arg && (rc = mtr_profile_load(&prof, profile_arg))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (profile_arg && prof.n_layers != t->n_layers) {
@@ -216,7 +216,7 @@ int cmd_correlate(int argc, char **argv)
         goto out_free;
     }
     if ((rc = mtr_accuracy_tasks(&tasks, &n_tasks, acc))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (only_task) {
@@ -335,7 +335,7 @@ int cmd_correlate(int argc, char **argv)
             if (n < MTR_STATS_MIN_N || mtr_stats_correlate(&r, xs, 1, ys, 1, n, &co) != 0) {
                 if (l == L) {
                     cli_error(VERB, "task %s, band mean: %s", task,
-                              n < MTR_STATS_MIN_N ? "fewer than 3 languages with values" : mtr_stats_errmsg());
+                              n < MTR_STATS_MIN_N ? "fewer than 3 languages with values" : mtr_errmsg());
                     json_decref(jtask);
                     json_decref(jlayers);
                     ex = EXIT_DATA;

@@ -127,12 +127,12 @@ int cmd_effect(int argc, char **argv)
     if ((ex = cli_load_langs(&langs, VERB, langs_path))) goto out_free;
     const char *eng;
     if (mtr_langs_normalize(&eng, langs, english)) {
-        cli_error(VERB, "--english: %s", mtr_stats_errmsg());
+        cli_error(VERB, "--english: %s", mtr_errmsg());
         ex = EXIT_USAGE;
         goto out_free;
     }
     if ((rc = mtr_accuracy_load(&ba, base_path, langs, &ao)) || (rc = mtr_accuracy_load(&sa, steered_path, langs, &ao))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (steer_path) {
@@ -159,7 +159,7 @@ int cmd_effect(int argc, char **argv)
         snprintf(n_exp, sizeof n_exp, "%zu", st->n_sel);
     }
     if ((rc = mtr_accuracy_tasks(&tasks, &n_tasks, ba))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     d = malloc((ba->n * 3 + 1) * sizeof *d);
@@ -241,7 +241,7 @@ int cmd_effect(int argc, char **argv)
         if ((rc = mtr_stats_bootstrap_mean(&mean, &lo, &hi, gv, 1, n, seed, n_boot, level)) ||
             (rc = mtr_stats_sign_test(&sp, up, down))) {
             json_decref(jl);
-            ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+            ex = cli_fail(VERB, rc, mtr_errmsg());
             goto out_free;
         }
         bm /= (double)n;

@@ -1,6 +1,6 @@
 /* cmd_select.c — expert selection verbs: `experts` (task and multilingual-specialised experts), `overlap`
  * (their overlap as a function of tau) and `steer` (one steering file per intervention: the selection and every
- * control, each with its EasySteer and flat-matrix exports). DESIGN.md §3 "Specialisation", §4. */
+ * control, each with its EasySteer and flat-matrix exports). docs/ARCHITECTURE.md §3 "Specialisation", §4. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -169,13 +169,13 @@ static int load_ctx(sel_ctx *x, const sel_args *a, const char *verb)
 {
     int rc;
     memset(x, 0, sizeof *x);
-    if ((rc = mtr_tables_open(&x->t, a->tables))) return cli_fail(verb, rc, mtr_stats_errmsg());
+    if ((rc = mtr_tables_open(&x->t, a->tables))) return cli_fail(verb, rc, mtr_errmsg());
     if (!x->t->freq && !x->t->delta) {
         cli_error(verb, "%s: no freq.tsv or delta.tsv: nothing to select from", a->tables);
         return EXIT_DATA;
     }
     if (a->profile) {
-        if ((rc = mtr_profile_load(&x->prof, a->profile))) return cli_fail(verb, rc, mtr_stats_errmsg());
+        if ((rc = mtr_profile_load(&x->prof, a->profile))) return cli_fail(verb, rc, mtr_errmsg());
         x->has_prof = true;
         if (x->t->n_layers > x->prof.n_layers || x->t->n_experts > x->prof.n_experts) {
             cli_error(verb, "%s: tables have %u layers x %u experts, more than profile %s (%u x %u)", a->tables,
@@ -247,7 +247,7 @@ int cmd_experts(int argc, char **argv)
     if ((rc = mtr_select_task(&task, x.t, a.dataset, x.generic, a.english, a.tau, &x.band.band, a.cap)) ||
         (rc = mtr_select_multilingual(&ml, x.t, x.generic, a.english, a.ml_rule, a.ml_tau,
                                       a.ml_in_band ? &x.band.band : NULL))) {
-        ex = cli_fail("experts", rc, mtr_stats_errmsg());
+        ex = cli_fail("experts", rc, mtr_errmsg());
         goto out_free;
     }
     if (a.json) {
@@ -344,7 +344,7 @@ int cmd_overlap(int argc, char **argv)
                                          a.ml_in_band ? &x.band.band : NULL);
         if (rc) {
             mtr_expert_set_free(&task);
-            ex = cli_fail("overlap", rc, mtr_stats_errmsg());
+            ex = cli_fail("overlap", rc, mtr_errmsg());
             goto out_free;
         }
         size_t n_both = 0;
@@ -568,7 +568,7 @@ int cmd_steer(int argc, char **argv)
     }
     if ((rc = mtr_select_delta(delta, x.t, a.dataset, a.english, x.generic, a.english)) ||
         (rc = mtr_select_task(&task, x.t, a.dataset, x.generic, a.english, a.tau, &x.band.band, cap))) {
-        ex = cli_fail("steer", rc, mtr_stats_errmsg());
+        ex = cli_fail("steer", rc, mtr_errmsg());
         goto out_free;
     }
     if (task.n_dropped)
@@ -591,7 +591,7 @@ int cmd_steer(int argc, char **argv)
         goto out_free;
     if (want_control(a.controls, "outside")) {
         if ((rc = mtr_control_outside(&ctl, &task, delta, x.t->n_layers, x.t->n_experts, &x.band.band, cap))) {
-            ex = cli_fail("steer", rc, mtr_stats_errmsg());
+            ex = cli_fail("steer", rc, mtr_errmsg());
             goto out_free;
         }
         snprintf(rule, sizeof rule, "control: the %zu experts with the largest Delta(%s) outside the band", task.n, a.dataset);
@@ -602,7 +602,7 @@ int cmd_steer(int argc, char **argv)
     if (want_control(a.controls, "multilingual")) {
         if ((rc = mtr_select_multilingual(&ml, x.t, x.generic, a.english, a.ml_rule, a.ml_tau, &x.band.band)) ||
             (rc = mtr_control_multilingual(&ctl, &task, &ml))) {
-            ex = cli_fail("steer", rc, mtr_stats_errmsg());
+            ex = cli_fail("steer", rc, mtr_errmsg());
             goto out_free;
         }
         size_t over = a.op == MTR_STEER_HARD ? cap_per_layer(&ctl, cap) : 0;
@@ -619,7 +619,7 @@ int cmd_steer(int argc, char **argv)
     }
     if (want_control(a.controls, "random")) {
         if ((rc = mtr_control_random(&ctl, &task, x.t->n_experts, a.seed))) {
-            ex = cli_fail("steer", rc, mtr_stats_errmsg());
+            ex = cli_fail("steer", rc, mtr_errmsg());
             goto out_free;
         }
         snprintf(rule, sizeof rule, "control: random experts matched per layer to the task experts (seed %llu)",

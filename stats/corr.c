@@ -1,4 +1,4 @@
-/* corr.c — correlation with uncertainty (DESIGN.md §3 "Correlation with performance"): Pearson and Spearman
+/* corr.c — correlation with uncertainty (docs/ARCHITECTURE.md §3 "Correlation with performance"): Pearson and Spearman
  * with t-test p-values, a percentile bootstrap CI over observations, a permutation p-value; the exact sign test
  * and the bootstrap CI of a mean used for intervention effects. Everything numeric goes through GSL with its
  * abort handler off; the resampling order is documented in mtr_stats.h so an independent implementation can
@@ -40,12 +40,12 @@ static double pearson_raw(const double *x, size_t xs, const double *y, size_t ys
 static int check_input(const double *x, size_t xs, const double *y, size_t ys, size_t n)
 {
     if (n < MTR_STATS_MIN_N)
-        return mtr_stats_fail(MTR_EINVAL, "%zu observations: a correlation needs at least %d", n, MTR_STATS_MIN_N);
+        return mtr_fail(MTR_EDATA, "%zu observations: a correlation needs at least %d", n, MTR_STATS_MIN_N);
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x[i * xs]) || !isfinite(y[i * ys]))
-            return mtr_stats_fail(MTR_EINVAL, "observation %zu is not a finite number", i + 1);
+            return mtr_fail(MTR_EDATA, "observation %zu is not a finite number", i + 1);
     if (is_constant(x, xs, n) || is_constant(y, ys, n))
-        return mtr_stats_fail(MTR_EINVAL, "one variable is constant: the correlation is undefined");
+        return mtr_fail(MTR_EDATA, "one variable is constant: the correlation is undefined");
     return 0;
 }
 
@@ -54,11 +54,11 @@ int mtr_stats_rank(double *out, const double *x, size_t stride, size_t n)
     int rc = 0;
     size_t *idx = NULL;
     mtr_stats_gsl_init();
-    if (n == 0) return mtr_stats_fail(MTR_EINVAL, "nothing to rank");
+    if (n == 0) return mtr_fail(MTR_EDATA, "nothing to rank");
     for (size_t i = 0; i < n; i++)
-        if (isnan(x[i * stride])) return mtr_stats_fail(MTR_EINVAL, "value %zu is NaN", i + 1);
+        if (isnan(x[i * stride])) return mtr_fail(MTR_EDATA, "value %zu is NaN", i + 1);
     idx = malloc(n * sizeof *idx);
-    if (!idx) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!idx) return mtr_fail(MTR_ENOMEM, "out of memory");
     gsl_sort_index(idx, x, stride, n);
     for (size_t i = 0; i < n;) {
         size_t j = i + 1;
@@ -88,7 +88,7 @@ int mtr_stats_spearman(double *rho, const double *x, size_t xstride, const doubl
     rx = malloc(n * sizeof *rx);
     ry = malloc(n * sizeof *ry);
     if (!rx || !ry) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     if ((rc = mtr_stats_rank(rx, x, xstride, n)) || (rc = mtr_stats_rank(ry, y, ystride, n))) goto out_free;
@@ -102,8 +102,8 @@ out_free:
 int mtr_stats_corr_pvalue(double *p, double r, size_t n)
 {
     mtr_stats_gsl_init();
-    if (n < MTR_STATS_MIN_N) return mtr_stats_fail(MTR_EINVAL, "%zu observations: no p-value below 3", n);
-    if (!(fabs(r) <= 1.0)) return mtr_stats_fail(MTR_EINVAL, "correlation %g outside [-1, 1]", r);
+    if (n < MTR_STATS_MIN_N) return mtr_fail(MTR_EDATA, "%zu observations: no p-value below 3", n);
+    if (!(fabs(r) <= 1.0)) return mtr_fail(MTR_EDATA, "correlation %g outside [-1, 1]", r);
     if (fabs(r) == 1.0) {
         *p = 0.0;
         return 0;
@@ -111,7 +111,7 @@ int mtr_stats_corr_pvalue(double *p, double r, size_t n)
     double df = (double)n - 2.0;
     double t = fabs(r) * sqrt(df / ((1.0 - r) * (1.0 + r)));
     double q = gsl_cdf_tdist_Q(t, df);
-    if (!isfinite(q)) return mtr_stats_fail(MTR_EINVAL, "t distribution tail undefined for t=%g df=%g", t, df);
+    if (!isfinite(q)) return mtr_fail(MTR_EDATA, "t distribution tail undefined for t=%g df=%g", t, df);
     *p = fmin(1.0, 2.0 * q);
     return 0;
 }
@@ -141,7 +141,7 @@ int mtr_stats_correlate(mtr_corr_result *out, const double *x, size_t xstride, c
     mtr_stats_gsl_init();
     if ((rc = check_input(x, xstride, y, ystride, n))) return rc;
     if (!(opts->level > 0.0 && opts->level < 1.0))
-        return mtr_stats_fail(MTR_EINVAL, "confidence level %g is not in (0, 1)", opts->level);
+        return mtr_fail(MTR_EINVAL, "confidence level %g is not in (0, 1)", opts->level);
     memset(out, 0, sizeof *out);
     out->n = n;
 
@@ -151,7 +151,7 @@ int mtr_stats_correlate(mtr_corr_result *out, const double *x, size_t xstride, c
     bs = malloc(((size_t)opts->n_boot + 1) * sizeof *bs);
     perm = malloc(n * sizeof *perm);
     if (!buf || !bp || !bs || !perm) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     double *xs = buf, *ys = buf + n, *rx = buf + 2 * n, *ry = buf + 3 * n;
@@ -166,7 +166,7 @@ int mtr_stats_correlate(mtr_corr_result *out, const double *x, size_t xstride, c
     out->spearman.r = pearson_raw(rx, 1, ry, 1, n);
     if ((rc = mtr_stats_corr_pvalue(&out->pearson.p, out->pearson.r, n))) goto out_free;
     if (isnan(out->spearman.r)) {
-        rc = mtr_stats_fail(MTR_EINVAL, "ranks are constant: Spearman's rho is undefined");
+        rc = mtr_fail(MTR_EDATA, "ranks are constant: Spearman's rho is undefined");
         goto out_free;
     }
     if ((rc = mtr_stats_corr_pvalue(&out->spearman.p, out->spearman.r, n))) goto out_free;
@@ -174,7 +174,7 @@ int mtr_stats_correlate(mtr_corr_result *out, const double *x, size_t xstride, c
     /* bootstrap over observations: the same resample for both statistics */
     rng = mtr_stats_rng(opts->seed);
     if (!rng) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "cannot allocate a random number generator");
+        rc = mtr_fail(MTR_ENOMEM, "cannot allocate a random number generator");
         goto out_free;
     }
     size_t np = 0, ns = 0;
@@ -230,10 +230,10 @@ int mtr_stats_sign_test(double *p, size_t n_pos, size_t n_neg)
         *p = 1.0;
         return 0;
     }
-    if (n > 0xffffffffu) return mtr_stats_fail(MTR_EINVAL, "sign test over %zu pairs is too large", n);
+    if (n > 0xffffffffu) return mtr_fail(MTR_EDATA, "sign test over %zu pairs is too large", n);
     size_t k = n_pos < n_neg ? n_pos : n_neg;
     double tail = gsl_cdf_binomial_P((unsigned)k, 0.5, (unsigned)n);
-    if (!isfinite(tail)) return mtr_stats_fail(MTR_EINVAL, "binomial tail undefined for k=%zu n=%zu", k, n);
+    if (!isfinite(tail)) return mtr_fail(MTR_EDATA, "binomial tail undefined for k=%zu n=%zu", k, n);
     *p = fmin(1.0, 2.0 * tail);
     return 0;
 }
@@ -245,15 +245,15 @@ int mtr_stats_bootstrap_mean(double *mean, double *lo, double *hi, const double 
     double *v = NULL, *bm = NULL;
     gsl_rng *rng = NULL;
     mtr_stats_gsl_init();
-    if (n < 2) return mtr_stats_fail(MTR_EINVAL, "%zu values: a bootstrap needs at least 2", n);
-    if (!(level > 0.0 && level < 1.0)) return mtr_stats_fail(MTR_EINVAL, "confidence level %g is not in (0, 1)", level);
+    if (n < 2) return mtr_fail(MTR_EDATA, "%zu values: a bootstrap needs at least 2", n);
+    if (!(level > 0.0 && level < 1.0)) return mtr_fail(MTR_EINVAL, "confidence level %g is not in (0, 1)", level);
     for (size_t i = 0; i < n; i++)
-        if (!isfinite(d[i * stride])) return mtr_stats_fail(MTR_EINVAL, "value %zu is not a finite number", i + 1);
+        if (!isfinite(d[i * stride])) return mtr_fail(MTR_EDATA, "value %zu is not a finite number", i + 1);
     v = malloc(n * sizeof *v);
     bm = malloc(((size_t)n_boot + 1) * sizeof *bm);
     rng = mtr_stats_rng(seed);
     if (!v || !bm || !rng) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     for (size_t i = 0; i < n; i++) v[i] = d[i * stride];

@@ -1,4 +1,4 @@
-/* mtr_stats.h — libmtrstats: the statistics behind `moetrace-stats` (DESIGN.md §3 "Correlation with
+/* mtr_stats.h — libmtrstats: the statistics behind `moetrace-stats` (docs/ARCHITECTURE.md §3 "Correlation with
  * performance", "Middle band", "Specialisation"; §4 controls).
  *
  * Pieces, each usable on its own:
@@ -11,7 +11,7 @@
  *   - middle-band detection from the U-curve, task / multilingual expert selection and the controls.
  *
  * Conventions (as libmoetrace, traces/moetrace.h): functions return 0 or a negative mtr_err; after an error
- * mtr_stats_errmsg() holds a one-line detail for the calling thread. Nothing here prints or exits. GSL's abort
+ * mtr_errmsg() holds a one-line detail for the calling thread. Nothing here prints or exits. GSL's abort
  * handler is switched off on first use and every GSL status is checked. Statistics take (data, stride, n) like
  * GSL, so a column of a row-major buffer needs no copy. Layers are 0-based in memory and 1-based in text
  * (the `band` options and every table that people read), experts 0-based everywhere.
@@ -33,8 +33,6 @@
 extern "C" {
 #endif
 
-/* One-line detail of the last libmtrstats error on this thread; "" if none. Borrowed. */
-const char *mtr_stats_errmsg(void);
 
 /* ---- correlation and tests (corr.c) ---------------------------------------------------------------------- */
 

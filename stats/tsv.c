@@ -63,32 +63,32 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
 
     f = fopen(path, "rb");
     if (!f) {
-        if (errno == ENOENT) return mtr_stats_fail(MTR_ENOTFOUND, "%s: no such file", path);
-        return mtr_stats_fail(MTR_EIO, "%s: %s", path, strerror(errno));
+        if (errno == ENOENT) return mtr_fail(MTR_ENOTFOUND, "%s: no such file", path);
+        return mtr_fail(MTR_EIO, "%s: %s", path, strerror(errno));
     }
     if (fseek(f, 0, SEEK_END) != 0) {
-        rc = mtr_stats_fail(MTR_EIO, "%s: cannot seek: %s", path, strerror(errno));
+        rc = mtr_fail(MTR_EIO, "%s: cannot seek: %s", path, strerror(errno));
         goto out_close;
     }
     long sz = ftell(f);
     if (sz < 0 || (size_t)sz >= TSV_MAX_BYTES) {
-        rc = mtr_stats_fail(sz < 0 ? MTR_EIO : MTR_EFORMAT, "%s: %s", path, sz < 0 ? "cannot size" : "table too large");
+        rc = mtr_fail(sz < 0 ? MTR_EIO : MTR_EFORMAT, "%s: %s", path, sz < 0 ? "cannot size" : "table too large");
         goto out_close;
     }
     rewind(f);
     text = malloc((size_t)sz + 1);
     if (!text) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "%s: out of memory", path);
+        rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", path);
         goto out_close;
     }
     len = fread(text, 1, (size_t)sz, f);
     if (len != (size_t)sz) {
-        rc = mtr_stats_fail(MTR_EIO, "%s: short read", path);
+        rc = mtr_fail(MTR_EIO, "%s: short read", path);
         goto out_close;
     }
     text[len] = '\0';
     if (memchr(text, '\0', len)) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: binary data in a text table", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: binary data in a text table", path);
         goto out_close;
     }
 
@@ -96,7 +96,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     for (size_t i = 0; i < len; i++) n_lines += text[i] == '\n';
     t = calloc(1, sizeof *t);
     if (!t) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_close;
     }
     t->text = text;
@@ -106,7 +106,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     p->prov = calloc(n_lines, sizeof *p->prov);
     p->line = calloc(n_lines, sizeof *p->line);
     if (!p->path || !p->prov || !p->line) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
 
@@ -116,7 +116,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     if (!lines || !lno) {
         free(lines);
         free(lno);
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     size_t nl = 0, header = (size_t)-1, first_data = (size_t)-1;
@@ -141,7 +141,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     if (header == (size_t)-1) {
         free(lines);
         free(lno);
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: no '#' column header line", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: no '#' column header line", path);
         goto out_free;
     }
     /* header fields */
@@ -156,7 +156,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     if (!p->cols || !p->cells) {
         free(lines);
         free(lno);
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     p->n_cols = split_tabs(h, p->cols, nc);
@@ -167,7 +167,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
         }
         size_t got = split_tabs(lines[i], p->cells + p->n_rows * nc, nc);
         if (got != nc) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s:%zu: %zu fields, the header has %zu", path, lno[i], got, nc);
+            rc = mtr_fail(MTR_EFORMAT, "%s:%zu: %zu fields, the header has %zu", path, lno[i], got, nc);
             break;
         }
         p->line[p->n_rows++] = lno[i];

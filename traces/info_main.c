@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "moetrace.h"
+#include "mtr_cli.h"
 
 static void usage(FILE *f)
 {
@@ -25,16 +26,6 @@ static void usage(FILE *f)
                "  --help, --version\n"
                "\n"
                "Exit codes: 0 valid, 1 bad usage, 2 invalid or unreadable trace data, 3 I/O or internal failure.\n");
-}
-
-static int exit_code(int err)
-{
-    switch (err) {
-    case MTR_OK: return 0;
-    case MTR_EINVAL: return 1;
-    case MTR_EIO: case MTR_ENOMEM: case MTR_EHDF5: return 3;
-    default: return 2;
-    }
 }
 
 typedef struct {
@@ -159,6 +150,7 @@ static void human(char *buf, size_t cap, double bytes)
 
 int main(int argc, char **argv)
 {
+    mtr_cli_set_prog("moetrace info");
     int json = 0, quiet = 0, deep = 0, threads = 0;
     unsigned flags = 0;
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},    {"quiet", no_argument, NULL, 'q'},
@@ -175,7 +167,7 @@ int main(int argc, char **argv)
             char *end;
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > 1024) {
-                fprintf(stderr, "moetrace info: --threads wants a number 1..1024, not '%s'\n", optarg);
+                mtr_cli_error(NULL, "--threads wants a number 1..1024, not '%s'", optarg);
                 return 1;
             }
             threads = (int)v;
@@ -188,7 +180,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind >= argc) {
-        fprintf(stderr, "moetrace info: no run given (see --help)\n");
+        mtr_cli_error(NULL, "no run given (see --help)");
         return 1;
     }
     if (!threads) threads = omp_get_max_threads();
@@ -202,8 +194,8 @@ int main(int argc, char **argv)
             putchar('\n');
             json_decref(o);
         }
-        fprintf(stderr, "moetrace info: %s\n", mtr_errmsg()[0] ? mtr_errmsg() : mtr_strerror(rc));
-        return exit_code(rc);
+        mtr_cli_error(NULL, "%s", mtr_errmsg()[0] ? mtr_errmsg() : mtr_strerror(rc));
+        return mtr_exit_code(rc);
     }
 
     const mtr_model_info *m = mtr_run_model(r);
@@ -322,8 +314,8 @@ int main(int argc, char **argv)
         if (deep && !drc) printf("checked    every chunk decoded; %llu NaN/Inf values\n", (unsigned long long)nonfinite);
     }
     if (!json) printf("verdict    %s%s%s\n", verdict, drc ? ": " : "", drc ? deep_err : "");
-    if (drc) fprintf(stderr, "moetrace info: %s\n", deep_err);
+    if (drc) mtr_cli_error(NULL, "%s", deep_err);
     free(cells);
     mtr_run_close(r);
-    return exit_code(drc);
+    return mtr_exit_code(drc);
 }

@@ -1,4 +1,4 @@
-/* steer.c — steering files (traces/STEERING.md, DESIGN.md §4): the in-memory description, its HDF5 file and
+/* steer.c — steering files (traces/STEERING.md, docs/ARCHITECTURE.md §4): the in-memory description, its HDF5 file and
  * JSON twin, validation on load, application to router logits, and the EasySteer / flat-matrix exports. */
 #include <errno.h>
 #include <math.h>

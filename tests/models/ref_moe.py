@@ -5,7 +5,7 @@ in the model's dtype (f32, or bf16/f16 with the f32 upcasts transformers does: R
 softmax, router softmax). Written from the transformers modeling files (modeling_qwen3_moe.py, modeling_olmoe.py,
 modeling_mixtral.py, modeling_qwen2_moe.py, modeling_rope_utils.py); attention is the eager path.
 
-Router steering (DESIGN.md §4, traces/STEERING.md) is applied to the raw gate outputs before softmax/top-k with
+Router steering (docs/ARCHITECTURE.md §4, traces/STEERING.md) is applied to the raw gate outputs before softmax/top-k with
 the arithmetic of mtr_steer_apply (fixed eps; gaussian eps is not reproduced here).
 
 Run from anywhere with /usr/bin/python3 (Debian's torch):  ref_moe.py DIR [ids ...]  prints logits and routing.
@@ -204,7 +204,7 @@ def rotate_half(x):
 # ---- steering ---------------------------------------------------------------------------------------------------
 
 class Steering:
-    """A router intervention (DESIGN.md §4): coef (n_moe_layers, n_experts) float32, op soft|hard|off|bias,
+    """A router intervention (docs/ARCHITECTURE.md §4): coef (n_moe_layers, n_experts) float32, op soft|hard|off|bias,
     fixed eps. Layers are 0-based MoE layer indices, as in steering files."""
 
     def __init__(self, op, coef, lam=0.0, eps=0.01, eps_mode="fixed", name="", model_id="", layer_index=None,

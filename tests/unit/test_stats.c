@@ -10,7 +10,7 @@
 #define SOK(expr)                                                                                          \
     do {                                                                                                   \
         int s_rc_ = (expr);                                                                                \
-        ck_assert_msg(s_rc_ == 0, "%s -> %s: %s", #expr, mtr_strerror(s_rc_), mtr_stats_errmsg());         \
+        ck_assert_msg(s_rc_ == 0, "%s -> %s: %s", #expr, mtr_strerror(s_rc_), mtr_errmsg());         \
     } while (0)
 
 static void write_file(const char *path, const char *text)
@@ -70,11 +70,11 @@ START_TEST(test_corr_errors)
     double r;
     const double c[] = {1, 1, 1, 1}, v[] = {1, 2, 3, 4}, nanv[] = {1, NAN, 3, 4};
     ck_assert_int_eq(mtr_stats_pearson(&r, v, 1, v, 1, 2), MTR_EINVAL);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "at least 3"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "at least 3"));
     ck_assert_int_eq(mtr_stats_pearson(&r, c, 1, v, 1, 4), MTR_EINVAL);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "constant"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "constant"));
     ck_assert_int_eq(mtr_stats_spearman(&r, nanv, 1, v, 1, 4), MTR_EINVAL);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "finite"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "finite"));
     mtr_corr_result res;
     ck_assert_int_eq(mtr_stats_correlate(&res, v, 1, nanv, 1, 4, NULL), MTR_EINVAL);
 }
@@ -188,7 +188,7 @@ START_TEST(test_langs)
     SOK(mtr_langs_normalize(&c, langs, "bambara"));
     ck_assert_str_eq(c, "bam_Latn");
     ck_assert_int_eq(mtr_langs_normalize(&c, langs, "xx"), MTR_ENOTFOUND);
-    ck_assert_str_eq(mtr_stats_errmsg(), "unknown language code 'xx'");
+    ck_assert_str_eq(mtr_errmsg(), "unknown language code 'xx'");
     /* the shipped table loads and knows the paper's languages */
     mtr_langs *real = NULL;
     if (mtr_langs_load(&real, "config/languages.tsv") == 0) {
@@ -217,13 +217,13 @@ START_TEST(test_accuracy_tsv)
     mtr_accuracy_free(a);
     write_file(p, "#lang\ttask\tmetric\tvalue\tn\nen\tmath\tacc\tnan\t1\n");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), ":2: NaN accuracy for eng_Latn"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), ":2: NaN accuracy for eng_Latn"));
     write_file(p, "#lang\ttask\tmetric\tvalue\tn\nqq_Qqqq\tmath\tacc\t0.5\t1\n");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "unknown language code 'qq_Qqqq'"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "unknown language code 'qq_Qqqq'"));
     write_file(p, "#lang\ttask\tmetric\tvalue\tn\nen\tmath\tacc\t0.5\t1\nen\tmath\tacc\t0.6\t1\n");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "twice"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "twice"));
 }
 END_TEST
 
@@ -239,7 +239,7 @@ START_TEST(test_accuracy_lmeval)
                   " \"global_mmlu_full_zh_anatomy\": {\"acc,none\": 0.7},"
                   " \"my_task_bm\": {\"acc,none\": 0.3}, \"mgsm_direct\": {\"acc,none\": 0.1}}}");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "results.my_task_bm: no language"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "results.my_task_bm: no language"));
     write_file(m, "#task\tlang\tlabel\nmy_task_bm\tbm\tmy_task\n");
     mtr_acc_opts o = MTR_ACC_OPTS_INIT;
     o.task_map = m;
@@ -260,7 +260,7 @@ START_TEST(test_accuracy_lmeval)
     mtr_accuracy_free(a);
     write_file(p, "{\"accuracy\": [{\"lang\": \"fr\", \"task\": \"t\", \"value\": 0.5}, {\"lang\": \"en\", \"task\": \"t\", \"value\": null}]}");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "NaN accuracy"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "NaN accuracy"));
 }
 END_TEST
 
@@ -361,16 +361,16 @@ START_TEST(test_tables_errors)
     snprintf(p, sizeof p, "%s/div_from_en.tsv", dir);
     write_file(p, "#lang\tlayer\tdiv\tn_pairs\nfra_Latn\t0\t0.3\t5\n");
     ck_assert_int_eq(mtr_tables_open(&t, dir), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "layers are 1-based"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "layers are 1-based"));
     write_file(p, "#lang\tlayer\tdiv\tn_pairs\nfra_Latn\t1\t0.3\t5\nfra_Latn\t1\t0.3\t5\n");
     ck_assert_int_eq(mtr_tables_open(&t, dir), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), ":3: duplicate row"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), ":3: duplicate row"));
     write_file(p, "#lang\tlayer\tdiv\tn_pairs\nfra_Latn\t1\t0.3\n");
     ck_assert_int_eq(mtr_tables_open(&t, dir), MTR_EFORMAT);
     snprintf(p, sizeof p, "%s/tables.h5", dir);
     write_file(p, "x");
     ck_assert_int_eq(mtr_tables_open(&t, p), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "not an HDF5 file"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "not an HDF5 file"));
 }
 END_TEST
 

@@ -35,7 +35,7 @@
  * seed and names (dataset, language) and numbers (unit, layer), never from a thread-dependent state; sequences are
  * generated in parallel batches and appended in seq_id order.
  */
-#include "synth.h"
+#include "mtr_synth.h"
 
 #include <errno.h>
 #include <float.h>
@@ -68,25 +68,10 @@ enum { TAG_LEN_UNIT = 1, TAG_LEN_LANG, TAG_SEQ, TAG_LANG_SET, TAG_TASK_SET, TAG_
 
 /* ---- errors ---------------------------------------------------------------------------------------------- */
 
-static _Thread_local char tl_err[512];
-
-const char *mtr_synth_errmsg(void) { return tl_err; }
-
-static int synth_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int synth_fail(int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(tl_err, sizeof tl_err, fmt, ap);
-    va_end(ap);
-    return err;
-}
-
 /* An error raised inside libmoetrace: keep its detail. */
 static int synth_fail_lib(int err)
 {
-    const char *m = mtr_errmsg();
-    snprintf(tl_err, sizeof tl_err, "%s", (m && *m) ? m : mtr_strerror(err));
+    if (!mtr_errmsg()[0]) mtr_fail(err, "%s", mtr_strerror(err));
     return err;
 }
 
@@ -264,13 +249,13 @@ static int take_name(char *out, const char *s, const char *e, const char *opt, b
         e--;
     size_t n = (size_t)(e - s);
     if (n == 0)
-        return synth_fail(MTR_EINVAL, "%s: empty name in the list", opt);
+        return mtr_fail(MTR_EINVAL, "%s: empty name in the list", opt);
     if (n >= SYNTH_MAX_CODE)
-        return synth_fail(MTR_EINVAL, "%s: name '%.*s' is longer than %d characters", opt, (int)n, s,
+        return mtr_fail(MTR_EINVAL, "%s: name '%.*s' is longer than %d characters", opt, (int)n, s,
                           SYNTH_MAX_CODE - 1);
     for (size_t i = 0; i < n; i++)
         if (!code_char_ok(s[i], allow_dot))
-            return synth_fail(MTR_EINVAL, "%s: '%.*s' has a character other than letters, digits, '_', '-'%s", opt,
+            return mtr_fail(MTR_EINVAL, "%s: '%.*s' has a character other than letters, digits, '_', '-'%s", opt,
                               (int)n, s, allow_dot ? ", '.'" : "");
     memcpy(out, s, n);
     out[n] = '\0';
@@ -291,7 +276,7 @@ static int parse_langs(synth_lang **out, size_t *n_out, size_t *eng_out, const c
     size_t cap = count_items(spec), n = 0, eng = SIZE_MAX;
     synth_lang *v = calloc(cap, sizeof *v);
     if (!v)
-        return synth_fail(MTR_ENOMEM, "--langs: out of memory");
+        return mtr_fail(MTR_ENOMEM, "--langs: out of memory");
     int rc = 0;
     for (const char *p = spec;;) {
         const char *end = strchr(p, ',');
@@ -307,7 +292,7 @@ static int parse_langs(synth_lang **out, size_t *n_out, size_t *eng_out, const c
             char num[64];
             size_t k = (size_t)(end - colon - 1);
             if (k == 0 || k >= sizeof num) {
-                rc = synth_fail(MTR_EINVAL, "--langs: bad strength for '%s'", lg->code);
+                rc = mtr_fail(MTR_EINVAL, "--langs: bad strength for '%s'", lg->code);
                 goto fail;
             }
             memcpy(num, colon + 1, k);
@@ -318,7 +303,7 @@ static int parse_langs(synth_lang **out, size_t *n_out, size_t *eng_out, const c
             while (stop && (*stop == ' ' || *stop == '\t'))
                 stop++;
             if (stop == num || *stop != '\0' || errno || !(s >= 0.0 && s <= 1.0)) {
-                rc = synth_fail(MTR_EINVAL, "--langs: strength of '%s' must be a number in [0,1], got '%s'",
+                rc = mtr_fail(MTR_EINVAL, "--langs: strength of '%s' must be a number in [0,1], got '%s'",
                                 lg->code, num);
                 goto fail;
             }
@@ -326,16 +311,16 @@ static int parse_langs(synth_lang **out, size_t *n_out, size_t *eng_out, const c
         } else if (is_eng) {
             lg->strength = 1.0;
         } else {
-            rc = synth_fail(MTR_EINVAL, "--langs: '%s' needs a strength (code:strength)", lg->code);
+            rc = mtr_fail(MTR_EINVAL, "--langs: '%s' needs a strength (code:strength)", lg->code);
             goto fail;
         }
         if (is_eng && lg->strength != 1.0) {
-            rc = synth_fail(MTR_EINVAL, "--langs: %s is the reference and must have strength 1", MTR_SYNTH_ENGLISH);
+            rc = mtr_fail(MTR_EINVAL, "--langs: %s is the reference and must have strength 1", MTR_SYNTH_ENGLISH);
             goto fail;
         }
         for (size_t i = 0; i < n; i++)
             if (strcmp(v[i].code, lg->code) == 0) {
-                rc = synth_fail(MTR_EINVAL, "--langs: '%s' is given twice", lg->code);
+                rc = mtr_fail(MTR_EINVAL, "--langs: '%s' is given twice", lg->code);
                 goto fail;
             }
         lg->hash = hash_str(lg->code);
@@ -347,7 +332,7 @@ static int parse_langs(synth_lang **out, size_t *n_out, size_t *eng_out, const c
         p = end + 1;
     }
     if (eng == SIZE_MAX) {
-        rc = synth_fail(MTR_EINVAL, "--langs: %s must be present (it is the reference language)", MTR_SYNTH_ENGLISH);
+        rc = mtr_fail(MTR_EINVAL, "--langs: %s must be present (it is the reference language)", MTR_SYNTH_ENGLISH);
         goto fail;
     }
     /* Competition ranking of the other languages by decreasing strength. */
@@ -374,7 +359,7 @@ static int parse_datasets(synth_dataset **out, size_t *n_out, const char *spec)
     size_t cap = count_items(spec), n = 0;
     synth_dataset *v = calloc(cap, sizeof *v);
     if (!v)
-        return synth_fail(MTR_ENOMEM, "--datasets: out of memory");
+        return mtr_fail(MTR_ENOMEM, "--datasets: out of memory");
     int rc = 0;
     for (const char *p = spec;;) {
         const char *end = strchr(p, ',');
@@ -385,7 +370,7 @@ static int parse_datasets(synth_dataset **out, size_t *n_out, const char *spec)
             goto fail;
         for (size_t i = 0; i < n; i++)
             if (strcmp(v[i].name, v[n].name) == 0) {
-                rc = synth_fail(MTR_EINVAL, "--datasets: '%s' is given twice", v[n].name);
+                rc = mtr_fail(MTR_EINVAL, "--datasets: '%s' is given twice", v[n].name);
                 goto fail;
             }
         v[n].hash = hash_str(v[n].name);
@@ -424,52 +409,52 @@ static bool finite_in(double x, double lo, double hi) { return isfinite(x) && x 
 int mtr_synth_opts_check(const mtr_synth_opts *o)
 {
     if (!o)
-        return synth_fail(MTR_EINVAL, "no options");
+        return mtr_fail(MTR_EINVAL, "no options");
     if (!o->out_dir || !*o->out_dir)
-        return synth_fail(MTR_EINVAL, "--out RUN is required");
+        return mtr_fail(MTR_EINVAL, "--out RUN is required");
     if (o->n_layers < 1 || o->n_layers > MTR_MAX_LAYERS)
-        return synth_fail(MTR_EINVAL, "--layers must be in 1..%d, got %u", MTR_MAX_LAYERS, o->n_layers);
+        return mtr_fail(MTR_EINVAL, "--layers must be in 1..%d, got %u", MTR_MAX_LAYERS, o->n_layers);
     if (o->n_experts < 2 || o->n_experts > MTR_MAX_EXPERTS)
-        return synth_fail(MTR_EINVAL, "--experts must be in 2..%d, got %u", MTR_MAX_EXPERTS, o->n_experts);
+        return mtr_fail(MTR_EINVAL, "--experts must be in 2..%d, got %u", MTR_MAX_EXPERTS, o->n_experts);
     if (o->top_k < 1 || o->top_k > MTR_MAX_TOPK || o->top_k > o->n_experts)
-        return synth_fail(MTR_EINVAL, "--top-k must be in 1..%u, got %u",
+        return mtr_fail(MTR_EINVAL, "--top-k must be in 1..%u, got %u",
                           o->n_experts < MTR_MAX_TOPK ? o->n_experts : (unsigned)MTR_MAX_TOPK, o->top_k);
     uint32_t le = opt_lang_experts(o);
     if (le > o->n_experts)
-        return synth_fail(MTR_EINVAL, "--lang-experts %u exceeds --experts %u", le, o->n_experts);
+        return mtr_fail(MTR_EINVAL, "--lang-experts %u exceeds --experts %u", le, o->n_experts);
     if (o->task_experts > o->n_experts - le)
-        return synth_fail(MTR_EINVAL, "--task-experts %u: at most %u (task experts avoid the %u shared experts)",
+        return mtr_fail(MTR_EINVAL, "--task-experts %u: at most %u (task experts avoid the %u shared experts)",
                           o->task_experts, o->n_experts - le, le);
     if ((o->band_first == 0) != (o->band_last == 0))
-        return synth_fail(MTR_EINVAL, "--band needs both ends");
+        return mtr_fail(MTR_EINVAL, "--band needs both ends");
     if (o->band_first && (o->band_first > o->band_last || o->band_last > o->n_layers))
-        return synth_fail(MTR_EINVAL, "--band %u-%u must satisfy 1 <= A <= B <= %u (--layers)", o->band_first,
+        return mtr_fail(MTR_EINVAL, "--band %u-%u must satisfy 1 <= A <= B <= %u (--layers)", o->band_first,
                           o->band_last, o->n_layers);
     if (o->n_units < 1 || o->n_units > MTR_SYNTH_MAX_UNITS)
-        return synth_fail(MTR_EINVAL, "--units must be in 1..%u, got %u", MTR_SYNTH_MAX_UNITS, o->n_units);
+        return mtr_fail(MTR_EINVAL, "--units must be in 1..%u, got %u", MTR_SYNTH_MAX_UNITS, o->n_units);
     if (o->len_min < 1 || o->len_min > o->len_max || o->len_max > MTR_SYNTH_MAX_LEN)
-        return synth_fail(MTR_EINVAL, "sequence lengths need 1 <= --len-min (%u) <= --len-max (%u) <= %u", o->len_min,
+        return mtr_fail(MTR_EINVAL, "sequence lengths need 1 <= --len-min (%u) <= --len-max (%u) <= %u", o->len_min,
                           o->len_max, MTR_SYNTH_MAX_LEN);
     if (!finite_in(o->len_mean, 1.0, (double)MTR_SYNTH_MAX_LEN))
-        return synth_fail(MTR_EINVAL, "--len-mean must be in 1..%u, got %g", MTR_SYNTH_MAX_LEN, o->len_mean);
+        return mtr_fail(MTR_EINVAL, "--len-mean must be in 1..%u, got %g", MTR_SYNTH_MAX_LEN, o->len_mean);
     if ((uint64_t)o->len_max * o->n_layers * o->n_experts * sizeof(float) > SYNTH_MAX_SEQ_BYTES)
-        return synth_fail(MTR_EINVAL, "--len-max %u x %u layers x %u experts is too large for one sequence",
+        return mtr_fail(MTR_EINVAL, "--len-max %u x %u layers x %u experts is too large for one sequence",
                           o->len_max, o->n_layers, o->n_experts);
     if (o->seed > (uint64_t)INT64_MAX)
-        return synth_fail(MTR_EINVAL, "--seed must be below 2^63");
+        return mtr_fail(MTR_EINVAL, "--seed must be below 2^63");
     if (!finite_in(o->scale, -1e6, 1e6) || !finite_in(o->noise, 0.0, 1e6) || !finite_in(o->seq_noise, 0.0, 1e6) ||
         !finite_in(o->task_boost, -1e6, 1e6) || !finite_in(o->acc_noise, 0.0, 1.0))
-        return synth_fail(MTR_EINVAL, "model knobs must be finite, --noise/--seq-noise >= 0, --acc-noise in [0,1]");
+        return mtr_fail(MTR_EINVAL, "model knobs must be finite, --noise/--seq-noise >= 0, --acc-noise in [0,1]");
     if ((unsigned)o->stored_dtype >= MTR_DTYPE_COUNT)
-        return synth_fail(MTR_EINVAL, "unknown stored dtype %d", (int)o->stored_dtype);
+        return mtr_fail(MTR_EINVAL, "unknown stored dtype %d", (int)o->stored_dtype);
     if (!o->store_logits && !o->store_topk)
-        return synth_fail(MTR_EINVAL, "--store: nothing to store");
+        return mtr_fail(MTR_EINVAL, "--store: nothing to store");
     if (o->n_threads < 0)
-        return synth_fail(MTR_EINVAL, "--threads must be >= 0");
+        return mtr_fail(MTR_EINVAL, "--threads must be >= 0");
     if (o->model_id && (!*o->model_id || strlen(o->model_id) >= MTR_MAX_NAME))
-        return synth_fail(MTR_EINVAL, "--model-id must have 1..%d characters", MTR_MAX_NAME - 1);
+        return mtr_fail(MTR_EINVAL, "--model-id must have 1..%d characters", MTR_MAX_NAME - 1);
     if (o->run_id && (!*o->run_id || strlen(o->run_id) >= MTR_MAX_NAME))
-        return synth_fail(MTR_EINVAL, "--run-id must have 1..%d characters", MTR_MAX_NAME - 1);
+        return mtr_fail(MTR_EINVAL, "--run-id must have 1..%d characters", MTR_MAX_NAME - 1);
 
     synth_lang *langs = NULL;
     synth_dataset *ds = NULL;
@@ -571,7 +556,7 @@ static int model_build(synth_model *m, const mtr_synth_opts *o)
     pool = malloc(E * sizeof *pool);
     excl = malloc(E * sizeof *excl);
     if (!m->w || !m->own || !m->task || !m->mu || !m->boost || !m->acc || !pool || !excl) {
-        rc = synth_fail(MTR_ENOMEM, "out of memory for the planted model (%zu languages, %zu layers, %zu experts)",
+        rc = mtr_fail(MTR_ENOMEM, "out of memory for the planted model (%zu languages, %zu layers, %zu experts)",
                         G, L, E);
         goto fail;
     }
@@ -651,7 +636,7 @@ static int model_build(synth_model *m, const mtr_synth_opts *o)
         uint32_t u = 0;
         while (raw < o->target_bytes || u < o->n_units) {
             if (u >= MTR_SYNTH_MAX_UNITS) {
-                rc = synth_fail(MTR_EINVAL, "--target-bytes %llu needs more than %u units",
+                rc = mtr_fail(MTR_EINVAL, "--target-bytes %llu needs more than %u units",
                                 (unsigned long long)o->target_bytes, MTR_SYNTH_MAX_UNITS);
                 goto fail;
             }
@@ -733,7 +718,7 @@ static int path_join(char *buf, size_t cap, const char *dir, const char *name)
 {
     int k = snprintf(buf, cap, "%s/%s", dir, name);
     if (k < 0 || (size_t)k >= cap)
-        return synth_fail(MTR_EINVAL, "%s: path too long", dir);
+        return mtr_fail(MTR_EINVAL, "%s: path too long", dir);
     return 0;
 }
 
@@ -747,7 +732,7 @@ static int write_file_atomic(const char *dir, const char *name, const char *data
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f)
-        return synth_fail(MTR_EIO, "%s: %s", tmp, strerror(errno));
+        return mtr_fail(MTR_EIO, "%s: %s", tmp, strerror(errno));
     bool ok = fwrite(data, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
     int e = errno;
     if (fclose(f) != 0 && ok) {
@@ -756,12 +741,12 @@ static int write_file_atomic(const char *dir, const char *name, const char *data
     }
     if (!ok) {
         unlink(tmp);
-        return synth_fail(MTR_EIO, "%s: %s", tmp, strerror(e));
+        return mtr_fail(MTR_EIO, "%s: %s", tmp, strerror(e));
     }
     if (rename(tmp, path) != 0) {
         e = errno;
         unlink(tmp);
-        return synth_fail(MTR_EIO, "%s: %s", path, strerror(e));
+        return mtr_fail(MTR_EIO, "%s: %s", path, strerror(e));
     }
     return 0;
 }
@@ -936,7 +921,7 @@ static int write_truth(const synth_model *m, const mtr_synth_opts *o, const char
     if (!bad)
         text = json_dumps(t, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
     if (bad || !text) {
-        rc = synth_fail(MTR_ENOMEM, "out of memory building %s", MTR_SYNTH_TRUTH_NAME);
+        rc = mtr_fail(MTR_ENOMEM, "out of memory building %s", MTR_SYNTH_TRUTH_NAME);
         goto done;
     }
     size_t n = strlen(text);
@@ -947,7 +932,7 @@ static int write_truth(const synth_model *m, const mtr_synth_opts *o, const char
 
     mf = open_memstream(&tsv, &tsv_len);
     if (!mf) {
-        rc = synth_fail(MTR_ENOMEM, "out of memory building %s", MTR_SYNTH_ACCURACY_NAME);
+        rc = mtr_fail(MTR_ENOMEM, "out of memory building %s", MTR_SYNTH_ACCURACY_NAME);
         goto done;
     }
     fprintf(mf, "# moetrace-capture synth %s: planted accuracy; seed=%llu langs=%s datasets=%s units=%u\n",
@@ -959,7 +944,7 @@ static int write_truth(const synth_model *m, const mtr_synth_opts *o, const char
                     m->n_units);
     if (fclose(mf) != 0) {
         mf = NULL;
-        rc = synth_fail(MTR_ENOMEM, "out of memory building %s", MTR_SYNTH_ACCURACY_NAME);
+        rc = mtr_fail(MTR_ENOMEM, "out of memory building %s", MTR_SYNTH_ACCURACY_NAME);
         goto done;
     }
     mf = NULL;
@@ -995,7 +980,7 @@ static int thread_num(void)
 
 int mtr_synth_run(const mtr_synth_opts *opts, mtr_synth_result *result)
 {
-    tl_err[0] = '\0';
+    mtr_clear_error();
     int rc = mtr_synth_opts_check(opts);
     if (rc)
         return rc;
@@ -1025,7 +1010,7 @@ int mtr_synth_run(const mtr_synth_opts *opts, mtr_synth_result *result)
 
     info = malloc(sizeof *info); /* large (layer map), so not on the stack */
     if (!info) {
-        rc = synth_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto cleanup;
     }
     mtr_model_info_init(info, model_id, "synthetic", m.L, m.E, m.K);
@@ -1035,7 +1020,7 @@ int mtr_synth_run(const mtr_synth_opts *opts, mtr_synth_result *result)
     if (!bad)
         settings_text = json_dumps(settings, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
     if (bad || !settings_text) {
-        rc = synth_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto cleanup;
     }
 
@@ -1081,7 +1066,7 @@ int mtr_synth_run(const mtr_synth_opts *opts, mtr_synth_result *result)
     scratch = malloc((size_t)nt * LE * sizeof *scratch);
     batch = malloc(SYNTH_BATCH_SEQS_MAX * sizeof *batch);
     if (!logits || !tok || !pos || !role || !scratch || !batch) {
-        rc = synth_fail(MTR_ENOMEM, "out of memory for a batch of %llu tokens", (unsigned long long)tok_cap);
+        rc = mtr_fail(MTR_ENOMEM, "out of memory for a batch of %llu tokens", (unsigned long long)tok_cap);
         goto cleanup;
     }
 

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
 #include "model_internal.h"
 
 static const char *const arch_names[] = {

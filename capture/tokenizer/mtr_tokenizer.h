@@ -14,7 +14,7 @@
  * as the reference's lossy decode does.
  *
  * Conventions (as libmoetrace, traces/moetrace.h): functions return 0 or a negative mtr_err; after an error,
- * mtr_tok_errmsg() holds a one-line detail for the calling thread. Nothing prints or exits. A tokenizer is
+ * mtr_errmsg() holds a one-line detail for the calling thread. Nothing prints or exits. A tokenizer is
  * immutable after loading except for an internal word cache and regex scratch, so one mtr_tok must not be used
  * by two threads at once: load one per thread.
  */
@@ -76,8 +76,6 @@ int mtr_tok_load_buffers(mtr_tok **out, const char *json, size_t len, const char
 /* Release everything; accepts NULL. */
 void mtr_tok_destroy(mtr_tok *t);
 
-/* Detail of the last error of this module on this thread: one line, no newline; "" if none. Borrowed. */
-const char *mtr_tok_errmsg(void);
 
 /* ---- encode / decode ------------------------------------------------------------------------------------- */
 

@@ -20,21 +20,6 @@
 #error "the ingest decoder uses little-endian arrays in place; add byte swapping for this host"
 #endif
 
-static _Thread_local char tl_msg[1024];
-
-const char *mtr_ingest_errmsg(void) { return tl_msg; }
-
-static int fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
-    va_end(ap);
-    for (char *p = tl_msg; *p; p++)
-        if (*p == '\n' || *p == '\r') *p = ' ';
-    return err;
-}
 
 /* ---- little-endian fields ------------------------------------------------------------------------------ */
 
@@ -100,7 +85,7 @@ static json_t *json_object_text(const char *text, const char *what, int *rc)
     json_t *j = json_loads(text, JSON_REJECT_DUPLICATES, &err);
     if (!json_is_object(j)) {
         json_decref(j);
-        *rc = fail(MTR_EINVAL, "%s is not a JSON object", what);
+        *rc = mtr_fail(MTR_EINVAL, "%s is not a JSON object", what);
         return NULL;
     }
     return j;
@@ -116,7 +101,7 @@ int mtr_ingest_encode_header(void **out, size_t *len, const mtr_model_info *m, c
     *out = NULL;
     *len = 0;
     if (!x) x = &none;
-    if (mtr_model_info_check(m)) return fail(MTR_EINVAL, "model description: %s", mtr_errmsg());
+    if (mtr_model_info_check(m)) return mtr_fail(MTR_EINVAL, "model description: %s", mtr_errmsg());
     root = json_object();
     json_t *lmap = json_array(), *sb = json_null();
     for (uint32_t l = 0; l < m->n_layers; l++) json_array_append_new(lmap, json_integer(m->layer_index[l]));
@@ -157,17 +142,17 @@ int mtr_ingest_encode_header(void **out, size_t *len, const mtr_model_info *m, c
     }
     text = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(9) | JSON_ENSURE_ASCII);
     if (!text) {
-        rc = fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     size_t n = strlen(text);
     if (n > MTR_INGEST_MAX_HEADER_JSON) {
-        rc = fail(MTR_EINVAL, "header JSON of %zu bytes exceeds %u", n, MTR_INGEST_MAX_HEADER_JSON);
+        rc = mtr_fail(MTR_EINVAL, "header JSON of %zu bytes exceeds %u", n, MTR_INGEST_MAX_HEADER_JSON);
         goto out_free;
     }
     buf = malloc(MTR_INGEST_PRELUDE_BYTES + n);
     if (!buf) {
-        rc = fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     memcpy(buf, MTR_INGEST_MAGIC, MTR_INGEST_MAGIC_LEN);
@@ -195,9 +180,9 @@ int mtr_ingest_encode_seq(void *buf, size_t cap, size_t *len, uint32_t n_layers,
     uint32_t T = meta->n_tokens;
     uint64_t total = mtr_ingest_seq_frame_bytes(n_layers, n_experts, T, dtype, ul, gl, dl, fields);
     *len = 0;
-    if (!total) return fail(MTR_EINVAL, "sequence %llu: sizes outside the ingest limits", (unsigned long long)meta->seq_id);
-    if (total > cap) return fail(MTR_EINVAL, "frame of %llu bytes does not fit %zu", (unsigned long long)total, cap);
-    if (meta->flags & ~MTR_INGEST_SEQ_FLAGS) return fail(MTR_EINVAL, "unknown sequence flags 0x%x", meta->flags);
+    if (!total) return mtr_fail(MTR_EINVAL, "sequence %llu: sizes outside the ingest limits", (unsigned long long)meta->seq_id);
+    if (total > cap) return mtr_fail(MTR_EINVAL, "frame of %llu bytes does not fit %zu", (unsigned long long)total, cap);
+    if (meta->flags & ~MTR_INGEST_SEQ_FLAGS) return mtr_fail(MTR_EINVAL, "unknown sequence flags 0x%x", meta->flags);
     seq_layout lo;
     layout_of(&lo, n_layers, n_experts, T, dtype, ul + gl + dl, fields);
     unsigned char *f = buf, *b = f + MTR_INGEST_FRAME_HEAD_BYTES;
@@ -249,7 +234,7 @@ static int j_uint(uint32_t *out, json_t *o, const char *key, uint32_t lo, uint32
 {
     json_t *v = json_object_get(o, key);
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return fail(MTR_EFORMAT, "header: '%s' must be an integer in %u..%u", key, lo, hi);
+        return mtr_fail(MTR_EFORMAT, "header: '%s' must be an integer in %u..%u", key, lo, hi);
     *out = (uint32_t)json_integer_value(v);
     return 0;
 }
@@ -259,7 +244,7 @@ static int j_str(char *out, size_t cap, json_t *o, const char *key, bool require
     json_t *v = json_object_get(o, key);
     if (!v && !required) return 0;
     if (!json_is_string(v) || json_string_length(v) >= cap || strlen(json_string_value(v)) != json_string_length(v))
-        return fail(MTR_EFORMAT, "header: '%s' must be a string of at most %zu bytes", key, cap - 1);
+        return mtr_fail(MTR_EFORMAT, "header: '%s' must be a string of at most %zu bytes", key, cap - 1);
     memcpy(out, json_string_value(v), json_string_length(v) + 1);
     return 0;
 }
@@ -268,7 +253,7 @@ static int j_bool(bool *out, json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
     if (!v) return (*out = false, 0);
-    if (!json_is_boolean(v)) return fail(MTR_EFORMAT, "header: '%s' must be true or false", key);
+    if (!json_is_boolean(v)) return mtr_fail(MTR_EFORMAT, "header: '%s' must be true or false", key);
     *out = json_is_true(v);
     return 0;
 }
@@ -279,7 +264,7 @@ static int parse_header_json(mtr_ingest_header *h, const char *text, size_t n)
     json_error_t err;
     json_t *root = json_loadb(text, n, JSON_REJECT_DUPLICATES, &err);
     if (!json_is_object(root)) {
-        rc = fail(MTR_EFORMAT, "header: %s", root ? "not a JSON object" : err.text);
+        rc = mtr_fail(MTR_EFORMAT, "header: %s", root ? "not a JSON object" : err.text);
         goto out_free;
     }
     mtr_model_info *m = &h->model;
@@ -298,13 +283,13 @@ static int parse_header_json(mtr_ingest_header *h, const char *text, size_t n)
     json_t *lmap = json_object_get(root, "layer_index");
     if (lmap) {
         if (!json_is_array(lmap) || json_array_size(lmap) != L) {
-            rc = fail(MTR_EFORMAT, "header: 'layer_index' must list %u layers", L);
+            rc = mtr_fail(MTR_EFORMAT, "header: 'layer_index' must list %u layers", L);
             goto out_free;
         }
         for (uint32_t l = 0; l < L; l++) {
             json_t *v = json_array_get(lmap, l);
             if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
-                rc = fail(MTR_EFORMAT, "header: layer_index[%u] is not a non-negative integer", l);
+                rc = mtr_fail(MTR_EFORMAT, "header: layer_index[%u] is not a non-negative integer", l);
                 goto out_free;
             }
             m->layer_index[l] = (int32_t)json_integer_value(v);
@@ -312,7 +297,7 @@ static int parse_header_json(mtr_ingest_header *h, const char *text, size_t n)
     }
     json_t *sf = json_object_get(root, "score_fn");
     if (sf && (!json_is_string(sf) || mtr_score_fn_parse(&m->score_fn, json_string_value(sf)))) {
-        rc = fail(MTR_EFORMAT, "header: 'score_fn' must be softmax, sigmoid or topk_softmax");
+        rc = mtr_fail(MTR_EFORMAT, "header: 'score_fn' must be softmax, sigmoid or topk_softmax");
         goto out_free;
     }
     if ((rc = j_bool(&m->renormalize, root, "renormalize")) || (rc = j_bool(&m->router_bias, root, "router_bias")))
@@ -320,24 +305,24 @@ static int parse_header_json(mtr_ingest_header *h, const char *text, size_t n)
     json_t *sb = json_object_get(root, "selection_bias");
     if (sb && !json_is_null(sb)) {
         if (!json_is_array(sb) || json_array_size(sb) != L) {
-            rc = fail(MTR_EFORMAT, "header: 'selection_bias' must be null or %u rows of %u numbers", L, E);
+            rc = mtr_fail(MTR_EFORMAT, "header: 'selection_bias' must be null or %u rows of %u numbers", L, E);
             goto out_free;
         }
         h->selection_bias = malloc((size_t)L * E * sizeof *h->selection_bias);
         if (!h->selection_bias) {
-            rc = fail(MTR_ENOMEM, "out of memory");
+            rc = mtr_fail(MTR_ENOMEM, "out of memory");
             goto out_free;
         }
         for (uint32_t l = 0; l < L; l++) {
             json_t *row = json_array_get(sb, l);
             if (!json_is_array(row) || json_array_size(row) != E) {
-                rc = fail(MTR_EFORMAT, "header: selection_bias row %u does not have %u numbers", l, E);
+                rc = mtr_fail(MTR_EFORMAT, "header: selection_bias row %u does not have %u numbers", l, E);
                 goto out_free;
             }
             for (uint32_t e = 0; e < E; e++) {
                 json_t *v = json_array_get(row, e);
                 if (!json_is_number(v) || !isfinite(json_number_value(v))) {
-                    rc = fail(MTR_EFORMAT, "header: selection_bias[%u][%u] is not a finite number", l, e);
+                    rc = mtr_fail(MTR_EFORMAT, "header: selection_bias[%u][%u] is not a finite number", l, e);
                     goto out_free;
                 }
                 h->selection_bias[(size_t)l * E + e] = (float)json_number_value(v);
@@ -348,7 +333,7 @@ static int parse_header_json(mtr_ingest_header *h, const char *text, size_t n)
     json_t *dt = json_object_get(root, "logits_dtype");
     if (dt) {
         if (!json_is_string(dt) || mtr_dtype_parse(&h->logits_dtype, json_string_value(dt))) {
-            rc = fail(MTR_EFORMAT, "header: 'logits_dtype' must be f32, bf16 or f16");
+            rc = mtr_fail(MTR_EFORMAT, "header: 'logits_dtype' must be f32, bf16 or f16");
             goto out_free;
         }
         h->has_logits_dtype = true;
@@ -359,21 +344,21 @@ static int parse_header_json(mtr_ingest_header *h, const char *text, size_t n)
         goto out_free;
     json_t *cs = json_object_get(root, "capture_settings"), *st = json_object_get(root, "steering");
     if (cs && !json_is_object(cs)) {
-        rc = fail(MTR_EFORMAT, "header: 'capture_settings' must be a JSON object");
+        rc = mtr_fail(MTR_EFORMAT, "header: 'capture_settings' must be a JSON object");
         goto out_free;
     }
     if (st && !json_is_object(st) && !json_is_null(st)) {
-        rc = fail(MTR_EFORMAT, "header: 'steering' must be a JSON object or null");
+        rc = mtr_fail(MTR_EFORMAT, "header: 'steering' must be a JSON object or null");
         goto out_free;
     }
     h->capture_settings = cs ? json_dumps(cs, JSON_COMPACT | JSON_PRESERVE_ORDER) : strdup("{}");
     if (st && json_is_object(st)) h->steering = json_dumps(st, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!h->capture_settings || (st && json_is_object(st) && !h->steering)) {
-        rc = fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     if (mtr_model_info_check(m)) {
-        rc = fail(MTR_EFORMAT, "header: %s", mtr_errmsg());
+        rc = mtr_fail(MTR_EFORMAT, "header: %s", mtr_errmsg());
         goto out_free;
     }
 out_free:
@@ -435,7 +420,7 @@ int mtr_ingest_decoder_create(mtr_ingest_decoder **out, mtr_ingest_read_fn fn, v
     char *text = NULL;
     *out = NULL;
     mtr_ingest_decoder *d = calloc(1, sizeof *d);
-    if (!d) return fail(MTR_ENOMEM, "out of memory");
+    if (!d) return mtr_fail(MTR_ENOMEM, "out of memory");
     d->fn = fn;
     d->ctx = ctx;
     d->max_body = max_frame_bytes && max_frame_bytes < MTR_INGEST_MAX_BODY ? max_frame_bytes : MTR_INGEST_MAX_BODY;
@@ -443,41 +428,41 @@ int mtr_ingest_decoder_create(mtr_ingest_decoder **out, mtr_ingest_read_fn fn, v
     size_t got = 0;
     rc = read_full(d, pre, sizeof pre, &got);
     if (rc == MTR_ETRUNCATED) {
-        rc = got == 0 ? fail(MTR_ETRUNCATED, "byte 0: empty input (no stream header)")
-                      : fail(MTR_ETRUNCATED, "byte %zu: input ends inside the stream prelude", got);
+        rc = got == 0 ? mtr_fail(MTR_ETRUNCATED, "byte 0: empty input (no stream header)")
+                      : mtr_fail(MTR_ETRUNCATED, "byte %zu: input ends inside the stream prelude", got);
         goto out_free;
     }
     if (rc) goto out_free;
     if (memcmp(pre, MTR_INGEST_MAGIC, MTR_INGEST_MAGIC_LEN)) {
-        rc = fail(MTR_EFORMAT, "byte 0: not a moetrace ingest stream (bad magic)");
+        rc = mtr_fail(MTR_EFORMAT, "byte 0: not a moetrace ingest stream (bad magic)");
         goto out_free;
     }
     uint16_t major = get_u16(pre + 8);
     uint32_t jlen = get_u32(pre + 12);
     d->hdr.minor = get_u16(pre + 10);
     if (major != MTR_INGEST_VERSION) {
-        rc = fail(MTR_EVERSION, "byte 8: ingest stream version %u (this program reads %d)", major, MTR_INGEST_VERSION);
+        rc = mtr_fail(MTR_EVERSION, "byte 8: ingest stream version %u (this program reads %d)", major, MTR_INGEST_VERSION);
         goto out_free;
     }
     if (jlen == 0 || jlen > MTR_INGEST_MAX_HEADER_JSON) {
-        rc = fail(MTR_EFORMAT, "byte 12: header length %u outside 1..%u", jlen, MTR_INGEST_MAX_HEADER_JSON);
+        rc = mtr_fail(MTR_EFORMAT, "byte 12: header length %u outside 1..%u", jlen, MTR_INGEST_MAX_HEADER_JSON);
         goto out_free;
     }
     text = malloc(jlen);
     if (!text) {
-        rc = fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     rc = read_full(d, text, jlen, &got);
     if (rc == MTR_ETRUNCATED) {
-        rc = fail(MTR_ETRUNCATED, "byte %llu: input ends inside the stream header", (unsigned long long)d->off);
+        rc = mtr_fail(MTR_ETRUNCATED, "byte %llu: input ends inside the stream header", (unsigned long long)d->off);
         goto out_free;
     }
     if (rc) goto out_free;
     if ((rc = parse_header_json(&d->hdr, text, jlen))) {
         char detail[900];
-        snprintf(detail, sizeof detail, "%.800s", tl_msg);
-        fail(rc, "byte %d: %s", MTR_INGEST_PRELUDE_BYTES, detail);
+        snprintf(detail, sizeof detail, "%.800s", mtr_errmsg());
+        mtr_fail(rc, "byte %d: %s", MTR_INGEST_PRELUDE_BYTES, detail);
         goto out_free;
     }
     *out = d;
@@ -507,47 +492,47 @@ int mtr_ingest_decoder_begin(mtr_ingest_decoder *d, size_t *body_bytes)
 {
     *body_bytes = 0;
     if (d->state == D_ENDED) return 0;
-    if (d->state != D_IDLE) return fail(MTR_EINVAL, "decoder used after an error or out of order");
+    if (d->state != D_IDLE) return mtr_fail(MTR_EINVAL, "decoder used after an error or out of order");
     uint64_t at = d->off;
     unsigned char head[MTR_INGEST_FRAME_HEAD_BYTES];
     size_t got = 0;
     int rc = read_full(d, head, sizeof head, &got);
     d->frame_off = at;
     if (rc == MTR_ETRUNCATED)
-        return dead(d, at, got == 0 ? fail(MTR_ETRUNCATED, "byte %llu: stream ends without an end frame after %llu "
+        return dead(d, at, got == 0 ? mtr_fail(MTR_ETRUNCATED, "byte %llu: stream ends without an end frame after %llu "
                                                            "sequences (producer stopped early?)",
                                            (unsigned long long)at, (unsigned long long)d->n_seq)
-                                    : fail(MTR_ETRUNCATED, "byte %llu: frame %llu truncated inside its head",
+                                    : mtr_fail(MTR_ETRUNCATED, "byte %llu: frame %llu truncated inside its head",
                                            (unsigned long long)at, (unsigned long long)d->n_seq));
     if (rc) return dead(d, at, rc);
     uint64_t body = get_u64(head + 8);
     if (get_u32(head + 4) != 0)
-        return dead(d, at, fail(MTR_EFORMAT, "byte %llu: frame %llu: reserved field is not zero", (unsigned long long)at,
+        return dead(d, at, mtr_fail(MTR_EFORMAT, "byte %llu: frame %llu: reserved field is not zero", (unsigned long long)at,
                                 (unsigned long long)d->n_seq));
     if (!memcmp(head, MTR_INGEST_TAG_END, 4)) {
         unsigned char eb[MTR_INGEST_END_BODY_BYTES];
         if (body != MTR_INGEST_END_BODY_BYTES)
-            return dead(d, at, fail(MTR_EFORMAT, "byte %llu: end frame body of %llu bytes (expected 8)",
+            return dead(d, at, mtr_fail(MTR_EFORMAT, "byte %llu: end frame body of %llu bytes (expected 8)",
                                     (unsigned long long)at, (unsigned long long)body));
         if (read_full(d, eb, sizeof eb, NULL))
-            return dead(d, at, fail(MTR_ETRUNCATED, "byte %llu: end frame truncated", (unsigned long long)at));
+            return dead(d, at, mtr_fail(MTR_ETRUNCATED, "byte %llu: end frame truncated", (unsigned long long)at));
         uint64_t n = get_u64(eb);
         if (n != d->n_seq)
-            return dead(d, at, fail(MTR_EFORMAT, "byte %llu: end frame announces %llu sequences, the stream had %llu",
+            return dead(d, at, mtr_fail(MTR_EFORMAT, "byte %llu: end frame announces %llu sequences, the stream had %llu",
                                     (unsigned long long)at, (unsigned long long)n, (unsigned long long)d->n_seq));
         d->state = D_ENDED;
         return 0;
     }
     if (memcmp(head, MTR_INGEST_TAG_SEQ, 4))
-        return dead(d, at, fail(MTR_EFORMAT, "byte %llu: frame %llu: unknown frame tag %02x %02x %02x %02x",
+        return dead(d, at, mtr_fail(MTR_EFORMAT, "byte %llu: frame %llu: unknown frame tag %02x %02x %02x %02x",
                                 (unsigned long long)at, (unsigned long long)d->n_seq, head[0], head[1], head[2], head[3]));
     if (body < MTR_INGEST_SEQ_FIXED_BYTES || body > d->max_body)
-        return dead(d, at, fail(MTR_EFORMAT, "byte %llu: frame %llu: body of %llu bytes outside %d..%llu%s",
+        return dead(d, at, mtr_fail(MTR_EFORMAT, "byte %llu: frame %llu: body of %llu bytes outside %d..%llu%s",
                                 (unsigned long long)at, (unsigned long long)d->n_seq, (unsigned long long)body,
                                 MTR_INGEST_SEQ_FIXED_BYTES, (unsigned long long)d->max_body,
                                 body > d->max_body ? " (the frame buffer budget)" : ""));
     if (read_full(d, d->fixed, sizeof d->fixed, NULL))
-        return dead(d, at, fail(MTR_ETRUNCATED, "byte %llu: frame %llu truncated", (unsigned long long)at,
+        return dead(d, at, mtr_fail(MTR_ETRUNCATED, "byte %llu: frame %llu truncated", (unsigned long long)at,
                                 (unsigned long long)d->n_seq));
     const unsigned char *f = d->fixed;
     uint64_t seq_id = get_u64(f);
@@ -561,7 +546,7 @@ int mtr_ingest_decoder_begin(mtr_ingest_decoder *d, size_t *body_bytes)
     do {                                                                                                     \
         char why_[600];                                                                                      \
         snprintf(why_, sizeof why_, __VA_ARGS__);                                                            \
-        return dead(d, at, fail(MTR_EFORMAT, "byte %llu: frame %llu (seq_id %llu): %s", (unsigned long long)at, \
+        return dead(d, at, mtr_fail(MTR_EFORMAT, "byte %llu: frame %llu (seq_id %llu): %s", (unsigned long long)at, \
                                 (unsigned long long)d->n_seq, (unsigned long long)seq_id, why_));           \
     } while (0)
     if (seq_id == UINT64_MAX) BAD("seq_id 2^64-1 is reserved");
@@ -611,7 +596,7 @@ static bool zero(const unsigned char *p, size_t n)
 
 int mtr_ingest_decoder_finish(mtr_ingest_decoder *d, void *buf, mtr_ingest_seq *out)
 {
-    if (d->state != D_BEGUN) return fail(MTR_EINVAL, "decoder: finish without begin");
+    if (d->state != D_BEGUN) return mtr_fail(MTR_EINVAL, "decoder: finish without begin");
     unsigned char *b = buf;
     const seq_layout *lo = &d->lo;
     uint64_t at = d->frame_off;
@@ -621,7 +606,7 @@ int mtr_ingest_decoder_finish(mtr_ingest_decoder *d, void *buf, mtr_ingest_seq *
     size_t got = 0;
     int rc = read_full(d, b + MTR_INGEST_SEQ_FIXED_BYTES, (size_t)(lo->body - MTR_INGEST_SEQ_FIXED_BYTES), &got);
     if (rc == MTR_ETRUNCATED)
-        return dead(d, at, fail(MTR_ETRUNCATED, "byte %llu: frame %llu (seq_id %llu) truncated after %llu of %llu bytes",
+        return dead(d, at, mtr_fail(MTR_ETRUNCATED, "byte %llu: frame %llu (seq_id %llu) truncated after %llu of %llu bytes",
                                 (unsigned long long)at, (unsigned long long)d->n_seq, (unsigned long long)seq_id,
                                 (unsigned long long)(MTR_INGEST_FRAME_HEAD_BYTES + MTR_INGEST_SEQ_FIXED_BYTES + got),
                                 (unsigned long long)(MTR_INGEST_FRAME_HEAD_BYTES + lo->body)));
@@ -641,7 +626,7 @@ int mtr_ingest_decoder_finish(mtr_ingest_decoder *d, void *buf, mtr_ingest_seq *
             if (r[t] >= MTR_ROLE_COUNT) bad = "a role is outside 0..3";
     }
     if (bad)
-        return dead(d, at, fail(MTR_EFORMAT, "byte %llu: frame %llu (seq_id %llu): %s", (unsigned long long)at,
+        return dead(d, at, mtr_fail(MTR_EFORMAT, "byte %llu: frame %llu (seq_id %llu): %s", (unsigned long long)at,
                                 (unsigned long long)d->n_seq, (unsigned long long)seq_id, bad));
     /* NUL-terminated copies of the strings after the body */
     char *str = (char *)b + lo->body;
@@ -676,7 +661,7 @@ int mtr_ingest_decoder_next(mtr_ingest_decoder *d, mtr_ingest_seq *out)
     if (rc <= 0) return rc;
     if (need > d->cap) {
         void *nb = NULL;
-        if (posix_memalign(&nb, 64, need)) return dead(d, d->frame_off, fail(MTR_ENOMEM, "out of memory"));
+        if (posix_memalign(&nb, 64, need)) return dead(d, d->frame_off, mtr_fail(MTR_ENOMEM, "out of memory"));
         free(d->buf);
         d->buf = nb;
         d->cap = need;
@@ -729,13 +714,13 @@ static ssize_t fd_read(void *ctx, void *buf, size_t n)
         struct pollfd pf[2] = {{p->fd, POLLIN, 0}, {p->wake[0], POLLIN, 0}};
         if (poll(pf, 2, -1) < 0) {
             if (errno == EINTR) continue;
-            return fail(MTR_EIO, "poll: %s", strerror(errno));
+            return mtr_fail(MTR_EIO, "poll: %s", strerror(errno));
         }
-        if (pf[1].revents) return fail(MTR_EIO, "stopped");
+        if (pf[1].revents) return mtr_fail(MTR_EIO, "stopped");
         ssize_t r = read(p->fd, buf, n);
         if (r >= 0) return r;
         if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
-            return fail(MTR_EIO, "read error: %s", strerror(errno));
+            return mtr_fail(MTR_EIO, "read error: %s", strerror(errno));
     }
 }
 
@@ -797,7 +782,7 @@ static void *reader_main(void *arg)
     pthread_mutex_lock(&p->mu);
     p->reader_done = true;
     p->reader_rc = rc < 0 ? rc : 0;
-    if (rc < 0) snprintf(p->reader_msg, sizeof p->reader_msg, "%s", tl_msg);
+    if (rc < 0) snprintf(p->reader_msg, sizeof p->reader_msg, "%s", mtr_errmsg());
     pthread_cond_signal(&p->can_get);
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -845,11 +830,11 @@ static int consume(pipeline *p, mtr_writer *w, const mtr_ingest_opts *o, bool re
             if (rc == MTR_EDUP) {
                 res->bad_frame = true;
                 res->bad_offset = q->offset;
-                return fail(rc, "byte %llu: frame %llu: seq_id %llu appears twice in the stream",
+                return mtr_fail(rc, "byte %llu: frame %llu: seq_id %llu appears twice in the stream",
                             (unsigned long long)q->offset, (unsigned long long)q->index,
                             (unsigned long long)q->meta.seq_id);
             }
-            if (rc) return fail(rc, "%s", mtr_errmsg());
+            if (rc) return mtr_fail(rc, "%s", mtr_errmsg());
             res->n_written++;
             res->n_tokens += q->meta.n_tokens;
             if (o->throttle_us) {
@@ -889,8 +874,8 @@ int mtr_ingest_run(mtr_ingest_result *res, int fd, const char *dir, const mtr_in
     p.cap = (size_t)(opts->buffer_bytes ? opts->buffer_bytes : defaults.buffer_bytes);
     p.qcap = opts->max_frames ? opts->max_frames : defaults.max_frames;
     if (p.cap < MTR_INGEST_MIN_BUFFER)
-        return fail(MTR_EINVAL, "the frame buffer must hold at least %u bytes", MTR_INGEST_MIN_BUFFER);
-    if (pipe(p.wake)) return fail(MTR_EIO, "pipe: %s", strerror(errno));
+        return mtr_fail(MTR_EINVAL, "the frame buffer must hold at least %u bytes", MTR_INGEST_MIN_BUFFER);
+    if (pipe(p.wake)) return mtr_fail(MTR_EIO, "pipe: %s", strerror(errno));
 
     if ((rc = mtr_ingest_decoder_create(&p.dec, fd_read, &p, p.cap - STRINGS_SLACK))) {
         res->bad_frame = rc != MTR_EIO && rc != MTR_ENOMEM;
@@ -904,27 +889,27 @@ int mtr_ingest_run(mtr_ingest_result *res, int fd, const char *dir, const mtr_in
     if (!wo.corpus_id && h->corpus_id[0]) wo.corpus_id = h->corpus_id;
     if (!wo.steering && h->steering) wo.steering = h->steering;
     if (!(settings = run_settings(h, wo.capture_settings))) {
-        rc = fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     wo.capture_settings = settings;
     if ((rc = mtr_writer_create(&w, dir, &model, &wo))) {
-        rc = fail(rc, "%s", mtr_errmsg());
+        rc = mtr_fail(rc, "%s", mtr_errmsg());
         goto out_free;
     }
     p.ring = malloc(p.cap);
     p.q = calloc(p.qcap, sizeof *p.q);
     if (!p.ring || !p.q) {
-        rc = fail(MTR_ENOMEM, "out of memory for the frame buffer");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory for the frame buffer");
         goto out_free;
     }
     if (pthread_mutex_init(&p.mu, NULL) || pthread_cond_init(&p.can_put, NULL) || pthread_cond_init(&p.can_get, NULL)) {
-        rc = fail(MTR_EIO, "cannot create the reader's locks");
+        rc = mtr_fail(MTR_EIO, "cannot create the reader's locks");
         goto out_free;
     }
     sync_ok = true;
     if (pthread_create(&reader, NULL, reader_main, &p) != 0) {
-        rc = fail(MTR_EIO, "cannot start the reader thread");
+        rc = mtr_fail(MTR_EIO, "cannot start the reader thread");
         goto out_free;
     }
     started = true;
@@ -943,7 +928,7 @@ int mtr_ingest_run(mtr_ingest_result *res, int fd, const char *dir, const mtr_in
     started = false;
     if (!rc && p.reader_rc) {
         rc = p.reader_rc;
-        snprintf(tl_msg, sizeof tl_msg, "%s", p.reader_msg);
+        mtr_fail(rc, "%s", p.reader_msg);
         res->bad_frame = rc != MTR_EIO && rc != MTR_ENOMEM;
         res->bad_offset = mtr_ingest_decoder_bad_offset(p.dec);
     }
@@ -953,7 +938,7 @@ int mtr_ingest_run(mtr_ingest_result *res, int fd, const char *dir, const mtr_in
         int crc = mtr_writer_close(w);
         w = NULL;
         if (crc && (!rc || res->bad_frame)) {
-            rc = fail(crc, "closing the run: %s", mtr_errmsg());
+            rc = mtr_fail(crc, "closing the run: %s", mtr_errmsg());
             res->bad_frame = false;
         }
     }

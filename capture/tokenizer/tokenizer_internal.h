@@ -11,8 +11,6 @@
 
 #include "mtr_tokenizer.h"
 
-/* Record a one-line detail for mtr_tok_errmsg() and return err. */
-int tk_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- byte buffers and spans ------------------------------------------------------------------------------ */
 
@@ -115,7 +113,7 @@ typedef struct {
     const char *name; /* document name for messages */
 } tk_js;
 
-/* Record "name: line L, byte B: what" for mtr_tok_errmsg(); returns MTR_EFORMAT. */
+/* Record "name: line L, byte B: what" for mtr_errmsg(); returns MTR_EFORMAT. */
 int tk_js_fail(const tk_js *s, size_t at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Skip JSON whitespace. */
 static inline void tk_js_ws(tk_js *s)

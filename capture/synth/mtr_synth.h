@@ -1,4 +1,4 @@
-/* synth.h — synthetic router-logit traces with planted structure (`moetrace-capture synth`, DESIGN.md §5).
+/* mtr_synth.h — synthetic router-logit traces with planted structure (`moetrace-capture synth`, docs/ARCHITECTURE.md §5).
  *
  * mtr_synth_run() writes a run directory through the libmoetrace writer (traces/FORMAT.md) and, beside the
  * shards, the planted ground truth: RUN/truth.json (every parameter, the middle band, per-layer sharedness, the
@@ -11,8 +11,7 @@
  * list or the dataset list change. The planted model is described in synth.c ("Planted model").
  *
  * Conventions as in moetrace.h: 0 or a negative mtr_err; the library never prints or exits. The detail of the
- * last error of this thread is in mtr_synth_errmsg() (for errors raised inside libmoetrace it is a copy of
- * mtr_errmsg()).
+ * last error of this thread is in mtr_errmsg().
  */
 #ifndef MTR_SYNTH_H
 #define MTR_SYNTH_H
@@ -87,7 +86,7 @@ typedef struct {
     uint32_t n_shards;
 } mtr_synth_result;
 
-/* 0 if the options are usable, else MTR_EINVAL with a detail in mtr_synth_errmsg() naming the option
+/* 0 if the options are usable, else MTR_EINVAL with a detail in mtr_errmsg() naming the option
  * (e.g. "--top-k 40 exceeds --experts 32"). Touches no file. */
 int mtr_synth_opts_check(const mtr_synth_opts *opts);
 
@@ -97,8 +96,6 @@ int mtr_synth_opts_check(const mtr_synth_opts *opts);
  * a killed writer leaves it (finished shards, no complete manifest). */
 int mtr_synth_run(const mtr_synth_opts *opts, mtr_synth_result *result);
 
-/* One-line detail of the last mtr_synth_* error on this thread; "" if none. Borrowed. */
-const char *mtr_synth_errmsg(void);
 
 #ifdef __cplusplus
 }

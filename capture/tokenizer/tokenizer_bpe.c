@@ -53,7 +53,7 @@ uint64_t tk_hash_bytes(const void *p, size_t n)
 static int strmap_rehash(tk_strmap *m, size_t cap)
 {
     uint64_t *slot = calloc(cap, sizeof *slot);
-    if (!slot) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!slot) return mtr_fail(MTR_ENOMEM, "out of memory");
     for (size_t i = 0; i < m->n; i++) {
         uint64_t hv = tk_hash_bytes(m->pool.p + m->ent[i].koff, m->ent[i].klen);
         size_t h = (size_t)hv & (cap - 1);
@@ -69,11 +69,11 @@ static int strmap_rehash(tk_strmap *m, size_t cap)
 static int strmap_ent_reserve(tk_strmap *m, size_t n)
 {
     if (n <= m->cap) return 0;
-    if (n > UINT32_MAX - 1) return tk_fail(MTR_ENOMEM, "map too large");
+    if (n > UINT32_MAX - 1) return mtr_fail(MTR_ENOMEM, "map too large");
     size_t cap = m->cap ? m->cap : 1024;
     while (cap < n) cap *= 2;
     tk_strent *e = realloc(m->ent, cap * sizeof *e);
-    if (!e) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!e) return mtr_fail(MTR_ENOMEM, "out of memory");
     m->ent = e;
     m->cap = cap;
     return 0;
@@ -236,7 +236,7 @@ void tk_strmap_free(tk_strmap *m)
 static int pairmap_alloc(tk_pairmap *m, size_t cap)
 {
     tk_pairent *e = calloc(cap, sizeof *e);
-    if (!e) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!e) return mtr_fail(MTR_ENOMEM, "out of memory");
     m->e = e;
     m->mask = cap - 1;
     return 0;
@@ -327,7 +327,7 @@ static int heap_push(tk_model *m, size_t *n, merge_cand c)
     if (*n == m->heap_cap) {
         size_t cap = m->heap_cap ? 2 * m->heap_cap : 256;
         void *p = realloc(m->heap, cap * sizeof(merge_cand));
-        if (!p) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!p) return mtr_fail(MTR_ENOMEM, "out of memory");
         m->heap = p;
         m->heap_cap = cap;
     }
@@ -368,16 +368,16 @@ static int sym_reserve(tk_model *m, size_t n)
     size_t cap = m->sym_cap ? m->sym_cap : 64;
     while (cap < n) cap *= 2;
     int32_t *a = realloc(m->sym_id, cap * sizeof *a);
-    if (!a) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!a) return mtr_fail(MTR_ENOMEM, "out of memory");
     m->sym_id = a;
     int32_t *b = realloc(m->sym_prev, cap * sizeof *b);
-    if (!b) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!b) return mtr_fail(MTR_ENOMEM, "out of memory");
     m->sym_prev = b;
     int32_t *c = realloc(m->sym_next, cap * sizeof *c);
-    if (!c) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!c) return mtr_fail(MTR_ENOMEM, "out of memory");
     m->sym_next = c;
     uint32_t *d = realloc(m->sym_len, cap * sizeof *d);
-    if (!d) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!d) return mtr_fail(MTR_ENOMEM, "out of memory");
     m->sym_len = d;
     m->sym_cap = cap;
     return 0;
@@ -429,7 +429,7 @@ static int initial_symbols(tk_model *m, const char *w, size_t n, size_t *ns)
             }
         }
         if (id < 0) {
-            if (m->unk_id < 0) return tk_fail(MTR_EFORMAT, "no token for '%.*s' and no unk_token", (int)ul, w + i);
+            if (m->unk_id < 0) return mtr_fail(MTR_EFORMAT, "no token for '%.*s' and no unk_token", (int)ul, w + i);
             if (m->fuse_unk && prev_unk) {
                 m->sym_len[k - 1] += (uint32_t)ul;
                 i += ul;

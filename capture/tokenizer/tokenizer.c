@@ -17,20 +17,6 @@
 
 /* ---- errors ---------------------------------------------------------------------------------------------- */
 
-static _Thread_local char tl_msg[512];
-
-const char *mtr_tok_errmsg(void) { return tl_msg; }
-
-int tk_fail(int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
-    va_end(ap);
-    for (char *p = tl_msg; *p; p++)
-        if (*p == '\n' || *p == '\r') *p = ' ';
-    return err;
-}
 
 /* ---- small JSON helpers ---------------------------------------------------------------------------------- */
 
@@ -67,16 +53,16 @@ static char *xstrdup(const char *s)
 static int grow_ids(mtr_tok *t, size_t n)
 {
     if (n <= t->n_ids) return 0;
-    if (n > MAX_IDS) return tk_fail(MTR_EFORMAT, "token id %zu out of range", n - 1);
+    if (n > MAX_IDS) return mtr_fail(MTR_EFORMAT, "token id %zu out of range", n - 1);
     if (n > t->ids_cap) {
         size_t cap = t->ids_cap ? 2 * t->ids_cap : 1024;
         while (cap < n) cap *= 2;
         if (cap > MAX_IDS) cap = MAX_IDS;
         int64_t *o = realloc(t->tok_off, cap * sizeof *o);
-        if (!o) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!o) return mtr_fail(MTR_ENOMEM, "out of memory");
         t->tok_off = o;
         bool *sp = realloc(t->special, cap * sizeof *sp);
-        if (!sp) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!sp) return mtr_fail(MTR_ENOMEM, "out of memory");
         t->special = sp;
         t->ids_cap = cap;
     }
@@ -94,7 +80,7 @@ static int set_spelling_h(mtr_tok *t, int32_t id, const char *s, size_t n, uint6
 {
     int rc;
     int32_t old;
-    if (id < 0) return tk_fail(MTR_EFORMAT, "negative token id for '%.40s'", s);
+    if (id < 0) return mtr_fail(MTR_EFORMAT, "negative token id for '%.40s'", s);
     if ((rc = grow_ids(t, (size_t)id + 1))) return rc;
     if (t->tok_off[id] < 0) {
         t->tok_off[id] = (int64_t)t->tok_pool.n;
@@ -221,14 +207,14 @@ static int vocab_add(mtr_tok *t, vocab_batch *vb, const char *key, size_t klen, 
 static int vocab_fail(mtr_tok *t, vocab_batch *vb, int rc)
 {
     char msg[512];
-    snprintf(msg, sizeof msg, "%s", mtr_tok_errmsg());
+    snprintf(msg, sizeof msg, "%s", mtr_errmsg());
     int rc2 = vocab_flush(t, vb);
-    return rc2 ? rc2 : tk_fail(rc, "%s", msg);
+    return rc2 ? rc2 : mtr_fail(rc, "%s", msg);
 }
 
 static int bad_merge(size_t i, const char *a, size_t an, const char *b, size_t bn)
 {
-    return tk_fail(MTR_EFORMAT, "merge %zu ('%.*s' '%.*s') uses a token outside the vocabulary", i,
+    return mtr_fail(MTR_EFORMAT, "merge %zu ('%.*s' '%.*s') uses a token outside the vocabulary", i,
                    (int)(an > 40 ? 40 : an), a, (int)(bn > 40 ? 40 : bn), b);
 }
 
@@ -279,9 +265,9 @@ static int merge_flush(mtr_tok *t, merge_batch *mb)
 static int merge_fail(mtr_tok *t, merge_batch *mb, int rc)
 {
     char msg[512];
-    snprintf(msg, sizeof msg, "%s", mtr_tok_errmsg());
+    snprintf(msg, sizeof msg, "%s", mtr_errmsg());
     int rc2 = merge_flush(t, mb);
-    return rc2 ? rc2 : tk_fail(rc, "%s", msg);
+    return rc2 ? rc2 : mtr_fail(rc, "%s", msg);
 }
 
 static int arena_put(tk_buf *ar, uint32_t *off, const char *s, size_t n)
@@ -346,13 +332,13 @@ static int merge_string(mtr_tok *t, merge_batch *mb, tk_buf *tmp, size_t i, cons
 {
     const char *sp = memchr(s, ' ', n);
     if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - s)))
-        return tk_fail(MTR_EFORMAT, "merge %zu ('%.*s') is not two tokens", i, (int)(n > 40 ? 40 : n), s);
+        return mtr_fail(MTR_EFORMAT, "merge %zu ('%.*s') is not two tokens", i, (int)(n > 40 ? 40 : n), s);
     return merge_add(t, mb, tmp, i, s, (size_t)(sp - s), sp + 1, n - (size_t)(sp + 1 - s));
 }
 
 static int bad_vocab(const char *key, size_t klen)
 {
-    return tk_fail(MTR_EFORMAT, "vocab entry '%.*s' has no valid id", (int)(klen > 40 ? 40 : klen), key);
+    return mtr_fail(MTR_EFORMAT, "vocab entry '%.*s' has no valid id", (int)(klen > 40 ? 40 : klen), key);
 }
 
 /* model.vocab straight from the document: {"token": id, ...} */
@@ -448,22 +434,22 @@ static int load_model(mtr_tok *t, json_t *model, const char *doc, const tk_js_sp
     merge_batch mb = {.n = 0};
     vocab_batch vb = {.n = 0};
     int rc = 0;
-    if (!json_is_object(model)) return tk_fail(MTR_EFORMAT, "tokenizer.json has no model");
+    if (!json_is_object(model)) return mtr_fail(MTR_EFORMAT, "tokenizer.json has no model");
     const char *type = jstr(model, "type");
     if (type && strcmp(type, "BPE") != 0)
-        return tk_fail(MTR_EFORMAT, "model type '%.40s' is not supported (BPE only)", type);
+        return mtr_fail(MTR_EFORMAT, "model type '%.40s' is not supported (BPE only)", type);
     bool scan_v = vocab_sp && vocab_sp->set, scan_m = merges_sp && merges_sp->set;
     json_t *vocab = json_object_get(model, "vocab"), *merges = scan_m ? NULL : json_object_get(model, "merges");
-    if (!scan_v && !json_is_object(vocab)) return tk_fail(MTR_EFORMAT, "model.vocab is not an object");
+    if (!scan_v && !json_is_object(vocab)) return mtr_fail(MTR_EFORMAT, "model.vocab is not an object");
     if (merges && !json_is_array(merges) && !json_is_null(merges))
-        return tk_fail(MTR_EFORMAT, "model.merges is not an array");
+        return mtr_fail(MTR_EFORMAT, "model.merges is not an array");
     m->byte_fallback = jbool(model, "byte_fallback", false);
     m->ignore_merges = jbool(model, "ignore_merges", false);
     m->fuse_unk = jbool(model, "fuse_unk", false);
     if (m->byte_fallback) m->byte_raw = false;
     const char *p = jstr(model, "continuing_subword_prefix"), *s = jstr(model, "end_of_word_suffix");
-    if (p && *p && !(m->prefix = xstrdup(p))) return tk_fail(MTR_ENOMEM, "out of memory");
-    if (s && *s && !(m->suffix = xstrdup(s))) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (p && *p && !(m->prefix = xstrdup(p))) return mtr_fail(MTR_ENOMEM, "out of memory");
+    if (s && *s && !(m->suffix = xstrdup(s))) return mtr_fail(MTR_ENOMEM, "out of memory");
     for (int b = 0; b < 256; b++) m->byte_tok[b] = -1;
 
     if (scan_v) {
@@ -496,7 +482,7 @@ static int load_model(mtr_tok *t, json_t *model, const char *doc, const tk_js_sp
             else if (json_is_array(e) && json_array_size(e) == 2 && json_is_string(ea) && json_is_string(eb))
                 rc = merge_add(t, &mb, &tmp, i, json_string_value(ea), json_string_length(ea), json_string_value(eb),
                                json_string_length(eb));
-            else rc = tk_fail(MTR_EFORMAT, "merge %zu is neither \"a b\" nor [\"a\", \"b\"]", i);
+            else rc = mtr_fail(MTR_EFORMAT, "merge %zu is neither \"a b\" nor [\"a\", \"b\"]", i);
         }
     }
     rc = rc ? merge_fail(t, &mb, rc) : merge_flush(t, &mb);
@@ -515,16 +501,16 @@ static int parse_pattern(tk_regex *re, json_t *pat, const char *what)
     if ((v = json_object_get(pat, "Regex")) && json_is_string(v))
         return tk_regex_compile(re, json_string_value(v), json_string_length(v), false);
     if ((v = json_object_get(pat, "String")) && json_is_string(v)) {
-        if (json_string_length(v) == 0) return tk_fail(MTR_EFORMAT, "%s: empty pattern", what);
+        if (json_string_length(v) == 0) return mtr_fail(MTR_EFORMAT, "%s: empty pattern", what);
         return tk_regex_compile(re, json_string_value(v), json_string_length(v), true);
     }
-    return tk_fail(MTR_EFORMAT, "%s: pattern is neither String nor Regex", what);
+    return mtr_fail(MTR_EFORMAT, "%s: pattern is neither String nor Regex", what);
 }
 
 static int push_norm(mtr_tok *t, tk_norm *n)
 {
     tk_norm *v = realloc(t->norm, (t->n_norm + 1) * sizeof *v);
-    if (!v) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!v) return mtr_fail(MTR_ENOMEM, "out of memory");
     t->norm = v;
     t->norm[t->n_norm++] = *n;
     return 0;
@@ -533,15 +519,15 @@ static int push_norm(mtr_tok *t, tk_norm *n)
 static int load_normalizer(mtr_tok *t, json_t *o, int depth)
 {
     if (json_is_null(o) || !o) return 0;
-    if (depth > 8) return tk_fail(MTR_EFORMAT, "normalizers nested too deeply");
+    if (depth > 8) return mtr_fail(MTR_EFORMAT, "normalizers nested too deeply");
     const char *type = jstr(o, "type");
-    if (!type) return tk_fail(MTR_EFORMAT, "normalizer without type");
+    if (!type) return mtr_fail(MTR_EFORMAT, "normalizer without type");
     tk_norm n;
     memset(&n, 0, sizeof n);
     int rc;
     if (strcmp(type, "Sequence") == 0) {
         json_t *list = json_object_get(o, "normalizers");
-        if (!json_is_array(list)) return tk_fail(MTR_EFORMAT, "Sequence normalizer without a list");
+        if (!json_is_array(list)) return mtr_fail(MTR_EFORMAT, "Sequence normalizer without a list");
         for (size_t i = 0; i < json_array_size(list); i++)
             if ((rc = load_normalizer(t, json_array_get(list, i), depth + 1))) return rc;
         return 0;
@@ -557,15 +543,15 @@ static int load_normalizer(mtr_tok *t, json_t *o, int depth)
         n.right = jbool(o, "strip_right", true);
     } else if (strcmp(type, "Prepend") == 0 || strcmp(type, "Replace") == 0) {
         const char *s = jstr(o, strcmp(type, "Prepend") == 0 ? "prepend" : "content");
-        if (!s) return tk_fail(MTR_EFORMAT, "%s normalizer without its text", type);
+        if (!s) return mtr_fail(MTR_EFORMAT, "%s normalizer without its text", type);
         n.kind = strcmp(type, "Prepend") == 0 ? TK_NORM_PREPEND : TK_NORM_REPLACE;
-        if (!(n.str = xstrdup(s))) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!(n.str = xstrdup(s))) return mtr_fail(MTR_ENOMEM, "out of memory");
         if (n.kind == TK_NORM_REPLACE && (rc = parse_pattern(&n.re, json_object_get(o, "pattern"), "Replace"))) {
             free(n.str);
             return rc;
         }
     } else {
-        return tk_fail(MTR_EFORMAT, "normalizer '%.40s' is not supported", type);
+        return mtr_fail(MTR_EFORMAT, "normalizer '%.40s' is not supported", type);
     }
     if ((rc = push_norm(t, &n))) {
         free(n.str);
@@ -581,7 +567,7 @@ static int parse_behavior(int *out, const char *s)
     else if (strcmp(s, "MergedWithPrevious") == 0) *out = TK_BEH_MERGED_PREV;
     else if (strcmp(s, "MergedWithNext") == 0) *out = TK_BEH_MERGED_NEXT;
     else if (strcmp(s, "Contiguous") == 0) *out = TK_BEH_CONTIGUOUS;
-    else return tk_fail(MTR_EFORMAT, "split behaviour '%.40s' is unknown", s);
+    else return mtr_fail(MTR_EFORMAT, "split behaviour '%.40s' is unknown", s);
     return 0;
 }
 
@@ -598,13 +584,13 @@ static int parse_prepend(json_t *o)
 static int load_pretok(mtr_tok *t, json_t *o, int depth)
 {
     if (json_is_null(o) || !o) return 0;
-    if (depth > 8) return tk_fail(MTR_EFORMAT, "pre-tokenizers nested too deeply");
+    if (depth > 8) return mtr_fail(MTR_EFORMAT, "pre-tokenizers nested too deeply");
     const char *type = jstr(o, "type");
-    if (!type) return tk_fail(MTR_EFORMAT, "pre-tokenizer without type");
+    if (!type) return mtr_fail(MTR_EFORMAT, "pre-tokenizer without type");
     int rc = 0;
     if (strcmp(type, "Sequence") == 0) {
         json_t *list = json_object_get(o, "pretokenizers");
-        if (!json_is_array(list)) return tk_fail(MTR_EFORMAT, "Sequence pre-tokenizer without a list");
+        if (!json_is_array(list)) return mtr_fail(MTR_EFORMAT, "Sequence pre-tokenizer without a list");
         for (size_t i = 0; i < json_array_size(list); i++)
             if ((rc = load_pretok(t, json_array_get(list, i), depth + 1))) return rc;
         return 0;
@@ -627,7 +613,7 @@ static int load_pretok(mtr_tok *t, json_t *o, int depth)
         p.kind = TK_PRE_METASPACE;
         const char *r = jstr(o, "replacement");
         if (!r) r = "\xE2\x96\x81";
-        if (strlen(r) >= sizeof p.repl || !*r) return tk_fail(MTR_EFORMAT, "Metaspace replacement is not one character");
+        if (strlen(r) >= sizeof p.repl || !*r) return mtr_fail(MTR_EFORMAT, "Metaspace replacement is not one character");
         strcpy(p.repl, r);
         p.prepend_scheme = parse_prepend(o);
         p.split = jbool(o, "split", true);
@@ -650,7 +636,7 @@ static int load_pretok(mtr_tok *t, json_t *o, int depth)
         p.behavior = TK_BEH_REMOVED;
         rc = tk_regex_compile(&p.re, "\\s+", 3, false);
     } else {
-        return tk_fail(MTR_EFORMAT, "pre-tokenizer '%.40s' is not supported", type);
+        return mtr_fail(MTR_EFORMAT, "pre-tokenizer '%.40s' is not supported", type);
     }
     if (rc) {
         tk_regex_free(&p.re);
@@ -659,7 +645,7 @@ static int load_pretok(mtr_tok *t, json_t *o, int depth)
     tk_pre *v = realloc(t->pre, (t->n_pre + 1) * sizeof *v);
     if (!v) {
         tk_regex_free(&p.re);
-        return tk_fail(MTR_ENOMEM, "out of memory");
+        return mtr_fail(MTR_ENOMEM, "out of memory");
     }
     t->pre = v;
     t->pre[t->n_pre++] = p;
@@ -672,7 +658,7 @@ static int push_ids_of(mtr_tok_ids *dst, json_t *arr)
     for (size_t i = 0; i < json_array_size(arr); i++) {
         json_t *v = json_array_get(arr, i);
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= MAX_IDS)
-            return tk_fail(MTR_EFORMAT, "post-processor: bad id");
+            return mtr_fail(MTR_EFORMAT, "post-processor: bad id");
         if ((rc = tk_ids_push(dst, (int32_t)json_integer_value(v)))) return rc;
     }
     return 0;
@@ -681,10 +667,10 @@ static int push_ids_of(mtr_tok_ids *dst, json_t *arr)
 static int load_post(mtr_tok *t, json_t *o, int depth)
 {
     if (json_is_null(o) || !o) return 0;
-    if (depth > 8) return tk_fail(MTR_EFORMAT, "post-processors nested too deeply");
+    if (depth > 8) return mtr_fail(MTR_EFORMAT, "post-processors nested too deeply");
     const char *type = jstr(o, "type");
     int rc;
-    if (!type) return tk_fail(MTR_EFORMAT, "post-processor without type");
+    if (!type) return mtr_fail(MTR_EFORMAT, "post-processor without type");
     if (strcmp(type, "ByteLevel") == 0) return 0; /* offsets only */
     if (strcmp(type, "Sequence") == 0) {
         json_t *list = json_object_get(o, "processors");
@@ -702,10 +688,10 @@ static int load_post(mtr_tok *t, json_t *o, int depth)
             } else if ((st = json_object_get(e, "SpecialToken"))) {
                 const char *name = jstr(st, "id");
                 json_t *def = name ? json_object_get(sp, name) : NULL;
-                if (!def) return tk_fail(MTR_EFORMAT, "TemplateProcessing: special token '%.40s' undefined", name ? name : "?");
+                if (!def) return mtr_fail(MTR_EFORMAT, "TemplateProcessing: special token '%.40s' undefined", name ? name : "?");
                 if ((rc = push_ids_of(seen_seq ? &t->post_suffix : &t->post_prefix, json_object_get(def, "ids")))) return rc;
             } else {
-                return tk_fail(MTR_EFORMAT, "TemplateProcessing: unknown piece");
+                return mtr_fail(MTR_EFORMAT, "TemplateProcessing: unknown piece");
             }
         }
         return 0;
@@ -715,20 +701,20 @@ static int load_post(mtr_tok *t, json_t *o, int depth)
         json_t *ci = json_array_get(cls, 1), *si = json_array_get(sep, 1);
         if (!json_is_integer(ci) || !json_is_integer(si) || json_integer_value(ci) < 0 ||
             json_integer_value(si) < 0 || json_integer_value(ci) >= MAX_IDS || json_integer_value(si) >= MAX_IDS)
-            return tk_fail(MTR_EFORMAT, "%s without cls/sep ids", type);
+            return mtr_fail(MTR_EFORMAT, "%s without cls/sep ids", type);
         if ((rc = tk_ids_push(&t->post_prefix, (int32_t)json_integer_value(ci)))) return rc;
         return tk_ids_push(&t->post_suffix, (int32_t)json_integer_value(si));
     }
-    return tk_fail(MTR_EFORMAT, "post-processor '%.40s' is not supported", type);
+    return mtr_fail(MTR_EFORMAT, "post-processor '%.40s' is not supported", type);
 }
 
 static int load_decoder(mtr_tok *t, json_t *o, int depth)
 {
     if (json_is_null(o) || !o) return 0;
-    if (depth > 8) return tk_fail(MTR_EFORMAT, "decoders nested too deeply");
+    if (depth > 8) return mtr_fail(MTR_EFORMAT, "decoders nested too deeply");
     const char *type = jstr(o, "type");
     int rc;
-    if (!type) return tk_fail(MTR_EFORMAT, "decoder without type");
+    if (!type) return mtr_fail(MTR_EFORMAT, "decoder without type");
     t->has_decoder = true;
     if (strcmp(type, "Sequence") == 0) {
         json_t *list = json_object_get(o, "decoders");
@@ -753,24 +739,24 @@ static int load_decoder(mtr_tok *t, json_t *o, int depth)
         json_t *s = json_object_get(o, "start"), *e = json_object_get(o, "stop");
         d.start = json_is_integer(s) ? (int)json_integer_value(s) : 0;
         d.stop = json_is_integer(e) ? (int)json_integer_value(e) : 0;
-        if (!a || d.start < 0 || d.stop < 0) return tk_fail(MTR_EFORMAT, "Strip decoder without content");
+        if (!a || d.start < 0 || d.stop < 0) return mtr_fail(MTR_EFORMAT, "Strip decoder without content");
     } else if (strcmp(type, "Replace") == 0) {
         d.kind = TK_DEC_REPLACE;
         a = jstr(json_object_get(o, "pattern"), "String");
         b = jstr(o, "content");
-        if (!a || !*a || !b) return tk_fail(MTR_EFORMAT, "Replace decoder needs a String pattern and content");
+        if (!a || !*a || !b) return mtr_fail(MTR_EFORMAT, "Replace decoder needs a String pattern and content");
     } else {
-        return tk_fail(MTR_EFORMAT, "decoder '%.40s' is not supported", type);
+        return mtr_fail(MTR_EFORMAT, "decoder '%.40s' is not supported", type);
     }
     if ((a && !(d.a = xstrdup(a))) || (b && !(d.b = xstrdup(b)))) {
         free(d.a);
-        return tk_fail(MTR_ENOMEM, "out of memory");
+        return mtr_fail(MTR_ENOMEM, "out of memory");
     }
     tk_dec *v = realloc(t->dec, (t->n_dec + 1) * sizeof *v);
     if (!v) {
         free(d.a);
         free(d.b);
-        return tk_fail(MTR_ENOMEM, "out of memory");
+        return mtr_fail(MTR_ENOMEM, "out of memory");
     }
     t->dec = v;
     t->dec[t->n_dec++] = d;
@@ -784,7 +770,7 @@ static int trie_new_node(tk_trie *tr, uint8_t byte, int32_t *out)
     if (tr->n == tr->cap) {
         size_t cap = tr->cap ? 2 * tr->cap : 256;
         tk_trie_node *v = realloc(tr->node, cap * sizeof *v);
-        if (!v) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!v) return mtr_fail(MTR_ENOMEM, "out of memory");
         tr->node = v;
         tr->cap = cap;
     }
@@ -819,15 +805,15 @@ static int trie_insert(tk_trie *tr, const char *s, size_t n, int32_t token)
 static int add_token(mtr_tok *t, const char *content, size_t len, int32_t id, json_t *o)
 {
     int rc;
-    if (!len) return tk_fail(MTR_EFORMAT, "empty added token (id %d)", id);
+    if (!len) return mtr_fail(MTR_EFORMAT, "empty added token (id %d)", id);
     for (size_t i = 0; i < t->n_added; i++)
         if (t->added[i].id == id) return 0;
     tk_added *v = realloc(t->added, (t->n_added + 1) * sizeof *v);
-    if (!v) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!v) return mtr_fail(MTR_ENOMEM, "out of memory");
     t->added = v;
     tk_added *a = &t->added[t->n_added];
     memset(a, 0, sizeof *a);
-    if (!(a->content = malloc(len + 1))) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!(a->content = malloc(len + 1))) return mtr_fail(MTR_ENOMEM, "out of memory");
     memcpy(a->content, content, len);
     a->content[len] = '\0';
     a->len = len;
@@ -852,7 +838,7 @@ static int build_tries(mtr_tok *t)
     for (size_t i = 0; i < t->n_added; i++) {
         tk_added *a = &t->added[i];
         if (tk_utf8_valid_prefix(a->content, a->len) != a->len) {
-            rc = tk_fail(MTR_EFORMAT, "added token %d is not valid UTF-8", a->id);
+            rc = mtr_fail(MTR_EFORMAT, "added token %d is not valid UTF-8", a->id);
             break;
         }
         if (!a->normalized) {
@@ -873,8 +859,8 @@ static int load_config(mtr_tok *t, json_t *cfg)
 {
     int rc;
     const char *b = jtoken(json_object_get(cfg, "bos_token")), *e = jtoken(json_object_get(cfg, "eos_token"));
-    if (b && !(t->bos = xstrdup(b))) return tk_fail(MTR_ENOMEM, "out of memory");
-    if (e && !(t->eos = xstrdup(e))) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (b && !(t->bos = xstrdup(b))) return mtr_fail(MTR_ENOMEM, "out of memory");
+    if (e && !(t->eos = xstrdup(e))) return mtr_fail(MTR_ENOMEM, "out of memory");
     json_t *ct = json_object_get(cfg, "chat_template");
     const char *tpl = json_is_string(ct) ? json_string_value(ct) : NULL;
     if (json_is_array(ct)) /* named templates: the "default" one */
@@ -883,7 +869,7 @@ static int load_config(mtr_tok *t, json_t *cfg)
             const char *name = jstr(x, "name");
             if (name && strcmp(name, "default") == 0) tpl = jstr(x, "template");
         }
-    if (tpl && !(t->chat_template = xstrdup(tpl))) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (tpl && !(t->chat_template = xstrdup(tpl))) return mtr_fail(MTR_ENOMEM, "out of memory");
     json_t *atd = json_object_get(cfg, "added_tokens_decoder");
     const char *key;
     json_t *val;
@@ -903,7 +889,7 @@ static int load_json(mtr_tok *t, json_t *root, json_t *cfg, const char *doc, con
                      const tk_js_span *merges_sp)
 {
     int rc;
-    if (!json_is_object(root)) return tk_fail(MTR_EFORMAT, "tokenizer.json is not a JSON object");
+    if (!json_is_object(root)) return mtr_fail(MTR_EFORMAT, "tokenizer.json is not a JSON object");
     if ((rc = load_normalizer(t, json_object_get(root, "normalizer"), 0))) return rc;
     if ((rc = load_pretok(t, json_object_get(root, "pre_tokenizer"), 0))) return rc;
     /* the model works on raw bytes when the byte-level mapping is the last pre-tokenizer step */
@@ -912,13 +898,13 @@ static int load_json(mtr_tok *t, json_t *root, json_t *cfg, const char *doc, con
         t->model.byte_raw = true;
     }
     if ((rc = load_model(t, json_object_get(root, "model"), doc, vocab_sp, merges_sp))) return rc;
-    if (t->model.byte_raw && t->model.byte_fallback) return tk_fail(MTR_EFORMAT, "byte-level model with byte_fallback");
+    if (t->model.byte_raw && t->model.byte_fallback) return mtr_fail(MTR_EFORMAT, "byte-level model with byte_fallback");
     json_t *added = json_object_get(root, "added_tokens");
     for (size_t i = 0; i < json_array_size(added); i++) {
         json_t *a = json_array_get(added, i), *idv = json_object_get(a, "id"), *cv = json_object_get(a, "content");
         if (!json_is_integer(idv) || !json_is_string(cv) || json_integer_value(idv) < 0 ||
             json_integer_value(idv) >= MAX_IDS)
-            return tk_fail(MTR_EFORMAT, "added token %zu has no valid id or content", i);
+            return mtr_fail(MTR_EFORMAT, "added token %zu has no valid id or content", i);
         if ((rc = add_token(t, json_string_value(cv), json_string_length(cv), (int32_t)json_integer_value(idv), a)))
             return rc;
     }
@@ -926,9 +912,9 @@ static int load_json(mtr_tok *t, json_t *root, json_t *cfg, const char *doc, con
     if ((rc = build_tries(t))) return rc;
     if ((rc = load_post(t, json_object_get(root, "post_processor"), 0))) return rc;
     for (size_t i = 0; i < t->post_prefix.n; i++)
-        if ((size_t)t->post_prefix.ids[i] >= t->n_ids) return tk_fail(MTR_EFORMAT, "post-processor id out of range");
+        if ((size_t)t->post_prefix.ids[i] >= t->n_ids) return mtr_fail(MTR_EFORMAT, "post-processor id out of range");
     for (size_t i = 0; i < t->post_suffix.n; i++)
-        if ((size_t)t->post_suffix.ids[i] >= t->n_ids) return tk_fail(MTR_EFORMAT, "post-processor id out of range");
+        if ((size_t)t->post_suffix.ids[i] >= t->n_ids) return mtr_fail(MTR_EFORMAT, "post-processor id out of range");
     if (t->model.unk_id >= 0 && (size_t)t->model.unk_id >= t->n_ids) t->model.unk_id = -1;
     return load_decoder(t, json_object_get(root, "decoder"), 0);
 }
@@ -942,21 +928,21 @@ int tk_load_buffers(mtr_tok **out, const char *json, size_t len, const char *con
     mtr_tok *t = NULL;
     int rc = 0;
     *out = NULL;
-    if (!json) return tk_fail(MTR_EINVAL, "no tokenizer.json text");
+    if (!json) return mtr_fail(MTR_EINVAL, "no tokenizer.json text");
 again:
     if (!whole && (rc = tk_js_split(&root, &vocab_sp, &merges_sp, json, len)) == TK_JS_WHOLE) whole = true;
     if (rc < 0) goto cleanup;
     rc = 0;
     if (whole && !(root = json_loadb(json, len, JSON_ALLOW_NUL, &jerr))) {
-        rc = tk_fail(MTR_EFORMAT, "tokenizer.json: line %d, byte %d: %s", jerr.line, jerr.position, jerr.text);
+        rc = mtr_fail(MTR_EFORMAT, "tokenizer.json: line %d, byte %d: %s", jerr.line, jerr.position, jerr.text);
         goto cleanup;
     }
     if (config && !cfg && !(cfg = json_loadb(config, config_len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr))) {
-        rc = tk_fail(MTR_EFORMAT, "tokenizer_config.json: line %d: %s", jerr.line, jerr.text);
+        rc = mtr_fail(MTR_EFORMAT, "tokenizer_config.json: line %d: %s", jerr.line, jerr.text);
         goto cleanup;
     }
     if (!(t = calloc(1, sizeof *t))) {
-        rc = tk_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto cleanup;
     }
     rc = load_json(t, root, json_is_object(cfg) ? cfg : NULL, json, whole ? NULL : &vocab_sp,
@@ -976,7 +962,7 @@ cleanup:
     mtr_tok_destroy(t);
     json_decref(root);
     json_decref(cfg);
-    return rc > 0 ? tk_fail(MTR_EFORMAT, "tokenizer.json: duplicate keys") : rc;
+    return rc > 0 ? mtr_fail(MTR_EFORMAT, "tokenizer.json: duplicate keys") : rc;
 }
 
 int mtr_tok_load_buffers(mtr_tok **out, const char *json, size_t len, const char *config, size_t config_len)
@@ -989,25 +975,25 @@ static int read_file(char **out, size_t *len, const char *path)
 {
     FILE *f = fopen(path, "rb");
     *out = NULL;
-    if (!f) return tk_fail(errno == ENOENT ? MTR_ENOTFOUND : MTR_EIO, "%s: %s", path, strerror(errno));
+    if (!f) return mtr_fail(errno == ENOENT ? MTR_ENOTFOUND : MTR_EIO, "%s: %s", path, strerror(errno));
     int rc = 0;
     char *buf = NULL;
     if (fseek(f, 0, SEEK_END) != 0) {
-        rc = tk_fail(MTR_EIO, "%s: cannot seek", path);
+        rc = mtr_fail(MTR_EIO, "%s: cannot seek", path);
         goto done;
     }
     long sz = ftell(f);
     if (sz < 0 || (size_t)sz > MAX_FILE) {
-        rc = tk_fail(MTR_EIO, "%s: unreadable or larger than 1 GiB", path);
+        rc = mtr_fail(MTR_EIO, "%s: unreadable or larger than 1 GiB", path);
         goto done;
     }
     rewind(f);
     if (!(buf = malloc((size_t)sz + 1))) {
-        rc = tk_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto done;
     }
     if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
-        rc = tk_fail(MTR_EIO, "%s: short read", path);
+        rc = mtr_fail(MTR_EIO, "%s: short read", path);
         goto done;
     }
     buf[sz] = '\0';
@@ -1027,10 +1013,10 @@ int mtr_tok_load(mtr_tok **out, const char *path)
     int rc = 0;
     struct stat st;
     *out = NULL;
-    if (!path) return tk_fail(MTR_EINVAL, "no tokenizer path");
+    if (!path) return mtr_fail(MTR_EINVAL, "no tokenizer path");
     size_t pl = strlen(path);
     if (!(dir = malloc(pl + 32)) || !(file = malloc(pl + 32))) {
-        rc = tk_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto cleanup;
     }
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
@@ -1054,8 +1040,8 @@ int mtr_tok_load(mtr_tok **out, const char *path)
     if ((rc = mtr_tok_load_buffers(out, json, len, cfg, clen))) {
         /* name the file in the detail */
         char msg[512];
-        snprintf(msg, sizeof msg, "%s", mtr_tok_errmsg());
-        tk_fail(rc, "%s: %s", strstr(msg, "tokenizer_config.json") == msg ? dir : file, msg);
+        snprintf(msg, sizeof msg, "%s", mtr_errmsg());
+        mtr_fail(rc, "%s: %s", strstr(msg, "tokenizer_config.json") == msg ? dir : file, msg);
     }
 cleanup:
     free(json);
@@ -1217,9 +1203,9 @@ static int encode_raw(mtr_tok *t, mtr_tok_ids *out, const char *s, size_t n, boo
 
 int mtr_tok_encode(mtr_tok_ids *out, mtr_tok *t, const char *text, size_t len, unsigned flags)
 {
-    if (!out || !t || (!text && len)) return tk_fail(MTR_EINVAL, "encode: NULL argument");
+    if (!out || !t || (!text && len)) return mtr_fail(MTR_EINVAL, "encode: NULL argument");
     size_t bad = tk_utf8_valid_prefix(text, len);
-    if (bad != len) return tk_fail(MTR_EINVAL, "invalid UTF-8 at byte %zu", bad);
+    if (bad != len) return mtr_fail(MTR_EINVAL, "invalid UTF-8 at byte %zu", bad);
     size_t first = out->n;
     int rc = 0;
     if (flags & MTR_TOK_ADD_SPECIAL)
@@ -1346,11 +1332,11 @@ int mtr_tok_decode(char **out, size_t *out_len, const mtr_tok *t, const int32_t 
     tk_spans s[2] = {{0}, {0}};
     int rc = 0, cur = 0;
     *out = NULL;
-    if (!t || (!ids && n)) return tk_fail(MTR_EINVAL, "decode: NULL argument");
+    if (!t || (!ids && n)) return mtr_fail(MTR_EINVAL, "decode: NULL argument");
     for (size_t i = 0; i < n; i++) {
         const char *tok = mtr_tok_id_to_token(t, ids[i]);
         if (!tok) {
-            rc = tk_fail(MTR_EINVAL, "id %d is not in the vocabulary", ids[i]);
+            rc = mtr_fail(MTR_EINVAL, "id %d is not in the vocabulary", ids[i]);
             goto cleanup;
         }
         if ((flags & MTR_TOK_SKIP_SPECIAL) && t->special[ids[i]]) continue;
@@ -1392,9 +1378,9 @@ bool mtr_tok_has_chat_template(const mtr_tok *t) { return t && t->chat_template;
 
 int mtr_tok_set_chat_template(mtr_tok *t, const char *source)
 {
-    if (!t || !source) return tk_fail(MTR_EINVAL, "no template");
+    if (!t || !source) return mtr_fail(MTR_EINVAL, "no template");
     char *p = xstrdup(source);
-    if (!p) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!p) return mtr_fail(MTR_ENOMEM, "out of memory");
     free(t->chat_template);
     t->chat_template = p;
     return 0;
@@ -1406,18 +1392,18 @@ int mtr_tok_render_template(char **out, const char *source, const mtr_tok_messag
     mtr_tok_chat_opts dflt = MTR_TOK_CHAT_OPTS_INIT;
     if (!opts) opts = &dflt;
     *out = NULL;
-    if (!source || (!msgs && n)) return tk_fail(MTR_EINVAL, "render: NULL argument");
+    if (!source || (!msgs && n)) return mtr_fail(MTR_EINVAL, "render: NULL argument");
     int rc = 0;
     json_t *ctx = json_object(), *arr = json_array();
     if (!ctx || !arr) {
         json_decref(arr);
-        rc = tk_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto cleanup;
     }
     json_object_set_new(ctx, "messages", arr);
     for (size_t i = 0; i < n; i++) {
         if (!msgs[i].role || !msgs[i].content) {
-            rc = tk_fail(MTR_EINVAL, "message %zu lacks role or content", i);
+            rc = mtr_fail(MTR_EINVAL, "message %zu lacks role or content", i);
             goto cleanup;
         }
         json_array_append_new(arr, json_pack("{s:s, s:s}", "role", msgs[i].role, "content", msgs[i].content));
@@ -1436,7 +1422,7 @@ int mtr_tok_apply_chat_template(char **out, mtr_tok *t, const mtr_tok_message *m
                                 const mtr_tok_chat_opts *opts)
 {
     *out = NULL;
-    if (!t) return tk_fail(MTR_EINVAL, "no tokenizer");
-    if (!t->chat_template) return tk_fail(MTR_ENOTFOUND, "the tokenizer has no chat template");
+    if (!t) return mtr_fail(MTR_EINVAL, "no tokenizer");
+    if (!t->chat_template) return mtr_fail(MTR_ENOTFOUND, "the tokenizer has no chat template");
     return mtr_tok_render_template(out, t->chat_template, msgs, n, opts, t->bos, t->eos);
 }

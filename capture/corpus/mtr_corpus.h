@@ -65,7 +65,7 @@
  * passage for {passage}, fewer choices than {choice_3}) is an error naming the template and the item's line.
  *
  * Conventions (as traces/moetrace.h): functions return 0 or a negative mtr_err; after an error
- * mtr_corpus_errmsg() holds a one-line detail for the calling thread. Nothing prints or exits. Loaded objects are
+ * mtr_errmsg() holds a one-line detail for the calling thread. Nothing prints or exits. Loaded objects are
  * immutable and may be read from several threads; they are freed with _destroy, which accepts NULL. Strings in
  * items are borrowed from their object and valid until it is destroyed.
  */
@@ -114,9 +114,6 @@ typedef struct {
 } mtr_corpus_opts;
 #define MTR_CORPUS_OPTS_INIT {MTR_CORPUS_AUTO, NULL, NULL, NULL, NULL, 0, NULL, NULL}
 
-/* Detail of the last error of this module (corpora, scoring and generation sets, prompts) on this thread: one
- * line, no newline; "" if none. Borrowed. */
-const char *mtr_corpus_errmsg(void);
 
 /* Printed name of a format ("jsonl"); NULL if out of range. */
 const char *mtr_corpus_format_name(mtr_corpus_format f);

@@ -34,12 +34,12 @@ static int seg_push(segs *ss, int kind, const char *s, size_t n, int line)
     if (ss->n == ss->cap) {
         size_t cap = ss->cap ? 2 * ss->cap : 64;
         seg *v = realloc(ss->v, cap * sizeof *v);
-        if (!v) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!v) return mtr_fail(MTR_ENOMEM, "out of memory");
         ss->v = v;
         ss->cap = cap;
     }
     char *p = malloc(n + 1);
-    if (!p) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!p) return mtr_fail(MTR_ENOMEM, "out of memory");
     memcpy(p, s, n);
     p[n] = '\0';
     ss->v[ss->n++] = (seg){kind, p, n, line};
@@ -98,7 +98,7 @@ static int split_segments(segs *ss, const char *src)
             }
             e++;
         }
-        if (e >= n) return tk_fail(MTR_EFORMAT, "template line %d: unclosed tag", line);
+        if (e >= n) return mtr_fail(MTR_EFORMAT, "template line %d: unclosed tag", line);
         size_t s1 = e;
         strip_next = s1 > s0 && src[s1 - 1] == '-';
         if (strip_next || (s1 > s0 && src[s1 - 1] == '+')) s1--;
@@ -139,13 +139,13 @@ static int lex(toks *ts, const char *s, int line)
     ts->v = malloc(cap * sizeof *ts->v);
     ts->n = ts->pos = 0;
     ts->line = line;
-    if (!ts->v) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!ts->v) return mtr_fail(MTR_ENOMEM, "out of memory");
     for (size_t i = 0;;) {
         while (is_space(s[i])) i++;
         if (ts->n + 1 >= cap) {
             cap *= 2;
             tok *v = realloc(ts->v, cap * sizeof *v);
-            if (!v) return tk_fail(MTR_ENOMEM, "out of memory");
+            if (!v) return mtr_fail(MTR_ENOMEM, "out of memory");
             ts->v = v;
         }
         tok *t = &ts->v[ts->n];
@@ -161,7 +161,7 @@ static int lex(toks *ts, const char *s, int line)
             while ((s[j] >= 'a' && s[j] <= 'z') || (s[j] >= 'A' && s[j] <= 'Z') || s[j] == '_' || (s[j] >= '0' && s[j] <= '9')) j++;
             t->kind = T_NAME;
             t->n = j - i;
-            if (!(t->s = malloc(t->n + 1))) return tk_fail(MTR_ENOMEM, "out of memory");
+            if (!(t->s = malloc(t->n + 1))) return mtr_fail(MTR_ENOMEM, "out of memory");
             memcpy(t->s, s + i, t->n);
             t->s[t->n] = '\0';
             i = j;
@@ -193,7 +193,7 @@ static int lex(toks *ts, const char *s, int line)
             if (rc) return rc;
             if (!s[j]) {
                 tk_buf_free(&b);
-                return tk_fail(MTR_EFORMAT, "template line %d: unterminated string", line);
+                return mtr_fail(MTR_EFORMAT, "template line %d: unterminated string", line);
             }
             t->kind = T_STR;
             t->s = b.p;
@@ -205,7 +205,7 @@ static int lex(toks *ts, const char *s, int line)
             t->op[0] = c;
             for (size_t k = 0; k < sizeof two / sizeof two[0]; k++)
                 if (s[i] == two[k][0] && s[i + 1] == two[k][1]) t->op[1] = s[i + 1];
-            if (!strchr("+-*/%~|.,:()[]{}=<>!", c)) return tk_fail(MTR_EFORMAT, "template line %d: unexpected '%c'", line, c);
+            if (!strchr("+-*/%~|.,:()[]{}=<>!", c)) return mtr_fail(MTR_EFORMAT, "template line %d: unexpected '%c'", line, c);
             i += t->op[1] ? 2 : 1;
         }
         ts->n++;
@@ -272,7 +272,7 @@ static int kid_push(node *p, node *k)
     node **v = realloc(p->kid, (p->nkid + 1) * sizeof *v);
     if (!v) {
         node_free(k);
-        return tk_fail(MTR_ENOMEM, "out of memory");
+        return mtr_fail(MTR_ENOMEM, "out of memory");
     }
     p->kid = v;
     p->kid[p->nkid++] = k;
@@ -316,7 +316,7 @@ static node *perr(pstate *p, const char *what)
 {
     if (!p->err) {
         tok *t = peek(p);
-        p->err = tk_fail(MTR_EFORMAT, "template line %d: %s near '%s'", p->ts.line, what,
+        p->err = mtr_fail(MTR_EFORMAT, "template line %d: %s near '%s'", p->ts.line, what,
                          t->kind == T_END ? "end of tag" : t->kind == T_OP ? t->op : t->s ? t->s : "number");
     }
     return NULL;
@@ -328,7 +328,7 @@ static node *parse_or(pstate *p);
 static node *mk(pstate *p, int kind)
 {
     node *n = node_new(kind, p->ts.line);
-    if (!n && !p->err) p->err = tk_fail(MTR_ENOMEM, "out of memory");
+    if (!n && !p->err) p->err = mtr_fail(MTR_ENOMEM, "out of memory");
     return n;
 }
 
@@ -632,7 +632,7 @@ static int parse_stmt(sparser *sp, seg *sg, node *seq, const char *const *ends, 
     if ((rc = lex(&p.ts, sg->s, sg->line))) goto done;
     tok *kw = peek(&p);
     if (kw->kind != T_NAME) {
-        rc = tk_fail(MTR_EFORMAT, "template line %d: statement without keyword", sg->line);
+        rc = mtr_fail(MTR_EFORMAT, "template line %d: statement without keyword", sg->line);
         goto done;
     }
     for (int i = 0; ends && ends[i]; i++)
@@ -745,7 +745,7 @@ static int parse_stmt(sparser *sp, seg *sg, node *seq, const char *const *ends, 
         n = mk(&p, kw->s[0] == 'b' ? N_BREAK : N_CONTINUE);
         if (!n) goto perr;
     } else {
-        rc = tk_fail(MTR_EFORMAT, "template line %d: '%s' statements are not supported", sg->line, kw->s);
+        rc = mtr_fail(MTR_EFORMAT, "template line %d: '%s' statements are not supported", sg->line, kw->s);
         goto done;
     }
     if (peek(&p)->kind != T_END) {
@@ -756,7 +756,7 @@ static int parse_stmt(sparser *sp, seg *sg, node *seq, const char *const *ends, 
     n = NULL;
     goto done;
 perr:
-    rc = p.err ? p.err : tk_fail(MTR_EFORMAT, "template line %d: cannot parse statement", sg->line);
+    rc = p.err ? p.err : mtr_fail(MTR_EFORMAT, "template line %d: cannot parse statement", sg->line);
 fail:
     node_free(n);
     if (rc >= 0) rc = MTR_EFORMAT;
@@ -772,7 +772,7 @@ static int parse_body(sparser *sp, node *seq, const char *const *ends, int *stop
         seg *sg = &sp->ss.v[sp->pos++];
         if (sg->kind == SEG_TEXT) {
             node *t = node_new(N_TEXT, sg->line);
-            if (!t) return tk_fail(MTR_ENOMEM, "out of memory");
+            if (!t) return mtr_fail(MTR_ENOMEM, "out of memory");
             t->lit = json_stringn(sg->s, sg->n);
             if ((rc = kid_push(seq, t))) return rc;
         } else if (sg->kind == SEG_EXPR) {
@@ -784,7 +784,7 @@ static int parse_body(sparser *sp, node *seq, const char *const *ends, int *stop
             node *o = node_new(N_OUT, sg->line);
             if (o) o->a = parse_expr(&p);
             if (o && o->a && peek(&p)->kind != T_END) perr(&p, "unexpected text in expression");
-            rc = p.err ? p.err : !o ? tk_fail(MTR_ENOMEM, "out of memory") : 0;
+            rc = p.err ? p.err : !o ? mtr_fail(MTR_ENOMEM, "out of memory") : 0;
             toks_free(&p.ts);
             if (rc) {
                 node_free(o);
@@ -797,7 +797,7 @@ static int parse_body(sparser *sp, node *seq, const char *const *ends, int *stop
             if (rc) return rc;
         }
     }
-    if (ends) return tk_fail(MTR_EFORMAT, "template: missing {%% %s %%}", ends[0]);
+    if (ends) return mtr_fail(MTR_EFORMAT, "template: missing {%% %s %%}", ends[0]);
     return 0;
 }
 
@@ -821,7 +821,7 @@ static int rerr(const node *n, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return tk_fail(MTR_EFORMAT, "template line %d: %s", n ? n->line : 0, msg);
+    return mtr_fail(MTR_EFORMAT, "template line %d: %s", n ? n->line : 0, msg);
 }
 
 static bool truthy(json_t *v)
@@ -876,7 +876,7 @@ static int dump_json(tk_buf *b, json_t *v, bool python)
     if (python && !json_is_string(v)) return to_str(b, v);
     /* tojson: Python json.dumps(ensure_ascii=False) spacing */
     char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
-    if (!s) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!s) return mtr_fail(MTR_ENOMEM, "out of memory");
     int rc = tk_buf_put(b, s, strlen(s));
     free(s);
     return rc;
@@ -938,11 +938,11 @@ static int push_scope(renv *e)
     if (e->nscope == e->capscope) {
         size_t cap = e->capscope ? 2 * e->capscope : 8;
         json_t **v = realloc(e->scope, cap * sizeof *v);
-        if (!v) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!v) return mtr_fail(MTR_ENOMEM, "out of memory");
         e->scope = v;
         e->capscope = cap;
     }
-    if (!(e->scope[e->nscope] = json_object())) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!(e->scope[e->nscope] = json_object())) return mtr_fail(MTR_ENOMEM, "out of memory");
     e->nscope++;
     return 0;
 }
@@ -982,7 +982,7 @@ static int str_method(const node *n, json_t *obj, const char *m, json_t **args, 
     }
     if (!strcmp(m, "upper") || !strcmp(m, "lower")) {
         char *c = dupn(s, sl);
-        if (!c) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!c) return mtr_fail(MTR_ENOMEM, "out of memory");
         for (size_t i = 0; i < sl; i++)
             if (m[0] == 'u' && c[i] >= 'a' && c[i] <= 'z') c[i] = (char)(c[i] - 32);
             else if (m[0] == 'l' && c[i] >= 'A' && c[i] <= 'Z') c[i] = (char)(c[i] + 32);
@@ -1603,12 +1603,12 @@ int tk_jinja_render(char **out, const char *src, json_t *ctx)
     *out = NULL;
     if ((rc = split_segments(&sp.ss, src))) goto cleanup;
     if (!(root = node_new(N_SEQ, 1))) {
-        rc = tk_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto cleanup;
     }
     if ((rc = parse_body(&sp, root, NULL, NULL, NULL))) goto cleanup;
     if (!(e.macros = json_object()) || (rc = push_scope(&e))) {
-        rc = rc ? rc : tk_fail(MTR_ENOMEM, "out of memory");
+        rc = rc ? rc : mtr_fail(MTR_ENOMEM, "out of memory");
         goto cleanup;
     }
     json_object_update(e.scope[0], ctx);

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
 #include "model_internal.h"
 
 #define Q_BLOCK 32u /* query rows per attention task (few: little of the causal triangle computed and discarded) */

@@ -13,11 +13,11 @@
 int tk_buf_reserve(tk_buf *b, size_t extra)
 {
     if (b->n + extra + 1 <= b->cap) return 0;
-    if (b->n + extra + 1 > UINT32_MAX) return tk_fail(MTR_EINVAL, "text longer than 4 GiB");
+    if (b->n + extra + 1 > UINT32_MAX) return mtr_fail(MTR_EINVAL, "text longer than 4 GiB");
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->n + extra + 1) cap *= 2;
     char *p = realloc(b->p, cap);
-    if (!p) return tk_fail(MTR_ENOMEM, "out of memory (%zu bytes)", cap);
+    if (!p) return mtr_fail(MTR_ENOMEM, "out of memory (%zu bytes)", cap);
     b->p = p;
     b->cap = cap;
     return 0;
@@ -45,7 +45,7 @@ int tk_spans_push(tk_spans *s, uint32_t off, uint32_t len)
     if (s->n == s->cap) {
         size_t cap = s->cap ? 2 * s->cap : 64;
         tk_span *v = realloc(s->v, cap * sizeof *v);
-        if (!v) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!v) return mtr_fail(MTR_ENOMEM, "out of memory");
         s->v = v;
         s->cap = cap;
     }
@@ -67,7 +67,7 @@ int tk_ids_push(mtr_tok_ids *v, int32_t id)
     if (v->n == v->cap) {
         size_t cap = v->cap ? 2 * v->cap : 64;
         int32_t *p = realloc(v->ids, cap * sizeof *p);
-        if (!p) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (!p) return mtr_fail(MTR_ENOMEM, "out of memory");
         v->ids = p;
         v->cap = cap;
     }
@@ -276,7 +276,7 @@ int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool is_liter
     if (!r->re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(err, msg, sizeof msg);
-        return tk_fail(MTR_EFORMAT, "regex /%.80s/ does not compile at offset %zu: %s", pattern, (size_t)off,
+        return mtr_fail(MTR_EFORMAT, "regex /%.80s/ does not compile at offset %zu: %s", pattern, (size_t)off,
                        (char *)msg);
     }
     /* JIT is an optimisation: when it is unavailable the interpreter gives the same matches */
@@ -285,7 +285,7 @@ int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool is_liter
     if (!r->md) {
         pcre2_code_free(r->re);
         r->re = NULL;
-        return tk_fail(MTR_ENOMEM, "out of memory");
+        return mtr_fail(MTR_ENOMEM, "out of memory");
     }
     return 0;
 }
@@ -312,7 +312,7 @@ static int regex_walk(const tk_regex *r, const char *s, size_t n, match_fn fn, v
         if (m < 0) {
             PCRE2_UCHAR msg[160];
             pcre2_get_error_message(m, msg, sizeof msg);
-            return tk_fail(MTR_EINVAL, "regex match failed: %s", (char *)msg);
+            return mtr_fail(MTR_EINVAL, "regex match failed: %s", (char *)msg);
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(r->md);
         size_t a = ov[0], b = ov[1];
@@ -355,7 +355,7 @@ static int norm_unicode(tk_buf *out, int kind, const char *s, size_t n)
     }
     utf8proc_uint8_t *dst = NULL;
     utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst, (utf8proc_option_t)opt);
-    if (m < 0) return tk_fail(MTR_EINVAL, "normalization failed: %s", utf8proc_errmsg(m));
+    if (m < 0) return mtr_fail(MTR_EINVAL, "normalization failed: %s", utf8proc_errmsg(m));
     int rc = tk_buf_put(out, dst, (size_t)m);
     free(dst);
     return rc;

@@ -10,7 +10,7 @@
  *     budget while the calling thread appends them to a mtr_writer; when the writer is behind, the reader stops
  *     reading (back-pressure on the producer) — nothing is dropped.
  *
- * Conventions as moetrace.h: 0 (or a count) / a negative mtr_err; after an error mtr_ingest_errmsg() holds a
+ * Conventions as moetrace.h: 0 (or a count) / a negative mtr_err; after an error mtr_errmsg() holds a
  * one-line detail for the calling thread. Nothing prints or exits. Objects are freed with _destroy (accepts NULL).
  */
 #ifndef MTR_INGEST_H
@@ -52,8 +52,6 @@ extern "C" {
 /* /seq/flags bits a producer may set (MTR_SEQ_NONFINITE is computed by the writer and ignored on input) */
 #define MTR_INGEST_SEQ_FLAGS (MTR_SEQ_TRUNCATED | MTR_SEQ_STEERED | MTR_SEQ_NONFINITE)
 
-/* Last error detail of this thread (one line, "" if none). Borrowed. */
-const char *mtr_ingest_errmsg(void);
 
 /* ---- the stream header ----------------------------------------------------------------------------------- */
 
@@ -104,7 +102,7 @@ void mtr_ingest_encode_end(unsigned char buf[24], uint64_t n_sequences);
 /* ---- decoder ---------------------------------------------------------------------------------------------- */
 
 /* Read up to n bytes into buf: bytes read (> 0), 0 at end of input, or a negative mtr_err (detail set with
- * mtr_ingest_errmsg's message already, or none). */
+ * mtr_errmsg() already, or none). */
 typedef ssize_t (*mtr_ingest_read_fn)(void *ctx, void *buf, size_t n);
 
 typedef struct {

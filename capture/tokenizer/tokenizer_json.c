@@ -32,7 +32,7 @@ int tk_js_fail(const tk_js *s, size_t at, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    return tk_fail(MTR_EFORMAT, "%s: line %zu, byte %zu: %s", s->name, line_of(s->p, at), at, what);
+    return mtr_fail(MTR_EFORMAT, "%s: line %zu, byte %zu: %s", s->name, line_of(s->p, at), at, what);
 }
 
 /* ---- tokens ---------------------------------------------------------------------------------------------- */
@@ -321,7 +321,7 @@ static int split_object(tk_js *s, json_t *obj, tk_buf *kb, tk_js_span *vocab, tk
         if ((rc = js_key(s, kb, &k, &kn))) return rc;
         /* the key outlives the value's parse: copy it when it lives in the scratch buffer */
         char small[64], *key = small;
-        if (kn >= sizeof small && !(key = malloc(kn + 1))) return tk_fail(MTR_ENOMEM, "out of memory");
+        if (kn >= sizeof small && !(key = malloc(kn + 1))) return mtr_fail(MTR_ENOMEM, "out of memory");
         memcpy(key, k, kn);
         key[kn] = '\0';
         if ((rc = tk_js_expect(s, ':'))) goto next;
@@ -336,7 +336,7 @@ static int split_object(tk_js *s, json_t *obj, tk_buf *kb, tk_js_span *vocab, tk
             ((is_model || is_merges) && (rc = discard_span(s, merges))))
             goto next;
         if (is_model && first == '{') { /* walked member by member */
-            if (!(v = json_object())) rc = tk_fail(MTR_ENOMEM, "out of memory");
+            if (!(v = json_object())) rc = mtr_fail(MTR_ENOMEM, "out of memory");
             else rc = split_object(s, v, kb, vocab, merges, whole, false);
         } else {
             if ((rc = tk_js_skip(s, &count, &depth))) goto next;
@@ -352,7 +352,7 @@ static int split_object(tk_js *s, json_t *obj, tk_buf *kb, tk_js_span *vocab, tk
             }
             rc = parse_span(&v, s, a, s->i);
         }
-        if (!rc && !*whole && json_object_setn_new(obj, key, kn, v)) rc = tk_fail(MTR_ENOMEM, "out of memory");
+        if (!rc && !*whole && json_object_setn_new(obj, key, kn, v)) rc = mtr_fail(MTR_ENOMEM, "out of memory");
         else if (rc || *whole) json_decref(v);
     sep:
         if (!rc && !*whole) rc = tk_js_next(s, '}', &more);
@@ -373,7 +373,7 @@ int tk_js_split(json_t **root, tk_js_span *vocab, tk_js_span *merges, const char
     *vocab = *merges = (tk_js_span){0, 0, 0, false};
     tk_js_ws(&s);
     if (s.i >= n || doc[s.i] != '{') return TK_JS_WHOLE;
-    if (!(*root = json_object())) return tk_fail(MTR_ENOMEM, "out of memory");
+    if (!(*root = json_object())) return mtr_fail(MTR_ENOMEM, "out of memory");
     rc = split_object(&s, *root, &kb, vocab, merges, &whole, true);
     if (!rc && !whole && (tk_js_ws(&s), s.i != n)) rc = tk_js_fail(&s, s.i, "end of file expected");
     tk_buf_free(&kb);

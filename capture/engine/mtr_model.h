@@ -1,4 +1,4 @@
-/* mtr_model.h — native inference for Hugging Face Mixture-of-Experts checkpoints (DESIGN.md §5).
+/* mtr_model.h — native inference for Hugging Face Mixture-of-Experts checkpoints (docs/ARCHITECTURE.md §5).
  *
  * A checkpoint directory exactly as the Hub ships it: config.json, model.safetensors or model-*.safetensors +
  * model.safetensors.index.json. Weights are memory-mapped and used in their stored dtype (bf16, f16, f32): matrix
