@@ -1,4 +1,4 @@
-/* tokenizer_jinja.c — a small Jinja interpreter for the chat templates in tokenizer_config.json, rendering as
+/* jinja.c — a small Jinja interpreter for the chat templates in tokenizer_config.json, rendering as
  * transformers does (trim_blocks, lstrip_blocks, no trailing newline, loop controls). Values are jansson values
  * (NULL = undefined). The subset: if/elif/else, for (with loop.*, else, tuple targets), set (incl. namespace
  * attributes), macros without defaults, expressions with filters, tests, slices, string/dict methods. Anything
@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jinja.h"
 #include "tokenizer_internal.h"
 
 #define MAX_DEPTH 200

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <utf8proc.h>
 
+#include "jinja.h"
 #include "tokenizer_internal.h"
 
 /* ids above this are refused before anything is sized from them */

@@ -313,9 +313,4 @@ struct mtr_tok {
  * reference for the scanner path, which the default false takes). */
 int tk_load_buffers(mtr_tok **out, const char *json, size_t len, const char *config, size_t config_len, bool whole);
 
-/* ---- Jinja (tokenizer_jinja.c) --------------------------------------------------------------------------- */
-
-/* Render template src with a context object (borrowed); *out malloc'd. Errors: MTR_EFORMAT, MTR_ENOMEM. */
-int tk_jinja_render(char **out, const char *src, json_t *ctx);
-
 #endif
