@@ -294,18 +294,18 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
 
     /* ---- TSVs ---- */
     char hdr[256];
-    if ((rc = tsv_open(&t_div, dir, "div_from_en.tsv", s, opts, base, "lang\tlayer\tdiv\tn_pairs"))) goto done;
+    if ((rc = tsv_open(&t_div, dir, MTR_TSV_DIV_FROM_EN, s, opts, base, "lang\tlayer\tdiv\tn_pairs"))) goto done;
     for (size_t a = 0; a < NL; a++) {
         if ((long)a == en_idx) continue;
         for (uint32_t l = 0; l < L; l++)
             fprintf(t_div.f, "%s\t%u\t%.17g\t%u\n", langs.v[a], l + 1, div_en[a * L + l], npairs_en[a]);
     }
-    if ((rc = tsv_open(&t_miss, dir, "units_missing_en.tsv", s, opts, base, "lang\tdataset\tunit_id"))) goto done;
+    if ((rc = tsv_open(&t_miss, dir, MTR_TSV_UNITS_MISSING_EN, s, opts, base, "lang\tdataset\tunit_id"))) goto done;
     for (size_t a = 0; a < NL; a++)
         for (size_t u = 0; u < NU; u++)
             if ((long)a != en_idx && unit_seq[a * NU + u] >= 0 && unit_seq[(size_t)en_idx * NU + u] < 0)
                 fprintf(t_miss.f, "%s\t%s\t%s\n", langs.v[a], base, units.v[u]);
-    if ((rc = tsv_open(&t_pair, dir, "div_pairwise.tsv", s, opts, base, "layer\tlang_a\tlang_b\tdiv\tn_pairs")))
+    if ((rc = tsv_open(&t_pair, dir, MTR_TSV_DIV_PAIRWISE, s, opts, base, "layer\tlang_a\tlang_b\tdiv\tn_pairs")))
         goto done;
     for (uint32_t l = 0; l < L; l++)
         for (size_t a = 0; a < NL; a++)
@@ -315,8 +315,8 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     /* entropy and consistency profiles over the base dataset */
     ent_tab = malloc(NL * L * sizeof *ent_tab);
     if (!ent_tab) goto nomem;
-    if ((rc = tsv_open(&t_ent, dir, "entropy.tsv", s, opts, base, "lang\tlayer\tentropy\tn_seqs\ttoken_entropy")) ||
-        (rc = tsv_open(&t_jac, dir, "jaccard.tsv", s, opts, base, "lang\tlayer\tjaccard\tn_seqs")))
+    if ((rc = tsv_open(&t_ent, dir, MTR_TSV_ENTROPY, s, opts, base, "lang\tlayer\tentropy\tn_seqs\ttoken_entropy")) ||
+        (rc = tsv_open(&t_jac, dir, MTR_TSV_JACCARD, s, opts, base, "lang\tlayer\tjaccard\tn_seqs")))
         goto done;
     for (size_t a = 0; a < NL; a++)
         for (uint32_t l = 0; l < L; l++) {
@@ -338,8 +338,8 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
             fprintf(t_jac.f, "%s\t%u\t%.17g\t%u\n", langs.v[a], l + 1, nj ? j / nj : NAN, nj);
         }
     /* frequencies of every slice, and Delta against the base slice */
-    if ((rc = tsv_open(&t_freq, dir, "freq.tsv", s, opts, base, "dataset\tlang\tlayer\texpert\tfreq\tweight\tn_seqs")) ||
-        (rc = tsv_open(&t_delta, dir, "delta.tsv", s, opts, base,
+    if ((rc = tsv_open(&t_freq, dir, MTR_TSV_FREQ, s, opts, base, "dataset\tlang\tlayer\texpert\tfreq\tweight\tn_seqs")) ||
+        (rc = tsv_open(&t_delta, dir, MTR_TSV_DELTA, s, opts, base,
                        "dataset\tlang\tlayer\texpert\tfreq\tbase_freq\tdelta")))
         goto done;
     for (size_t sl = 0; sl < NS; sl++) {
@@ -357,7 +357,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     }
     if (rd_a >= 0) {
         snprintf(hdr, sizeof hdr, "layer\texpert\tp_a\tp_b\trd\t(a=%s b=%s, over tokens)", opts->rd_a, opts->rd_b);
-        if ((rc = tsv_open(&t_rd, dir, "rd.tsv", s, opts, base, hdr))) goto done;
+        if ((rc = tsv_open(&t_rd, dir, MTR_TSV_RD, s, opts, base, hdr))) goto done;
         for (uint32_t l = 0; l < L; l++)
             for (uint32_t e = 0; e < E; e++) {
                 double pa = (double)slice_act[((size_t)rd_a * L + l) * E + e] / (double)slice_used[rd_a];
@@ -366,10 +366,10 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
             }
     }
     /* specialisation over the languages of the base dataset, from per-language activation rates */
-    if ((rc = tsv_open(&t_spec, dir, "specialisation.tsv", s, opts, base,
+    if ((rc = tsv_open(&t_spec, dir, MTR_TSV_SPECIALISATION, s, opts, base,
                        "layer\texpert\ttop_lang\ttop_share\tnorm_entropy\tn_activations\tscored")))
         goto done;
-    if ((rc = tsv_open(&t_top, dir, "top_experts.tsv", s, opts, base, "lang\tlayer\trank\texpert\tfreq\tdelta_en")))
+    if ((rc = tsv_open(&t_top, dir, MTR_TSV_TOP_EXPERTS, s, opts, base, "lang\tlayer\trank\texpert\tfreq\tdelta_en")))
         goto done;
     {
         long *lang_slice = malloc(NL * sizeof *lang_slice);
@@ -421,19 +421,19 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     /* ---- tables.h5 ---- */
     {
         char path[4200];
-        snprintf(path, sizeof path, "%s/tables.h5", dir);
+        snprintf(path, sizeof path, "%s/" MTR_OUT_TABLES, dir);
         h5 = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
         if (h5 < 0) {
             rc = mtr_fail(MTR_EIO, "%s: cannot create", path);
             goto done;
         }
         hsize_t d2[2] = {NL, L}, d3[3] = {NL, NL, L}, dsl[3] = {NS, L, E};
-        if (h5_put_strs(h5, "langs", langs.v, NL) || h5_put_strs(h5, "slices", slices_ds.v, NS) ||
-            h5_put(h5, "div_from_en", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, div_en) ||
-            h5_put(h5, "div_pairwise", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, d3, div_pair) ||
-            h5_put(h5, "freq", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, freq) ||
-            h5_put(h5, "weight", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, weight) ||
-            h5_put(h5, "entropy", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, ent_tab) ||
+        if (h5_put_strs(h5, MTR_T_LANGS, langs.v, NL) || h5_put_strs(h5, MTR_T_SLICES, slices_ds.v, NS) ||
+            h5_put(h5, MTR_T_DIV_FROM_EN, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, div_en) ||
+            h5_put(h5, MTR_T_DIV_PAIRWISE, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, d3, div_pair) ||
+            h5_put(h5, MTR_T_FREQ, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, freq) ||
+            h5_put(h5, MTR_T_WEIGHT, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, weight) ||
+            h5_put(h5, MTR_T_ENTROPY, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, ent_tab) ||
             h5_put_attr(h5, "format", "moetrace-tables") || h5_put_attr(h5, "english", en) ||
             h5_put_attr(h5, "base_dataset", base) || h5_put_attr(h5, "base_slice", base_slice) ||
             h5_put_attr(h5, "summaries", s->path) || h5_put_attr(h5, "settings", s->settings ? s->settings : "{}")) {

@@ -1,6 +1,5 @@
 /* cmd_band.c — `moetrace-stats band`: the language-mean divergence-from-English curve per layer and the middle
  * band, from a model profile or detected from the U-curve (docs/ARCHITECTURE.md §3 "Middle band"), saying which. */
-#include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,39 +33,41 @@ static void help(void)
 int cmd_band(int argc, char **argv)
 {
     enum { O_TABLES = 256, O_PROFILE, O_BAND, O_ALPHA, O_ENG, O_JSON };
-    static const struct option opts[] = {
-        {"tables", required_argument, NULL, O_TABLES}, {"profile", required_argument, NULL, O_PROFILE},
-        {"band", required_argument, NULL, O_BAND},     {"alpha", required_argument, NULL, O_ALPHA},
-        {"english", required_argument, NULL, O_ENG},   {"json", no_argument, NULL, O_JSON},
-        {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0}};
+    static const mtr_cli_option opts[] = {
+        {"tables", O_TABLES, true}, {"profile", O_PROFILE, true}, {"band", O_BAND, true},
+        {"alpha", O_ALPHA, true}, {"english", O_ENG, true}, {"json", O_JSON, false}, {"help", 'h', false}};
     const char *tables_path = NULL, *profile_arg = NULL, *band_arg = NULL, *english = "eng_Latn";
     double alpha = 0.2;
     bool json = false;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    const char *first_pos = NULL;
+    for (int ai = 1; ai < argc; ai++) {
+        const char *val = NULL;
+        c = mtr_cli_id(VERB, argc, argv, &ai, opts, sizeof opts / sizeof opts[0], &val, &first_pos);
+        if (c <= 0) {
+            if (c < 0) return EXIT_USAGE;
+            continue;
+        }
         switch (c) {
         case 'h': help(); return EXIT_OK;
-        case O_TABLES: tables_path = optarg; break;
-        case O_PROFILE: profile_arg = optarg; break;
-        case O_BAND: band_arg = optarg; break;
-        case O_ENG: english = optarg; break;
+        case O_TABLES: tables_path = val; break;
+        case O_PROFILE: profile_arg = val; break;
+        case O_BAND: band_arg = val; break;
+        case O_ENG: english = val; break;
         case O_JSON: json = true; break;
         case O_ALPHA:
-            if (cli_parse_double(&alpha, optarg) || alpha < 0 || alpha > 1) {
-                cli_error(VERB, "--alpha '%s' is not a number in [0, 1]", optarg);
+            if (cli_parse_double(&alpha, val) || alpha < 0 || alpha > 1) {
+                cli_error(VERB, "--alpha '%s' is not a number in [0, 1]", val);
                 return EXIT_USAGE;
             }
             break;
         default:
-            cli_error(VERB, "unknown option or missing value: '%s' (see --help)", argv[optind - 1]);
-            return EXIT_USAGE;
+            break;
         }
     }
-    if (optind < argc || !tables_path) {
-        cli_error(VERB, optind < argc ? "unexpected argument '%s'" : "--tables is required (see --help)",
-                  optind < argc ? argv[optind] : "");
+    if (first_pos || !tables_path) {
+        cli_error(VERB, first_pos ? "unexpected argument '%s'" : "--tables is required (see --help)",
+                  first_pos ? first_pos : "");
         return EXIT_USAGE;
     }
     int rc, ex = EXIT_OK;

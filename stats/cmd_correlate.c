@@ -1,7 +1,6 @@
 /* cmd_correlate.c — `moetrace-stats correlate`: for every layer and for the band mean, across the non-English
  * languages, the correlation of divergence from English with task accuracy (docs/ARCHITECTURE.md §3 "Correlation with
  * performance"), as TSV or JSON, with a one-line verdict per model and task. */
-#include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,17 +80,14 @@ int cmd_correlate(int argc, char **argv)
 {
     enum { O_TABLES = 256, O_ACC, O_TASK, O_METRIC, O_MAP, O_MERGE, O_LANGS, O_ENG, O_SKIP, O_PROFILE, O_BAND,
            O_ALPHA, O_MODEL, O_SEED, O_BOOT, O_PERM, O_LEVEL, O_JSON };
-    static const struct option opts[] = {
-        {"tables", required_argument, NULL, O_TABLES}, {"accuracy", required_argument, NULL, O_ACC},
-        {"task", required_argument, NULL, O_TASK}, {"metric", required_argument, NULL, O_METRIC},
-        {"task-map", required_argument, NULL, O_MAP}, {"merge-subtasks", no_argument, NULL, O_MERGE},
-        {"languages", required_argument, NULL, O_LANGS}, {"english", required_argument, NULL, O_ENG},
-        {"skip-missing", no_argument, NULL, O_SKIP}, {"profile", required_argument, NULL, O_PROFILE},
-        {"band", required_argument, NULL, O_BAND}, {"alpha", required_argument, NULL, O_ALPHA},
-        {"model", required_argument, NULL, O_MODEL}, {"seed", required_argument, NULL, O_SEED},
-        {"bootstrap", required_argument, NULL, O_BOOT}, {"permutations", required_argument, NULL, O_PERM},
-        {"level", required_argument, NULL, O_LEVEL}, {"json", no_argument, NULL, O_JSON},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const mtr_cli_option opts[] = {
+        {"tables", O_TABLES, true}, {"accuracy", O_ACC, true}, {"task", O_TASK, true},
+        {"metric", O_METRIC, true}, {"task-map", O_MAP, true}, {"merge-subtasks", O_MERGE, false},
+        {"languages", O_LANGS, true}, {"english", O_ENG, true}, {"skip-missing", O_SKIP, false},
+        {"profile", O_PROFILE, true}, {"band", O_BAND, true}, {"alpha", O_ALPHA, true},
+        {"model", O_MODEL, true}, {"seed", O_SEED, true}, {"bootstrap", O_BOOT, true},
+        {"permutations", O_PERM, true}, {"level", O_LEVEL, true}, {"json", O_JSON, false},
+        {"help", 'h', false}};
     const char *tables_path = NULL, *acc_path = NULL, *only_task = NULL, *langs_path = NULL, *english = "eng_Latn";
     const char *profile_arg = NULL, *band_arg = NULL, *model = NULL;
     bool skip_missing = false, json = false;
@@ -99,60 +95,64 @@ int cmd_correlate(int argc, char **argv)
     mtr_acc_opts ao = MTR_ACC_OPTS_INIT;
     mtr_corr_opts co = MTR_CORR_OPTS_INIT;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    const char *first_pos = NULL;
+    for (int ai = 1; ai < argc; ai++) {
+        const char *val = NULL;
+        c = mtr_cli_id(VERB, argc, argv, &ai, opts, sizeof opts / sizeof opts[0], &val, &first_pos);
+        if (c <= 0) {
+            if (c < 0) return EXIT_USAGE;
+            continue;
+        }
         switch (c) {
         case 'h': help(); return EXIT_OK;
-        case O_TABLES: tables_path = optarg; break;
-        case O_ACC: acc_path = optarg; break;
-        case O_TASK: only_task = optarg; break;
-        case O_METRIC: ao.metric = optarg; break;
-        case O_MAP: ao.task_map = optarg; break;
+        case O_TABLES: tables_path = val; break;
+        case O_ACC: acc_path = val; break;
+        case O_TASK: only_task = val; break;
+        case O_METRIC: ao.metric = val; break;
+        case O_MAP: ao.task_map = val; break;
         case O_MERGE: ao.merge_subtasks = true; break;
-        case O_LANGS: langs_path = optarg; break;
-        case O_ENG: english = optarg; break;
+        case O_LANGS: langs_path = val; break;
+        case O_ENG: english = val; break;
         case O_SKIP: skip_missing = true; break;
-        case O_PROFILE: profile_arg = optarg; break;
-        case O_BAND: band_arg = optarg; break;
-        case O_MODEL: model = optarg; break;
+        case O_PROFILE: profile_arg = val; break;
+        case O_BAND: band_arg = val; break;
+        case O_MODEL: model = val; break;
         case O_JSON: json = true; break;
         case O_ALPHA:
-            if (cli_parse_double(&alpha, optarg) || alpha < 0 || alpha > 1) {
-                cli_error(VERB, "--alpha '%s' is not a number in [0, 1]", optarg);
+            if (cli_parse_double(&alpha, val) || alpha < 0 || alpha > 1) {
+                cli_error(VERB, "--alpha '%s' is not a number in [0, 1]", val);
                 return EXIT_USAGE;
             }
             break;
         case O_SEED:
-            if (cli_parse_u64(&co.seed, optarg)) {
-                cli_error(VERB, "--seed '%s' is not a non-negative integer", optarg);
+            if (cli_parse_u64(&co.seed, val)) {
+                cli_error(VERB, "--seed '%s' is not a non-negative integer", val);
                 return EXIT_USAGE;
             }
             break;
         case O_BOOT:
         case O_PERM: {
             uint32_t v;
-            if (cli_parse_u32(&v, optarg) || v < 100 || v > 100000000u) {
+            if (cli_parse_u32(&v, val) || v < 100 || v > 100000000u) {
                 cli_error(VERB, "--%s '%s' is not an integer in 100..100000000", c == O_BOOT ? "bootstrap" : "permutations",
-                          optarg);
+                          val);
                 return EXIT_USAGE;
             }
             *(c == O_BOOT ? &co.n_boot : &co.n_perm) = v;
             break;
         }
         case O_LEVEL:
-            if (cli_parse_double(&co.level, optarg) || co.level <= 0 || co.level >= 1) {
-                cli_error(VERB, "--level '%s' is not a number in (0, 1)", optarg);
+            if (cli_parse_double(&co.level, val) || co.level <= 0 || co.level >= 1) {
+                cli_error(VERB, "--level '%s' is not a number in (0, 1)", val);
                 return EXIT_USAGE;
             }
             break;
         default:
-            cli_error(VERB, "unknown option or missing value: '%s' (see --help)", argv[optind - 1]);
-            return EXIT_USAGE;
+            break;
         }
     }
-    if (optind < argc) {
-        cli_error(VERB, "unexpected argument '%s'", argv[optind]);
+    if (first_pos) {
+        cli_error(VERB, "unexpected argument '%s'", first_pos);
         return EXIT_USAGE;
     }
     if (!tables_path || !acc_path) {

@@ -2,7 +2,6 @@
  * (their overlap as a function of tau) and `steer` (one steering file per intervention: the selection and every
  * control, each with its EasySteer and flat-matrix exports). docs/ARCHITECTURE.md §3 "Specialisation", §4. */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,19 +47,14 @@ static int parse_sel(sel_args *a, const char *verb, int argc, char **argv, void 
     enum { O_TABLES = 256, O_DATASET, O_GENERIC, O_ENG, O_TAU, O_MLRULE, O_MLTAU, O_MLBAND, O_CAP, O_PROFILE,
            O_BAND, O_ALPHA, O_OUT, O_OP, O_LAMBDA, O_EPSMODE, O_EPS, O_SEED, O_CONTROLS, O_MODELID, O_TOPK, O_TAUS,
            O_JSON };
-    static const struct option opts[] = {
-        {"tables", required_argument, NULL, O_TABLES}, {"dataset", required_argument, NULL, O_DATASET},
-        {"generic", required_argument, NULL, O_GENERIC}, {"english", required_argument, NULL, O_ENG},
-        {"tau", required_argument, NULL, O_TAU}, {"ml-rule", required_argument, NULL, O_MLRULE},
-        {"ml-tau", required_argument, NULL, O_MLTAU}, {"ml-in-band", no_argument, NULL, O_MLBAND},
-        {"cap", required_argument, NULL, O_CAP}, {"profile", required_argument, NULL, O_PROFILE},
-        {"band", required_argument, NULL, O_BAND}, {"alpha", required_argument, NULL, O_ALPHA},
-        {"out", required_argument, NULL, O_OUT}, {"op", required_argument, NULL, O_OP},
-        {"lambda", required_argument, NULL, O_LAMBDA}, {"eps-mode", required_argument, NULL, O_EPSMODE},
-        {"eps", required_argument, NULL, O_EPS}, {"seed", required_argument, NULL, O_SEED},
-        {"controls", required_argument, NULL, O_CONTROLS}, {"model-id", required_argument, NULL, O_MODELID},
-        {"top-k", required_argument, NULL, O_TOPK}, {"taus", required_argument, NULL, O_TAUS},
-        {"json", no_argument, NULL, O_JSON}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const mtr_cli_option opts[] = {
+        {"tables", O_TABLES, true}, {"dataset", O_DATASET, true}, {"generic", O_GENERIC, true},
+        {"english", O_ENG, true}, {"tau", O_TAU, true}, {"ml-rule", O_MLRULE, true},
+        {"ml-tau", O_MLTAU, true}, {"ml-in-band", O_MLBAND, false}, {"cap", O_CAP, true},
+        {"profile", O_PROFILE, true}, {"band", O_BAND, true}, {"alpha", O_ALPHA, true}, {"out", O_OUT, true},
+        {"op", O_OP, true}, {"lambda", O_LAMBDA, true}, {"eps-mode", O_EPSMODE, true}, {"eps", O_EPS, true},
+        {"seed", O_SEED, true}, {"controls", O_CONTROLS, true}, {"model-id", O_MODELID, true},
+        {"top-k", O_TOPK, true}, {"taus", O_TAUS, true}, {"json", O_JSON, false}, {"help", 'h', false}};
     memset(a, 0, sizeof *a);
     a->english = "eng_Latn";
     a->tau = 0.3;
@@ -73,23 +67,28 @@ static int parse_sel(sel_args *a, const char *verb, int argc, char **argv, void 
     a->controls = "outside,multilingual,random,deactivate";
     a->taus = "0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5";
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    const char *first_pos = NULL;
+    for (int ai = 1; ai < argc; ai++) {
+        const char *val = NULL;
+        c = mtr_cli_id(verb, argc, argv, &ai, opts, sizeof opts / sizeof opts[0], &val, &first_pos);
+        if (c <= 0) {
+            if (c < 0) return EXIT_USAGE;
+            continue;
+        }
         double *dv = NULL;
         const char *dname = NULL;
         switch (c) {
         case 'h': help(); return -2;
-        case O_TABLES: a->tables = optarg; break;
-        case O_DATASET: a->dataset = optarg; break;
-        case O_GENERIC: a->generic = optarg; break;
-        case O_ENG: a->english = optarg; break;
-        case O_PROFILE: a->profile = optarg; break;
-        case O_BAND: a->band = optarg; break;
-        case O_OUT: a->out = optarg; break;
-        case O_CONTROLS: a->controls = optarg; break;
-        case O_MODELID: a->model_id = optarg; break;
-        case O_TAUS: a->taus = optarg; break;
+        case O_TABLES: a->tables = val; break;
+        case O_DATASET: a->dataset = val; break;
+        case O_GENERIC: a->generic = val; break;
+        case O_ENG: a->english = val; break;
+        case O_PROFILE: a->profile = val; break;
+        case O_BAND: a->band = val; break;
+        case O_OUT: a->out = val; break;
+        case O_CONTROLS: a->controls = val; break;
+        case O_MODELID: a->model_id = val; break;
+        case O_TAUS: a->taus = val; break;
         case O_JSON: a->json = true; break;
         case O_MLBAND: a->ml_in_band = true; break;
         case O_TAU: dv = &a->tau, dname = "tau"; break;
@@ -98,49 +97,48 @@ static int parse_sel(sel_args *a, const char *verb, int argc, char **argv, void 
         case O_LAMBDA: dv = &a->lambda, dname = "lambda"; break;
         case O_EPS: dv = &a->eps, dname = "eps", a->has_eps = true; break;
         case O_MLRULE:
-            if (!strcmp(optarg, "delta")) a->ml_rule = MTR_ML_DELTA;
-            else if (!strcmp(optarg, "3sd")) a->ml_rule = MTR_ML_3SD;
+            if (!strcmp(val, "delta")) a->ml_rule = MTR_ML_DELTA;
+            else if (!strcmp(val, "3sd")) a->ml_rule = MTR_ML_3SD;
             else {
-                cli_error(verb, "--ml-rule '%s' is not delta or 3sd", optarg);
+                cli_error(verb, "--ml-rule '%s' is not delta or 3sd", val);
                 return EXIT_USAGE;
             }
             break;
         case O_OP:
-            if (mtr_steer_op_parse(&a->op, optarg)) {
-                cli_error(verb, "--op '%s' is not soft, hard, off or bias", optarg);
+            if (mtr_steer_op_parse(&a->op, val)) {
+                cli_error(verb, "--op '%s' is not soft, hard, off or bias", val);
                 return EXIT_USAGE;
             }
             break;
         case O_EPSMODE:
-            if (mtr_steer_eps_parse(&a->eps_mode, optarg)) {
-                cli_error(verb, "--eps-mode '%s' is not gaussian or fixed", optarg);
+            if (mtr_steer_eps_parse(&a->eps_mode, val)) {
+                cli_error(verb, "--eps-mode '%s' is not gaussian or fixed", val);
                 return EXIT_USAGE;
             }
             break;
         case O_CAP:
         case O_TOPK:
-            if (cli_parse_u32(c == O_CAP ? &a->cap : &a->top_k, optarg) || (c == O_TOPK && a->top_k == 0)) {
-                cli_error(verb, "--%s '%s' is not a positive integer", c == O_CAP ? "cap" : "top-k", optarg);
+            if (cli_parse_u32(c == O_CAP ? &a->cap : &a->top_k, val) || (c == O_TOPK && a->top_k == 0)) {
+                cli_error(verb, "--%s '%s' is not a positive integer", c == O_CAP ? "cap" : "top-k", val);
                 return EXIT_USAGE;
             }
             break;
         case O_SEED:
-            if (cli_parse_u64(&a->seed, optarg)) {
-                cli_error(verb, "--seed '%s' is not a non-negative integer", optarg);
+            if (cli_parse_u64(&a->seed, val)) {
+                cli_error(verb, "--seed '%s' is not a non-negative integer", val);
                 return EXIT_USAGE;
             }
             break;
         default:
-            cli_error(verb, "unknown option or missing value: '%s' (see --help)", argv[optind - 1]);
-            return EXIT_USAGE;
+            break;
         }
-        if (dv && cli_parse_double(dv, optarg)) {
-            cli_error(verb, "--%s '%s' is not a number", dname, optarg);
+        if (dv && cli_parse_double(dv, val)) {
+            cli_error(verb, "--%s '%s' is not a number", dname, val);
             return EXIT_USAGE;
         }
     }
-    if (optind < argc) {
-        cli_error(verb, "unexpected argument '%s'", argv[optind]);
+    if (first_pos) {
+        cli_error(verb, "unexpected argument '%s'", first_pos);
         return EXIT_USAGE;
     }
     if (!a->tables || !a->dataset) {
@@ -538,10 +536,10 @@ int cmd_steer(int argc, char **argv)
     {
         char sp[4200];
         struct stat sst;
-        if (stat(a.tables, &sst) == 0 && S_ISDIR(sst.st_mode)) snprintf(sp, sizeof sp, "%s/summaries.h5", a.tables);
+        if (stat(a.tables, &sst) == 0 && S_ISDIR(sst.st_mode)) snprintf(sp, sizeof sp, "%s/" MTR_OUT_SUMMARIES, a.tables);
         else {
             const char *slash = strrchr(a.tables, '/');
-            snprintf(sp, sizeof sp, "%.*ssummaries.h5", slash ? (int)(slash - a.tables + 1) : 0, a.tables);
+            snprintf(sp, sizeof sp, "%.*s" MTR_OUT_SUMMARIES, slash ? (int)(slash - a.tables + 1) : 0, a.tables);
         }
         has_traced = stat(sp, &sst) == 0 && mtr_model_info_read(&traced, NULL, sp) == 0 &&
                      traced.n_layers == n_layers && traced.n_experts == n_experts;

@@ -13,7 +13,7 @@
 #define TABLES_MAX_CELLS ((size_t)1 << 28) /* dense arrays above this many doubles are refused */
 
 enum { T_DIV, T_ENT, T_FREQ, T_DELTA, T_COUNT };
-static const char *const table_file[T_COUNT] = {"div_from_en.tsv", "entropy.tsv", "freq.tsv", "delta.tsv"};
+static const char *const table_file[T_COUNT] = {MTR_TSV_DIV_FROM_EN, MTR_TSV_ENTROPY, MTR_TSV_FREQ, MTR_TSV_DELTA};
 /* columns each table must have, in order: the key columns, then the values */
 static const char *const table_cols[T_COUNT][7] = {
     {"lang", "layer", "div", NULL},
@@ -188,9 +188,9 @@ static int tables_load_h5(mtr_tables *t, const char *path)
         rc = mtr_fail(MTR_EFORMAT, "%s: not moetrace-reduce tables (attribute 'format')", path);
         goto done;
     }
-    if ((rc = h5_strings(f, "langs", &langs, &nl, path)) || (rc = h5_strings(f, "slices", &slices, &ns, path)))
+    if ((rc = h5_strings(f, MTR_T_LANGS, &langs, &nl, path)) || (rc = h5_strings(f, MTR_T_SLICES, &slices, &ns, path)))
         goto done;
-    hid_t d = H5Dopen2(f, "freq", H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, MTR_T_FREQ, H5P_DEFAULT);
     hsize_t fd[3] = {0, 0, 0};
     if (d >= 0) {
         hid_t sp = H5Dget_space(d);
@@ -204,8 +204,8 @@ static int tables_load_h5(mtr_tables *t, const char *path)
     }
     const uint32_t L = (uint32_t)fd[1], E = (uint32_t)fd[2];
     hsize_t d2[2] = {nl, L};
-    if ((rc = h5_doubles(f, "div_from_en", &div, d2, 2, path)) || (rc = h5_doubles(f, "entropy", &ent, d2, 2, path)) ||
-        (rc = h5_doubles(f, "freq", &freq, fd, 3, path)) || (rc = h5_doubles(f, "weight", &weight, fd, 3, path)))
+    if ((rc = h5_doubles(f, MTR_T_DIV_FROM_EN, &div, d2, 2, path)) || (rc = h5_doubles(f, MTR_T_ENTROPY, &ent, d2, 2, path)) ||
+        (rc = h5_doubles(f, MTR_T_FREQ, &freq, fd, 3, path)) || (rc = h5_doubles(f, MTR_T_WEIGHT, &weight, fd, 3, path)))
         goto done;
     /* names: English first, then the languages of the base dataset, then any other slice's language */
     if (intern(&t->langs, &t->n_langs, en) < 0) goto nomem;

@@ -63,8 +63,20 @@ int mtr_cli_next(const char *verb, int argc, char **argv, int *i, const mtr_cli_
         return MTR_CLI_POSITIONAL;
     }
     if (strncmp(arg, "--", 2) != 0) {
-        mtr_cli_error(verb, "unknown option '%s' (see --help)", arg);
-        return MTR_EXIT_USAGE;
+        for (size_t k = 0; arg[2] == '\0' && k < n_opts; k++)
+            if (opts[k].name[0] == arg[1] && opts[k].name[1] == '\0') *opt = &opts[k];
+        if (!*opt) {
+            mtr_cli_error(verb, "unknown option '%s' (see --help)", arg);
+            return MTR_EXIT_USAGE;
+        }
+        if ((*opt)->has_arg) {
+            if (*i + 1 >= argc) {
+                mtr_cli_error(verb, "%s needs a value", arg);
+                return MTR_EXIT_USAGE;
+            }
+            *val = argv[++*i];
+        }
+        return 0;
     }
     const char *name = arg + 2, *eq = strchr(name, '=');
     size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
@@ -89,6 +101,19 @@ int mtr_cli_next(const char *verb, int argc, char **argv, int *i, const mtr_cli_
         return MTR_EXIT_USAGE;
     }
     return 0;
+}
+
+int mtr_cli_id(const char *verb, int argc, char **argv, int *i, const mtr_cli_option *opts, size_t n_opts,
+               const char **val, const char **first_pos)
+{
+    const mtr_cli_option *opt = NULL;
+    int rc = mtr_cli_next(verb, argc, argv, i, opts, n_opts, &opt, val);
+    if (rc == MTR_CLI_HELP) return 'h';
+    if (rc == MTR_CLI_POSITIONAL) {
+        if (!*first_pos) *first_pos = *val;
+        return 0;
+    }
+    return rc ? -1 : opt->id;
 }
 
 /* ---- option values --------------------------------------------------------------------------------------- */

@@ -29,16 +29,24 @@ typedef struct {
     const char *name; /* without the leading "--" */
     int id;
     bool has_arg;
-} mtr_cli_option;
+} mtr_cli_option; /* a one-letter name ("o") is the short option -o */
 
 #define MTR_CLI_HELP (-1)       /* -h or --help was given */
 #define MTR_CLI_POSITIONAL (-2) /* argv[*i] is not an option: *val is it */
-/* Parse the argument at argv[*i] (moving *i past a separate value): 0 with *opt and *val (NULL for a flag) set;
- * MTR_CLI_HELP for -h / --help (when no option of that name is declared); MTR_CLI_POSITIONAL with *val = the
- * argument when it does not start with "-" (or is "-" itself); everything after a "--" is positional; else a
- * one-line error naming verb and MTR_EXIT_USAGE. */
+/* Parse the argument at argv[*i] (moving *i past a separate value): 0 with *opt and *val (NULL for a flag) set
+ * for --name, --name=VALUE, --name VALUE, -x and -x VALUE; MTR_CLI_HELP for -h / --help (when no option of that
+ * name is declared); MTR_CLI_POSITIONAL with *val = the argument when it does not start with "-" (or is "-"
+ * itself), and for the argument after a "--"; else a one-line error naming verb and MTR_EXIT_USAGE. The usual
+ * loop: for (int i = 1; i < argc; i++) { int r = mtr_cli_next(...); ... switch (opt->id) ... } */
 int mtr_cli_next(const char *verb, int argc, char **argv, int *i, const mtr_cli_option *opts, size_t n_opts,
                  const mtr_cli_option **opt, const char **val);
+
+/* The short form of the option loop for commands whose ids are all > 0 and that take at most one positional
+ * argument: returns the option's id (*val its value, NULL for a flag), 'h' for an undeclared -h / --help, 0 for a
+ * positional argument (kept in *first_pos when that is still NULL; the caller decides whether it may have one), or
+ * -1 after a one-line usage error. */
+int mtr_cli_id(const char *verb, int argc, char **argv, int *i, const mtr_cli_option *opts, size_t n_opts,
+               const char **val, const char **first_pos);
 
 /* Option values: 0 on success, -1 if s is not a valid value (nothing written). */
 int mtr_cli_parse_u64(uint64_t *out, const char *s);

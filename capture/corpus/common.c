@@ -99,24 +99,6 @@ int corp_grow(void **p, size_t *cap, size_t n, size_t elem)
 /* ---- growable string ------------------------------------------------------------------------------------- */
 
 
-int corp_sb_put(sbuf *b, const char *s, size_t n)
-{
-    if (b->cap - b->n < n + 1) {
-        size_t nc = b->cap ? b->cap : 256;
-        while (nc - b->n < n + 1) nc *= 2;
-        char *q = realloc(b->p, nc);
-        if (!q) return corp_oom();
-        b->p = q;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-    return 0;
-}
-
-int corp_sb_puts(sbuf *b, const char *s) { return corp_sb_put(b, s, strlen(s)); }
-
 /* ---- ASCII classes (locale-free) ------------------------------------------------------------------------- */
 
 bool corp_is_digit(int c) { return c >= '0' && c <= '9'; }
@@ -132,98 +114,9 @@ bool corp_is_blank(const char *s, size_t n)
 
 /* ---- files ----------------------------------------------------------------------------------------------- */
 
-/* The whole file, NUL-terminated (malloc'd). */
-int corp_read_all(char **out, size_t *len, const char *path)
-{
-    *out = NULL;
-    *len = 0;
-    int rc = 0;
-    char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        rc = errno == ENOENT ? mtr_fail(MTR_ENOTFOUND, "%s: no such file", path)
-                             : mtr_fail(MTR_EIO, "%s: %s", path, strerror(errno));
-        goto out;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        rc = mtr_fail(MTR_EIO, "%s: %s", path, strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = mtr_fail(MTR_EINVAL, "%s: not a regular file", path);
-        goto out;
-    }
-    size_t cap = (size_t)st.st_size + 1, n = 0;
-    buf = malloc(cap);
-    if (!buf) {
-        rc = corp_oom();
-        goto out;
-    }
-    for (;;) {
-        if (n + 1 == cap) { /* the file grew while being read */
-            char *q = realloc(buf, cap * 2);
-            if (!q) {
-                rc = corp_oom();
-                goto out;
-            }
-            buf = q;
-            cap *= 2;
-        }
-        ssize_t r = read(fd, buf + n, cap - 1 - n);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            rc = mtr_fail(MTR_EIO, "%s: %s", path, strerror(errno));
-            goto out;
-        }
-        if (r == 0) break;
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    buf = NULL;
-out:
-    free(buf);
-    if (fd >= 0) close(fd);
-    return rc;
-}
-
-/* Offset of the first byte that is not part of well-formed UTF-8 (RFC 3629: no overlongs, no surrogates, nothing
- * past U+10FFFF) or is NUL (it would end the C string early); len if there is none. */
-static size_t utf8_bad(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        if (c >= 0x01 && c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t k;
-        unsigned lo = 0x80, hi = 0xbf;
-        if (c >= 0xc2 && c <= 0xdf) k = 1;
-        else if (c == 0xe0) k = 2, lo = 0xa0;
-        else if (c >= 0xe1 && c <= 0xec) k = 2;
-        else if (c == 0xed) k = 2, hi = 0x9f;
-        else if (c >= 0xee && c <= 0xef) k = 2;
-        else if (c == 0xf0) k = 3, lo = 0x90;
-        else if (c >= 0xf1 && c <= 0xf3) k = 3;
-        else if (c == 0xf4) k = 3, hi = 0x8f;
-        else return i; /* NUL, continuation byte, 0xc0/0xc1, 0xf5.. */
-        if (len - i <= k) return i;
-        if (s[i + 1] < lo || s[i + 1] > hi) return i;
-        for (size_t j = 2; j <= k; j++)
-            if (s[i + j] < 0x80 || s[i + j] > 0xbf) return i;
-        i += k + 1;
-    }
-    return len;
-}
-
-/* Refuse a file holding invalid UTF-8 or NUL, naming the line and the byte offset in the file. */
 int corp_check_utf8(const char *path, const char *buf, size_t len)
 {
-    size_t bad = utf8_bad((const unsigned char *)buf, len);
+    size_t bad = mtr_utf8_valid_prefix(buf, len, false);
     if (bad == len) return 0;
     size_t line = 1, col = 1;
     for (size_t i = 0; i < bad; i++) {
@@ -551,14 +444,14 @@ static size_t split_tabs(span *f, size_t max, const char *s, size_t n)
 int corp_tsv_unescape(sbuf *b, const char *s, size_t n)
 {
     b->n = 0;
-    int rc = corp_sb_put(b, "", 0);
+    int rc = mtr_buf_put(b, "", 0);
     for (size_t i = 0; !rc && i < n; i++) {
         char c = s[i];
         if (c == '\\' && i + 1 < n && (s[i + 1] == 't' || s[i + 1] == 'n' || s[i + 1] == '\\')) {
             c = s[i + 1] == 't' ? '\t' : s[i + 1] == 'n' ? '\n' : '\\';
             i++;
         }
-        rc = corp_sb_put(b, &c, 1);
+        rc = mtr_buf_put(b, &c, 1);
     }
     return rc;
 }

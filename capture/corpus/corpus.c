@@ -189,7 +189,7 @@ static int flores_read(flores_file *ff, arena *a)
 {
     char *buf = NULL;
     size_t len, cap = 0;
-    int rc = corp_read_all(&buf, &len, ff->path);
+    int rc = mtr_read_file(&buf, &len, ff->path, CORPUS_MAX_FILE);
     if (rc || (rc = corp_check_utf8(ff->path, buf, len))) goto out;
     lines it;
     const char *s;
@@ -336,7 +336,7 @@ int mtr_corpus_load(mtr_corpus **out, const char *path, const mtr_corpus_opts *o
     } else {
         const char *file = corp_arena_strdup(&c->a, path);
         if (!file) rc = corp_oom();
-        if (rc || (rc = corp_read_all(&buf, &len, path)) || (rc = corp_check_utf8(path, buf, len))) goto out;
+        if (rc || (rc = mtr_read_file(&buf, &len, path, CORPUS_MAX_FILE)) || (rc = corp_check_utf8(path, buf, len))) goto out;
         rc = c->format == MTR_CORPUS_JSONL ? corpus_jsonl(c, buf, len, path, file, &f)
                                            : corpus_tsv(c, buf, len, path, file, &f);
     }

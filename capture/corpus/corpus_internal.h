@@ -10,6 +10,10 @@
 #include <stdint.h>
 
 #include "mtr_corpus.h"
+#include "mtr_util.h"
+
+/* corpus files are read whole; none may be larger than this */
+#define CORPUS_MAX_FILE ((size_t)1 << 32)
 
 #define ARENA_BLOCK ((size_t)1 << 20)
 #define TSV_MAX_COLS 64
@@ -24,10 +28,7 @@ typedef struct {
     blk *head;
 } arena;
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sbuf;
+typedef mtr_buf sbuf; /* growable strings: libmoetrace's mtr_buf */
 
 /* Line iterator: lines without '\n' and one '\r' before it; a final line without '\n' counts, an empty one after
  * the last '\n' does not. */
@@ -96,9 +97,6 @@ void corp_lines_init(lines *it, const char *buf, size_t len);
 bool corp_lines_next(lines *it, const char **s, size_t *n);
 int corp_parse_gold(char *out, size_t cap, const char *s);
 int corp_parse_object(json_t **out, const char *s, size_t n, const char *path, size_t line);
-int corp_read_all(char **out, size_t *len, const char *path);
-int corp_sb_put(sbuf *b, const char *s, size_t n);
-int corp_sb_puts(sbuf *b, const char *s);
 int corp_tsv_col(const tsv_header *h, const char *name);
 int corp_tsv_key(const char **out, arena *a, const span *f, int col, const char *name, const char *dflt, const char *path, size_t line);
 int corp_tsv_read_header(tsv_header *h, const char *s, size_t n, const char *path, size_t line);

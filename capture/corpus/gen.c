@@ -175,7 +175,7 @@ static int gen_tsv(mtr_gen *g, const char *buf, size_t len, const char *path, co
             goto out;
         if (raw) {
             q.n = 0;
-            rc = corp_sb_put(&q, fl[cq].s, fl[cq].n);
+            rc = mtr_buf_put(&q, fl[cq].s, fl[cq].n);
         } else rc = corp_tsv_unescape(&q, fl[cq].s, fl[cq].n);
         if (rc || (rc = corp_check_text(path, line, "question", q.p, q.n))) goto out;
         char norm[MTR_CORPUS_NUMBER_MAX];
@@ -221,7 +221,7 @@ int mtr_gen_load(mtr_gen **out, const char *path, const mtr_corpus_opts *opts)
         goto out;
     }
     if (!(file = corp_arena_strdup(&g->a, path))) rc = corp_oom();
-    if (rc || (rc = corp_read_all(&buf, &len, path)) || (rc = corp_check_utf8(path, buf, len))) goto out;
+    if (rc || (rc = mtr_read_file(&buf, &len, path, CORPUS_MAX_FILE)) || (rc = corp_check_utf8(path, buf, len))) goto out;
     rc = fmt == MTR_CORPUS_JSONL ? gen_jsonl(g, buf, len, path, file, &f) : gen_tsv(g, buf, len, path, file, &f);
     if (!rc) rc = corp_filt_finish(&f, path);
 out:

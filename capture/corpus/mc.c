@@ -227,7 +227,7 @@ int mtr_mc_load(mtr_mc **out, const char *path, const mtr_corpus_opts *opts)
         goto out;
     }
     if (!(file = corp_arena_strdup(&m->a, path))) rc = corp_oom();
-    if (rc || (rc = corp_read_all(&buf, &len, path)) || (rc = corp_check_utf8(path, buf, len)) ||
+    if (rc || (rc = mtr_read_file(&buf, &len, path, CORPUS_MAX_FILE)) || (rc = corp_check_utf8(path, buf, len)) ||
         (rc = mc_jsonl(m, buf, len, path, file, &f)))
         goto out;
     rc = corp_filt_finish(&f, path);

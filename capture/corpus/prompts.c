@@ -120,14 +120,14 @@ static int expand(sbuf *out, const char *t, const rctx *c, const char *who, cons
     int rc = 0;
     for (const char *p = t; *p && !rc;) {
         if ((p[0] == '{' && p[1] == '{') || (p[0] == '}' && p[1] == '}')) {
-            if (out) rc = corp_sb_put(out, p, 1);
+            if (out) rc = mtr_buf_put(out, p, 1);
             p += 2;
             continue;
         }
         if (*p != '{') {
             size_t k = strcspn(p, "{}");
             if (!k) k = 1; /* a lone '}' is literal */
-            if (out) rc = corp_sb_put(out, p, k);
+            if (out) rc = mtr_buf_put(out, p, k);
             p += k;
             continue;
         }
@@ -144,7 +144,7 @@ static int expand(sbuf *out, const char *t, const rctx *c, const char *who, cons
             return mtr_fail(MTR_EFORMAT, "%s: unknown placeholder {%.*s} in \"%s\"", who, (int)(n < SHOW ? n : SHOW), s,
                         field);
         if (rc) return mtr_fail(rc, "%s: \"%s\" uses {%.*s} but %s", who, field, (int)n, s, why);
-        if (out) rc = corp_sb_puts(out, val);
+        if (out) rc = mtr_buf_put(out, val, strlen(val));
         p = s + n + 1;
     }
     return rc;
@@ -274,7 +274,7 @@ int mtr_prompts_load(mtr_prompts **out, const char *path)
     *out = NULL;
     char *buf = NULL;
     size_t len;
-    int rc = corp_read_all(&buf, &len, path);
+    int rc = mtr_read_file(&buf, &len, path, CORPUS_MAX_FILE);
     if (!rc) rc = mtr_prompts_load_buffer(out, buf, len, path);
     free(buf);
     return rc;
@@ -341,10 +341,10 @@ int mtr_prompt_render_mc(mtr_prompt_mc *out, const mtr_prompts *p, const char *n
              item->file ? item->file : "item", item->line);
     if (t->kind != MTR_PROMPT_MC) return mtr_fail(MTR_EINVAL, "%s: not a multiple-choice template", who);
     rctx c = {SC_CHOICE, item, NULL, 0, NULL};
-    if ((rc = corp_sb_put(&choices, "", 0))) goto out;
+    if ((rc = mtr_buf_put(&choices, "", 0))) goto out;
     for (size_t i = 0; i < item->n_choices; i++) {
         c.choice = i;
-        if ((i && (rc = corp_sb_puts(&choices, "\n"))) || (rc = expand(&choices, t->choice_line, &c, who, "choice_line")))
+        if ((i && (rc = mtr_buf_put(&choices, "\n", 1))) || (rc = expand(&choices, t->choice_line, &c, who, "choice_line")))
             goto out;
     }
     if (!(out->continuations = calloc(item->n_choices, sizeof *out->continuations))) {
@@ -354,13 +354,13 @@ int mtr_prompt_render_mc(mtr_prompt_mc *out, const mtr_prompts *p, const char *n
     for (size_t i = 0; i < item->n_choices; i++) {
         c.choice = i;
         b = (sbuf){0};
-        if ((rc = corp_sb_put(&b, "", 0)) || (rc = expand(&b, t->continuation, &c, who, "continuation"))) goto out;
+        if ((rc = mtr_buf_put(&b, "", 0)) || (rc = expand(&b, t->continuation, &c, who, "continuation"))) goto out;
         out->continuations[out->n_continuations++] = b.p;
         b = (sbuf){0};
     }
     c.sc = SC_MC_PROMPT;
     c.choices = choices.p;
-    if ((rc = corp_sb_put(&b, "", 0)) || (rc = expand(&b, t->prompt, &c, who, "prompt"))) goto out;
+    if ((rc = mtr_buf_put(&b, "", 0)) || (rc = expand(&b, t->prompt, &c, who, "prompt"))) goto out;
     out->prompt = b.p;
     b = (sbuf){0};
 out:
@@ -382,7 +382,7 @@ int mtr_prompt_render_gen(char **out, const mtr_prompts *p, const char *name, co
     if (t->kind != MTR_PROMPT_GEN) return mtr_fail(MTR_EINVAL, "%s: not a generation template", who);
     sbuf b = {0};
     rctx c = {SC_GEN_PROMPT, NULL, item, 0, NULL};
-    int rc = corp_sb_put(&b, "", 0);
+    int rc = mtr_buf_put(&b, "", 0);
     if (rc || (rc = expand(&b, t->prompt, &c, who, "prompt"))) {
         free(b.p);
         return rc;

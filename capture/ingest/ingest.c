@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "mtr_ingest.h"
+#include "mtr_util.h"
 
 /* arrays are used in place, so the host must share the stream's byte order */
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -568,24 +569,8 @@ int mtr_ingest_decoder_begin(mtr_ingest_decoder *d, size_t *body_bytes)
     return 1;
 }
 
-static bool utf8_ok(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t k = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : 4;
-        if (c == 0 || k == 4 || (k == 1 && c < 0xc2) || k >= n - i) return false;
-        uint32_t cp = k ? c & (0x3fu >> k) : c;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80) return false;
-            cp = cp << 6 | (s[i + j] & 0x3fu);
-        }
-        if ((k == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (k == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return false;
-        i += k + 1;
-    }
-    return true;
-}
+/* unit_id, lang and dataset: well-formed UTF-8 without NUL bytes */
+static bool utf8_ok(const unsigned char *s, size_t n) { return mtr_utf8_valid_prefix((const char *)s, n, false) == n; }
 
 static bool zero(const unsigned char *p, size_t n)
 {

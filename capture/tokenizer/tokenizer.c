@@ -971,42 +971,6 @@ int mtr_tok_load_buffers(mtr_tok **out, const char *json, size_t len, const char
     return tk_load_buffers(out, json, len, config, config_len, false);
 }
 
-/* Whole file into memory; MTR_ENOTFOUND if it does not exist */
-static int read_file(char **out, size_t *len, const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    *out = NULL;
-    if (!f) return mtr_fail(errno == ENOENT ? MTR_ENOTFOUND : MTR_EIO, "%s: %s", path, strerror(errno));
-    int rc = 0;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) != 0) {
-        rc = mtr_fail(MTR_EIO, "%s: cannot seek", path);
-        goto done;
-    }
-    long sz = ftell(f);
-    if (sz < 0 || (size_t)sz > MAX_FILE) {
-        rc = mtr_fail(MTR_EIO, "%s: unreadable or larger than 1 GiB", path);
-        goto done;
-    }
-    rewind(f);
-    if (!(buf = malloc((size_t)sz + 1))) {
-        rc = mtr_fail(MTR_ENOMEM, "out of memory");
-        goto done;
-    }
-    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
-        rc = mtr_fail(MTR_EIO, "%s: short read", path);
-        goto done;
-    }
-    buf[sz] = '\0';
-    *out = buf;
-    *len = (size_t)sz;
-    buf = NULL;
-done:
-    free(buf);
-    fclose(f);
-    return rc;
-}
-
 int mtr_tok_load(mtr_tok **out, const char *path)
 {
     char *json = NULL, *cfg = NULL, *dir = NULL, *file = NULL;
@@ -1031,11 +995,11 @@ int mtr_tok_load(mtr_tok **out, const char *path)
         else strcpy(dir, ".");
     }
     /* read, not mapped: a file truncated by someone else while it loads is then a short read, never a fault */
-    rc = read_file(&json, &len, file);
+    rc = mtr_read_file(&json, &len, file, MAX_FILE);
     if (rc) goto cleanup;
     char cpath[4200];
     snprintf(cpath, sizeof cpath, "%s/tokenizer_config.json", dir);
-    rc = read_file(&cfg, &clen, cpath);
+    rc = mtr_read_file(&cfg, &clen, cpath, MAX_FILE);
     if (rc == MTR_ENOTFOUND) rc = 0;
     else if (rc) goto cleanup;
     if ((rc = mtr_tok_load_buffers(out, json, len, cfg, clen))) {

@@ -10,14 +10,17 @@
 #include <stdarg.h>
 
 #include "mtr_tokenizer.h"
+#include "mtr_util.h"
 
 
 /* ---- byte buffers and spans ------------------------------------------------------------------------------ */
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} tk_buf;
+/* the tokenizer's growable buffers and UTF-8 checks are libmoetrace's (mtr_util.h), under the names the
+ * tokenizer's files use */
+typedef mtr_buf tk_buf;
+#define tk_buf_reserve mtr_buf_reserve
+#define tk_buf_put mtr_buf_put
+#define tk_buf_free mtr_buf_free
 
 typedef struct {
     uint32_t off, len; /* bytes of a tk_buf */
@@ -28,17 +31,14 @@ typedef struct {
     size_t n, cap;
 } tk_spans;
 
-int tk_buf_reserve(tk_buf *b, size_t extra);
-int tk_buf_put(tk_buf *b, const void *p, size_t n);
-void tk_buf_free(tk_buf *b);
 int tk_spans_push(tk_spans *s, uint32_t off, uint32_t len);
 void tk_spans_free(tk_spans *s);
 int tk_ids_push(mtr_tok_ids *v, int32_t id);
 
 /* ---- UTF-8 ----------------------------------------------------------------------------------------------- */
 
-/* Length of the valid UTF-8 prefix of s (n): == n when all of it is valid. */
-size_t tk_utf8_valid_prefix(const char *s, size_t n);
+/* Length of the longest well-formed UTF-8 prefix (NUL bytes allowed). */
+#define tk_utf8_valid_prefix(s, n) mtr_utf8_valid_prefix((s), (n), true)
 /* Decode one code point of valid UTF-8 at s (n > 0); returns its byte length. */
 int tk_utf8_next(const char *s, size_t n, int32_t *cp);
 /* Encode cp; returns bytes written to out (1..4). */

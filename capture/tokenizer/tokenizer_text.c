@@ -10,36 +10,6 @@
 
 /* ---- buffers --------------------------------------------------------------------------------------------- */
 
-int tk_buf_reserve(tk_buf *b, size_t extra)
-{
-    if (b->n + extra + 1 <= b->cap) return 0;
-    if (b->n + extra + 1 > UINT32_MAX) return mtr_fail(MTR_EINVAL, "text longer than 4 GiB");
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->n + extra + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return mtr_fail(MTR_ENOMEM, "out of memory (%zu bytes)", cap);
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-int tk_buf_put(tk_buf *b, const void *p, size_t n)
-{
-    int rc = tk_buf_reserve(b, n);
-    if (rc) return rc;
-    if (n) memcpy(b->p + b->n, p, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-    return 0;
-}
-
-void tk_buf_free(tk_buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->n = b->cap = 0;
-}
-
 int tk_spans_push(tk_spans *s, uint32_t off, uint32_t len)
 {
     if (s->n == s->cap) {
@@ -76,48 +46,6 @@ int tk_ids_push(mtr_tok_ids *v, int32_t id)
 }
 
 /* ---- UTF-8 ----------------------------------------------------------------------------------------------- */
-
-/* Length of one valid UTF-8 sequence at s (n > 0), 0 if invalid (overlong, surrogate, > U+10FFFF, truncated). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    if (c < 0x80) return 1;
-    if (c < 0xC2) return 0;
-    if (c < 0xE0) return (n >= 2 && (s[1] & 0xC0) == 0x80) ? 2 : 0;
-    if (c < 0xF0) {
-        if (n < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
-        if (c == 0xE0 && s[1] < 0xA0) return 0;
-        if (c == 0xED && s[1] >= 0xA0) return 0;
-        return 3;
-    }
-    if (c < 0xF5) {
-        if (n < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80) return 0;
-        if (c == 0xF0 && s[1] < 0x90) return 0;
-        if (c == 0xF4 && s[1] >= 0x90) return 0;
-        return 4;
-    }
-    return 0;
-}
-
-size_t tk_utf8_valid_prefix(const char *s, size_t n)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        /* ASCII runs eight bytes at a time */
-        while (i + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, u + i, 8);
-            if (w & 0x8080808080808080ULL) break;
-            i += 8;
-        }
-        if (i >= n) break;
-        size_t k = utf8_seq(u + i, n - i);
-        if (!k) return i;
-        i += k;
-    }
-    return n;
-}
 
 int tk_utf8_next(const char *s, size_t n, int32_t *cp)
 {
@@ -176,7 +104,7 @@ int tk_utf8_lossy(tk_buf *b, const char *s, size_t n)
     size_t i = 0;
     int rc;
     while (i < n) {
-        size_t k = utf8_seq(u + i, n - i);
+        size_t k = mtr_utf8_seq(u + i, n - i);
         if (k) {
             if ((rc = tk_buf_put(b, u + i, k))) return rc;
             i += k;
