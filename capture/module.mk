@@ -72,12 +72,14 @@ MODULE_PKGS += openblas
 CAPTURE_SRC += capture/cmd_run.c
 
 $(MODEL_LIB): $(OBJ)/capture/safetensors.o $(OBJ)/capture/model.o $(OBJ)/capture/model_forward.o \
-		$(OBJ)/capture/model_kernels.o
+		$(OBJ)/capture/model_kernels.o $(OBJ)/capture/model_gptoss.o
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
 # norms, rotary, softmax and the expert combine loops are the engine's element-wise hot path
 $(OBJ)/capture/model_forward.o: KERNEL_FLAGS := -O3
+# MXFP4 dequantisation runs inside every gpt_oss expert product
+$(OBJ)/capture/model_gptoss.o: KERNEL_FLAGS := -O3
 # the f32 softmax / RMSNorm / SiLU loops: vectorised exp through libmvec (see the file's header)
 $(OBJ)/capture/model_kernels.o: KERNEL_FLAGS := -O3 -ffast-math
 
