@@ -13,7 +13,7 @@ if ! $PY -c 'import torch' 2>/dev/null; then
     echo "bench_gptoss: skipped (no torch under $PY)"
     exit 0
 fi
-REPEAT=${MTR_BENCH_REPEAT:-3}
+REPEAT=${MTR_BENCH_REPEAT:-3} # MTR_BENCH_THREADS="1 2" (default) the thread counts timed
 status=0
 med() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for d in "$CACHE:f32" "$CACHEB:bf16"; do
@@ -21,7 +21,7 @@ for d in "$CACHE:f32" "$CACHEB:bf16"; do
     OPENBLAS_NUM_THREADS=1 $PY tests/bench/torch_prefill.py "${d%%:*}" --arch gpt_oss --dtype "${d##*:}" --make-only ||
         { echo "bench_gptoss: making ${d%%:*} failed"; exit 1; }
 done
-for t in 1 2; do
+for t in ${MTR_BENCH_THREADS:-1 2}; do
     # rounds alternate the peer and the engine, so load that comes and goes on a shared machine hits both alike
     : >"$DATA/torch.$t" && : >"$DATA/eng.$t"
     r=0
