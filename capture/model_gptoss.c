@@ -167,16 +167,6 @@ static const float fp4[16] = {0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5
 
 void mtr_mxfp4_rows(float *dst, const mtr_mat *W, uint32_t r0, uint32_t n)
 {
-    /* a byte's two values at once: pair[b] = (fp4[b & 15], fp4[b >> 4]) */
-    static float pair[256][2];
-    static int ready; /* benign: every thread writes the same table */
-    if (!ready) {
-        for (int v = 0; v < 256; v++) {
-            pair[v][0] = fp4[v & 15];
-            pair[v][1] = fp4[v >> 4];
-        }
-        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-    }
     const uint32_t nb = W->cols / 32;
     const uint8_t *blk = (const uint8_t *)W->data + (size_t)r0 * nb * 16, *sc = W->scales + (size_t)r0 * nb;
     for (size_t g = 0; g < (size_t)n * nb; g++) {
@@ -185,8 +175,8 @@ void mtr_mxfp4_rows(float *dst, const mtr_mat *W, uint32_t r0, uint32_t n)
         const uint8_t *q = blk + g * 16;
         float *o = dst + g * 32;
         for (int k = 0; k < 16; k++) {
-            o[2 * k] = pair[q[k]][0] * f;
-            o[2 * k + 1] = pair[q[k]][1] * f;
+            o[2 * k] = fp4[q[k] & 15] * f;
+            o[2 * k + 1] = fp4[q[k] >> 4] * f;
         }
     }
 }
