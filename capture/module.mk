@@ -61,6 +61,8 @@ $(CAPTURE_ARCHIVES):
 $(OBJ)/capture/tokenizer/tokenizer_bpe.o $(OBJ)/capture/tokenizer/tokenizer_text.o: KERNEL_FLAGS := -O3
 # norms, rotary, softmax and the expert combine loops are the engine's element-wise hot path
 $(OBJ)/capture/engine/model_forward.o: KERNEL_FLAGS := -O3
+# MXFP4 dequantisation runs inside every gpt_oss expert product
+$(OBJ)/capture/engine/model_gptoss.o: KERNEL_FLAGS := -O3
 # the f32 softmax / RMSNorm / SiLU loops: vectorised exp through libmvec (see the file's header)
 $(OBJ)/capture/engine/model_kernels.o: KERNEL_FLAGS := -O3 -ffast-math
 

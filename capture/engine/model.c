@@ -156,7 +156,8 @@ static int parse_config(mtr_model_config *c, const char *dir)
     for (int i = 0; i < MTR_ARCH_COUNT; i++)
         if (strcmp(mt, arch_names[i]) == 0) arch = i;
     if (arch < 0) {
-        rc = mtr_fail(MTR_EFORMAT, "%s: model_type \"%s\" is not supported (qwen3_moe, olmoe, mixtral, qwen2_moe)",
+        rc = mtr_fail(MTR_EFORMAT, "%s: model_type \"%s\" is not supported (qwen3_moe, olmoe, mixtral, qwen2_moe, "
+                      "gpt_oss)",
                       path, mt);
         goto done;
     }
@@ -223,6 +224,14 @@ static int parse_config(mtr_model_config *c, const char *dir)
         c->moe_intermediate_size = get_u32(&r, "intermediate_size", -1, 1, big);
         c->norm_topk_prob = true;
         c->sliding_window = get_u32(&r, "sliding_window", 0, 0, 1u << 30);
+        break;
+    case MTR_ARCH_GPT_OSS:
+        c->n_experts = get_u32(&r, "num_local_experts", -1, 1, MTR_MAX_EXPERTS);
+        c->moe_intermediate_size = get_u32(&r, "intermediate_size", -1, 1, big);
+        c->qkv_bias = c->o_bias = get_bool(&r, "attention_bias", true);
+        c->sliding_window = get_u32(&r, "sliding_window", 0, 0, 1u << 30);
+        c->dtype_implicit = !json_object_get(root, "torch_dtype") && !json_object_get(root, "dtype");
+        if (!r.rc) r.rc = mtr_gptoss_config(c, root, path);
         break;
     default: break;
     }
@@ -331,12 +340,7 @@ static void rope_frequencies(mtr_model *m)
 
 /* ---- weights --------------------------------------------------------------------------------------------- */
 
-typedef struct {
-    mtr_model *m;
-    const char *dir;
-    size_t used;
-    int rc;
-} binder;
+typedef mtr_binder binder;
 
 static const mtr_st_tensor *find_tensor(binder *b, const char *name, uint32_t d0, uint32_t d1, uint32_t ndim)
 {
@@ -377,7 +381,7 @@ static mtr_mat bind_mat(binder *b, const char *name, uint32_t rows, uint32_t col
 {
     mtr_mat w = {0};
     const mtr_st_tensor *t = find_tensor(b, name, rows, cols, 2);
-    if (t) w = (mtr_mat){t->data, b->m->cfg.dtype, rows, cols};
+    if (t) w = (mtr_mat){t->data, b->m->cfg.dtype, rows, cols, NULL};
     return w;
 }
 
@@ -393,6 +397,13 @@ static float *bind_vec(binder *b, const char *name, uint32_t n)
     mtr_st_to_f32(v, t);
     return v;
 }
+
+mtr_mat mtr_bind_mat(mtr_binder *b, const char *name, uint32_t rows, uint32_t cols)
+{
+    return bind_mat(b, name, rows, cols);
+}
+
+float *mtr_bind_vec(mtr_binder *b, const char *name, uint32_t n) { return bind_vec(b, name, n); }
 
 static void bind_layer(binder *b, uint32_t l)
 {
@@ -423,6 +434,11 @@ static void bind_layer(binder *b, uint32_t l)
     }
     L->moe = c->is_moe[l];
     L->moe_index = -1;
+    L->window = !c->is_sliding || c->is_sliding[l] ? c->sliding_window : 0;
+    if (c->arch == MTR_ARCH_GPT_OSS) {
+        mtr_gptoss_bind_layer(b, l);
+        return;
+    }
     const char *blk = c->arch == MTR_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp";
     if (!L->moe) {
         L->gate = bind_mat(b, NAME("model.layers.%u.mlp.gate_proj.weight", l), c->intermediate_size, H);
@@ -476,6 +492,10 @@ static void free_layer(mtr_layer *L)
     free(L->e_up);
     free(L->e_down);
     free(L->shared_gate);
+    free(L->sinks);
+    free(L->router_bias);
+    free(L->e_gu_bias);
+    free(L->e_down_bias);
 }
 
 int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
@@ -489,6 +509,7 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
     int rc = parse_config(&m->cfg, dir);
     if (rc) goto fail;
     if ((rc = mtr_st_open(&m->st, dir))) goto fail;
+    if (m->cfg.arch == MTR_ARCH_GPT_OSS && (rc = mtr_gptoss_prepare(m, dir))) goto fail;
     const mtr_model_config *c = &m->cfg;
     m->layers = calloc(c->n_layers, sizeof *m->layers);
     m->inv_freq = malloc(c->head_dim / 2 * sizeof *m->inv_freq);
@@ -535,6 +556,10 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
     m->info.score_fn = MTR_SCORE_SOFTMAX;
     m->info.renormalize = c->norm_topk_prob;
     m->info.router_bias = false;
+    if (c->arch == MTR_ARCH_GPT_OSS) { /* top-k on the logits (with the router bias), softmax over the k */
+        m->info.score_fn = MTR_SCORE_TOPK_SOFTMAX;
+        m->info.router_bias = true;
+    }
     *out = m;
     return 0;
 fail:
@@ -552,6 +577,7 @@ void mtr_model_destroy(mtr_model *m)
     free(m->inv_freq);
     free(m->cfg.is_moe);
     free(m->cfg.moe_layer_index);
+    free(m->cfg.is_sliding);
     mtr_st_close(m->st);
     free(m);
 }

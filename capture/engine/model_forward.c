@@ -96,7 +96,7 @@ static void gemm_rows(float *Y, size_t ldy, const float *X, size_t ldx, uint32_t
 {
     const uint32_t cols = W->cols;
     if (r1 <= r0 || n == 0) return;
-    if (W->dtype == MTR_DTYPE_F32) {
+    if (W->dtype == MTR_DTYPE_F32 && !W->scales) {
         const float *w = (const float *)W->data + (size_t)r0 * cols;
         if (n == 1)
             cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(r1 - r0), (int)cols, 1.f, w, (int)cols, X, 1, 0.f, Y + r0,
@@ -111,8 +111,11 @@ static void gemm_rows(float *Y, size_t ldy, const float *X, size_t ldx, uint32_t
     const size_t esz = 2;
     for (uint32_t b = r0; b < r1; b += blk) {
         uint32_t rb = r1 - b < blk ? r1 - b : blk;
-        mtr_convert(wbuf, MTR_DTYPE_F32, (const unsigned char *)W->data + (size_t)b * cols * esz, W->dtype,
-                    (size_t)rb * cols);
+        if (W->scales) /* MXFP4 (gpt_oss experts): dequantised here, a block of rows at a time */
+            mtr_mxfp4_rows(wbuf, W, b, rb);
+        else
+            mtr_convert(wbuf, MTR_DTYPE_F32, (const unsigned char *)W->data + (size_t)b * cols * esz, W->dtype,
+                        (size_t)rb * cols);
         if (n == 1)
             cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)rb, (int)cols, 1.f, wbuf, (int)cols, X, 1, 0.f, Y + b, 1);
         else
@@ -176,6 +179,21 @@ static void rmsnorm(float *out, const float *in, const float *w, uint32_t d, dou
         for (uint32_t j = 0; j < d; j++) out[j] = round_bf16(round_bf16(in[j] * r) * w[j]);
     } else
         for (uint32_t j = 0; j < d; j++) out[j] = round_dt(round_dt(in[j] * r, dt) * w[j], dt);
+}
+
+/* The decoder's norms: gpt_oss keeps the norm weights in f32 (_keep_in_fp32_modules) and rounds weight * x once. */
+static void hidden_norm(const mtr_model *m, float *out, const float *in, const float *w)
+{
+    const mtr_model_config *c = &m->cfg;
+    if (c->arch != MTR_ARCH_GPT_OSS || c->dtype == MTR_DTYPE_F32) {
+        rmsnorm(out, in, w, c->hidden_size, c->rms_eps, c->dtype);
+        return;
+    }
+    const uint32_t d = c->hidden_size;
+    float ss = 0;
+    for (uint32_t j = 0; j < d; j++) ss += in[j] * in[j];
+    const float r = 1.f / sqrtf(ss / (float)d + (float)c->rms_eps);
+    for (uint32_t j = 0; j < d; j++) out[j] = round_dt(in[j] * r * w[j], c->dtype);
 }
 
 static inline float silu(float x) { return x / (1.f + expf(-x)); }
@@ -247,7 +265,7 @@ int mtr_session_create(mtr_session **out, const mtr_model *m, uint32_t max_token
     if (mi > maxcols) maxcols = (uint32_t)mi;
     s->wbuf_floats = W_BLOCK_BYTES / 4 > maxcols ? W_BLOCK_BYTES / 4 : maxcols;
     for (int t = 0; t < s->nt; t++) {
-        ALLOC(s->wbuf[t], m->cfg.dtype == MTR_DTYPE_F32 ? 1 : s->wbuf_floats);
+        ALLOC(s->wbuf[t], m->cfg.dtype == MTR_DTYPE_F32 && c->arch != MTR_ARCH_GPT_OSS ? 1 : s->wbuf_floats);
         /* attention scores (Q_BLOCK * group, max_tokens), then the stacked queries and outputs */
         const size_t group = c->n_heads / c->n_kv_heads;
         ALLOC(s->sbuf[t], (size_t)Q_BLOCK * group * (max_tokens + 2 * (size_t)c->head_dim));
@@ -404,7 +422,7 @@ static void attention(mtr_session *s, uint32_t l, uint32_t n)
         }
     const uint32_t nqb = s->n_qblocks, group = nh / nkv;
     const float scale = 1.f / sqrtf((float)hd);
-    const uint32_t win = c->sliding_window;
+    const uint32_t win = L->window;
     const uint32_t len0 = s->len;
     for (uint32_t t = 0; t < n; t++) s->st.flops += 4.0 * nh * hd * (double)(len0 + t + 1 - s->key0[t]);
     /* one task per (key-value head, query block): the query heads sharing that key-value head are stacked into
@@ -430,6 +448,12 @@ static void attention(mtr_session *s, uint32_t l, uint32_t n)
             /* visible keys, relative to k0: the token's own sequence up to itself, within the sliding window */
             uint32_t self = len0 + q0 + i - k0, pos = s->pos[q0 + i];
             uint32_t lo = win && pos + 1 > win ? self - (win - 1) : 0;
+            if (L->sinks) { /* gpt_oss: the head's sink logit joins the softmax denominator */
+                mtr_gptoss_softmax_sink(row + lo, self + 1 - lo, scale, L->sinks[kvh * group + r % group], dt);
+                for (uint32_t j = 0; j < lo; j++) row[j] = 0;
+                for (uint32_t j = self + 1; j < n_keys; j++) row[j] = 0;
+                continue;
+            }
             if (dt == MTR_DTYPE_F32) {
                 mtr_mk_softmax(row + lo, self + 1 - lo, scale);
                 for (uint32_t j = 0; j < lo; j++) row[j] = 0;
@@ -491,6 +515,7 @@ static void route(mtr_session *s, uint32_t l, uint32_t n, const mtr_forward_io *
     const mtr_layer *L = &m->layers[l];
     const uint32_t E = c->n_experts, K = c->top_k, ml = (uint32_t)L->moe_index;
     linear(s, s->rl, s->x, n, &L->router);
+    add_bias(s->rl, L->router_bias, n, E);
     round_buf(s->rl, (size_t)n * E, c->dtype);
     /* the raw gate outputs are what a trace stores (FORMAT.md 2.2); the model routes on the steered ones */
     if (io->router)
@@ -536,15 +561,26 @@ static void moe(mtr_session *s, uint32_t l, uint32_t n)
     for (uint32_t i = 0; i < n_active; i++) {
         uint32_t e = s->order[i], r0 = s->off[e], rn = s->cnt[e];
         float *wb = s->wbuf[omp_get_thread_num()];
-        const mtr_mat *G = &L->e_gate[e], *U = &L->e_up[e];
+        const mtr_mat *G = &L->e_gate[e], *U = L->e_up ? &L->e_up[e] : NULL;
         const float *xe = s->xe + (size_t)r0 * H;
         /* gate and up stored back to back (safetensors writes tensors in name order, so gate_proj is followed by
          * up_proj) are one weight of 2 * NI rows: one product instead of two, the activations packed once */
-        const bool fused = U->data == (const unsigned char *)G->data + (size_t)NI * H * esz;
+        const bool fused = U && U->data == (const unsigned char *)G->data + (size_t)NI * H * esz;
         float *g, *u;
         size_t ld;
-        if (fused) {
-            const mtr_mat GU = {G->data, G->dtype, 2 * NI, H};
+        if (!U) { /* gpt_oss: gate_up_proj (2 NI interleaved rows) + bias, clamped SwiGLU into each row's front */
+            ld = 2 * (size_t)NI;
+            g = s->ge + (size_t)r0 * ld;
+            gemm_rows(g, ld, xe, H, rn, G, 0, 2 * NI, wb, s->wbuf_floats);
+            mtr_gptoss_glu(g, ld, rn, NI, L->e_gu_bias + (size_t)e * ld, c->swiglu_alpha, c->swiglu_limit, dt);
+            float *y = s->ye + (size_t)r0 * H;
+            gemm_rows(y, H, g, ld, rn, &L->e_down[e], 0, H, wb, s->wbuf_floats);
+            const float *db = L->e_down_bias + (size_t)e * H;
+            for (uint32_t r = 0; r < rn; r++)
+                for (uint32_t d = 0; d < H; d++) y[(size_t)r * H + d] = round_dt(round_dt(y[(size_t)r * H + d], dt) + db[d], dt);
+            continue;
+        } else if (fused) {
+            const mtr_mat GU = {G->data, G->dtype, 2 * NI, H, NULL};
             ld = 2 * (size_t)NI;
             g = s->ge + (size_t)r0 * ld;
             u = g + NI;
@@ -582,12 +618,15 @@ static void moe(mtr_session *s, uint32_t l, uint32_t n)
             if (dt == MTR_DTYPE_F32) {
 #pragma omp simd
                 for (uint32_t d = 0; d < H; d++) o[d] += y[d] * w;
+            } else if (L->e_down_bias) { /* gpt_oss: weighted outputs in the dtype, their sum over experts in f32 */
+                for (uint32_t d = 0; d < H; d++) o[d] += round_dt(y[d] * w, dt);
             } else if (dt == MTR_DTYPE_BF16) {
 #pragma omp simd
                 for (uint32_t d = 0; d < H; d++) o[d] = round_bf16(o[d] + round_bf16(round_bf16(y[d]) * w));
             } else
                 for (uint32_t d = 0; d < H; d++) o[d] = round_dt(o[d] + round_dt(round_dt(y[d], dt) * w, dt), dt);
         }
+        if (L->e_down_bias) round_buf(o, H, dt);
     }
     if (L->has_mlp) { /* qwen2_moe shared expert, gated by sigmoid(x . w) */
         dense_mlp(s, s->ye, s->x, n, &L->gate, &L->up, &L->down);
@@ -676,11 +715,11 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
         const mtr_layer *L = &m->layers[l];
         double ta = omp_get_wtime();
         for (uint32_t t = 0; t < n; t++)
-            rmsnorm(s->x + (size_t)t * H, s->h + (size_t)t * H, L->in_norm, H, c->rms_eps, dt);
+            hidden_norm(m, s->x + (size_t)t * H, s->h + (size_t)t * H, L->in_norm);
         attention(s, l, n);
         add_round(s->h, s->tmp, (size_t)n * H, dt);
         for (uint32_t t = 0; t < n; t++)
-            rmsnorm(s->x + (size_t)t * H, s->h + (size_t)t * H, L->post_norm, H, c->rms_eps, dt);
+            hidden_norm(m, s->x + (size_t)t * H, s->h + (size_t)t * H, L->post_norm);
         double tm = omp_get_wtime();
         s->st.t_attention += tm - ta;
         if (L->moe) {
@@ -702,7 +741,7 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
         double th = omp_get_wtime();
         uint32_t first = n - io.n_logits;
         for (uint32_t t = 0; t < io.n_logits; t++)
-            rmsnorm(s->x + (size_t)t * H, s->h + (size_t)(first + t) * H, m->final_norm, H, c->rms_eps, dt);
+            hidden_norm(m, s->x + (size_t)t * H, s->h + (size_t)(first + t) * H, m->final_norm);
         linear(s, io.logits, s->x, io.n_logits, &m->lm_head);
         round_buf(io.logits, (size_t)io.n_logits * c->vocab_size, dt);
         s->st.t_head += omp_get_wtime() - th;

@@ -7,7 +7,8 @@
  * dtype at the points where the Hugging Face eager code materialises a tensor in that dtype (linear outputs, norm
  * outputs, residual sums), so the router logits captured are the gate outputs in the model's dtype.
  *
- * Architectures (model_type): qwen3_moe, olmoe, mixtral, qwen2_moe — faithful to the transformers modeling code.
+ * Architectures (model_type): qwen3_moe, olmoe, mixtral, qwen2_moe, gpt_oss (MXFP4 experts dequantised a weight
+ * block at a time into the same scratch) — faithful to the transformers modeling code.
  *
  * Conventions as libmoetrace (traces/moetrace.h): 0 or a negative mtr_err; the one-line detail is mtr_errmsg()
  * and names the file and what is wrong. Nothing prints or exits. A model is immutable after loading and may be
@@ -85,7 +86,8 @@ const char *mtr_st_dtype_name(mtr_st_dtype d);
     X(MTR_ARCH_QWEN3_MOE, "qwen3_moe")    \
     X(MTR_ARCH_OLMOE, "olmoe")            \
     X(MTR_ARCH_MIXTRAL, "mixtral")        \
-    X(MTR_ARCH_QWEN2_MOE, "qwen2_moe")
+    X(MTR_ARCH_QWEN2_MOE, "qwen2_moe")    \
+    X(MTR_ARCH_GPT_OSS, "gpt_oss")
 
 #define MTR_X_ENUM(name, str) name,
 typedef enum { MTR_ARCH_LIST(MTR_X_ENUM) MTR_ARCH_COUNT } mtr_arch;
@@ -122,6 +124,10 @@ typedef struct {
     uint32_t n_moe_layers;
     bool *is_moe;               /* (n_layers) */
     int32_t *moe_layer_index;   /* (n_moe_layers) MoE layer -> 0-based decoder layer */
+    bool *is_sliding;           /* (n_layers) layers with sliding-window attention (gpt_oss layer_types), or NULL:
+                                   all of them when sliding_window > 0 */
+    float swiglu_alpha, swiglu_limit; /* gpt_oss experts' clamped SwiGLU */
+    bool dtype_implicit;        /* config.json names no dtype: that of the stored tensors (gpt_oss) */
 } mtr_model_config;
 
 /* ---- model ----------------------------------------------------------------------------------------------- */

@@ -1,12 +1,14 @@
 /* jinja.c — a small Jinja interpreter for the chat templates in tokenizer_config.json, rendering as
  * transformers does (trim_blocks, lstrip_blocks, no trailing newline, loop controls). Values are jansson values
  * (NULL = undefined). The subset: if/elif/else, for (with loop.*, else, tuple targets), set (incl. namespace
- * attributes), macros without defaults, expressions with filters, tests, slices, string/dict methods. Anything
+ * attributes), macros (parameter defaults, keyword arguments), expressions with filters, tests, slices, string/dict
+ * methods, strftime_now (transformers passes it: the local time now). Anything
  * else is refused with MTR_EFORMAT naming what is missing, never rendered differently. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "jinja.h"
 #include "tokenizer_internal.h"
@@ -236,7 +238,8 @@ struct node {
     char *name;   /* variable, attribute, filter, test, macro, set target attribute */
     json_t *lit;  /* N_LIT */
     node *a, *b, *c;
-    node **kid;   /* N_SEQ statements, call/filter args, list items, dict key/value pairs */
+    node **kid;   /* N_SEQ statements, call/filter args, list items, dict key/value pairs; N_MACRO parameter
+                     defaults (nparams entries, NULL where none) */
     size_t nkid;
     char **params; /* N_FOR targets, N_MACRO parameters */
     size_t nparams;
@@ -731,9 +734,14 @@ static int parse_stmt(sparser *sp, seg *sg, node *seq, const char *const *ends, 
             char **v = realloc(n->params, (n->nparams + 1) * sizeof *v);
             if (!v) goto perr;
             n->params = v;
+            node **dv = realloc(n->kid, (n->nparams + 1) * sizeof *dv);
+            if (!dv) goto perr;
+            n->kid = dv;
+            n->kid[n->nparams] = NULL;
+            n->nkid = n->nparams + 1;
             n->params[n->nparams++] = dupn(peek(&p)->s, peek(&p)->n);
             p.ts.pos++;
-            if (is_op(&p, "=")) { perr(&p, "macro parameter defaults are not supported"); goto perr; }
+            if (accept_op(&p, "=") && !(n->kid[n->nparams - 1] = parse_expr(&p))) goto perr;
             accept_op(&p, ",");
         }
         static const char *const e[] = {"endmacro", NULL};
@@ -1067,15 +1075,23 @@ static int call_method(renv *e, const node *n, json_t **args, size_t na, json_t 
     return rc;
 }
 
-static int call_macro(renv *e, const node *n, const node *mac, json_t **args, size_t na, json_t **out)
+static int call_macro(renv *e, const node *n, const node *mac, json_t **args, size_t na, json_t *kw, json_t **out)
 {
     int rc;
     if (e->depth > MAX_DEPTH) return rerr(n, "recursion too deep");
     tk_buf saved = e->out;
     memset(&e->out, 0, sizeof e->out);
     if ((rc = push_scope(e))) goto done;
-    for (size_t i = 0; i < mac->nparams; i++)
-        json_object_set_new(e->scope[e->nscope - 1], mac->params[i], i < na && args[i] ? json_incref(args[i]) : json_null());
+    /* positional, else keyword, else the default (evaluated now, seeing the parameters before it) */
+    for (size_t i = 0; i < mac->nparams && !rc; i++) {
+        json_t *v = i < na && args[i] ? json_incref(args[i]) : json_incref(json_object_get(kw, mac->params[i]));
+        if (!v && i < mac->nkid && mac->kid[i] && (rc = eval(e, mac->kid[i], &v))) break;
+        json_object_set_new(e->scope[e->nscope - 1], mac->params[i], v ? v : json_null());
+    }
+    if (rc) {
+        pop_scope(e);
+        goto done;
+    }
     e->depth++;
     rc = exec(e, mac->b);
     e->depth--;
@@ -1111,11 +1127,27 @@ static int eval_call(renv *e, const node *n, json_t **out)
         const char *f = n->a->name;
         json_t *mp = json_object_get(e->macros, f);
         if (mp) {
-            rc = call_macro(e, n, (const node *)(uintptr_t)json_integer_value(mp), args, na, out);
+            rc = call_macro(e, n, (const node *)(uintptr_t)json_integer_value(mp), args, na, kw, out);
         } else if (!strcmp(f, "namespace")) {
             *out = json_object();
             if (na == 1 && json_is_object(args[0])) json_object_update(*out, args[0]);
             json_object_update(*out, kw);
+        } else if (!strcmp(f, "strftime_now")) {
+            /* transformers: datetime.now().strftime(format); MTR_TEMPLATE_NOW (seconds since the epoch) pins it */
+            const char *fmt = na == 1 ? json_string_value(args[0]) : NULL, *pin = getenv("MTR_TEMPLATE_NOW");
+            time_t now = pin && *pin ? (time_t)strtoll(pin, NULL, 10) : time(NULL);
+            struct tm tmv;
+            char buf[256];
+            size_t len;
+            if (!fmt) rc = rerr(n, "strftime_now needs one format string");
+            else {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral" /* the template's own format, as Python's strftime takes it */
+                len = localtime_r(&now, &tmv) ? strftime(buf, sizeof buf, fmt, &tmv) : 0;
+#pragma GCC diagnostic pop
+                if (len == 0 && *fmt) rc = rerr(n, "strftime_now: format '%s' gives nothing", fmt);
+                else *out = json_stringn(buf, len);
+            }
         } else if (!strcmp(f, "raise_exception")) {
             rc = rerr(n, "template raised: %s", na && json_is_string(args[0]) ? json_string_value(args[0]) : "");
         } else if (!strcmp(f, "range")) {

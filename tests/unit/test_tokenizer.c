@@ -231,8 +231,21 @@ START_TEST(jinja_subset)
     expect_render("{% macro tag(x) %}<{{ x }}>{% endmacro %}{{ tag('a') }}{% for i in range(3) %}{% if i == 1 %}{% continue %}"
                   "{% endif %}{{ i }}{% endfor %}{{ {'k': [1, 2]} | tojson }}",
                   "<a>02{\"k\": [1, 2]}", false, -1);
+    /* macro parameter defaults (seeing the parameters before them), keyword arguments, recursion, as the gpt-oss
+     * (harmony) template uses them; strftime_now, pinned by MTR_TEMPLATE_NOW (2024-06-01 12:00 UTC) */
+    expect_render("{% macro t(x, sep='-', n=x|length, null=false) %}{{ x }}{{ sep }}{{ n }}{% if null %}?{% endif %}"
+                  "{% endmacro %}{{ t('ab') }}|{{ t('ab', '+') }}|{{ t('ab', null=true) }}|{{ t('abc', n=9, sep=':') }}",
+                  "ab-2|ab+2|ab-2?|abc:9", false, -1);
+    expect_render("{% macro d(k) %}{% if k > 0 %}({{ d(k - 1) }}){% else %}.{% endif %}{% endmacro %}{{ d(3) }}",
+                  "(((.)))", false, -1);
+    setenv("MTR_TEMPLATE_NOW", "1717243200", 1);
+    expect_render("{{ 'date: ' + strftime_now('%Y-%m') }}", "date: 2024-06", false, -1);
+    unsetenv("MTR_TEMPLATE_NOW");
     char *out = NULL;
     mtr_tok_message one = {"user", "x"};
+    ck_assert_int_eq(mtr_tok_render_template(&out, "{{ strftime_now() }}", &one, 1, NULL, NULL, NULL), MTR_EFORMAT);
+    ck_assert_int_eq(mtr_tok_render_template(&out, "{% macro m(a=) %}{% endmacro %}", &one, 1, NULL, NULL, NULL),
+                     MTR_EFORMAT);
     ck_assert_int_eq(mtr_tok_render_template(&out, "{% if x %}", &one, 1, NULL, NULL, NULL), MTR_EFORMAT);
     ck_assert_int_eq(mtr_tok_render_template(&out, "{{ raise_exception('nope') }}", &one, 1, NULL, NULL, NULL), MTR_EFORMAT);
     ck_assert(strstr(mtr_errmsg(), "nope") != NULL);
