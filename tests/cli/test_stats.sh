@@ -43,6 +43,33 @@ if cmp -s "$WORK/c.json" "$WORK/c2.json"; then ok "correlate is reproducible fro
 if ! cmp -s "$WORK/c.json" "$WORK/c3.json"; then ok "another seed gives other CIs"; else not_ok "another seed gives other CIs" "identical"; fi
 if "$PY" "$ORACLE" correlate "$tab" "$acc" "$WORK/c3.json" >/dev/null 2>&1; then ok "seed 9 matches the oracle too"; else not_ok "seed 9 matches the oracle too" "mismatch"; fi
 
+expect_exit 0 "correlate (TSV) for the p methods" "$S" correlate --tables "$tab" --accuracy "$acc" --band 4-13
+expect_out "8 languages: Spearman p and permutation p exact (columns)" "^model	math	band	8	.*	exact	exact$"
+expect_out "8 languages: the verdict names the exact method" "^# verdict: .*Spearman rho = .*\(exact: all 40320 orderings\)"
+
+# five languages in perfect order: rho = -1, whose exact two-sided p is 2/120 (the t approximation says ~1e-24)
+"$BIN/moetrace-capture" synth --out "$WORK/run5" --layers 8 --experts 16 --top-k 2 --units 6 --seed 5 --band 3-6 \
+    --langs eng_Latn:1,fra_Latn:0.9,deu_Latn:0.7,zho_Hans:0.6,hin_Deva:0.4,bam_Latn:0.1 --datasets flores,math \
+    --quiet && "$BIN/moetrace-reduce" "$WORK/run5" -o "$WORK/tab5" -q || not_ok "synth 5 languages" "failed"
+expect_exit 0 "correlate, 5 languages" "$S" correlate --tables "$WORK/tab5" --accuracy "$WORK/run5/accuracy.tsv" --band 3-6
+expect_out "5 languages, rho = -1: Spearman p = 2/120, exact" "^model	math	band	5	.*	-1\.000000	0\.0166667	.*	exact	exact$"
+expect_out "5 languages: the verdict says exact and warns about the bootstrap CI" \
+    "^# verdict: .*Spearman rho = -1\.000, p = 0\.0167 \(exact: all 120 orderings\); 5 languages; .*bootstrap CI is unreliable"
+if grep -q 'e-2[0-9]' "$WORK/out"; then not_ok "5 languages: no t-approximation p of 1e-20 or so" "$(grep 'e-2' "$WORK/out" | head -c 200)"
+else ok "5 languages: no t-approximation p of 1e-20 or so"; fi
+"$S" correlate --tables "$WORK/tab5" --accuracy "$WORK/run5/accuracy.tsv" --band 3-6 --json >"$WORK/c5.json"
+if "$PY" "$ORACLE" correlate "$WORK/tab5" "$WORK/run5/accuracy.tsv" "$WORK/c5.json" >"$WORK/oracle" 2>&1; then ok "5 languages: exact p-values match a brute-force enumeration"
+else not_ok "5 languages: exact p-values match a brute-force enumeration" "$(head -c 400 "$WORK/oracle")"; fi
+# more than 10 languages: Spearman's p is scipy's t approximation, permutations are sampled (seeded)
+"$BIN/moetrace-capture" synth --out "$WORK/run12" --layers 6 --experts 16 --top-k 2 --units 4 --seed 11 --band 2-5 \
+    --langs eng_Latn:1,fra_Latn:0.95,deu_Latn:0.9,spa_Latn:0.85,ita_Latn:0.8,por_Latn:0.7,zho_Hans:0.6,jpn_Jpan:0.55,hin_Deva:0.45,ben_Beng:0.35,swh_Latn:0.3,yor_Latn:0.2,bam_Latn:0.1 \
+    --datasets flores,math --quiet && "$BIN/moetrace-reduce" "$WORK/run12" -o "$WORK/tab12" -q || not_ok "synth 12 languages" "failed"
+"$S" correlate --tables "$WORK/tab12" --accuracy "$WORK/run12/accuracy.tsv" --band 2-5 --permutations 2000 --bootstrap 2000 --json >"$WORK/c12.json"
+if "$PY" -c 'import json,sys; b=json.load(open(sys.argv[1]))["results"][0]["band_mean"]; assert b["spearman"]["p_method"] == "t" and b["spearman"]["p_perm_method"] == "monte-carlo" and b["spearman"]["n_perm"] == 2000, b' "$WORK/c12.json" 2>"$WORK/py" &&
+    "$PY" "$ORACLE" correlate "$WORK/tab12" "$WORK/run12/accuracy.tsv" "$WORK/c12.json" >"$WORK/oracle" 2>&1
+then ok "12 languages: t approximation and seeded permutations match scipy/numpy"
+else not_ok "12 languages: t approximation and seeded permutations match scipy/numpy" "$(cat "$WORK/py" "$WORK/oracle" | head -c 400)"; fi
+
 # lm-evaluation-harness input: belebele_<flores> tasks with acc,none
 "$PY" - "$acc" "$WORK/lmeval.json" <<'PYEOF'
 import json, sys
