@@ -148,7 +148,8 @@ j = json.load(open(f"{d}/task.json"))
 assert j["experts"] == ex.tolist() and np.allclose(np.array(j["coef"]), coef) and j["op"] == "soft"
 es = json.load(open(f"{d}/task.easysteer.json"))["layer_configs"]
 assert {(int(k), e) for k, v in es.items() for e in v["expert_ids"]} == {(int(l), int(e)) for l, e in ex}
-assert all(v["mode"] == "activate" for v in es.values())
+# soft steering is exported as EasySteer's soft mode, lambda rescaled from the population std to torch's n-1 std
+assert all(v["mode"] == "soft" and abs(v["lambda"] - 0.5 * (31 / 32) ** 0.5) < 1e-12 for v in es.values()), es
 flat = np.fromfile(f"{d}/task.f32", dtype="<f4").reshape(16, 32)
 side = json.load(open(f"{d}/task.f32.json"))
 assert side["shape"] == [16, 32] and side["dtype"] == "float32" and np.array_equal(flat, coef)
@@ -167,6 +168,12 @@ print("ok")
 PYEOF
 then ok "steering files: h5py reads the selection, twin and exports agree, controls are matched"
 else not_ok "steering files: h5py reads the selection, twin and exports agree, controls are matched" "$(tail -c 400 "$WORK/py")"; fi
+# EasySteer exports: the schema EasySteer documents, and its rule (run with torch) routes as moetrace's does
+ES="$TESTS/stats/easysteer_check.py"
+if out=$("$PY" "$ES" --self-test 2>&1); then ok "EasySteer schema check refuses broken configs"; else not_ok "EasySteer schema check refuses broken configs" "$out"; fi
+if out=$(OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 "$PY" "$ES" "$st" task outside_band multilingual random deactivate 2>&1)
+then ok "EasySteer exports (soft, deactivate = negative lambda): schema and routing"
+else not_ok "EasySteer exports (soft, deactivate = negative lambda): schema and routing" "$(printf '%s' "$out" | tail -c 400)"; fi
 "$S" steer --tables "$tab" --dataset math --profile synthetic-l16-e32 --tau 0.2 --op soft --out "$WORK/steer2" >/dev/null
 if cmp -s "$st/random.h5" "$WORK/steer2/random.h5" || cmp -s "$st/random.json" "$WORK/steer2/random.json"
 then ok "random control reproducible from the seed"; else not_ok "random control reproducible from the seed" "differs"; fi
@@ -184,6 +191,15 @@ es = json.load(open(sys.argv[1] + "/deactivate.easysteer.json"))["layer_configs"
 assert all(v["mode"] == "deactivate" for v in es.values())
 ' "$WORK/steer3" 2>"$WORK/py"; then ok "hard: at most top-k forced per layer, deactivate is op off"
 else not_ok "hard: at most top-k forced per layer, deactivate is op off" "$(tail -c 300 "$WORK/py")"; fi
+
+if out=$(OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 "$PY" "$ES" "$WORK/steer3" task deactivate 2>&1)
+then ok "EasySteer exports (hard with fixed eps, off): activate/deactivate with epsilon, schema and routing"
+else not_ok "EasySteer exports (hard with fixed eps, off): schema and routing" "$(printf '%s' "$out" | tail -c 400)"; fi
+expect_exit 0 "steer --op bias (--lambda is the bias)" "$S" steer --tables "$tab" --dataset math --profile synthetic-l16-e32 \
+    --tau 0.2 --op bias --lambda 1.5 --controls random --out "$WORK/steer4"
+expect_out "bias: the value added is printed" "^task	bias	1\.5	20	"
+if [ -f "$WORK/steer4/task.h5" ] && [ ! -e "$WORK/steer4/task.easysteer.json" ] && grep -q "no EasySteer moe_router mode" "$WORK/err"
+then ok "bias: no EasySteer export (EasySteer has no additive mode), said once"; else not_ok "bias: no EasySteer export" "$(cat "$WORK/err")"; fi
 
 # ---- effect ----------------------------------------------------------------------------------------------
 "$PY" - "$acc" "$WORK/base.tsv" "$WORK/steered.tsv" <<'PYEOF'
