@@ -39,7 +39,8 @@ static void common_help(void)
            "                         for --op hard)\n"
            "Band (1-based, inclusive):\n"
            "  --profile NAME|FILE    model profile: band, model id, dimensions\n"
-           "  --band A-B|detect      the band (default: the profile's, else detected)\n"
+           "  --band A-B|detect|FILE  the band, detected, or that of a moetrace-stats output such as band.txt\n"
+           "                         (default: the profile's, else detected)\n"
            "  --alpha X              detection threshold (default 0.2)\n");
 }
 

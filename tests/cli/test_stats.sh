@@ -104,6 +104,21 @@ assert all(w[l - 1] >= 0.75 for l in range(b["first"], b["last"] + 1)), (b, w)
 ' "$WORK/out" "$run24/truth.json" 2>"$WORK/py"
 then ok "band detection recovers planted 5-19 of 24 (edges: shared >= 0.75)"; else not_ok "band detection recovers planted 5-19 of 24 (edges: shared >= 0.75)" "$(tail -c 300 "$WORK/py")"; fi
 
+# one band for every step: --band FILE takes the band of a moetrace-stats output (band.txt, band --json, ...)
+"$S" band --tables "$tab" --band detect >"$WORK/band.txt"
+"$S" band --tables "$tab" --band 5-11 --json >"$WORK/band.json"
+expect_exit 0 "correlate --band band.txt" "$S" correlate --tables "$tab" --accuracy "$acc" --band "$WORK/band.txt"
+expect_out "--band band.txt: the band of band.txt, source named" "^# band: $planted .*from $WORK/band.txt: detected from the U-curve"
+expect_exit 0 "experts --band band.json" "$S" experts --tables "$tab" --dataset math --band "$WORK/band.json"
+expect_out "--band band.json: its band" "^# band: 5-11 .*from $WORK/band.json"
+expect_exit 1 "--band with a missing file: exit 1" "$S" experts --tables "$tab" --dataset math --band "$WORK/no-band.txt"
+expect_err_line "--band missing file: one line" "no-band.txt: not A-B, detect or a readable band file"
+expect_exit 2 "--band with a file holding no band: exit 2" "$S" experts --tables "$tab" --dataset math --band "$acc"
+expect_err_line "--band file without a band: one line naming it" "accuracy.tsv: no band in it"
+printf '# band: 3-40 (1-based, inclusive): made up\n' >"$WORK/band40.txt"
+expect_exit 2 "--band file with a band outside the layers: exit 2" "$S" experts --tables "$tab" --dataset math --band "$WORK/band40.txt"
+expect_err_line "--band file outside the layers: one line" "band40.txt: band 3-40: .* <= 16"
+
 # ---- experts and overlap ---------------------------------------------------------------------------------
 expect_exit 0 "experts --json" "$S" experts --tables "$tab" --dataset math --profile synthetic-l16-e32 --tau 0.2 --json
 if "$PY" -c '
