@@ -614,7 +614,8 @@ def intervention_effects(res, task=None):
         out["english_gain"][name] = math.nan if row.get("english_gain") is None else float(row["english_gain"])
         for k in ("layers", "op", "n_experts", "n_langs"):
             out[k][name] = row.get(k)
-        _check_effect_layers(res, name, row.get("layers"), p)
+        if str(row.get("n_experts")) not in ("0", "-"):  # an empty file names the band's layers, steering none
+            _check_effect_layers(res, name, row.get("layers"), p)
     return out
 
 
