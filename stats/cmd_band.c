@@ -10,7 +10,7 @@
 
 static void help(void)
 {
-    printf("Usage: %s " VERB " --tables DIR [--profile NAME|FILE] [--band A-B|detect] [--alpha X] [--json]\n"
+    printf("Usage: %s " VERB " --tables DIR [--profile NAME|FILE] [--band A-B|detect|FILE] [--alpha X] [--json]\n"
            "\n"
            "Print the mean over non-English languages of the divergence from English per layer (the U-curve) and the\n"
            "middle band: the profile's (the paper's bands: Qwen3-30B-A3B 8-35, Phi-3.5-MoE 8-17, GPT-OSS-20B 4-19,\n"
@@ -20,7 +20,8 @@ static void help(void)
            "\n"
            "  --tables DIR           reduce tables with div_from_en.tsv\n"
            "  --profile NAME|FILE    model profile (config/models/NAME.json)\n"
-           "  --band A-B|detect      use this band / force detection\n"
+           "  --band A-B|detect|FILE  use this band / force detection / the band of a moetrace-stats output\n"
+           "                         (this verb's TSV or JSON, correlate.json, ...)\n"
            "  --alpha X              detection threshold (default 0.2)\n"
            "  --english CODE         reference language (default eng_Latn)\n"
            "  --json                 JSON instead of TSV\n"

@@ -18,6 +18,15 @@ static void help(void)
            "its p, percentile bootstrap 95%% CIs over languages and permutation p-values (two-sided). Ends with a\n"
            "one-line verdict per task: sign and strength of the band correlation.\n"
            "\n"
+           "p-values with few languages: up to %d languages every ordering of the accuracies is enumerated (n!), so\n"
+           "the permutation p-values are exact and Spearman's p is the exact permutation p (with 5 languages and\n"
+           "rho = -1 it is 2/120; the t approximation would say 1e-24); with more languages Spearman's p is the t\n"
+           "approximation and the permutation p is sampled. Pearson's p is always the t-test (exact under bivariate\n"
+           "normality). The method of each p is printed (columns spearman_p_method, p_perm_method: t, exact,\n"
+           "monte-carlo). Bootstrap CIs over so few languages are unreliable (a perfectly ordered sample gives\n"
+           "[-1, -1]): the verdict calls a band correlation conclusive only when the CI excludes 0 and the\n"
+           "permutation p is below 1 - level.\n"
+           "\n"
            "Inputs:\n"
            "  --tables DIR           reduce tables (a directory of TSVs; tables.h5 later)\n"
            "  --accuracy FILE        accuracies: moetrace TSV (lang task metric value n), moetrace JSON, or\n"
@@ -32,7 +41,8 @@ static void help(void)
            "\n"
            "Band (1-based, inclusive):\n"
            "  --profile NAME|FILE    model profile (config/models/NAME.json): its middle band and name\n"
-           "  --band A-B|detect      the band, or detect it from the U-curve (default: the profile's, else detect)\n"
+           "  --band A-B|detect|FILE  the band, detect it from the U-curve, or the band of a moetrace-stats output\n"
+           "                         (band.txt or band.json from `band`; default: the profile's, else detect)\n"
            "  --alpha X              detection threshold min + X*(max-min) (default 0.2)\n"
            "  --model NAME           model name in the output (default: the profile's, else \"model\")\n"
            "\n"
@@ -47,10 +57,10 @@ static void help(void)
            "  -h, --help             this help\n"
            "\n"
            "TSV columns: model task layer n_langs pearson_r pearson_p pearson_ci_lo pearson_ci_hi pearson_p_perm\n"
-           "spearman_rho spearman_p spearman_ci_lo spearman_ci_hi spearman_p_perm; layer is 1-based, or \"band\" for\n"
-           "the band mean. The verdict is the last line, \"# verdict: ...\".\n"
+           "spearman_rho spearman_p spearman_ci_lo spearman_ci_hi spearman_p_perm spearman_p_method p_perm_method;\n"
+           "layer is 1-based, or \"band\" for the band mean. The verdict is the last line, \"# verdict: ...\".\n"
            "\n%s",
-           PROG, exit_status_text);
+           PROG, MTR_STATS_EXACT_MAX_N, exit_status_text);
 }
 
 static const char *strength(double r)
@@ -59,21 +69,38 @@ static const char *strength(double r)
     return a >= 0.7 ? "strong" : a >= 0.5 ? "moderate" : a >= 0.3 ? "weak" : "negligible";
 }
 
+/* "exact: all 120 orderings" / "t approximation" / "10000 random orderings" */
+static void method_text(char *buf, size_t cap, mtr_p_method m, uint64_t n_perm)
+{
+    if (m == MTR_P_EXACT) snprintf(buf, cap, "exact: all %llu orderings", (unsigned long long)n_perm);
+    else if (m == MTR_P_MONTE_CARLO) snprintf(buf, cap, "%llu random orderings", (unsigned long long)n_perm);
+    else snprintf(buf, cap, "t approximation");
+}
+
 static void verdict(char *buf, size_t cap, const char *model, const char *task, const cli_band *b,
                     const mtr_corr_result *c, double level)
 {
     const mtr_corr_stat *p = &c->pearson, *s = &c->spearman;
     bool excl = (p->ci_lo > 0.0 && p->ci_hi > 0.0) || (p->ci_lo < 0.0 && p->ci_hi < 0.0);
+    bool sig = p->p_perm < 1.0 - level;
+    char pm[64], sm[64], why[160], small[160] = "";
+    method_text(pm, sizeof pm, p->p_perm_method, p->n_perm_used);
+    method_text(sm, sizeof sm, s->p_method, s->n_perm_used);
+    snprintf(why, sizeof why, !excl ? "the CI includes 0: not conclusive"
+                              : !sig ? "the permutation p is not below %.3g: not conclusive"
+                              : p->r < 0 ? "languages routed more like English in the middle layers score higher"
+                                         : "languages routed more like English in the middle layers score lower",
+             1.0 - level);
+    if (c->n <= MTR_STATS_EXACT_MAX_N)
+        snprintf(small, sizeof small, " (with %zu languages the bootstrap CI is unreliable; the permutation p-values are "
+                                      "exact)", c->n);
     snprintf(buf, cap,
              "%s, %s, band %u-%u (%s): %s %s correlation between divergence from English and accuracy: Pearson r = "
-             "%.3f [%.3g%% CI %.3f, %.3f], p = %.3g (permutation p = %.3g); Spearman rho = %.3f, p = %.3g; %zu "
-             "languages; %s",
+             "%.3f [%.3g%% CI %.3f, %.3f], p = %.3g (t-test; permutation p = %.3g, %s); Spearman rho = %.3f, p = %.3g "
+             "(%s); %zu languages; %s%s",
              model, task, b->band.first, b->band.last, b->band.detected ? "detected" : "profile/given",
              strength(p->r), p->r < 0 ? "negative" : "positive", p->r, 100.0 * level, p->ci_lo, p->ci_hi, p->p,
-             p->p_perm, s->r, s->p, c->n,
-             !excl ? "the CI includes 0: not conclusive"
-             : p->r < 0 ? "languages routed more like English in the middle layers score higher"
-                        : "languages routed more like English in the middle layers score lower");
+             p->p_perm, pm, s->r, s->p, sm, c->n, why, small);
 }
 
 int cmd_correlate(int argc, char **argv)
@@ -250,6 +277,11 @@ int cmd_correlate(int argc, char **argv)
         json_object_set_new(js, "permutations", json_integer(co.n_perm));
         json_object_set_new(js, "level", json_real(co.level));
         json_object_set_new(js, "ci", json_string("percentile bootstrap over languages"));
+        json_object_set_new(js, "exact_max_n", json_integer(MTR_STATS_EXACT_MAX_N));
+        json_object_set_new(js, "p_methods",
+                            json_string("pearson p: t-test; spearman p: exact permutation p for n <= exact_max_n, else t "
+                                        "approximation; p_perm: exact (all n! orderings) for n <= exact_max_n, else "
+                                        "monte-carlo"));
         json_object_set_new(jroot, "settings", js);
         json_object_set_new(jroot, "results", json_array());
     } else {
@@ -259,9 +291,13 @@ int cmd_correlate(int argc, char **argv)
         printf("# x: divergence from %s (div_from_en), per layer and averaged over the band; y: accuracy\n", eng);
         printf("# bootstrap: %u resamples of the languages, %.0f%% percentile CI, seed %llu; permutations: %u, "
                "two-sided\n", co.n_boot, 100 * co.level, (unsigned long long)co.seed, co.n_perm);
+        printf("# p-values: Pearson p is the t-test; up to %d languages the permutation p-values and Spearman's p are "
+               "exact (all n! orderings), above, permutations are sampled and Spearman's p is the t approximation "
+               "(columns spearman_p_method, p_perm_method)\n", MTR_STATS_EXACT_MAX_N);
         for (size_t i = 0; i < t->n_prov; i++) printf("# input %s\n", t->prov[i]);
         printf("#model\ttask\tlayer\tn_langs\tpearson_r\tpearson_p\tpearson_ci_lo\tpearson_ci_hi\tpearson_p_perm\t"
-               "spearman_rho\tspearman_p\tspearman_ci_lo\tspearman_ci_hi\tspearman_p_perm\n");
+               "spearman_rho\tspearman_p\tspearman_ci_lo\tspearman_ci_hi\tspearman_p_perm\tspearman_p_method\t"
+               "p_perm_method\n");
     }
 
     char verdicts[16][1024];
@@ -342,6 +378,7 @@ int cmd_correlate(int argc, char **argv)
                     goto out_free;
                 }
                 r.pearson.r = r.pearson.p = r.pearson.ci_lo = r.pearson.ci_hi = r.pearson.p_perm = NAN;
+                r.pearson.p_method = r.pearson.p_perm_method = MTR_P_METHOD_COUNT; /* printed as "-" / null */
                 r.spearman = r.pearson;
             }
             if (l == L) band_res = r;
@@ -362,14 +399,22 @@ int cmd_correlate(int argc, char **argv)
                     json_object_set_new(s, "ci", ci);
                     json_object_set_new(s, "p_perm", cli_jnum(st[q]->p_perm));
                     json_object_set_new(s, "n_boot_used", json_integer(st[q]->n_boot_used));
+                    const char *pmn = mtr_stats_p_method_name(st[q]->p_method);
+                    const char *ppn = mtr_stats_p_method_name(st[q]->p_perm_method);
+                    json_object_set_new(s, "p_method", pmn ? json_string(pmn) : json_null());
+                    json_object_set_new(s, "p_perm_method", ppn ? json_string(ppn) : json_null());
+                    json_object_set_new(s, "n_perm", json_integer((json_int_t)st[q]->n_perm_used));
                     json_object_set_new(o, q ? "spearman" : "pearson", s);
                 }
                 if (l == L) json_object_set_new(jtask, "band_mean", o);
                 else json_array_append_new(jlayers, o);
             } else {
-                printf("%s\t%s\t%s\t%zu\t%.6f\t%.6g\t%.6f\t%.6f\t%.6g\t%.6f\t%.6g\t%.6f\t%.6f\t%.6g\n", model, task, lname,
-                       r.n, r.pearson.r, r.pearson.p, r.pearson.ci_lo, r.pearson.ci_hi, r.pearson.p_perm, r.spearman.r,
-                       r.spearman.p, r.spearman.ci_lo, r.spearman.ci_hi, r.spearman.p_perm);
+                const char *spm = mtr_stats_p_method_name(r.spearman.p_method);
+                const char *ppm = mtr_stats_p_method_name(r.spearman.p_perm_method);
+                printf("%s\t%s\t%s\t%zu\t%.6f\t%.6g\t%.6f\t%.6f\t%.6g\t%.6f\t%.6g\t%.6f\t%.6f\t%.6g\t%s\t%s\n", model, task,
+                       lname, r.n, r.pearson.r, r.pearson.p, r.pearson.ci_lo, r.pearson.ci_hi, r.pearson.p_perm,
+                       r.spearman.r, r.spearman.p, r.spearman.ci_lo, r.spearman.ci_hi, r.spearman.p_perm,
+                       spm ? spm : "-", ppm ? ppm : "-");
             }
         }
         if (n_verdicts < 16) verdict(verdicts[n_verdicts++], sizeof verdicts[0], model, task, &band, &band_res, co.level);

@@ -173,12 +173,15 @@ int cmd_effect(int argc, char **argv)
         json_object_set_new(root, "command", json_string(cli_command_line));
         json_object_set_new(root, "baseline", json_string(base_path));
         json_object_set_new(root, "steered", json_string(steered_path));
+        /* the intervention by the name its steering file gives it (task, outside_band, random, ...) */
+        json_object_set_new(root, "steer", steer_path ? json_string(steer_path) : json_null());
+        json_object_set_new(root, "intervention", st ? json_string(st->name) : json_null());
         json_object_set_new(root, "bootstrap", json_pack("{s:I,s:i,s:f}", "seed", (json_int_t)seed, "resamples",
                                                          (int)n_boot, "level", level));
     } else {
         cli_provenance(stdout, VERB);
         printf("# baseline: %s (%s)\n# steered: %s (%s)\n", base_path, ba->format, steered_path, sa->format);
-        if (steer_path) printf("# steering file: %s\n", steer_path);
+        if (steer_path) printf("# steering file: %s (intervention %s)\n", steer_path, st->name);
         printf("# mean over non-English languages; gain CI: paired percentile bootstrap over languages, %u resamples, "
                "seed %llu, level %g; sign test: exact binomial, two-sided, ties dropped\n",
                n_boot, (unsigned long long)seed, level);

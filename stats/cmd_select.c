@@ -38,7 +38,8 @@ static void common_help(void)
            "                         for --op hard)\n"
            "Band (1-based, inclusive):\n"
            "  --profile NAME|FILE    model profile: band, model id, dimensions\n"
-           "  --band A-B|detect      the band (default: the profile's, else detected)\n"
+           "  --band A-B|detect|FILE  the band, detected, or that of a moetrace-stats output such as band.txt\n"
+           "                         (default: the profile's, else detected)\n"
            "  --alpha X              detection threshold (default 0.2)\n");
 }
 
@@ -383,7 +384,8 @@ static void steer_help(void)
 {
     printf("Usage: %s steer --tables DIR --dataset D --out DIR [options]\n\n"
            "Select the task experts and write one steering file per intervention into --out: NAME.h5 + NAME.json\n"
-           "(traces/STEERING.md), NAME.easysteer.json (EasySteer moe_router layer config) and NAME.f32 +\n"
+           "(traces/STEERING.md), NAME.easysteer.json (EasySteer moe_router layer config: soft as mode soft with\n"
+           "its lambda, hard/off as activate/deactivate; none for --op bias, which EasySteer lacks) and NAME.f32 +\n"
            "NAME.f32.json (flat f32 matrix with a sidecar). Interventions: task (the selection), and the controls\n"
            "built the same way: outside (the same number of experts with the largest Delta outside the band, early\n"
            "and late layers), multilingual (the same number of multilingual-specialised experts, band layers),\n"
@@ -394,7 +396,7 @@ static void steer_help(void)
     printf("Steering:\n"
            "  --out DIR              output directory (made if missing)\n"
            "  --op soft|hard|off|bias  operation (default soft)\n"
-           "  --lambda X             soft: multiple of std(z) (default 0.2)\n"
+           "  --lambda X             soft: multiple of std(z) (default 0.5); bias: the value added to z\n"
            "  --eps-mode gaussian|fixed  hard/off: eps ~ N(0, eps^2) seeded, or a fixed eps (default gaussian)\n"
            "  --eps X                default 1e-6 (gaussian sd) or 0.01 (fixed, SteerMoE's)\n"
            "  --seed S               seed of the random control and of gaussian eps (default 1)\n"
@@ -448,7 +450,9 @@ static int write_one(json_t *summary, const sel_args *a, const sel_ctx *x, const
     s->eps_mode = a->eps_mode;
     s->eps = a->eps;
     s->seed = a->seed;
-    for (size_t i = 0; i < set->n && !rc; i++) rc = mtr_steer_add(s, set->v[i].layer, set->v[i].expert, NAN, set->v[i].score);
+    /* NaN: the op's default coefficient (soft lambda, hard +1, off -1); bias adds --lambda itself */
+    double coef = op == MTR_STEER_BIAS ? lambda : NAN;
+    for (size_t i = 0; i < set->n && !rc; i++) rc = mtr_steer_add(s, set->v[i].layer, set->v[i].expert, coef, set->v[i].score);
     /* provenance: what was selected how (layers 1-based here, as in every table people read) */
     json_t *p = json_pack("{s:s,s:s,s:s,s:s,s:f,s:{s:i,s:i,s:s,s:s},s:s,s:s,s:I}", "tables", a->tables, "dataset",
                           a->dataset, "generic", x->generic, "english", a->english, "tau", a->tau, "band", "first",
@@ -472,7 +476,8 @@ static int write_one(json_t *summary, const sel_args *a, const sel_ctx *x, const
     snprintf(fj, sizeof fj, "%s/%s.f32.json", a->out, name);
     bool lossy = false;
     if (!rc) rc = mtr_steer_write(s, h5, js);
-    if (!rc) rc = mtr_steer_export_easysteer(s, es, &lossy);
+    /* EasySteer has no additive-bias mode: a bias file gets no EasySteer export (cmd_steer says so once) */
+    if (!rc && op != MTR_STEER_BIAS) rc = mtr_steer_export_easysteer(s, es, &lossy);
     if (!rc) rc = mtr_steer_export_flat(s, fb, fj);
     if (rc) {
         int ex = cli_fail("steer", rc, mtr_errmsg());
@@ -489,11 +494,14 @@ static int write_one(json_t *summary, const sel_args *a, const sel_ctx *x, const
         i = j;
     }
     if (summary) {
-        json_array_append_new(summary, json_pack("{s:s,s:s,s:f,s:i,s:s,s:s,s:b}", "name", name, "op",
+        json_array_append_new(summary, json_pack("{s:s,s:s,s:f,s:i,s:s,s:s,s:o,s:b}", "name", name, "op",
                                                  mtr_steer_op_name(op), "lambda", lambda, "n_experts", (int)s->n_sel,
-                                                 "layers", layers, "file", h5, "easysteer_lossy", lossy));
+                                                 "layers", layers, "file", h5, "easysteer",
+                                                 op == MTR_STEER_BIAS ? json_null() : json_string(es),
+                                                 "easysteer_lossy", lossy));
     } else {
-        printf("%s\t%s\t%g\t%zu\t%s\t%s\n", name, mtr_steer_op_name(op), op == MTR_STEER_SOFT ? lambda : s->eps,
+        printf("%s\t%s\t%g\t%zu\t%s\t%s\n", name, mtr_steer_op_name(op),
+               op == MTR_STEER_SOFT || op == MTR_STEER_BIAS ? lambda : s->eps,
                s->n_sel, layers[0] ? layers : "-", h5);
     }
     mtr_steer_destroy(s);
@@ -574,6 +582,8 @@ int cmd_steer(int argc, char **argv)
                   task.n_dropped, cap);
     if (task.n == 0) cli_error("steer", "warning: no expert has Delta > %g in band %u-%u: the files are empty", a.tau,
                                x.band.band.first, x.band.band.last);
+    if (a.op == MTR_STEER_BIAS)
+        cli_error("steer", "note: op bias has no EasySteer moe_router mode: no NAME.easysteer.json written");
     if (a.json) summary = json_array();
     else {
         cli_provenance(stdout, "steer");

@@ -25,7 +25,8 @@ awk -F'\t' '!/^#/ { d[$1] = d[$1] sprintf(" %.2f", $3) } END { for (l in d) prin
     "$OUT/tables/div_from_en.tsv" | sort
 echo
 echo "== moetrace-stats: does middle-layer alignment with English track accuracy? (planted accuracies)"
-"$BIN/moetrace-stats" band --tables "$OUT/tables" --band detect >"$OUT/band.txt"
+# the one band of every later step and figure (notebooks refuse stats made with another band)
+"$BIN/moetrace-stats" band --tables "$OUT/tables" --band 6-19 >"$OUT/band.txt"
 grep "^# band:" "$OUT/band.txt" | sed "s/^# /middle /"
 "$BIN/moetrace-stats" correlate --tables "$OUT/tables/tables.h5" --accuracy "$OUT/run/accuracy.tsv" \
     --band 6-19 --json >"$OUT/correlate.json"

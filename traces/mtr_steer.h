@@ -114,10 +114,12 @@ MTR_API void mtr_steer_apply(const mtr_steer *s, uint32_t layer, float *z, uint6
  * generator per layer continuing over the tokens in order, as the native engine and the PyTorch hook use it. */
 MTR_API uint64_t mtr_steer_layer_seed(uint64_t seed, uint32_t layer);
 
-/* EasySteer `moe_router` layer config: {"layer_configs": {"<decoder layer>": {"mode": "activate"|"deactivate",
- * "expert_ids": [...]}}} (a layer with both signs: "mode": "activate", "activate_ids", "deactivate_ids").
- * Positive coefficients are activations, negative ones deactivations; *lossy (may be NULL) is set when the
- * operation's magnitude (soft lambda, bias values, gaussian eps) cannot be expressed in that layout. */
+/* EasySteer `moe_router` layer config (traces/STEERING.md "Exports"): {"layer_configs": {"<decoder layer>":
+ * {...}}, "moetrace": {provenance}}. soft: {"mode": "soft", "expert_ids": [...], "lambda": coef * sqrt((E-1)/E)}
+ * (EasySteer multiplies the n-1 std, moetrace the population std: the same z'); hard / off: {"mode": "activate" |
+ * "deactivate", "expert_ids": [...], "epsilon": eps}, a layer with both signs "activate_ids" + "deactivate_ids".
+ * *lossy (may be NULL) is set for gaussian eps, which EasySteer's fixed epsilon cannot express. MTR_EINVAL for op
+ * bias (no such mode) and for a soft layer whose experts have different coefficients (one lambda per layer). */
 MTR_API int mtr_steer_export_easysteer(const mtr_steer *s, const char *path, bool *lossy);
 /* The coefficient matrix as raw little-endian f32 (n_layers, n_experts), row-major, in bin_path, and a JSON
  * sidecar describing it (shape, dtype, byte order, op and parameters, model) in json_path. */

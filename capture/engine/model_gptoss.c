@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
 #include "model_internal.h"
 
 /* ---- config ---------------------------------------------------------------------------------------------- */

@@ -101,6 +101,129 @@ START_TEST(test_correlate_seeded)
 }
 END_TEST
 
+/* next lexicographic permutation of a (n); false after the last */
+static bool next_perm(size_t *a, size_t n)
+{
+    size_t i = n - 1;
+    while (i > 0 && a[i - 1] >= a[i]) i--;
+    if (i == 0) return false;
+    size_t j = n - 1;
+    while (a[j] <= a[i - 1]) j--;
+    size_t t = a[i - 1];
+    a[i - 1] = a[j];
+    a[j] = t;
+    for (size_t k = i, m = n - 1; k < m; k++, m--) {
+        t = a[k];
+        a[k] = a[m];
+        a[m] = t;
+    }
+    return true;
+}
+
+/* textbook Pearson r, two passes */
+static double naive_r(const double *x, const double *y, size_t n)
+{
+    double mx = 0, my = 0, sxy = 0, sxx = 0, syy = 0;
+    for (size_t i = 0; i < n; i++) mx += x[i], my += y[i];
+    mx /= (double)n;
+    my /= (double)n;
+    for (size_t i = 0; i < n; i++) {
+        sxy += (x[i] - mx) * (y[i] - my);
+        sxx += (x[i] - mx) * (x[i] - mx);
+        syy += (y[i] - my) * (y[i] - my);
+    }
+    return sxy / sqrt(sxx * syy);
+}
+
+/* brute force: every ordering of y, r recomputed from scratch (ranks by counting, ties averaged) */
+static void brute_perm_p(double *pp, double *ps, const double *x, const double *y, size_t n)
+{
+    double rx[16], ry[16], py[16], pry[16];
+    size_t a[16];
+    for (size_t i = 0; i < n; i++) {
+        double lx = 0, ex = 0, ly = 0, ey = 0;
+        for (size_t j = 0; j < n; j++) {
+            lx += x[j] < x[i], ex += x[j] == x[i];
+            ly += y[j] < y[i], ey += y[j] == y[i];
+        }
+        rx[i] = lx + (ex + 1) / 2;
+        ry[i] = ly + (ey + 1) / 2;
+        a[i] = i;
+    }
+    double r0 = fabs(naive_r(x, y, n)), s0 = fabs(naive_r(rx, ry, n));
+    size_t hp = 0, hs = 0, total = 0;
+    do {
+        for (size_t i = 0; i < n; i++) py[i] = y[a[i]], pry[i] = ry[a[i]];
+        hp += fabs(naive_r(x, py, n)) >= r0 - 1e-12;
+        hs += fabs(naive_r(rx, pry, n)) >= s0 - 1e-12;
+        total++;
+    } while (next_perm(a, n));
+    *pp = (double)hp / (double)total;
+    *ps = (double)hs / (double)total;
+}
+
+START_TEST(test_spearman_exact_small_n)
+{
+    /* 5 languages, perfectly reversed order: rho = -1; of the 120 orderings of y, 2 reach |rho| = 1 */
+    const double x[] = {0.11, 0.25, 0.31, 0.47, 0.52}, y[] = {0.9, 0.8, 0.62, 0.41, 0.33};
+    mtr_corr_result c;
+    mtr_corr_opts o = MTR_CORR_OPTS_INIT;
+    o.n_boot = 500;
+    SOK(mtr_stats_correlate(&c, x, 1, y, 1, 5, &o));
+    NEAR(c.spearman.r, -1.0, 1e-15);
+    NEAR(c.spearman.p, 2.0 / 120.0, 1e-15);
+    ck_assert_int_eq(c.spearman.p_method, MTR_P_EXACT);
+    ck_assert_str_eq(mtr_stats_p_method_name(c.spearman.p_method), "exact");
+    NEAR(c.spearman.p_perm, 2.0 / 120.0, 1e-15);
+    ck_assert_int_eq(c.spearman.p_perm_method, MTR_P_EXACT);
+    ck_assert_uint_eq(c.spearman.n_perm_used, 120);
+    ck_assert_int_eq(c.pearson.p_method, MTR_P_T); /* Pearson's p stays the t-test */
+    double tp;
+    SOK(mtr_stats_corr_pvalue(&tp, c.spearman.r, 5)); /* what the t approximation says: 0 */
+    ck_assert(tp < 1e-10);
+    /* the same through the direct call; n! reported */
+    double pp, ps, bp, bs;
+    uint64_t np = 0;
+    SOK(mtr_stats_perm_exact(&pp, &ps, &np, x, 1, y, 1, 5));
+    ck_assert_uint_eq(np, 120);
+    NEAR(ps, 2.0 / 120.0, 1e-15);
+    brute_perm_p(&bp, &bs, x, y, 5);
+    NEAR(pp, bp, 0);
+    NEAR(ps, bs, 0);
+    /* random inputs at n = 6..8 (with ties at n = 8) against the brute force */
+    uint64_t st = 12345;
+    for (size_t n = 6; n <= 8; n++)
+        for (int rep = 0; rep < 3; rep++) {
+            double xr[8], yr[8];
+            for (size_t i = 0; i < n; i++) {
+                st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+                xr[i] = (double)(st >> 40) / 16777216.0;
+                st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+                yr[i] = 0.3 * xr[i] + (double)(st >> 40) / 16777216.0;
+                if (n == 8 && i % 3 == 2) yr[i] = yr[i - 1]; /* ties in y */
+            }
+            SOK(mtr_stats_perm_exact(&pp, &ps, &np, xr, 1, yr, 1, n));
+            brute_perm_p(&bp, &bs, xr, yr, n);
+            ck_assert_msg(pp == bp && ps == bs, "n=%zu rep %d: exact %.17g %.17g, brute %.17g %.17g", n, rep, pp, ps,
+                          bp, bs);
+            SOK(mtr_stats_correlate(&c, xr, 1, yr, 1, n, &o));
+            ck_assert(c.spearman.p == ps && c.pearson.p_perm == pp && c.spearman.p_method == MTR_P_EXACT);
+        }
+    /* above 10 observations: t approximation and sampled permutations, and no enumeration */
+    double x11[11], y11[11];
+    for (int i = 0; i < 11; i++) x11[i] = i, y11[i] = (i * 7) % 11;
+    o.n_perm = 1000;
+    SOK(mtr_stats_correlate(&c, x11, 1, y11, 1, 11, &o));
+    ck_assert_int_eq(c.spearman.p_method, MTR_P_T);
+    ck_assert_int_eq(c.spearman.p_perm_method, MTR_P_MONTE_CARLO);
+    ck_assert_uint_eq(c.spearman.n_perm_used, 1000);
+    SOK(mtr_stats_corr_pvalue(&tp, c.spearman.r, 11));
+    NEAR(c.spearman.p, tp, 0);
+    ck_assert_int_eq(mtr_stats_perm_exact(&pp, &ps, NULL, x11, 1, y11, 1, 11), MTR_EINVAL);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "at most 10!"));
+}
+END_TEST
+
 START_TEST(test_sign_bootstrap_mean)
 {
     double p;
@@ -414,6 +537,7 @@ static Suite *suite(void)
     tcase_add_test(c, test_stride);
     tcase_add_test(c, test_corr_errors);
     tcase_add_test(c, test_correlate_seeded);
+    tcase_add_test(c, test_spearman_exact_small_n);
     tcase_add_test(c, test_sign_bootstrap_mean);
     tcase_add_test(c, test_band);
     suite_add_tcase(s, c);
