@@ -55,8 +55,9 @@ $(FZ_DIR)/$(1): $(FZ_DIR)/obj/tests/fuzz/$(1).o $(FZ_SRC_$(1):%.c=$(FZ_DIR)/obj/
 endef
 $(foreach t,fuzz_config fuzz_corpus fuzz_stats fuzz_steer,$(eval $(call FZ_TARGET_RULE,$(t))))
 
-# make check builds the targets (not under SANITIZE: they carry clang's sanitizers, which do not mix with GCC's)
-ifeq ($(SANITIZE),)
+# make check builds the targets (not under SANITIZE or make asan check: they carry clang's sanitizers, which do
+# not mix with GCC's)
+ifeq ($(SANITIZE)$(SAN_CHECK),)
 check: fuzz-build
 endif
 
