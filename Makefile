@@ -7,6 +7,7 @@
 #   make install    PREFIX=/usr/local: binaries, library, headers, pkg-config file, HDF5 zstd plugin
 #   make asan|ubsan the test suite under AddressSanitizer + UndefinedBehaviorSanitizer / UBSan alone (in build/asan,
 #                   build/ubsan); `make asan check` is the same as `make asan`
+#   make fuzz       every libFuzzer target for FUZZ_SECONDS (tests/fuzz/fuzz.mk)
 #   WERROR=1        turn warnings into errors (CI does)
 
 BUILD ?= .
@@ -179,7 +180,7 @@ ubsan:
 	$(MAKE) BUILD=build/ubsan SANITIZE=undefined check
 
 clean:
-	rm -rf bin lib build/obj build/tests build/bench build/asan build/ubsan demo
+	rm -rf bin lib build/obj build/tests build/bench build/asan build/ubsan build/fuzz demo
 
 -include $(shell find $(BUILD)/build/obj -name '*.d' 2>/dev/null)
 
