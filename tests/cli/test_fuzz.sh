@@ -9,7 +9,7 @@ if [ -n "${MTR_SANITIZE:-}" ]; then
     echo "skip fuzz targets: the plain make check runs them (this build is -fsanitize=$MTR_SANITIZE with GCC)"
     exit 0
 fi
-targets=$(make -s -C "$root" fuzz-list 2>/dev/null)
+targets=$(env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$root" fuzz-list 2>/dev/null)
 n=$(echo $targets | wc -w)
 if [ "$n" -lt 8 ]; then not_ok "fuzz target list" "read '$targets' from fuzz.mk"; fi
 cd "$root" && FUZZ="$FUZZ" sh tests/fuzz/run.sh smoke "${FUZZ_SMOKE_SECONDS:-3}" $targets
