@@ -5,7 +5,9 @@
 #   make demo       run the longest end-to-end path on bundled/synthetic data
 #   make bench      benchmarks (ratios against peers measured in the same run)
 #   make install    PREFIX=/usr/local: binaries, library, headers, pkg-config file, HDF5 zstd plugin
-#   make asan|ubsan the test suite under AddressSanitizer / UndefinedBehaviorSanitizer (in build/asan, build/ubsan)
+#   make asan|ubsan the test suite under AddressSanitizer + UndefinedBehaviorSanitizer / UBSan alone (in build/asan,
+#                   build/ubsan); `make asan check` is the same as `make asan`
+#   make fuzz       every libFuzzer target for FUZZ_SECONDS (tests/fuzz/fuzz.mk)
 #   WERROR=1        turn warnings into errors (CI does)
 
 BUILD ?= .
@@ -149,9 +151,15 @@ $(BUILD)/build/bench/%: tests/bench/%.c $$(call test_archives,%) | $(DEPS_STAMP)
 	$(CC) $(call test_cflags,$*) -o $@ $< $(call test_archives,$*) $(LDFLAGS) $(call test_libs,$*)
 
 # build, then run unit, CLI, interop and crash tests; the last line is "N passed, N failed"
+# (`make asan check`: check is the sanitizer goal's, run in its own tree; the plain tree is not built)
+SAN_CHECK := $(if $(filter check,$(MAKECMDGOALS)),$(filter asan ubsan,$(MAKECMDGOALS)))
+ifeq ($(SAN_CHECK),)
 check: all $(UNIT_BIN) $(TOOL_BIN)
 	@BIN=$(abspath $(BIN)) LIB=$(abspath $(LIB)) UNIT=$(abspath $(BUILD)/build/tests) \
 		TOOLS=$(abspath $(BUILD)/build/tools) PY=$(PY) MTR_SANITIZE=$(SANITIZE) sh tests/run.sh
+else
+check: $(SAN_CHECK)
+endif
 
 # end-to-end on synthetic data: synth -> info; prints where the results are
 demo: all
@@ -186,11 +194,13 @@ install: all
 
 # the test suite under sanitizers, in separate build trees
 asan:
-	$(MAKE) BUILD=build/asan SANITIZE=address check
+	$(MAKE) BUILD=build/asan SANITIZE=address,undefined check
 ubsan:
 	$(MAKE) BUILD=build/ubsan SANITIZE=undefined check
 
 clean:
-	rm -rf bin lib build/obj build/tests build/bench build/asan build/ubsan demo
+	rm -rf bin lib build/obj build/tests build/bench build/asan build/ubsan build/fuzz demo
 
 -include $(shell find $(BUILD)/build/obj -name '*.d' 2>/dev/null)
+
+include tests/fuzz/fuzz.mk

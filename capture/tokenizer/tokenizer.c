@@ -1318,7 +1318,8 @@ int mtr_tok_decode(char **out, size_t *out_len, const mtr_tok *t, const int32_t 
     tk_buf joined = {0};
     for (size_t i = 0; i < s[cur].n && !rc; i++) {
         if (i && !t->has_decoder) rc = tk_buf_put(&joined, " ", 1);
-        if (!rc) rc = tk_buf_put(&joined, b[cur].p + s[cur].v[i].off, s[cur].v[i].len);
+        /* an empty piece may come from a buffer never allocated (NULL): nothing to add */
+        if (!rc && s[cur].v[i].len) rc = tk_buf_put(&joined, b[cur].p + s[cur].v[i].off, s[cur].v[i].len);
     }
     if (!rc) rc = tk_utf8_lossy(&res, joined.p ? joined.p : "", joined.n);
     tk_buf_free(&joined);
