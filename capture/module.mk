@@ -121,7 +121,7 @@ fuzz-safetensors: build/fuzz/fuzz_safetensors
 # each target with the sources it exercises compiled in (instrumented), libmoetrace's sources too
 build/fuzz/fuzz_tokenizer_%: tests/fuzz/fuzz_tokenizer_%.c $(TOK_SRC) $(wildcard capture/tokenizer/*.h) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_SAN) -Icapture/tokenizer -Itraces $(call pc,--cflags,jansson libpcre2-8 libutf8proc) -o $@ \
+	$(FUZZ_CC) $(FUZZ_SAN) -Icapture/tokenizer -Itraces $(call pc,--cflags,$(HDF5_PC) jansson libpcre2-8 libutf8proc) -o $@ \
 		$< $(TOK_SRC) traces/error.c traces/util.c $(call pc,--libs,jansson libpcre2-8 libutf8proc)
 build/fuzz/fuzz_ingest: tests/fuzz/fuzz_ingest.c $(INGEST_SRC) capture/ingest/mtr_ingest.h $(LIB_SRC) | $(DEPS_STAMP)
 	@mkdir -p $(@D)

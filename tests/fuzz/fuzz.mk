@@ -11,8 +11,8 @@
 FZ_CC ?= clang
 FZ_DIR := build/fuzz
 FZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-FZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Wno-pass-failed -fopenmp $(FZ_SAN) -fsanitize=fuzzer-no-link -Itraces -Icapture -Istats \
-	-Itests/fuzz $(shell pkg-config --cflags $(HDF5_PC) libzstd jansson gsl openblas 2>/dev/null)
+FZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Wno-pass-failed -fopenmp $(FZ_SAN) -fsanitize=fuzzer-no-link -Itraces -Icapture/engine -Icapture/corpus \
+	-Icapture/tokenizer -Istats -Itests/fuzz $(shell pkg-config --cflags $(HDF5_PC) libzstd jansson gsl openblas 2>/dev/null)
 FZ_LIBS = $(shell pkg-config --libs $(HDF5_PC) libzstd jansson gsl openblas 2>/dev/null) -fopenmp -lm -lpthread
 
 # every target, the ones of capture/module.mk and a trace-reader target when its source is there
@@ -22,8 +22,8 @@ FUZZ_TARGETS ?= $(FZ_ALL)
 
 # the code each target here reaches, besides libmoetrace
 FZ_TRACE_SRC := $(filter-out traces/info_main.c traces/moetrace_main.c,$(wildcard traces/*.c))
-FZ_SRC_fuzz_config := capture/model.c capture/safetensors.c capture/model_forward.c capture/model_kernels.c
-FZ_SRC_fuzz_corpus := capture/corpus.c
+FZ_SRC_fuzz_config := $(wildcard capture/engine/*.c)
+FZ_SRC_fuzz_corpus := $(wildcard capture/corpus/*.c)
 FZ_SRC_fuzz_stats := stats/error.c stats/corr.c stats/tsv.c stats/lang.c stats/accuracy.c stats/profile.c \
 	stats/tables.c stats/band.c stats/select.c
 FZ_SRC_fuzz_steer :=
@@ -41,7 +41,7 @@ fuzz: fuzz-build
 	@FUZZ=$(abspath $(FZ_DIR)) sh tests/fuzz/run.sh long $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # clang 14 has no _Float16 on x86-64: the engine's f16 rounding goes through __fp16 and compiler-rt's conversions
-$(FZ_DIR)/obj/capture/model_forward.o: FZ_EXTRA := -D_Float16=__fp16
+$(FZ_DIR)/obj/capture/engine/model_forward.o $(FZ_DIR)/obj/capture/engine/model_gptoss.o: FZ_EXTRA := -D_Float16=__fp16
 FZ_LIBS_fuzz_config = $(shell $(FZ_CC) -print-libgcc-file-name -rtlib=compiler-rt 2>/dev/null)
 
 $(FZ_DIR)/obj/%.o: %.c | $(DEPS_STAMP)

@@ -1,4 +1,4 @@
-/* fuzz_config.c — libFuzzer target for the model config parser (config.json in capture/model.c): arbitrary bytes
+/* fuzz_config.c — libFuzzer target for the model config parser (config.json in capture/engine/model.c): arbitrary bytes
  * as config.json beside the weights of one of the committed tiny checkpoints (the first byte picks which), then,
  * when the model loads, a short forward. The load must succeed with shapes that fit the weights or fail with a
  * pinned error; never a crash, an allocation sized by unchecked numbers or a forward that reads past a tensor.

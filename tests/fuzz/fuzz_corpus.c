@@ -68,7 +68,7 @@ static void use_corpus(const char *path, const mtr_corpus_opts *o)
             for (size_t m = 0; m < it->n_messages; m++) touch(it->messages[m].role), touch(it->messages[m].content);
         }
     } else
-        touch(mtr_corpus_errmsg());
+        touch(mtr_errmsg());
     mtr_corpus_destroy(c);
 }
 
