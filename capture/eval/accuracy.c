@@ -95,8 +95,8 @@ int mtr_eval_write_accuracy_tsv(const char *path, const mtr_eval_result *r, cons
         free(tmp);
         return rc;
     }
-    fprintf(f, "# %s: model=%s corpus=%s steer=%s\n", or_empty(meta->producer), or_empty(meta->model_id), or_empty(meta->corpus),
-            meta->steer ? meta->steer : "none");
+    fprintf(f, "# %s: model=%s corpus=%s steer=%s\n", or_empty(meta->producer), or_empty(meta->model_id),
+            or_empty(meta->corpus), meta->steer ? meta->steer : "none");
     fprintf(f, "#lang\ttask\tmetric\tvalue\tn\n");
     for (size_t i = 0; i < r->n_acc; i++) {
         const mtr_eval_acc *a = &r->acc[i];
@@ -132,7 +132,8 @@ int mtr_eval_write_accuracy_json(const char *path, const mtr_eval_result *r, con
     bool ok = ja != NULL;
     for (size_t i = 0; i < r->n_acc && ok; i++) {
         ok = acc_json(ja, &r->acc[i], "accuracy", r->acc[i].correct) == 0;
-        if (ok && r->kind == MTR_EVAL_SCORE) ok = acc_json(ja, &r->acc[i], "accuracy_norm", r->acc[i].correct_norm) == 0;
+        if (ok && r->kind == MTR_EVAL_SCORE)
+            ok = acc_json(ja, &r->acc[i], "accuracy_norm", r->acc[i].correct_norm) == 0;
     }
     if (ok) ok = (doc = json_pack("{s:s, s:s, s:s, s:O}", "model", or_empty(meta->model_id), "corpus",
                                   or_empty(meta->corpus), "steer",

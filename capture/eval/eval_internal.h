@@ -1,4 +1,4 @@
-/* eval_internal.h — the evaluation context and the helpers the files of libmtr_eval.a share (the .c files of capture/eval/);
+/* eval_internal.h — the evaluation context and the helpers the files of libmtr_eval.a (capture/eval/) share;
  * other components see only mtr_eval.h. */
 #ifndef MTR_EVAL_INTERNAL_H
 #define MTR_EVAL_INTERNAL_H

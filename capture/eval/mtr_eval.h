@@ -152,7 +152,8 @@ typedef struct {
     size_t n_choices;
     /* generate */
     const char *answer;             /* the gold number as given; borrowed */
-    char *generated;                /* the decoded text, cut at the stop string; "" when nothing was generated */
+    char *generated;                /* the decoded text, cut at the stop string (a generated NUL byte ends it too);
+                                       "" when nothing was generated */
     uint32_t n_new;                 /* tokens generated (the end-of-sequence token not counted) */
 } mtr_eval_item;
 

@@ -110,7 +110,8 @@ static int score_item(mtr_eval *ev, score_scratch *s, mtr_eval_item *item, doubl
                 io.logits = ev->logits;
                 io.n_logits = nc - 1;
                 if ((rc = mtr_model_forward(ev->sess, w->ids + c, nc - 1, &io))) goto engine_error;
-                for (uint32_t q = 1; q < nc; q++) sum += log_softmax_at(ev->logits + (size_t)(q - 1) * V, V, w->ids[c + q]);
+                for (uint32_t q = 1; q < nc; q++)
+                    sum += log_softmax_at(ev->logits + (size_t)(q - 1) * V, V, w->ids[c + q]);
             }
         } else {
             /* the continuation changed how the prompt's end tokenises: run the whole text, read the rows that
