@@ -86,9 +86,11 @@ TEST_PKGS_test_model := openblas
 TEST_ARCHIVES_engine_prefill := $(MODEL_LIB)
 TEST_INC_engine_prefill := -Icapture/engine
 TEST_PKGS_engine_prefill := openblas
-TEST_ARCHIVES_test_eval := $(EVAL_LIB) $(MODEL_LIB) $(CORPUS_LIB) $(TOK_LIB)
-TEST_INC_test_eval := -Icapture/eval -Icapture/engine -Icapture/corpus -Icapture/tokenizer
-TEST_PKGS_test_eval := openblas libpcre2-8 libutf8proc
+# test_eval also reads the accuracy files back through moetrace-stats' reader (STATS_ARCHIVE: stats/module.mk,
+# read later, hence the deferred "=")
+TEST_ARCHIVES_test_eval = $(EVAL_LIB) $(MODEL_LIB) $(CORPUS_LIB) $(TOK_LIB) $(STATS_ARCHIVE)
+TEST_INC_test_eval := -Icapture/eval -Icapture/engine -Icapture/corpus -Icapture/tokenizer -Istats
+TEST_PKGS_test_eval := openblas libpcre2-8 libutf8proc gsl
 TEST_ARCHIVES_test_ingest := $(INGEST_LIB)
 TEST_INC_test_ingest := -Icapture/ingest
 TEST_ARCHIVES_bench_ingest := $(INGEST_LIB)
