@@ -4,6 +4,7 @@
 # statistics (moetrace-stats: alignment vs accuracy with CIs, the middle band, task experts, steering files).
 # Says where things are.
 set -eu
+# the fast synthetic self-check first, then the trained model (tests/demo_udhr.sh)
 BIN=$1
 OUT=$2
 rm -rf "$OUT"
@@ -83,3 +84,13 @@ echo "  read with h5py   HDF5_PLUGIN_PATH=$(dirname "$BIN")/lib/plugin /usr/bin/
 echo
 echo "== notebooks: the paper's figures from these results, executed headless"
 MOETRACE_EXECUTED="$OUT/notebooks" sh notebooks/run.sh "$OUT"
+
+echo
+echo "################################################################################################################"
+echo "== real routing: the bundled MoE trained on UDHR text (tests/models/udhr-moe), nothing planted"
+sh tests/demo_udhr.sh "$BIN" "$OUT/udhr"
+echo
+echo "Where to look:"
+echo "  report           $OUT/udhr/report.md   (measured on the trained model: curve, band, correlation, steering)"
+echo "  figures          $OUT/udhr/figures/  (trained model)   $OUT/figures/  (synthetic self-check)"
+echo "  synthetic run    $OUT/  (planted structure, the fast self-check above)"

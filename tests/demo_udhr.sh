@@ -7,7 +7,7 @@ set -eu
 BIN=$1
 OUT=$2
 PY=${PY:-/usr/bin/python3}
-M=tests/models/udhr-moe
+M=${MOETRACE_DEMO_MODEL:-tests/models/udhr-moe}
 D=tests/data/udhr20
 T=tests/data/debdesc
 TAU=${MOETRACE_DEMO_TAU:-0.05}
