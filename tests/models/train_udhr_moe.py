@@ -62,8 +62,8 @@ ARCH = dict(hidden_size=128, num_hidden_layers=10, num_attention_heads=4, num_ke
             mlp_only_layers=[], max_window_layers=10, norm_topk_prob=True, tie_word_embeddings=True,
             max_position_embeddings=1024, rope_theta=10000.0, router_aux_loss_coef=0.01, vocab_size=VOCAB,
             bos_token_id=BOS, eos_token_id=IM_END)
-TRAIN = dict(seq_len=256, batch_tokens=4096, lr=3e-3, min_lr_ratio=0.1, warmup=30, weight_decay=0.1,
-             betas=(0.9, 0.95), clip=1.0, init_std=0.02, epochs=4)
+TRAIN = dict(seq_len=256, batch_tokens=2048, lr=4e-3, min_lr_ratio=0.1, warmup=30, weight_decay=0.1,
+             betas=(0.9, 0.95), clip=1.0, init_std=0.02, epochs=6)
 
 
 def load_jsonl(path):
@@ -417,13 +417,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(HERE, "udhr-moe"))
     ap.add_argument("--epochs", type=int, default=TRAIN["epochs"])
-    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (trial runs)")
+    ap.add_argument("--max-steps", type=int, default=0,
+                    help="stop after this many steps, the schedule left as for all epochs (trial runs)")
+    ap.add_argument("--lr", type=float, default=TRAIN["lr"])
+    ap.add_argument("--batch-tokens", type=int, default=TRAIN["batch_tokens"])
+    ap.add_argument("--no-eval", action="store_true", help="write the checkpoint without measuring it")
     ap.add_argument("--log")
     ap.add_argument("--eval-only")
     ap.add_argument("--check-tokenizer")
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
+    TRAIN.update(lr=a.lr, batch_tokens=a.batch_tokens)
     docs, table = mixture()
     lf = open(a.log, "a") if a.log else None
 
@@ -465,15 +470,15 @@ def main():
     cache = {}
     n_batches = len(epoch_batches(docs, tok, 0, cache))
     total = n_batches * a.epochs
-    if a.max_steps:
-        total = min(total, a.max_steps)
-    log(lf, f"params {n_params}; {len(docs)} documents; about {n_batches} batches per epoch; {total} steps")
+    stop = min(total, a.max_steps) if a.max_steps else total
+    log(lf, f"params {n_params}; {len(docs)} documents; about {n_batches} batches per epoch; {total} steps; "
+            f"lr {TRAIN['lr']}, batches of {TRAIN['batch_tokens']} tokens")
     curve, step, tokens = [], 0, 0
     ema = None
     t_train = time.time()
     for epoch in range(a.epochs):
         for batch in epoch_batches(docs, tok, epoch, cache):
-            if step >= total:
+            if step >= stop:
                 break
             ids, valid = pad(batch)
             for g in opt.param_groups:
@@ -490,17 +495,19 @@ def main():
             tokens += int(valid.sum())
             step += 1
             ema = float(ce) if ema is None else 0.98 * ema + 0.02 * float(ce)
-            if step % 25 == 0 or step == total:
+            if step % 25 == 0 or step == stop:
                 el = time.time() - t_train
                 curve.append({"step": step, "epoch": epoch, "ce": round(float(ce), 4), "ce_ema": round(ema, 4),
                               "balance": round(float(bal), 4), "tokens": tokens, "seconds": round(el, 1)})
                 log(lf, f"step {step}/{total} epoch {epoch} ce {float(ce):.4f} (ema {ema:.4f}) balance "
                         f"{float(bal):.4f} lr {lr_at(step - 1, total):.2e} tokens {tokens} {el:.0f} s "
                         f"({tokens / el:.0f} tok/s)")
-        if step >= total:
+        if step >= stop:
             break
     train_seconds = time.time() - t_train
     write_checkpoint(a.out, cfgd, weights, tok)
+    if a.no_eval:
+        return 0
     # evaluate the checkpoint as written (the reference forward on the stored weights)
     model = ref_moe.MoeModel(a.out)
     t_eval = time.time()
