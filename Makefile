@@ -175,3 +175,4 @@ clean:
 	rm -rf bin lib build/obj build/tests build/bench build/asan build/ubsan demo
 
 -include $(shell find $(BUILD)/build/obj -name '*.d' 2>/dev/null)
+include tests/fuzz/fuzz_trace.mk

@@ -85,6 +85,7 @@ int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *fi
     }
     if (H5Tis_variable_str(ft) > 0) {
         char *v = NULL;
+        if ((rc = mtr_h5_check_vlen_attr(obj, name, file))) goto close_attr;
         mt = vlen_str_type();
         if (H5Aread(a, mt, &v) < 0 || !v) {
             rc = mtr_fail(MTR_EFORMAT, "%s: cannot read attribute '%s'", file, name);

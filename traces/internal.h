@@ -27,6 +27,13 @@ int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *fi
 int mtr_h5_get_u64(hid_t obj, const char *name, uint64_t *out, const char *file);
 int mtr_h5_get_i32v(hid_t obj, const char *name, int32_t *out, size_t n, const char *file);
 bool mtr_h5_has_attr(hid_t obj, const char *name);
+/* Before HDF5 reads a variable-length string from a file (h5heap.c): check that the global heap object it points
+ * to exists, has the string's length and lies in a well-formed collection (HDF5 1.10 crashes or hangs on a damaged
+ * one). For attribute `name` of obj, or the n elements of the contiguous string dataset dset (`name` for the
+ * message). 0 also when the file is not one the checks can read (then HDF5's own checks are all there is);
+ * MTR_ECORRUPT / MTR_EFORMAT / MTR_ETRUNCATED with detail naming `file`. */
+int mtr_h5_check_vlen_attr(hid_t obj, const char *name, const char *file);
+int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char *file);
 
 /* zstd chunk codec shared by the HDF5 filter and the direct-chunk paths. */
 size_t mtr_zstd_bound(size_t n);
