@@ -188,41 +188,75 @@ static int check_heap_id(h5raw *r, const uint8_t *id, const char *what)
     return mtr_fail(MTR_ECORRUPT, "%s: %s: global heap object %u is missing from its collection", r->file, what, idx);
 }
 
-/* Look for attribute `name` in the messages of one object header block; *data / *dlen get its value when found. */
-static int scan_block(h5raw *r, const uint8_t *b, uint64_t n, int version, bool crt_order, const char *name,
-                      uint64_t *conts, uint64_t *cont_lens, unsigned *n_conts, const uint8_t **data, uint64_t *dlen)
+/* An attribute message's parts (name, datatype, dataspace, value) must fit the message, the dataspace's
+ * dimensions its encoding, and the value as many elements as they describe: HDF5 1.10 decodes these sizes
+ * unchecked (a flipped bit in them is a read past the header). *off gets the value's offset. */
+static int check_attr_msg(h5raw *r, const uint8_t *m, uint64_t sz, uint64_t at, uint64_t *off)
+{
+    if (sz < 8 || m[0] < 1 || m[0] > 3) goto bad;
+    uint64_t nlen = get_le(m + 2, 2), tlen = get_le(m + 4, 2), slen = get_le(m + 6, 2), o = m[0] == 3 ? 9 : 8;
+    bool shared = m[0] >= 2 && (m[1] & 3);
+    uint64_t t0 = o + (m[0] == 1 ? (nlen + 7) / 8 * 8 : nlen);
+    uint64_t s0 = t0 + (m[0] == 1 ? (tlen + 7) / 8 * 8 : tlen);
+    uint64_t d0 = s0 + (m[0] == 1 ? (slen + 7) / 8 * 8 : slen);
+    if (nlen < 1 || o + nlen > sz || m[o + nlen - 1] != '\0' || d0 > sz) goto bad;
+    *off = d0;
+    if (shared) return 0; /* datatype or dataspace held elsewhere: HDF5 resolves those */
+    const uint8_t *t = m + t0, *sp = m + s0;
+    if (tlen < 8 || slen < 4 || sp[0] < 1 || sp[0] > 2 || sp[1] > 32) goto bad;
+    uint64_t rank = sp[1], hdr = sp[0] == 1 ? 8 : 4, nelem = 1;
+    if (sp[0] == 2 && sp[3] == 2) nelem = 0; /* a null dataspace holds no value */
+    if (hdr + rank * r->sl * (sp[2] & 1 ? 2 : 1) > slen) goto bad;
+    for (uint64_t i = 0; i < rank; i++) {
+        uint64_t dim = get_le(sp + hdr + i * r->sl, r->sl);
+        if (dim && nelem > UINT32_MAX / dim) goto bad;
+        nelem *= dim;
+    }
+    uint64_t esize = get_le(t + 4, 4);
+    if (esize == 0 || esize > UINT32_MAX / (nelem ? nelem : 1) || nelem * esize > sz - d0) goto bad;
+    return 0;
+bad:
+    return mtr_fail(MTR_ECORRUPT, "%s: the attribute message at byte %llu of an object header is damaged", r->file,
+                    (unsigned long long)at);
+}
+
+/* Check every attribute message of one object header block, and look for attribute `name` (may be NULL):
+ * 1 with *data / *dlen set when found, 0 if not, <0 error. Continuation blocks are appended to conts. */
+static int scan_block(h5raw *r, const uint8_t *b, uint64_t n, uint64_t at, int version, bool crt_order,
+                      const char *name, uint64_t *conts, uint64_t *cont_lens, unsigned *n_conts, const uint8_t **data,
+                      uint64_t *dlen)
 {
     const uint64_t mh = version == 1 ? 8 : crt_order ? 6 : 4;
+    int found = 0;
     for (uint64_t p = 0; n - p >= mh;) {
         unsigned type = version == 1 ? (unsigned)get_le(b + p, 2) : b[p];
         uint64_t sz = version == 1 ? get_le(b + p + 2, 2) : get_le(b + p + 1, 2);
         const uint8_t *m = b + p + mh;
-        if (sz > n - p - mh) return 0; /* the rest is a gap or damage: HDF5 judges that itself */
+        if (sz > n - p - mh) return found; /* the rest is a gap or damage: HDF5 judges that itself */
         if (type == 0x10 && sz >= r->sa + r->sl && *n_conts < MAX_HEADER_BLOCKS) {
             conts[*n_conts] = get_le(m, r->sa);
             cont_lens[(*n_conts)++] = get_le(m + r->sa, r->sl);
-        } else if (type == 0x0c && sz >= 8 && m[0] >= 1 && m[0] <= 3) {
-            uint64_t nlen = get_le(m + 2, 2), tlen = get_le(m + 4, 2), slen = get_le(m + 6, 2), off;
-            if (m[0] == 1)
-                off = 8 + (nlen + 7) / 8 * 8 + (tlen + 7) / 8 * 8 + (slen + 7) / 8 * 8;
-            else
-                off = (m[0] == 3 ? 9 : 8) + nlen + tlen + slen;
+        } else if (type == 0x0c) {
+            uint64_t off = 0;
+            int rc = check_attr_msg(r, m, sz, at + p, &off);
+            if (rc) return rc;
             const uint8_t *nm = m + (m[0] == 3 ? 9 : 8);
-            if (nlen == strlen(name) + 1 && (uint64_t)(nm - m) + nlen <= sz && memcmp(nm, name, nlen) == 0) {
-                if (off > sz) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' message is cut short", r->file, name);
+            uint64_t nlen = get_le(m + 2, 2);
+            if (!found && name && nlen == strlen(name) + 1 && memcmp(nm, name, nlen) == 0) {
                 *data = m + off;
                 *dlen = sz - off;
-                return 1;
+                found = 1;
             }
         }
         p += mh + sz;
     }
-    return 0;
+    return found;
 }
 
-/* The raw value of attribute `name` of the object whose header is at addr: a malloc'd copy in *out, or NULL when
- * the header does not hold it as a message (dense attribute storage): then it cannot be checked here. */
-static int find_attr_value(h5raw *r, uint64_t addr, const char *name, uint8_t **out, uint64_t *out_len)
+/* Walk the object header at addr, checking every attribute message (see check_attr_msg). With `name`, the raw
+ * value of that attribute goes to *out (malloc'd), or NULL when the header does not hold it as a message (dense
+ * attribute storage): then it cannot be checked here. */
+static int walk_header(h5raw *r, uint64_t addr, const char *name, uint8_t **out, uint64_t *out_len)
 {
     uint64_t conts[MAX_HEADER_BLOCKS], lens[MAX_HEADER_BLOCKS];
     unsigned n_conts = 0, done = 0;
@@ -230,7 +264,7 @@ static int find_attr_value(h5raw *r, uint64_t addr, const char *name, uint8_t **
     int rc, version;
     bool crt = false;
     uint64_t blk, blen;
-    *out = NULL;
+    if (out) *out = NULL;
     if ((rc = read_at(r, pre, 16, addr, "object header"))) return rc;
     if (memcmp(pre, "OHDR", 4) == 0) {
         unsigned flags = pre[5];
@@ -257,30 +291,56 @@ static int find_attr_value(h5raw *r, uint64_t addr, const char *name, uint8_t **
             return rc;
         }
         const uint8_t *msgs = b;
-        uint64_t n = blen;
+        uint64_t n = blen, at = blk;
         if (version == 2 && done > 0) { /* continuation chunk: "OCHK", messages, checksum */
             if (n < 8 || memcmp(b, "OCHK", 4) != 0) {
                 free(b);
                 return 0;
             }
             msgs += 4;
+            at += 4;
             n -= 8;
         }
         const uint8_t *data = NULL;
         uint64_t dlen = 0;
-        rc = scan_block(r, msgs, n, version, crt, name, conts, lens, &n_conts, &data, &dlen);
-        if (rc == 1) {
-            *out = malloc(dlen ? dlen : 1);
-            if (*out) memcpy(*out, data, dlen);
+        rc = scan_block(r, msgs, n, at, version, crt, name, conts, lens, &n_conts, &data, &dlen);
+        if (rc == 1 && out && !*out) {
+            if (!(*out = malloc(dlen ? dlen : 1))) rc = mtr_fail(MTR_ENOMEM, "out of memory");
+            else memcpy(*out, data, dlen);
             *out_len = dlen;
-            free(b);
-            return *out ? 0 : mtr_fail(MTR_ENOMEM, "out of memory");
         }
         free(b);
-        if (rc < 0 || done >= n_conts) return rc;
+        if (rc < 0) {
+            if (out) {
+                free(*out);
+                *out = NULL;
+            }
+            return rc;
+        }
+        if (done >= n_conts) return 0;
         blk = r->base + conts[done];
         blen = lens[done++];
     }
+}
+
+static int header_addr(hid_t obj, uint64_t *addr, const char *file)
+{
+    H5O_info_t oi;
+    if (H5Oget_info2(obj, &oi, H5O_INFO_BASIC) < 0)
+        return mtr_fail(MTR_EFORMAT, "%s: cannot find an object's header", file);
+    *addr = oi.addr;
+    return 0;
+}
+
+int mtr_h5_check_attrs(hid_t obj, const char *file)
+{
+    h5raw r;
+    uint64_t addr = 0;
+    int rc = raw_open(&r, obj, file);
+    if (rc <= 0) return rc;
+    if (!(rc = header_addr(obj, &addr, file))) rc = walk_header(&r, r.base + addr, NULL, NULL, NULL);
+    raw_close(&r);
+    return rc;
 }
 
 int mtr_h5_check_vlen_attr(hid_t obj, const char *name, const char *file)
@@ -288,14 +348,11 @@ int mtr_h5_check_vlen_attr(hid_t obj, const char *name, const char *file)
     h5raw r;
     int rc = raw_open(&r, obj, file);
     if (rc <= 0) return rc;
-    H5O_info_t oi;
     uint8_t *v = NULL;
-    uint64_t vlen = 0;
+    uint64_t vlen = 0, addr = 0;
     char what[160];
     snprintf(what, sizeof what, "attribute '%s'", name);
-    if (H5Oget_info2(obj, &oi, H5O_INFO_BASIC) < 0) {
-        rc = mtr_fail(MTR_EFORMAT, "%s: cannot read the object header holding '%s'", file, name);
-    } else if (!(rc = find_attr_value(&r, r.base + oi.addr, name, &v, &vlen)) && v) {
+    if (!(rc = header_addr(obj, &addr, file)) && !(rc = walk_header(&r, r.base + addr, name, &v, &vlen)) && v) {
         if (vlen < 8 + r.sa)
             rc = mtr_fail(MTR_EFORMAT, "%s: %s holds %llu bytes, too few for a string", file, what,
                           (unsigned long long)vlen);

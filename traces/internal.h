@@ -34,6 +34,9 @@ bool mtr_h5_has_attr(hid_t obj, const char *name);
  * MTR_ECORRUPT / MTR_EFORMAT / MTR_ETRUNCATED with detail naming `file`. */
 int mtr_h5_check_vlen_attr(hid_t obj, const char *name, const char *file);
 int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char *file);
+/* Before HDF5 decodes the attributes of obj (any attribute access does): every attribute message in its object
+ * header must hold its name, datatype, dataspace and value within the message. 0 also when unreadable here. */
+int mtr_h5_check_attrs(hid_t obj, const char *file);
 
 /* zstd chunk codec shared by the HDF5 filter and the direct-chunk paths. */
 size_t mtr_zstd_bound(size_t n);

@@ -31,6 +31,8 @@ typedef struct {
     int shuffle_bit, zstd_bit; /* position of each filter in the pipeline (-1 = absent) */
     size_t chunk_elems;
     uint32_t run;
+    char run_id[MTR_MAX_NAME]; /* root attributes, checked against the run's */
+    mtr_dtype root_dtype;
 } shard_rt;
 
 struct mtr_run {
@@ -170,6 +172,11 @@ static int load_chunk_table(mtr_run *r, shard_rt *s, hid_t f, uint64_t n_tokens)
         rc = mtr_fail(MTR_EFORMAT, "%s: /%s has unknown dtype '%s'", s->path, MTR_D_LOGITS, dt);
         goto close_d;
     }
+    if (s->dtype != s->root_dtype) { /* which one to believe is unknowable: the numbers would be a guess */
+        rc = mtr_fail(MTR_EFORMAT, "%s: /%s has dtype '%s' but the root stored_dtype '%s'", s->path, MTR_D_LOGITS, dt,
+                      mtr_dtype_name(s->root_dtype));
+        goto close_d;
+    }
     ft = H5Dget_type(d);
     if (H5Tget_size(ft) != mtr_dtype_size(s->dtype) || H5Tget_order(ft) != H5T_ORDER_LE) {
         rc = mtr_fail(MTR_EFORMAT, "%s: /%s element type does not match dtype '%s' (little-endian)", s->path,
@@ -305,6 +312,14 @@ static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned
     }
     s->info.n_sequences = nseq;
     s->info.n_tokens = ntok;
+    char dt[16];
+    if ((rc = mtr_h5_get_str(f, MTR_A_RUN_ID, s->run_id, sizeof s->run_id, path)) ||
+        (rc = mtr_h5_get_str(f, MTR_A_STORED_DTYPE, dt, sizeof dt, path)))
+        goto close_f;
+    if (mtr_dtype_parse(&s->root_dtype, dt)) {
+        rc = mtr_fail(MTR_EFORMAT, "%s: unknown stored_dtype '%s'", path, dt);
+        goto close_f;
+    }
     if ((rc = load_chunk_table(r, s, f, ntok))) goto close_f;
     s->info.has_topk = H5Lexists(f, MTR_D_TOPK_IDS, H5P_DEFAULT) > 0;
     if (!s->info.has_logits && !s->info.has_topk) {
@@ -439,6 +454,32 @@ static int is_dir(const char *path)
     return S_ISDIR(st.st_mode) ? 1 : 0;
 }
 
+static int cmp_seq_id(const void *a, const void *b)
+{
+    const mtr_seq_info *x = *(const mtr_seq_info *const *)a, *y = *(const mtr_seq_info *const *)b;
+    return x->seq_id < y->seq_id ? -1 : x->seq_id > y->seq_id ? 1 : (x->shard > y->shard) - (x->shard < y->shard);
+}
+
+/* seq_ids are unique within a run (FORMAT.md 1): the sequences from first_seq on, all of one run */
+static int check_unique_seq_ids(mtr_run *r, size_t first_seq, const char *dir)
+{
+    size_t n = r->n_seqs - first_seq;
+    if (n < 2) return 0;
+    const mtr_seq_info **v = malloc(n * sizeof *v);
+    if (!v) return mtr_fail(MTR_ENOMEM, "%s: out of memory", dir);
+    for (size_t i = 0; i < n; i++) v[i] = &r->seqs[first_seq + i];
+    qsort(v, n, sizeof *v, cmp_seq_id);
+    int rc = 0;
+    for (size_t i = 1; i < n && !rc; i++)
+        if (v[i]->seq_id == v[i - 1]->seq_id) {
+            const char *a = strrchr(r->shards[v[i - 1]->shard].path, '/'), *b = strrchr(r->shards[v[i]->shard].path, '/');
+            rc = mtr_fail(MTR_EDUP, "%s: seq_id %llu is in both %s and %s", dir, (unsigned long long)v[i]->seq_id,
+                          a ? a + 1 : r->shards[v[i - 1]->shard].path, b ? b + 1 : r->shards[v[i]->shard].path);
+        }
+    free(v);
+    return rc;
+}
+
 static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigned flags)
 {
     json_t *man = NULL;
@@ -470,6 +511,9 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
         goto done;
     }
     meta->manifest_complete = json_is_true(json_object_get(man, "complete"));
+    const char *run_id = json_string_value(json_object_get(man, "run_id"));
+    const char *stored_dtype = json_string_value(json_object_get(man, "stored_dtype"));
+    size_t first_seq = r->n_seqs;
     json_array_foreach(shards, i, s)
     {
         const char *file = json_string_value(json_object_get(s, "file"));
@@ -477,9 +521,27 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
             rc = mtr_fail(MTR_EFORMAT, "%s/%s: bad shard entry %zu", dir, MTR_MANIFEST_NAME, i);
             goto done;
         }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(file, json_string_value(json_object_get(json_array_get(shards, j), "file"))) == 0) {
+                rc = mtr_fail(MTR_EFORMAT, "%s: %s lists %s twice (entries %zu and %zu)", dir, MTR_MANIFEST_NAME,
+                              file, j, i);
+                goto done;
+            }
         if ((rc = open_shard(r, path, run_index, flags & ~MTR_OPEN_ALLOW_PARTIAL, r->n_shards == 0))) goto done;
+        const shard_rt *sh = &r->shards[r->n_shards - 1];
+        if (run_id && strcmp(sh->run_id, run_id) != 0) {
+            rc = mtr_fail(MTR_EMISMATCH, "%s: run_id '%s' is not the run's '%s' (%s): a shard of another run",
+                          path, sh->run_id, run_id, MTR_MANIFEST_NAME);
+            goto done;
+        }
+        if (stored_dtype && strcmp(mtr_dtype_name(sh->root_dtype), stored_dtype) != 0) {
+            rc = mtr_fail(MTR_EMISMATCH, "%s: stored_dtype '%s' is not the run's '%s' (%s)", path,
+                          mtr_dtype_name(sh->root_dtype), stored_dtype, MTR_MANIFEST_NAME);
+            goto done;
+        }
         if (i == 0 && (rc = meta_from_shard(r, run_index, path))) goto done;
     }
+    if ((rc = check_unique_seq_ids(r, first_seq, dir))) goto done;
     /* what else lies in the directory: unfinished shards and finished ones the manifest does not list */
     DIR *dp = opendir(dir);
     struct dirent *de;

@@ -45,3 +45,47 @@ if [ "$(wc -l <"$WORK/k-whole.seq")" -gt 0 ] && cmp -s "$WORK/k.seq" "$WORK/k-wh
     ok "synth --resume: the run equals a whole run (sequences and logits)"
 else not_ok "synth --resume: the run equals a whole run" "$(wc -l <"$WORK/k.seq") vs $(wc -l <"$WORK/k-whole.seq") sequences"; fi
 expect_exit 0 "synth --resume: the run is complete and valid" "$BIN/moetrace-info" --deep "$WORK/k"
+
+# ---- 4. a shard whose root stored_dtype disagrees with its logits' dtype attribute is refused ----
+SMALL="--layers 4 --experts 8 --top-k 2 --units 4 --langs eng_Latn:1,fra_Latn:0.6 --datasets flores,math --len-mean 12 --no-progress --quiet"
+$CAP synth --out "$WORK/d4" $SMALL --shard-bytes 4K --seed 4
+$PY - "$WORK/d4/shard-000001.h5" <<'PYEOF'
+import sys, h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    f.attrs["stored_dtype"] = "f16"   # the logits stay bf16 (dataset attribute dtype)
+PYEOF
+expect_exit 2 "stored_dtype disagreeing with the logits dtype: info refuses" "$BIN/moetrace-info" --deep "$WORK/d4"
+expect_err_line "stored_dtype disagreement: one line naming shard and both" "shard-000001.h5: .*dtype 'bf16'.*stored_dtype 'f16'"
+expect_exit 2 "stored_dtype disagreement: reduce refuses" "$R" summarize "$WORK/d4" -o "$WORK/d4.h5"
+
+# ---- 5. run consistency: a shard listed twice, a shard of another run ----
+$CAP synth --out "$WORK/d5" $SMALL --shard-bytes 4K --seed 5 --run-id run-a
+$CAP synth --out "$WORK/d5b" $SMALL --shard-bytes 4K --seed 6 --run-id run-b
+cp -r "$WORK/d5" "$WORK/d5twice"
+$PY - "$WORK/d5twice/run.json" <<'PYEOF'
+import sys, json
+m = json.load(open(sys.argv[1]))
+m["shards"].append(dict(m["shards"][0]))
+json.dump(m, open(sys.argv[1], "w"))
+PYEOF
+expect_exit 2 "a shard listed twice in run.json: info refuses" "$BIN/moetrace-info" --deep "$WORK/d5twice"
+expect_err_line "shard listed twice: one line naming it" "run.json lists shard-000000.h5 twice"
+expect_exit 2 "a shard listed twice: reduce refuses" "$R" summarize "$WORK/d5twice" -o "$WORK/d5twice.h5"
+cp -r "$WORK/d5" "$WORK/d5other"
+cp "$WORK/d5b/shard-000001.h5" "$WORK/d5other/shard-000001.h5"
+expect_exit 2 "a shard of another run: info refuses" "$BIN/moetrace-info" --deep "$WORK/d5other"
+expect_err_line "another run's shard: one line naming both run ids" "shard-000001.h5: run_id 'run-b'.*'run-a'"
+expect_exit 2 "a shard of another run: reduce refuses" "$R" summarize "$WORK/d5other" -o "$WORK/d5other.h5"
+# the same sequences under another name (a copied shard listed as its own file) repeat seq_ids
+cp -r "$WORK/d5" "$WORK/d5dup"
+cp "$WORK/d5dup/shard-000000.h5" "$WORK/d5dup/shard-000099.h5"
+$PY - "$WORK/d5dup/run.json" <<'PYEOF'
+import sys, json
+m = json.load(open(sys.argv[1]))
+e = dict(m["shards"][0]); e["file"] = "shard-000099.h5"
+m["shards"].append(e)
+json.dump(m, open(sys.argv[1], "w"))
+PYEOF
+expect_exit 2 "a seq_id in two shards: info refuses" "$BIN/moetrace-info" "$WORK/d5dup"
+expect_err_line "repeated seq_id: one line naming both shards" "seq_id [0-9]* is in both shard-000000.h5 and shard-000099.h5"
+expect_exit 0 "two runs together keep their own seq_ids" "$BIN/moetrace-info" "$WORK/d5" "$WORK/d5b"
