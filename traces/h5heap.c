@@ -188,6 +188,71 @@ static int check_heap_id(h5raw *r, const uint8_t *id, const char *what)
     return mtr_fail(MTR_ECORRUPT, "%s: %s: global heap object %u is missing from its collection", r->file, what, idx);
 }
 
+/* A datatype encoding of n bytes (class in the low nibble of byte 0, element size at 4): a plausible element size
+ * for its class, bit fields inside it, a variable-length type's base of one byte per string character. */
+static bool datatype_ok(h5raw *r, const uint8_t *t, uint64_t n, int depth)
+{
+    if (n < 8 || depth > 4) return false;
+    unsigned cls = t[0] & 0x0f, ver = t[0] >> 4;
+    uint64_t size = get_le(t + 4, 4);
+    if (ver < 1 || ver > 4 || size == 0 || size > ((uint64_t)1 << 24)) return false;
+    switch (cls) {
+    case 0: /* fixed-point: bit offset and precision inside the element */
+    case 1: /* floating-point */
+        if (n < 12 || get_le(t + 8, 2) + get_le(t + 10, 2) > 8 * size || get_le(t + 10, 2) == 0) return false;
+        if (cls == 1 && (n < 20 || t[12] + t[13] > 8 * size || t[14] + t[15] > 8 * size)) return false;
+        return true;
+    case 9: /* variable-length: a heap ID in the file, the base type follows */
+        if (size != 8 + r->sa || !datatype_ok(r, t + 8, n - 8, depth + 1)) return false;
+        return (t[1] & 0x0f) != 1 || get_le(t + 12, 4) == 1; /* a string's base is its characters */
+    default:
+        return true;
+    }
+}
+
+/* A dataspace encoding of n bytes: rank and dimensions within it; the number of elements in *nelem (0 null). */
+static bool dataspace_ok(h5raw *r, const uint8_t *sp, uint64_t n, uint64_t *nelem)
+{
+    if (n < 4 || sp[0] < 1 || sp[0] > 2 || sp[1] > 32) return false;
+    uint64_t rank = sp[1], hdr = sp[0] == 1 ? 8 : 4, ne = 1;
+    if (sp[0] == 2 && sp[3] == 2) ne = 0; /* null dataspace */
+    if (hdr + rank * r->sl * (sp[2] & 1 ? 2 : 1) > n) return false;
+    for (uint64_t i = 0; i < rank; i++) {
+        uint64_t dim = get_le(sp + hdr + i * r->sl, r->sl);
+        ne = dim && ne > UINT64_MAX / dim ? UINT64_MAX : ne * dim;
+    }
+    *nelem = ne;
+    return true;
+}
+
+/* A data layout message: a known version and class; chunk dimensions present and non-zero (HDF5 1.10 divides by
+ * them, and misreads them when the version byte is damaged). */
+static bool layout_ok(h5raw *r, const uint8_t *m, uint64_t n)
+{
+    if (n < 2 || m[0] < 1 || m[0] > 4) return false;
+    if (m[0] <= 2) { /* version, rank, class, reserved 5, address unless compact, rank 4-byte dims */
+        if (n < 8 || m[1] < 1 || m[1] > 33 || m[2] > 2) return false;
+        uint64_t at = 8 + (m[2] ? r->sa : 0);
+        if (at + 4 * (uint64_t)m[1] > n) return false;
+        for (unsigned i = 0; m[2] == 2 && i < m[1]; i++)
+            if (get_le(m + at + 4 * i, 4) == 0) return false;
+        return true;
+    }
+    if (m[1] > 3) return false;
+    if (m[1] != 2) return true;
+    if (m[0] == 3) { /* rank, address, rank 4-byte dims (the last is the element size) */
+        if (n < 3 || m[2] < 2 || m[2] > 33 || 3 + r->sa + 4 * (uint64_t)m[2] > n) return false;
+        for (unsigned i = 0; i < m[2]; i++)
+            if (get_le(m + 3 + r->sa + 4 * i, 4) == 0) return false;
+        return true;
+    }
+    /* version 4: flags, rank, bytes per dim, dims */
+    if (n < 5 || m[3] < 2 || m[3] > 33 || m[4] < 1 || m[4] > 8 || 5 + (uint64_t)m[3] * m[4] > n) return false;
+    for (unsigned i = 0; i < m[3]; i++)
+        if (get_le(m + 5 + (uint64_t)i * m[4], m[4]) == 0) return false;
+    return true;
+}
+
 /* An attribute message's parts (name, datatype, dataspace, value) must fit the message, the dataspace's
  * dimensions its encoding, and the value as many elements as they describe: HDF5 1.10 decodes these sizes
  * unchecked (a flipped bit in them is a read past the header). *off gets the value's offset. */
@@ -202,18 +267,9 @@ static int check_attr_msg(h5raw *r, const uint8_t *m, uint64_t sz, uint64_t at, 
     if (nlen < 1 || o + nlen > sz || m[o + nlen - 1] != '\0' || d0 > sz) goto bad;
     *off = d0;
     if (shared) return 0; /* datatype or dataspace held elsewhere: HDF5 resolves those */
-    const uint8_t *t = m + t0, *sp = m + s0;
-    if (tlen < 8 || slen < 4 || sp[0] < 1 || sp[0] > 2 || sp[1] > 32) goto bad;
-    uint64_t rank = sp[1], hdr = sp[0] == 1 ? 8 : 4, nelem = 1;
-    if (sp[0] == 2 && sp[3] == 2) nelem = 0; /* a null dataspace holds no value */
-    if (hdr + rank * r->sl * (sp[2] & 1 ? 2 : 1) > slen) goto bad;
-    for (uint64_t i = 0; i < rank; i++) {
-        uint64_t dim = get_le(sp + hdr + i * r->sl, r->sl);
-        if (dim && nelem > UINT32_MAX / dim) goto bad;
-        nelem *= dim;
-    }
-    uint64_t esize = get_le(t + 4, 4);
-    if (esize == 0 || esize > UINT32_MAX / (nelem ? nelem : 1) || nelem * esize > sz - d0) goto bad;
+    uint64_t nelem = 0, esize = get_le(m + t0 + 4, 4);
+    if (!datatype_ok(r, m + t0, tlen, 0) || !dataspace_ok(r, m + s0, slen, &nelem)) goto bad;
+    if (nelem && (nelem > UINT32_MAX || esize * nelem > sz - d0)) goto bad;
     return 0;
 bad:
     return mtr_fail(MTR_ECORRUPT, "%s: the attribute message at byte %llu of an object header is damaged", r->file,
@@ -236,6 +292,14 @@ static int scan_block(h5raw *r, const uint8_t *b, uint64_t n, uint64_t at, int v
         if (type == 0x10 && sz >= r->sa + r->sl && *n_conts < MAX_HEADER_BLOCKS) {
             conts[*n_conts] = get_le(m, r->sa);
             cont_lens[(*n_conts)++] = get_le(m + r->sa, r->sl);
+        } else if ((type == 0x01 || type == 0x03 || type == 0x08) && !((version == 1 ? b[p + 4] : b[p + 3]) & 2)) {
+            uint64_t ne = 0; /* dataspace, datatype, layout of a dataset (not shared ones, held elsewhere) */
+            bool good = type == 0x01 ? dataspace_ok(r, m, sz, &ne) : type == 0x03 ? datatype_ok(r, m, sz, 0)
+                                                                                  : layout_ok(r, m, sz);
+            if (!good)
+                return mtr_fail(MTR_ECORRUPT, "%s: the %s message at byte %llu of an object header is damaged",
+                                r->file, type == 0x01 ? "dataspace" : type == 0x03 ? "datatype" : "data layout",
+                                (unsigned long long)(at + p));
         } else if (type == 0x0c) {
             uint64_t off = 0;
             int rc = check_attr_msg(r, m, sz, at + p, &off);
@@ -339,6 +403,19 @@ int mtr_h5_check_attrs(hid_t obj, const char *file)
     int rc = raw_open(&r, obj, file);
     if (rc <= 0) return rc;
     if (!(rc = header_addr(obj, &addr, file))) rc = walk_header(&r, r.base + addr, NULL, NULL, NULL);
+    raw_close(&r);
+    return rc;
+}
+
+int mtr_h5_check_object(hid_t loc, const char *name, const char *file)
+{
+    h5raw r;
+    H5O_info_t oi;
+    int rc = raw_open(&r, loc, file);
+    if (rc <= 0) return rc;
+    /* the header is loaded but its messages are not decoded: that is what the walk checks first */
+    if (H5Oget_info_by_name2(loc, name, &oi, H5O_INFO_BASIC, H5P_DEFAULT) >= 0)
+        rc = walk_header(&r, r.base + oi.addr, NULL, NULL, NULL);
     raw_close(&r);
     return rc;
 }

@@ -37,6 +37,10 @@ int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char 
 /* Before HDF5 decodes the attributes of obj (any attribute access does): every attribute message in its object
  * header must hold its name, datatype, dataspace and value within the message. 0 also when unreadable here. */
 int mtr_h5_check_attrs(hid_t obj, const char *file);
+/* Before H5Dopen2(loc, name): the dataset's dataspace, datatype and layout messages must be plausible and
+ * within their messages, and so must its attribute messages (HDF5 1.10 decodes them unchecked). 0 if sound, or
+ * if there is no such object (the caller reports that), or when unreadable here. */
+int mtr_h5_check_object(hid_t loc, const char *name, const char *file);
 
 /* zstd chunk codec shared by the HDF5 filter and the direct-chunk paths. */
 size_t mtr_zstd_bound(size_t n);

@@ -86,10 +86,38 @@ static char *keep_string(mtr_run *r, char *s)
     return r->strings[r->n_strings++] = s;
 }
 
+/* H5Dopen2 once the dataset's header has been checked (mtr_h5_check_object); H5I_INVALID_HID with *rc set when
+ * it is damaged, or with *rc 0 when it is missing (the caller names what is missing). */
+static hid_t open_dataset(hid_t f, const char *name, const char *path, int *rc)
+{
+    *rc = 0;
+    if (H5Lexists(f, name, H5P_DEFAULT) <= 0 || (*rc = mtr_h5_check_object(f, name, path))) return H5I_INVALID_HID;
+    return H5Dopen2(f, name, H5P_DEFAULT);
+}
+
+/* The dataset's shape is exactly (d0, d1, d2) of the given rank (checked before anything sized by it is used) */
+static int check_shape(hid_t f, const char *name, int rank, uint64_t d0, uint64_t d1, uint64_t d2, const char *path)
+{
+    int rc = 0;
+    hid_t d = open_dataset(f, name, path, &rc);
+    if (rc) return rc;
+    hid_t sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+    hsize_t dims[3] = {0, 0, 0};
+    if (sp < 0 || H5Sget_simple_extent_ndims(sp) != rank || H5Sget_simple_extent_dims(sp, dims, NULL) < 0 ||
+        dims[0] != d0 || (rank > 1 && dims[1] != d1) || (rank > 2 && dims[2] != d2))
+        rc = rank == 1 ? mtr_fail(MTR_EFORMAT, "%s: /%s missing or not of %llu rows", path, name, (unsigned long long)d0)
+                       : mtr_fail(MTR_EFORMAT, "%s: /%s missing or not (%llu, %llu, %llu)", path, name,
+                                  (unsigned long long)d0, (unsigned long long)d1, (unsigned long long)d2);
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
+    return rc;
+}
+
 static int read_column(hid_t f, const char *name, hid_t mtype, void *out, uint64_t n, const char *path)
 {
     int rc = 0;
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t d = open_dataset(f, name, path, &rc);
+    if (rc) return rc;
     if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
     hid_t sp = H5Dget_space(d);
     hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
@@ -165,7 +193,8 @@ static int load_chunk_table(mtr_run *r, shard_rt *s, hid_t f, uint64_t n_tokens)
     const mtr_model_info *m = &r->model;
     char dt[16];
     if (H5Lexists(f, MTR_D_LOGITS, H5P_DEFAULT) <= 0) return 0; /* top-k only */
-    d = H5Dopen2(f, MTR_D_LOGITS, H5P_DEFAULT);
+    d = open_dataset(f, MTR_D_LOGITS, s->path, &rc);
+    if (rc) return rc;
     if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: cannot open /%s", s->path, MTR_D_LOGITS);
     if ((rc = mtr_h5_get_str(d, MTR_A_DTYPE, dt, sizeof dt, s->path))) goto close_d;
     if (mtr_dtype_parse(&s->dtype, dt)) {
@@ -326,6 +355,12 @@ static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned
         rc = mtr_fail(MTR_EFORMAT, "%s: holds neither /%s nor /%s", path, MTR_D_LOGITS, MTR_D_TOPK_IDS);
         goto close_f;
     }
+    /* the top-k columns are read on demand into (T, L, K) buffers; the sequence arrays below are sized by nseq */
+    if ((s->info.has_topk &&
+         ((rc = check_shape(f, MTR_D_TOPK_IDS, 3, ntok, r->model.n_layers, r->model.top_k, path)) ||
+          (rc = check_shape(f, MTR_D_TOPK_WEIGHTS, 3, ntok, r->model.n_layers, r->model.top_k, path)))) ||
+        (rc = check_shape(f, MTR_D_SEQ_ID, 1, nseq, 0, 0, path)))
+        goto close_f;
 
     /* sequences: read, then check that token ranges are inside the shard, ascending and disjoint */
     if (r->n_seqs + nseq > r->seq_cap) {
@@ -378,7 +413,8 @@ static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned
     /* token columns must match the token count (their contents are read on demand) */
     const char *tokcols[] = {MTR_D_TOKEN_ID, MTR_D_POSITION, MTR_D_ROLE};
     for (size_t c = 0; c < 3; c++) {
-        hid_t d = H5Dopen2(f, tokcols[c], H5P_DEFAULT);
+        hid_t d = open_dataset(f, tokcols[c], path, &rc);
+        if (rc) goto free_cols;
         hid_t sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
         hssize_t np2 = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
         if (sp >= 0) H5Sclose(sp);
@@ -678,7 +714,8 @@ static int read_rows(hid_t f, const char *name, hid_t mtype, uint64_t row0, uint
                      const char *path)
 {
     int rc = 0;
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t d = open_dataset(f, name, path, &rc);
+    if (rc) return rc;
     if (d < 0) return mtr_fail(MTR_ENOTFOUND, "%s: /%s missing", path, name);
     hid_t fs = H5Dget_space(d);
     int rank = H5Sget_simple_extent_ndims(fs);
