@@ -89,3 +89,32 @@ PYEOF
 expect_exit 2 "a seq_id in two shards: info refuses" "$BIN/moetrace-info" "$WORK/d5dup"
 expect_err_line "repeated seq_id: one line naming both shards" "seq_id [0-9]* is in both shard-000000.h5 and shard-000099.h5"
 expect_exit 0 "two runs together keep their own seq_ids" "$BIN/moetrace-info" "$WORK/d5" "$WORK/d5b"
+
+# ---- 3, 8, 11. hostile chat templates: deep nesting, a loop without end, a long string repetition ----
+FIX="$TESTS/tokenizer/fixtures/bytelevel-nomerges"
+printf '{"messages": [{"role": "user", "content": "hi"}]}\n' >"$WORK/chat1.jsonl"
+# tokenizer_with NAME TEMPLATE-FILE: a copy of the fixture whose chat template is the file's text
+tokenizer_with() {
+    mkdir -p "$WORK/$1"
+    cp "$FIX/tokenizer.json" "$WORK/$1/"
+    $PY -c 'import json, sys; json.dump({"eos_token": "<|eos|>", "chat_template": open(sys.argv[1]).read()}, open(sys.argv[2], "w"))' \
+        "$2" "$WORK/$1/tokenizer_config.json"
+}
+for kind in paren bracket brace; do
+    $PY -c '
+import sys
+o, c = {"paren": ("(", ")"), "bracket": ("[", "]"), "brace": ("{\"k\": ", " }")}[sys.argv[1]]
+sys.stdout.write("{{ " + o * 30000 + "1" + c * 30000 + " }}")' "$kind" >"$WORK/t-$kind"
+    tokenizer_with "tok-$kind" "$WORK/t-$kind"
+    expect_exit 2 "template nested 30000 deep ($kind): exit 2" "$CAP" tokenize --tokenizer "$WORK/tok-$kind" --jsonl --chat --render "$WORK/chat1.jsonl"
+    expect_err_line "template nested 30000 deep ($kind): one line" "nested too deeply"
+done
+printf '{%% for i in range(100000) %%}{%% for j in range(100000) %%}{%% endfor %%}{%% endfor %%}' >"$WORK/t-loop"
+tokenizer_with tok-loop "$WORK/t-loop"
+# bounded by its step budget: refused within the script's time limit, not after minutes
+expect_exit 2 "template looping 10^10 times: exit 2" timeout 120 "$CAP" tokenize --tokenizer "$WORK/tok-loop" --jsonl --chat --render "$WORK/chat1.jsonl"
+expect_err_line "template looping 10^10 times: one line" "steps"
+printf "{{ 'a' * 200000 }}" >"$WORK/t-rep"
+tokenizer_with tok-rep "$WORK/t-rep"
+expect_exit 2 "string repetition of 200000: exit 2" "$CAP" tokenize --tokenizer "$WORK/tok-rep" --jsonl --chat --render "$WORK/chat1.jsonl"
+expect_err_line "string repetition of 200000: one line" "repetition"
