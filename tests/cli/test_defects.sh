@@ -118,3 +118,29 @@ printf "{{ 'a' * 200000 }}" >"$WORK/t-rep"
 tokenizer_with tok-rep "$WORK/t-rep"
 expect_exit 2 "string repetition of 200000: exit 2" "$CAP" tokenize --tokenizer "$WORK/tok-rep" --jsonl --chat --render "$WORK/chat1.jsonl"
 expect_err_line "string repetition of 200000: one line" "repetition"
+
+# ---- 6, 7. stats: incomplete divergence tables and accuracies outside [0, 1] are refused ----
+$CAP synth --out "$WORK/st" --layers 8 --experts 16 --top-k 2 --units 6 --seed 7 --no-progress --quiet \
+    --langs eng_Latn:1,fra_Latn:0.9,deu_Latn:0.8,zho_Hans:0.6,hin_Deva:0.45,bam_Latn:0.1 --datasets flores,math
+"$R" "$WORK/st" -o "$WORK/st-tab" -q
+ACC="$WORK/st/accuracy.tsv"
+expect_exit 0 "stats on whole tables" "$ST" correlate --tables "$WORK/st-tab" --accuracy "$ACC" --band 2-6
+# table_without NAME AWK-CONDITION: a copy of the tables whose div_from_en.tsv drops the rows matching
+table_without() {
+    cp -r "$WORK/st-tab" "$WORK/$1"
+    awk -F '\t' "/^#/ || !($2)" "$WORK/st-tab/div_from_en.tsv" >"$WORK/$1/div_from_en.tsv"
+}
+table_without st-row '$1 == "hin_Deva" && $2 == 4'
+expect_exit 2 "div_from_en without one (language, layer) row: correlate refuses" "$ST" correlate --tables "$WORK/st-row" --accuracy "$ACC" --band 2-6
+expect_err_line "missing row: one line naming it" "no row for hin_Deva layer 4"
+expect_exit 2 "div_from_en without one row: band refuses" "$ST" band --tables "$WORK/st-row" --band detect
+table_without st-layer '$2 == 5'
+expect_exit 2 "div_from_en without layer 5: correlate refuses" "$ST" correlate --tables "$WORK/st-layer" --accuracy "$ACC" --band 2-6
+expect_err_line "missing layer: one line" "layer 5"
+table_without st-last '$2 == 8'
+rm -f "$WORK/st-last/entropy.tsv" "$WORK/st-last/freq.tsv" "$WORK/st-last/delta.tsv"
+expect_exit 2 "div_from_en without the last layer: band refuses" "$ST" band --tables "$WORK/st-last" --band detect
+expect_err_line "missing last layer: one line naming the model's count" "layers 1..7 but the model has 8"
+sed 's/^\(zho_Hans\tmath\taccuracy\t\)[0-9.]*/\17.5/' "$ACC" >"$WORK/acc75.tsv"
+expect_exit 2 "accuracy 7.5: correlate refuses" "$ST" correlate --tables "$WORK/st-tab" --accuracy "$WORK/acc75.tsv" --band 2-6
+expect_err_line "accuracy 7.5: one line naming it" "accuracy 7.5 for zho_Hans math is outside \[0, 1\]"
