@@ -74,6 +74,7 @@ int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *fi
     int rc = 0;
     hid_t a = H5I_INVALID_HID, ft = H5I_INVALID_HID, mt = H5I_INVALID_HID, sp = H5I_INVALID_HID;
     *out = NULL;
+    if ((rc = mtr_h5_check_attrs(obj, file))) return rc;
     if (H5Aexists(obj, name) <= 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", file, name);
     a = H5Aopen(obj, name, H5P_DEFAULT);
     if (a < 0) return mtr_fail(MTR_EFORMAT, "%s: cannot open attribute '%s'", file, name);
@@ -85,6 +86,7 @@ int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *fi
     }
     if (H5Tis_variable_str(ft) > 0) {
         char *v = NULL;
+        if ((rc = mtr_h5_check_vlen_attr(obj, name, file))) goto close_attr;
         mt = vlen_str_type();
         if (H5Aread(a, mt, &v) < 0 || !v) {
             rc = mtr_fail(MTR_EFORMAT, "%s: cannot read attribute '%s'", file, name);
@@ -125,7 +127,8 @@ int mtr_h5_get_str(hid_t obj, const char *name, char *buf, size_t cap, const cha
 
 static int read_numeric(hid_t obj, const char *name, hid_t mtype, void *out, size_t n, const char *file)
 {
-    int rc = 0;
+    int rc = mtr_h5_check_attrs(obj, file);
+    if (rc) return rc;
     if (H5Aexists(obj, name) <= 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", file, name);
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
     hid_t sp = a >= 0 ? H5Aget_space(a) : H5I_INVALID_HID;

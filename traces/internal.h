@@ -24,6 +24,20 @@ int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *fi
 int mtr_h5_get_u64(hid_t obj, const char *name, uint64_t *out, const char *file);
 int mtr_h5_get_i32v(hid_t obj, const char *name, int32_t *out, size_t n, const char *file);
 bool mtr_h5_has_attr(hid_t obj, const char *name);
+/* Before HDF5 reads a variable-length string from a file (h5heap.c): check that the global heap object it points
+ * to exists, has the string's length and lies in a well-formed collection (HDF5 1.10 crashes or hangs on a damaged
+ * one). For attribute `name` of obj, or the n elements of the contiguous string dataset dset (`name` for the
+ * message). 0 also when the file is not one the checks can read (then HDF5's own checks are all there is);
+ * MTR_ECORRUPT / MTR_EFORMAT / MTR_ETRUNCATED with detail naming `file`. */
+int mtr_h5_check_vlen_attr(hid_t obj, const char *name, const char *file);
+int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char *file);
+/* Before HDF5 decodes the attributes of obj (any attribute access does): every attribute message in its object
+ * header must hold its name, datatype, dataspace and value within the message. 0 also when unreadable here. */
+int mtr_h5_check_attrs(hid_t obj, const char *file);
+/* Before H5Dopen2(loc, name): the dataset's dataspace, datatype and layout messages must be plausible and
+ * within their messages, and so must its attribute messages (HDF5 1.10 decodes them unchecked). 0 if sound, or
+ * if there is no such object (the caller reports that), or when unreadable here. */
+int mtr_h5_check_object(hid_t loc, const char *name, const char *file);
 
 /* zstd chunk codec shared by the HDF5 filter and the direct-chunk paths. */
 size_t mtr_zstd_bound(size_t n);

@@ -1,0 +1,146 @@
+# Regression tests for defects found by a hostile-input and fault battery: a full disk under every writer, flipped
+# bits in a shard, templates that nest, loop or repeat without bound, shards that disagree with their run or with
+# themselves, incomplete or out-of-range stats tables, error details, and resumes that must equal one whole run.
+. "$TESTS/cli/lib.sh"
+export HDF5_PLUGIN_PATH="$LIB/plugin"
+CAP="$BIN/moetrace-capture"
+ST="$BIN/moetrace-stats"
+R="$BIN/moetrace-reduce"
+Q="$TESTS/models/tiny/qwen3_moe"
+CORPUS="$TESTS/data/udhr-mini.jsonl"
+MS="$TESTS/python/make_stream.py"
+
+nseq() { "$TOOLS/mtr_dump" "$1" 2>/dev/null | wc -l; }
+
+# ---- 1. a full disk under synth, run and ingest (tests/cli/disk_full.sh, in a tmpfs: as root, else in a user
+# namespace of our own where mounting one is allowed) ----
+if [ "$(id -u)" -eq 0 ]; then
+    sh "$TESTS/cli/disk_full.sh"
+elif unshare -rm true 2>/dev/null; then
+    unshare -rm sh "$TESTS/cli/disk_full.sh"
+else
+    echo "ok disk full # skip: no tmpfs can be mounted (not root, no user namespaces)"
+fi
+
+# ---- 12. a killed synth run is continued by synth --resume, which equals a whole run ----
+SYN="--layers 6 --experts 16 --units 60 --shard-bytes 100K --seed 9 --no-progress --quiet"
+$CAP synth --out "$WORK/k" $SYN --threads 1 2>/dev/null &
+pid=$!
+i=0
+while [ $i -lt 200 ] && ! ls "$WORK/k"/shard-*.h5 >/dev/null 2>&1; do sleep 0.05; i=$((i + 1)); done
+kill -9 "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+if grep -q '"complete": false' "$WORK/k/run.json"; then ok "synth killed part-way"; else not_ok "synth killed part-way" "the run finished first"; fi
+expect_exit 1 "synth on a killed run without --resume: exit 1" $CAP synth --out "$WORK/k" $SYN
+expect_err_line "synth on a killed run: names the way out" "continue it with --resume"
+expect_exit 2 "synth --resume with other parameters is refused" $CAP synth --out "$WORK/k" $SYN --seed 10 --resume
+expect_err_line "synth --resume, other parameters: names the one that differs" "truth.json: the run was made with seed 9, not 10"
+expect_exit 0 "synth --resume completes a killed run" $CAP synth --out "$WORK/k" $SYN --resume --json
+expect_out "synth --resume keeps what was stored" '"n_skipped": [1-9]'
+$CAP synth --out "$WORK/k-whole" $SYN
+"$TOOLS/mtr_dump" "$WORK/k" --logits "$WORK/k.f32" >"$WORK/k.seq" 2>&1
+"$TOOLS/mtr_dump" "$WORK/k-whole" --logits "$WORK/k-whole.f32" >"$WORK/k-whole.seq" 2>&1
+if [ "$(wc -l <"$WORK/k-whole.seq")" -gt 0 ] && cmp -s "$WORK/k.seq" "$WORK/k-whole.seq" &&
+    cmp -s "$WORK/k.f32" "$WORK/k-whole.f32"; then
+    ok "synth --resume: the run equals a whole run (sequences and logits)"
+else not_ok "synth --resume: the run equals a whole run" "$(wc -l <"$WORK/k.seq") vs $(wc -l <"$WORK/k-whole.seq") sequences"; fi
+expect_exit 0 "synth --resume: the run is complete and valid" "$BIN/moetrace-info" --deep "$WORK/k"
+
+# ---- 4. a shard whose root stored_dtype disagrees with its logits' dtype attribute is refused ----
+SMALL="--layers 4 --experts 8 --top-k 2 --units 4 --langs eng_Latn:1,fra_Latn:0.6 --datasets flores,math --len-mean 12 --no-progress --quiet"
+$CAP synth --out "$WORK/d4" $SMALL --shard-bytes 4K --seed 4
+$PY - "$WORK/d4/shard-000001.h5" <<'PYEOF'
+import sys, h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    f.attrs["stored_dtype"] = "f16"   # the logits stay bf16 (dataset attribute dtype)
+PYEOF
+expect_exit 2 "stored_dtype disagreeing with the logits dtype: info refuses" "$BIN/moetrace-info" --deep "$WORK/d4"
+expect_err_line "stored_dtype disagreement: one line naming shard and both" "shard-000001.h5: .*dtype 'bf16'.*stored_dtype 'f16'"
+expect_exit 2 "stored_dtype disagreement: reduce refuses" "$R" summarize "$WORK/d4" -o "$WORK/d4.h5"
+
+# ---- 5. run consistency: a shard listed twice, a shard of another run ----
+$CAP synth --out "$WORK/d5" $SMALL --shard-bytes 4K --seed 5 --run-id run-a
+$CAP synth --out "$WORK/d5b" $SMALL --shard-bytes 4K --seed 6 --run-id run-b
+cp -r "$WORK/d5" "$WORK/d5twice"
+$PY - "$WORK/d5twice/run.json" <<'PYEOF'
+import sys, json
+m = json.load(open(sys.argv[1]))
+m["shards"].append(dict(m["shards"][0]))
+json.dump(m, open(sys.argv[1], "w"))
+PYEOF
+expect_exit 2 "a shard listed twice in run.json: info refuses" "$BIN/moetrace-info" --deep "$WORK/d5twice"
+expect_err_line "shard listed twice: one line naming it" "run.json lists shard-000000.h5 twice"
+expect_exit 2 "a shard listed twice: reduce refuses" "$R" summarize "$WORK/d5twice" -o "$WORK/d5twice.h5"
+cp -r "$WORK/d5" "$WORK/d5other"
+cp "$WORK/d5b/shard-000001.h5" "$WORK/d5other/shard-000001.h5"
+expect_exit 2 "a shard of another run: info refuses" "$BIN/moetrace-info" --deep "$WORK/d5other"
+expect_err_line "another run's shard: one line naming both run ids" "shard-000001.h5: run_id 'run-b'.*'run-a'"
+expect_exit 2 "a shard of another run: reduce refuses" "$R" summarize "$WORK/d5other" -o "$WORK/d5other.h5"
+# the same sequences under another name (a copied shard listed as its own file) repeat seq_ids
+cp -r "$WORK/d5" "$WORK/d5dup"
+cp "$WORK/d5dup/shard-000000.h5" "$WORK/d5dup/shard-000099.h5"
+$PY - "$WORK/d5dup/run.json" <<'PYEOF'
+import sys, json
+m = json.load(open(sys.argv[1]))
+e = dict(m["shards"][0]); e["file"] = "shard-000099.h5"
+m["shards"].append(e)
+json.dump(m, open(sys.argv[1], "w"))
+PYEOF
+expect_exit 2 "a seq_id in two shards: info refuses" "$BIN/moetrace-info" "$WORK/d5dup"
+expect_err_line "repeated seq_id: one line naming both shards" "seq_id [0-9]* is in both shard-000000.h5 and shard-000099.h5"
+expect_exit 0 "two runs together keep their own seq_ids" "$BIN/moetrace-info" "$WORK/d5" "$WORK/d5b"
+
+# ---- 3, 8, 11. hostile chat templates: deep nesting, a loop without end, a long string repetition ----
+FIX="$TESTS/tokenizer/fixtures/bytelevel-nomerges"
+printf '{"messages": [{"role": "user", "content": "hi"}]}\n' >"$WORK/chat1.jsonl"
+# tokenizer_with NAME TEMPLATE-FILE: a copy of the fixture whose chat template is the file's text
+tokenizer_with() {
+    mkdir -p "$WORK/$1"
+    cp "$FIX/tokenizer.json" "$WORK/$1/"
+    $PY -c 'import json, sys; json.dump({"eos_token": "<|eos|>", "chat_template": open(sys.argv[1]).read()}, open(sys.argv[2], "w"))' \
+        "$2" "$WORK/$1/tokenizer_config.json"
+}
+for kind in paren bracket brace; do
+    $PY -c '
+import sys
+o, c = {"paren": ("(", ")"), "bracket": ("[", "]"), "brace": ("{\"k\": ", " }")}[sys.argv[1]]
+sys.stdout.write("{{ " + o * 30000 + "1" + c * 30000 + " }}")' "$kind" >"$WORK/t-$kind"
+    tokenizer_with "tok-$kind" "$WORK/t-$kind"
+    expect_exit 2 "template nested 30000 deep ($kind): exit 2" "$CAP" tokenize --tokenizer "$WORK/tok-$kind" --jsonl --chat --render "$WORK/chat1.jsonl"
+    expect_err_line "template nested 30000 deep ($kind): one line" "nested too deeply"
+done
+printf '{%% for i in range(100000) %%}{%% for j in range(100000) %%}{%% endfor %%}{%% endfor %%}' >"$WORK/t-loop"
+tokenizer_with tok-loop "$WORK/t-loop"
+# bounded by its step budget: refused within the script's time limit, not after minutes
+expect_exit 2 "template looping 10^10 times: exit 2" timeout 120 "$CAP" tokenize --tokenizer "$WORK/tok-loop" --jsonl --chat --render "$WORK/chat1.jsonl"
+expect_err_line "template looping 10^10 times: one line" "steps"
+printf "{{ 'a' * 200000 }}" >"$WORK/t-rep"
+tokenizer_with tok-rep "$WORK/t-rep"
+expect_exit 2 "string repetition of 200000: exit 2" "$CAP" tokenize --tokenizer "$WORK/tok-rep" --jsonl --chat --render "$WORK/chat1.jsonl"
+expect_err_line "string repetition of 200000: one line" "repetition"
+
+# ---- 6, 7. stats: incomplete divergence tables and accuracies outside [0, 1] are refused ----
+$CAP synth --out "$WORK/st" --layers 8 --experts 16 --top-k 2 --units 6 --seed 7 --no-progress --quiet \
+    --langs eng_Latn:1,fra_Latn:0.9,deu_Latn:0.8,zho_Hans:0.6,hin_Deva:0.45,bam_Latn:0.1 --datasets flores,math
+"$R" "$WORK/st" -o "$WORK/st-tab" -q
+ACC="$WORK/st/accuracy.tsv"
+expect_exit 0 "stats on whole tables" "$ST" correlate --tables "$WORK/st-tab" --accuracy "$ACC" --band 2-6
+# table_without NAME AWK-CONDITION: a copy of the tables whose div_from_en.tsv drops the rows matching
+table_without() {
+    cp -r "$WORK/st-tab" "$WORK/$1"
+    awk -F '\t' "/^#/ || !($2)" "$WORK/st-tab/div_from_en.tsv" >"$WORK/$1/div_from_en.tsv"
+}
+table_without st-row '$1 == "hin_Deva" && $2 == 4'
+expect_exit 2 "div_from_en without one (language, layer) row: correlate refuses" "$ST" correlate --tables "$WORK/st-row" --accuracy "$ACC" --band 2-6
+expect_err_line "missing row: one line naming it" "no row for hin_Deva layer 4"
+expect_exit 2 "div_from_en without one row: band refuses" "$ST" band --tables "$WORK/st-row" --band detect
+table_without st-layer '$2 == 5'
+expect_exit 2 "div_from_en without layer 5: correlate refuses" "$ST" correlate --tables "$WORK/st-layer" --accuracy "$ACC" --band 2-6
+expect_err_line "missing layer: one line" "layer 5"
+table_without st-last '$2 == 8'
+rm -f "$WORK/st-last/entropy.tsv" "$WORK/st-last/freq.tsv" "$WORK/st-last/delta.tsv"
+expect_exit 2 "div_from_en without the last layer: band refuses" "$ST" band --tables "$WORK/st-last" --band detect
+expect_err_line "missing last layer: one line naming the model's count" "layers 1..7 but the model has 8"
+sed 's/^\(zho_Hans\tmath\taccuracy\t\)[0-9.]*/\17.5/' "$ACC" >"$WORK/acc75.tsv"
+expect_exit 2 "accuracy 7.5: correlate refuses" "$ST" correlate --tables "$WORK/st-tab" --accuracy "$WORK/acc75.tsv" --band 2-6
+expect_err_line "accuracy 7.5: one line naming it" "accuracy 7.5 for zho_Hans math is outside \[0, 1\]"
