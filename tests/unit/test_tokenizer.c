@@ -272,8 +272,8 @@ static void expect_refused(const char *src, const char *why)
     char *out = NULL;
     mtr_tok_message one = {"user", "x"};
     int rc = mtr_tok_render_template(&out, src, &one, 1, NULL, NULL, NULL);
-    ck_assert_msg(rc == MTR_EFORMAT && strstr(mtr_tok_errmsg(), why) && !strchr(mtr_tok_errmsg(), '\n'),
-                  "template %.60s...: rc %d, message '%s', wanted '%s'", src, rc, mtr_tok_errmsg(), why);
+    ck_assert_msg(rc == MTR_EFORMAT && strstr(mtr_errmsg(), why) && !strchr(mtr_errmsg(), '\n'),
+                  "template %.60s...: rc %d, message '%s', wanted '%s'", src, rc, mtr_errmsg(), why);
     ck_assert_ptr_null(out);
 }
 
