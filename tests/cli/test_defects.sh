@@ -144,3 +144,49 @@ expect_err_line "missing last layer: one line naming the model's count" "layers 
 sed 's/^\(zho_Hans\tmath\taccuracy\t\)[0-9.]*/\17.5/' "$ACC" >"$WORK/acc75.tsv"
 expect_exit 2 "accuracy 7.5: correlate refuses" "$ST" correlate --tables "$WORK/st-tab" --accuracy "$WORK/acc75.tsv" --band 2-6
 expect_err_line "accuracy 7.5: one line naming it" "accuracy 7.5 for zho_Hans math is outside \[0, 1\]"
+
+# ---- 10. a resumed capture equals an uninterrupted one, bit for bit (items are packed into shared forwards) ----
+# same_logits NAME A B: the two runs hold the same sequences with identical logits
+same_logits() {
+    "$TOOLS/mtr_dump" "$2" --logits "$WORK/a.f32" >"$WORK/a.seq" 2>&1
+    "$TOOLS/mtr_dump" "$3" --logits "$WORK/b.f32" >"$WORK/b.seq" 2>&1
+    if [ -s "$WORK/a.seq" ] && cmp -s "$WORK/a.seq" "$WORK/b.seq" && cmp -s "$WORK/a.f32" "$WORK/b.f32"; then ok "$1"
+    else not_ok "$1" "$(wc -l <"$WORK/a.seq") vs $(wc -l <"$WORK/b.seq") sequences; $(cmp "$WORK/a.f32" "$WORK/b.f32" 2>&1 | head -c 200)"; fi
+}
+RUNQ="--model $Q --corpus $CORPUS --no-sync --quiet"
+$CAP run $RUNQ --out "$WORK/cap-whole" --limit 60
+$CAP run $RUNQ --out "$WORK/cap-27" --limit 27
+expect_exit 0 "run --resume after --limit 27" $CAP run $RUNQ --out "$WORK/cap-27" --limit 60 --resume
+same_logits "run --limit 27 then --resume equals one uninterrupted run (bf16 logits)" "$WORK/cap-whole" "$WORK/cap-27"
+# a run with --limit N holds what a run without it holds for its first N items; resumed, what it holds for all
+$CAP run $RUNQ --out "$WORK/cap-all32" --dtype f32
+"$TOOLS/mtr_dump" "$WORK/cap-all32" --logits "$WORK/all.f32" >/dev/null 2>&1
+for cut in 5 41; do
+    $CAP run $RUNQ --out "$WORK/cap-$cut" --limit $cut --dtype f32
+    "$TOOLS/mtr_dump" "$WORK/cap-$cut" --logits "$WORK/lim.f32" >/dev/null 2>&1
+    if [ -s "$WORK/lim.f32" ] && cmp -s -n "$(wc -c <"$WORK/lim.f32")" "$WORK/lim.f32" "$WORK/all.f32"; then
+        ok "--limit $cut holds what a whole run holds for its first $cut items"
+    else not_ok "--limit $cut holds what a whole run holds for its first $cut items" "logits differ"; fi
+    $CAP run $RUNQ --out "$WORK/cap-$cut" --limit 60 --resume --dtype f32
+done
+$CAP run $RUNQ --out "$WORK/cap-whole32" --limit 60 --dtype f32
+same_logits "resumed after 5 items equals uninterrupted (f32)" "$WORK/cap-whole32" "$WORK/cap-5"
+same_logits "resumed after 41 items equals uninterrupted (f32)" "$WORK/cap-whole32" "$WORK/cap-41"
+# with gaussian steering eps the draws must not depend on the forwards a resume skips
+$PY - "$Q" "$WORK/gauss.json" <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1] + "/config.json"))
+moe = [i for i in range(c["num_hidden_layers"]) if i not in c.get("mlp_only_layers", []) and (i + 1) % c.get("decoder_sparse_step", 1) == 0]
+L, E, K = len(moe), c["num_experts"], c["num_experts_per_tok"]
+coef = [[0.0] * E for _ in range(L)]
+coef[1][1] = coef[1][6] = 1.0
+json.dump({"format": "moetrace-steering", "format_version": 1, "producer": "test", "name": "gauss",
+           "model_id": c.get("_name_or_path") or "qwen3_moe", "n_layers": L, "n_experts": E, "top_k": K,
+           "layer_index": moe, "indexing": "0-based", "op": "hard", "lambda": 0.5, "eps_mode": "gaussian",
+           "eps": 0.05, "seed": 3, "target_layers": [1], "experts": [[1, 1], [1, 6]], "scores": [None, None],
+           "provenance": {}, "coef": coef}, open(sys.argv[2], "w"))
+PYEOF
+$CAP run $RUNQ --out "$WORK/g-whole" --limit 40 --dtype f32 --steer "$WORK/gauss.json"
+$CAP run $RUNQ --out "$WORK/g-part" --limit 17 --dtype f32 --steer "$WORK/gauss.json"
+$CAP run $RUNQ --out "$WORK/g-part" --limit 40 --dtype f32 --steer "$WORK/gauss.json" --resume
+same_logits "resumed steered capture (gaussian eps) equals uninterrupted" "$WORK/g-whole" "$WORK/g-part"
