@@ -133,8 +133,7 @@ typedef struct {
 
 static int fail_lib(const char *what, int rc)
 {
-    errorf(CMD, "%s%s%s", what ? what : "", what ? ": " : "", mtr_errmsg()[0] ? mtr_errmsg() : mtr_strerror(rc));
-    return exit_code_for(rc);
+    return mtr_cli_fail(CMD, rc, what);
 }
 
 /* "1-4,10" (1-based, inclusive) into a sorted mask over n layers. */

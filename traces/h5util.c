@@ -350,19 +350,21 @@ json_t *mtr_model_to_json(const mtr_model_info *m)
                      m->selection_bias != NULL);
 }
 
-int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const char *what)
+int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const char *what, const char *ref)
 {
     if (a->n_layers != b->n_layers || a->n_experts != b->n_experts || a->top_k != b->top_k)
-        return mtr_fail(MTR_EMISMATCH, "%s: model dimensions (%u layers, %u experts, top-%u) differ from (%u, %u, %u)",
-                        what, b->n_layers, b->n_experts, b->top_k, a->n_layers, a->n_experts, a->top_k);
+        return mtr_fail(MTR_EMISMATCH,
+                        "%s: model dimensions (%u layers, %u experts, top-%u) differ from (%u, %u, %u) of %s", what,
+                        b->n_layers, b->n_experts, b->top_k, a->n_layers, a->n_experts, a->top_k, ref);
     if (strcmp(a->model_id, b->model_id) != 0)
-        return mtr_fail(MTR_EMISMATCH, "%s: model '%s' differs from '%s'", what, b->model_id, a->model_id);
+        return mtr_fail(MTR_EMISMATCH, "%s: model '%s' differs from '%s' of %s", what, b->model_id, a->model_id, ref);
     if (a->score_fn != b->score_fn || a->renormalize != b->renormalize ||
         (a->selection_bias == NULL) != (b->selection_bias == NULL))
-        return mtr_fail(MTR_EMISMATCH, "%s: router semantics differ", what);
+        return mtr_fail(MTR_EMISMATCH, "%s: router semantics (score_fn, renormalisation, selection bias) differ from "
+                        "those of %s", what, ref);
     for (uint32_t l = 0; l < a->n_layers; l++)
         if (a->layer_index[l] != b->layer_index[l])
-            return mtr_fail(MTR_EMISMATCH, "%s: layer_index differs at MoE layer %u", what, l);
+            return mtr_fail(MTR_EMISMATCH, "%s: layer_index differs at MoE layer %u from that of %s", what, l, ref);
     return 0;
 }
 

@@ -63,8 +63,9 @@ int mtr_path_join(char *buf, size_t cap, const char *dir, const char *name);
 int mtr_read_model_attrs(hid_t file, mtr_model_info *m, float **selection_bias, const char *path);
 int mtr_write_model_attrs(hid_t file, const mtr_model_info *m);
 json_t *mtr_model_to_json(const mtr_model_info *m);
-/* 0 if a and b describe the same routing (ids, dims, semantics), else MTR_EMISMATCH with detail. */
-int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const char *what);
+/* 0 if a (read from ref) and b (read from what) describe the same routing (ids, dims, semantics), else
+ * MTR_EMISMATCH with a detail that blames what and names ref. */
+int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const char *what, const char *ref);
 
 
 #endif

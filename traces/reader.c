@@ -50,6 +50,8 @@ struct mtr_run {
     size_t max_chunk_bytes; /* largest decoded chunk of any shard, in stored bytes */
     size_t max_raw_bytes;   /* largest stored chunk */
     mtr_decoder *serial;    /* decoder for the single-threaded convenience readers */
+    const json_t *man_model; /* while a run directory opens: its manifest's "model", which every shard must match */
+    const char *man_dir;     /* and that directory */
 };
 
 struct mtr_decoder {
@@ -278,6 +280,29 @@ close_d:
     return rc;
 }
 
+/* A shard of a run directory must describe the model its manifest records; one that does not is blamed (compared
+ * only with the run's first shard, a bad first shard would have the good second one blamed). */
+static int check_manifest_model(const mtr_run *r, const mtr_model_info *m, const char *path)
+{
+    const json_t *j = r->man_model;
+    if (!json_is_object(j)) return 0;
+    const char *id = json_string_value(json_object_get(j, "model_id"));
+    const json_t *nl = json_object_get(j, "n_layers"), *ne = json_object_get(j, "n_experts"),
+                 *k = json_object_get(j, "top_k");
+    if (id && strcmp(id, m->model_id) != 0)
+        return mtr_fail(MTR_EMISMATCH, "%s: model '%s' is not the run's '%s' (%s/%s)", path, m->model_id, id,
+                        r->man_dir, MTR_MANIFEST_NAME);
+    if ((json_is_integer(nl) && json_integer_value(nl) != m->n_layers) ||
+        (json_is_integer(ne) && json_integer_value(ne) != m->n_experts) ||
+        (json_is_integer(k) && json_integer_value(k) != m->top_k))
+        return mtr_fail(MTR_EMISMATCH,
+                        "%s: model dimensions (%u layers, %u experts, top-%u) are not the run's (%lld, %lld, %lld) "
+                        "(%s/%s)", path, m->n_layers, m->n_experts, m->top_k, (long long)json_integer_value(nl),
+                        (long long)json_integer_value(ne), (long long)json_integer_value(k), r->man_dir,
+                        MTR_MANIFEST_NAME);
+    return 0;
+}
+
 static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned flags, bool first)
 {
     int rc = 0;
@@ -321,12 +346,16 @@ static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned
     mtr_model_info m;
     float *bias = NULL;
     if ((rc = mtr_read_model_attrs(f, &m, &bias, path))) goto close_f;
+    if ((rc = check_manifest_model(r, &m, path))) {
+        free(bias);
+        goto close_f;
+    }
     if (first) {
         r->model = m;
         r->selection_bias = bias;
         r->model.selection_bias = bias;
     } else {
-        rc = mtr_model_compare(&r->model, &m, path);
+        rc = mtr_model_compare(&r->model, &m, path, r->shards[0].path);
         free(bias);
         if (rc) goto close_f;
     }
@@ -518,6 +547,22 @@ static int check_unique_seq_ids(mtr_run *r, size_t first_seq, const char *dir)
     return rc;
 }
 
+/* what a JSON value is, for a message: "a string", "missing", ... */
+static const char *json_kind(const json_t *v)
+{
+    if (!v) return "missing";
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
 static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigned flags)
 {
     json_t *man = NULL;
@@ -525,7 +570,8 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
     if (rc == MTR_ENOTFOUND) return mtr_fail(MTR_ENOTFOUND, "%s: not a run (no %s)", dir, MTR_MANIFEST_NAME);
     if (rc) return rc;
     const char *fmt = json_string_value(json_object_get(man, "format"));
-    json_int_t ver = json_integer_value(json_object_get(man, "format_version"));
+    const json_t *jver = json_object_get(man, "format_version");
+    json_int_t ver = json_integer_value(jver);
     json_t *shards = json_object_get(man, "shards");
     char path[4160];
     size_t i;
@@ -533,6 +579,11 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
     mtr_run_meta *meta = &r->metas[run_index];
     if (!fmt || strcmp(fmt, MTR_FORMAT_NAME) != 0) {
         rc = mtr_fail(MTR_EFORMAT, "%s/%s: not a moetrace manifest", dir, MTR_MANIFEST_NAME);
+        goto done;
+    }
+    if (!json_is_integer(jver)) {
+        rc = mtr_fail(MTR_EFORMAT, "%s/%s: format_version is %s, not an integer", dir, MTR_MANIFEST_NAME,
+                      json_kind(jver));
         goto done;
     }
     if (ver != MTR_FORMAT_VERSION) {
@@ -552,11 +603,24 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
     const char *run_id = json_string_value(json_object_get(man, "run_id"));
     const char *stored_dtype = json_string_value(json_object_get(man, "stored_dtype"));
     size_t first_seq = r->n_seqs;
+    r->man_model = json_object_get(man, "model");
+    r->man_dir = dir;
     json_array_foreach(shards, i, s)
     {
         const char *file = json_string_value(json_object_get(s, "file"));
-        if (!file || strchr(file, '/') || (rc = mtr_path_join(path, sizeof path, dir, file))) {
-            rc = mtr_fail(MTR_EFORMAT, "%s/%s: bad shard entry %zu", dir, MTR_MANIFEST_NAME, i);
+        if (!file) {
+            rc = mtr_fail(MTR_EFORMAT, "%s/%s: shard entry %zu has no \"file\" string", dir, MTR_MANIFEST_NAME, i);
+            goto done;
+        }
+        /* a shard is a file in the run directory: a path out of it (or into another) is refused, never followed */
+        if (!*file || strchr(file, '/') || strcmp(file, ".") == 0 || strcmp(file, "..") == 0) {
+            rc = mtr_fail(MTR_EFORMAT, "%s/%s: shard entry %zu, \"%s\", is not a file name in the run directory "
+                          "(a shard path may not hold '/' or be '.' or '..')", dir, MTR_MANIFEST_NAME, i, file);
+            goto done;
+        }
+        if ((rc = mtr_path_join(path, sizeof path, dir, file))) {
+            rc = mtr_fail(MTR_EFORMAT, "%s/%s: shard entry %zu: the path of \"%s\" is too long", dir,
+                          MTR_MANIFEST_NAME, i, file);
             goto done;
         }
         for (size_t j = 0; j < i; j++)
@@ -598,6 +662,8 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
     }
     if (dp) closedir(dp);
 done:
+    r->man_model = NULL;
+    r->man_dir = NULL;
     json_decref(man);
     return rc;
 }

@@ -145,6 +145,66 @@ sed 's/^\(zho_Hans\tmath\taccuracy\t\)[0-9.]*/\17.5/' "$ACC" >"$WORK/acc75.tsv"
 expect_exit 2 "accuracy 7.5: correlate refuses" "$ST" correlate --tables "$WORK/st-tab" --accuracy "$WORK/acc75.tsv" --band 2-6
 expect_err_line "accuracy 7.5: one line naming it" "accuracy 7.5 for zho_Hans math is outside \[0, 1\]"
 
+# ---- 9. error details: the right value, the right shard, each path once, a reason for every refusal ----
+$CAP synth --out "$WORK/d9" $SMALL --shard-bytes 4K --seed 9
+# once_in NAME TEXT: the last command's one stderr line holds TEXT exactly once
+once_in() {
+    n=$(grep -o -F -- "$2" "$WORK/err" | wc -l)
+    if [ "$n" -eq 1 ]; then ok "$1"; else not_ok "$1" "$n times: $(head -c 300 "$WORK/err")"; fi
+}
+# manifest NAME PYTHON: a copy of d9 whose run.json m is changed by PYTHON
+manifest() {
+    cp -r "$WORK/d9" "$WORK/$1"
+    $PY -c "import json, sys; m = json.load(open(sys.argv[1])); $2; json.dump(m, open(sys.argv[1], 'w'))" "$WORK/$1/run.json"
+}
+manifest d9ver 'm["format_version"] = "1"'
+expect_exit 2 "run.json format_version a string: info refuses" "$BIN/moetrace-info" "$WORK/d9ver"
+expect_err_line "run.json format_version a string: said to be no integer (not 'format_version 0')" \
+    "run.json: format_version is a string, not an integer"
+manifest d9trav 'm["shards"][1]["file"] = "../x.h5"'
+expect_exit 2 "run.json listing ../x.h5 as a shard: info refuses" "$BIN/moetrace-info" "$WORK/d9trav"
+expect_err_line "shard path out of the run: the refusal gives its reason" \
+    "shard entry 1, \"../x.h5\", is not a file name in the run directory"
+manifest d9dot 'm["shards"][0]["file"] = ".."'
+expect_exit 2 "run.json listing .. as a shard: info refuses" "$BIN/moetrace-info" "$WORK/d9dot"
+expect_err_line "shard '..': the refusal gives its reason" "shard entry 0, \"..\", is not a file name in the run directory"
+manifest d9nofile 'm["shards"][0]["file"] = 7'
+expect_exit 2 "run.json shard entry without a file name: info refuses" "$BIN/moetrace-info" "$WORK/d9nofile"
+expect_err_line "shard entry without a file name: said so" "shard entry 0 has no \"file\" string"
+# a string-typed format_version attribute in a shard is no integer, not "format_version 0"
+cp -r "$WORK/d9" "$WORK/d9sver"
+$PY -c 'import h5py, sys; h5py.File(sys.argv[1], "r+").attrs["format_version"] = "1"' "$WORK/d9sver/shard-000000.h5"
+expect_exit 2 "shard format_version a string: info refuses" "$BIN/moetrace-info" "$WORK/d9sver"
+expect_err_line "shard format_version a string: said to be no integer" "shard-000000.h5: attribute 'format_version' is not an integer"
+# the first shard of a run holds another model: it is blamed, not the good second shard
+cp -r "$WORK/d9" "$WORK/d9model"
+$PY -c 'import h5py, sys; h5py.File(sys.argv[1], "r+").attrs["model_id"] = "other/model"' "$WORK/d9model/shard-000000.h5"
+expect_exit 2 "first shard of another model: info refuses" "$BIN/moetrace-info" "$WORK/d9model"
+expect_err_line "first shard of another model: that shard is blamed" "shard-000000.h5: model 'other/model' is not the run's"
+expect_exit 2 "first shard of another model: reduce refuses" "$R" summarize "$WORK/d9model" -o "$WORK/d9model.h5"
+expect_err_line "first shard of another model: reduce blames that shard" "shard-000000.h5: model 'other/model' is not the run's"
+# two runs of different models: the second is blamed and the first named
+$CAP synth --out "$WORK/d9e16" --layers 4 --experts 16 --top-k 2 --units 4 --langs eng_Latn:1,fra_Latn:0.6 \
+    --datasets flores,math --len-mean 12 --no-progress --quiet --seed 9
+expect_exit 2 "runs of two models together: info refuses" "$BIN/moetrace-info" "$WORK/d9" "$WORK/d9e16"
+expect_err_line "runs of two models: the second blamed, the first named" \
+    "d9e16/shard-000000.h5: model dimensions (4 layers, 16 experts, top-2) differ from (4, 8, 2) of .*d9/shard-000000.h5"
+# a tokenizer error names tokenizer.json once (the library's detail named it already)
+mkdir -p "$WORK/tok9"
+$PY -c '
+import json, sys
+t = json.load(open(sys.argv[1])); del t["model"]; json.dump(t, open(sys.argv[2], "w"))' "$FIX/tokenizer.json" "$WORK/tok9/tokenizer.json"
+printf 'hello\n' >"$WORK/hello.txt"
+expect_exit 2 "tokenizer.json without a model: tokenize refuses" "$CAP" tokenize --tokenizer "$WORK/tok9" "$WORK/hello.txt"
+expect_err_line "tokenizer.json without a model: said so" "tok9/tokenizer.json: no \"model\" object"
+once_in "tokenizer.json without a model: the file named once" "tokenizer.json"
+# a program adding the run directory to a detail that starts with it names it once
+$PY "$MS" 4 --layers 4 --experts 8 >"$WORK/st4"
+$CAP ingest --out "$WORK/i9" --input "$WORK/st4" --no-sync --quiet
+expect_exit 1 "ingest into an existing run without --resume: exit 1" $CAP ingest --out "$WORK/i9" --input "$WORK/st4" --no-sync --quiet
+expect_err_line "ingest into an existing run: says so" "i9: a run already exists here"
+once_in "ingest into an existing run: the run directory named once" "$WORK/i9"
+
 # ---- 10. a resumed capture equals an uninterrupted one, bit for bit (items are packed into shared forwards) ----
 # same_logits NAME A B: the two runs hold the same sequences with identical logits
 same_logits() {

@@ -645,6 +645,26 @@ START_TEST(error_mixed_models)
 }
 END_TEST
 
+/* A caller adding context to the detail of a failed call passes mtr_errmsg() itself as an argument: the result is
+ * the context and the detail, not the context twice or garbage ("F: F: "); a long detail is cut, still one line. */
+START_TEST(error_detail_with_context)
+{
+    ck_assert_int_eq(mtr_fail(MTR_EFORMAT, "F"), MTR_EFORMAT);
+    ck_assert_int_eq(mtr_fail(MTR_EFORMAT, "%s: %s", "a/b.h5", mtr_errmsg()), MTR_EFORMAT);
+    ck_assert_str_eq(mtr_errmsg(), "a/b.h5: F");
+    ck_assert_int_eq(mtr_fail(MTR_EIO, "%s (%s)", mtr_errmsg(), mtr_errmsg()), MTR_EIO);
+    ck_assert_str_eq(mtr_errmsg(), "a/b.h5: F (a/b.h5: F)");
+    char big[3000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    mtr_fail(MTR_EFORMAT, "%s\nmore", big);
+    for (int i = 0; i < 3; i++) mtr_fail(MTR_EFORMAT, "p%d: %s", i, mtr_errmsg());
+    ck_assert_ptr_null(strchr(mtr_errmsg(), '\n'));
+    ck_assert(strncmp(mtr_errmsg(), "p2: p1: p0: xxx", 15) == 0);
+    ck_assert_uint_eq(strspn(mtr_errmsg() + 12, "x"), strlen(mtr_errmsg() + 12)); /* cut inside the x's */
+}
+END_TEST
+
 START_TEST(writer_rejects_bad_input)
 {
     char dir[256];
@@ -702,6 +722,7 @@ static Suite *suite(void)
     tcase_add_test(te, error_mixed_models);
     tcase_add_test(te, error_string_heap_bit_flips);
     tcase_add_test(te, writer_rejects_bad_input);
+    tcase_add_test(te, error_detail_with_context);
     suite_add_tcase(s, te);
     return s;
 }
