@@ -188,26 +188,78 @@ static int check_heap_id(h5raw *r, const uint8_t *id, const char *what)
     return mtr_fail(MTR_ECORRUPT, "%s: %s: global heap object %u is missing from its collection", r->file, what, idx);
 }
 
+/* A member or tag name at t[*at]: NUL-terminated inside n bytes (HDF5 copies it with strdup), padded to a
+ * multiple of 8 when `pad`; *at moves past it */
+static bool name_ok(const uint8_t *t, uint64_t n, uint64_t *at, bool pad)
+{
+    const uint8_t *z = *at < n ? memchr(t + *at, 0, n - *at) : NULL;
+    if (!z) return false;
+    uint64_t len = (uint64_t)(z - (t + *at)) + 1;
+    *at += pad ? (len + 7) / 8 * 8 : len;
+    return *at <= n;
+}
+
 /* A datatype encoding of n bytes (class in the low nibble of byte 0, element size at 4): a plausible element size
- * for its class, bit fields inside it, a variable-length type's base of one byte per string character. */
-static bool datatype_ok(h5raw *r, const uint8_t *t, uint64_t n, int depth)
+ * for its class, bit fields inside it, a variable-length type's base of one byte per string character, and for
+ * the classes that nest (enum, compound, array, variable-length) every member name terminated inside the encoding
+ * and every nested type checked the same way. *used gets the encoding's length. */
+static bool datatype_ok(h5raw *r, const uint8_t *t, uint64_t n, int depth, uint64_t *used)
 {
     if (n < 8 || depth > 4) return false;
     unsigned cls = t[0] & 0x0f, ver = t[0] >> 4;
-    uint64_t size = get_le(t + 4, 4);
+    uint64_t size = get_le(t + 4, 4), at = 8, sub = 0, nmemb = get_le(t + 1, 2);
     if (ver < 1 || ver > 4 || size == 0 || size > ((uint64_t)1 << 24)) return false;
     switch (cls) {
-    case 0: /* fixed-point: bit offset and precision inside the element */
+    case 0: /* fixed-point, bitfield: bit offset and precision inside the element */
+    case 4:
     case 1: /* floating-point */
         if (n < 12 || get_le(t + 8, 2) + get_le(t + 10, 2) > 8 * size || get_le(t + 10, 2) == 0) return false;
         if (cls == 1 && (n < 20 || t[12] + t[13] > 8 * size || t[14] + t[15] > 8 * size)) return false;
-        return true;
+        at = cls == 1 ? 20 : 12;
+        break;
+    case 2: /* time: a bit precision */
+        at = 10;
+        break;
+    case 3: /* string, reference: no properties */
+    case 7:
+        break;
+    case 5: /* opaque: a tag of t[1] bytes, padded */
+        if (t[1] && (!memchr(t + 8, 0, t[1] < n - 8 ? t[1] : n - 8))) return false;
+        at = 8 + (uint64_t)t[1];
+        break;
+    case 6: /* compound: nmemb members, each a name, an offset and a type (version 1 adds 28 bytes of dims) */
+        for (uint64_t i = 0; i < nmemb; i++) {
+            if (!name_ok(t, n, &at, ver < 3)) return false;
+            at += ver == 1 ? 32 : ver == 2 ? 4 : size < 256 ? 1 : size < 65536 ? 2 : size < (1u << 24) ? 3 : 4;
+            if (at > n || !datatype_ok(r, t + at, n - at, depth + 1, &sub)) return false;
+            at += sub;
+        }
+        break;
+    case 8: /* enumeration: a base type, nmemb names, nmemb values of the base's size */
+        if (!datatype_ok(r, t + 8, n - 8, depth + 1, &sub)) return false;
+        at += sub;
+        for (uint64_t i = 0; i < nmemb; i++)
+            if (!name_ok(t, n, &at, ver < 3)) return false;
+        if (nmemb * get_le(t + 12, 4) > n - at) return false;
+        at += nmemb * get_le(t + 12, 4);
+        break;
     case 9: /* variable-length: a heap ID in the file, the base type follows */
-        if (size != 8 + r->sa || !datatype_ok(r, t + 8, n - 8, depth + 1)) return false;
-        return (t[1] & 0x0f) != 1 || get_le(t + 12, 4) == 1; /* a string's base is its characters */
-    default:
-        return true;
+        if (size != 8 + r->sa || !datatype_ok(r, t + 8, n - 8, depth + 1, &sub)) return false;
+        if ((t[1] & 0x0f) == 1 && get_le(t + 12, 4) != 1) return false; /* a string's base is its characters */
+        at += sub;
+        break;
+    case 10: { /* array: a rank, the dims (and in version 2 a permutation), the base type */
+        if (n < 12 || t[8] < 1 || t[8] > 32) return false;
+        at = 8 + (ver < 3 ? 4 + 8 * (uint64_t)t[8] : 1 + 4 * (uint64_t)t[8]);
+        if (at > n || !datatype_ok(r, t + at, n - at, depth + 1, &sub)) return false;
+        at += sub;
+        break;
     }
+    default:
+        return false;
+    }
+    *used = at;
+    return at <= n;
 }
 
 /* A dataspace encoding of n bytes: rank and dimensions within it; the number of elements in *nelem (0 null). */
@@ -268,7 +320,8 @@ static int check_attr_msg(h5raw *r, const uint8_t *m, uint64_t sz, uint64_t at, 
     *off = d0;
     if (shared) return 0; /* datatype or dataspace held elsewhere: HDF5 resolves those */
     uint64_t nelem = 0, esize = get_le(m + t0 + 4, 4);
-    if (!datatype_ok(r, m + t0, tlen, 0) || !dataspace_ok(r, m + s0, slen, &nelem)) goto bad;
+    uint64_t tused = 0;
+    if (!datatype_ok(r, m + t0, tlen, 0, &tused) || !dataspace_ok(r, m + s0, slen, &nelem)) goto bad;
     if (nelem && (nelem > UINT32_MAX || esize * nelem > sz - d0)) goto bad;
     return 0;
 bad:
@@ -293,8 +346,8 @@ static int scan_block(h5raw *r, const uint8_t *b, uint64_t n, uint64_t at, int v
             conts[*n_conts] = get_le(m, r->sa);
             cont_lens[(*n_conts)++] = get_le(m + r->sa, r->sl);
         } else if ((type == 0x01 || type == 0x03 || type == 0x08) && !((version == 1 ? b[p + 4] : b[p + 3]) & 2)) {
-            uint64_t ne = 0; /* dataspace, datatype, layout of a dataset (not shared ones, held elsewhere) */
-            bool good = type == 0x01 ? dataspace_ok(r, m, sz, &ne) : type == 0x03 ? datatype_ok(r, m, sz, 0)
+            uint64_t ne = 0, tu = 0; /* dataspace, datatype, layout of a dataset (not shared ones, held elsewhere) */
+            bool good = type == 0x01 ? dataspace_ok(r, m, sz, &ne) : type == 0x03 ? datatype_ok(r, m, sz, 0, &tu)
                                                                                   : layout_ok(r, m, sz);
             if (!good)
                 return mtr_fail(MTR_ECORRUPT, "%s: the %s message at byte %llu of an object header is damaged",
