@@ -104,10 +104,13 @@ expect_out "resume after kill skips them" "\"n_skipped\": $before"
 expect_nseq "resume after kill: 60 sequences" "$WORK/rk" 60
 expect_exit 0 "resumed run is valid" "$BIN/moetrace-info" --deep "$WORK/rk"
 
-# back-pressure: a fast producer (~64 MB) against a writer slowed to 2 ms per sequence, 1 MiB of buffer
+# back-pressure: a fast producer (~64 MB, made beforehand and sent by cat, so it outpaces the writer however loaded
+# the machine is) against a writer slowed to 2 ms per sequence, 1 MiB of buffer
+"$PY" "$MS" 400 --tokens 160 --layers 16 --experts 64 >"$WORK/s400"
 MTR_INGEST_THROTTLE_US=2000 /usr/bin/time -f "%M" -o "$WORK/rss" sh -c \
-    "'$PY' '$MS' 400 --tokens 160 --layers 16 --experts 64 | '$CAP' ingest --out '$WORK/rb' --buffer 1M --max-frames 8 --no-sync --json" \
+    "cat '$WORK/s400' | '$CAP' ingest --out '$WORK/rb' --buffer 1M --max-frames 8 --no-sync --json" \
     >"$WORK/out" 2>"$WORK/err"
+rm -f "$WORK/s400"
 expect_out "back-pressure: nothing dropped" '"n_written": 400'
 peak=$(sed -n 's/.*"peak_buffered": \([0-9]*\).*/\1/p' "$WORK/out")
 stalls=$(sed -n 's/.*"n_stalls": \([0-9]*\).*/\1/p' "$WORK/out")
