@@ -67,6 +67,28 @@ int mtr_h5_set_i32v(hid_t obj, const char *name, const int32_t *v, size_t n)
     return rc;
 }
 
+/* the bytes of one whole chunk of the dataset mtr_h5_dread is reading in this thread, for the zstd filter */
+static _Thread_local size_t chunk_expected;
+size_t mtr_h5_chunk_expected(void) { return chunk_expected; }
+
+herr_t mtr_h5_dread(hid_t d, hid_t mtype, hid_t mspace, hid_t fspace, void *out)
+{
+    size_t bytes = 0;
+    hid_t dcpl = H5Dget_create_plist(d), ft = H5Dget_type(d);
+    hsize_t cd[H5S_MAX_RANK];
+    int rank = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CHUNKED ? H5Pget_chunk(dcpl, H5S_MAX_RANK, cd) : -1;
+    if (rank > 0 && ft >= 0) {
+        bytes = H5Tget_size(ft);
+        for (int i = 0; i < rank && bytes; i++) bytes = cd[i] && bytes <= SIZE_MAX / cd[i] ? bytes * cd[i] : 0;
+    }
+    if (ft >= 0) H5Tclose(ft);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    chunk_expected = bytes;
+    herr_t st = H5Dread(d, mtype, mspace, fspace, H5P_DEFAULT, out);
+    chunk_expected = 0;
+    return st;
+}
+
 bool mtr_h5_has_attr(hid_t obj, const char *name) { return H5Aexists(obj, name) > 0; }
 
 int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *file)
@@ -324,7 +346,7 @@ int mtr_read_model_attrs(hid_t f, mtr_model_info *m, float **selection_bias, con
             rc = mtr_fail(MTR_EFORMAT, "%s: %s missing or not (n_layers, n_experts)", path, MTR_D_SELECTION_BIAS);
         else if (!(b = malloc(n * sizeof *b)))
             rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", path);
-        else if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, b) < 0)
+        else if (mtr_h5_dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, b) < 0)
             rc = mtr_fail(MTR_EFORMAT, "%s: cannot read %s", path, MTR_D_SELECTION_BIAS);
         if (sp >= 0) H5Sclose(sp);
         if (d >= 0) H5Dclose(d);

@@ -34,6 +34,10 @@ int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char 
 /* Before HDF5 decodes the attributes of obj (any attribute access does): every attribute message in its object
  * header must hold its name, datatype, dataspace and value within the message. 0 also when unreadable here. */
 int mtr_h5_check_attrs(hid_t obj, const char *file);
+/* H5Dread, with the zstd filter told the bytes of one whole chunk of d (its chunk dims times its stored element
+ * size), so a damaged chunk that decompresses short fails the read instead of HDF5 reading past it */
+herr_t mtr_h5_dread(hid_t d, hid_t mtype, hid_t mspace, hid_t fspace, void *out);
+size_t mtr_h5_chunk_expected(void); /* 0 outside mtr_h5_dread */
 /* Before H5Dopen2(loc, name): the dataset's dataspace, datatype and layout messages must be plausible and
  * within their messages, and so must its attribute messages (HDF5 1.10 decodes them unchecked). 0 if sound, or
  * if there is no such object (the caller reports that), or when unreadable here. */

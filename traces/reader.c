@@ -128,7 +128,7 @@ static int read_column(hid_t f, const char *name, hid_t mtype, void *out, uint64
                       (unsigned long long)n);
     else if (n > 0 && H5Tis_variable_str(mtype) > 0 && (rc = mtr_h5_check_vlen_dset(d, n, name, path)))
         ; /* a damaged string heap: refused before HDF5 reads it */
-    else if (n > 0 && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+    else if (n > 0 && mtr_h5_dread(d, mtype, H5S_ALL, H5S_ALL, out) < 0)
         rc = mtr_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
     if (sp >= 0) H5Sclose(sp);
     H5Dclose(d);
@@ -778,27 +778,34 @@ static int shard_h5(mtr_run *r, shard_rt *s, hid_t *out)
     return 0;
 }
 
-static int read_rows(hid_t f, const char *name, hid_t mtype, uint64_t row0, uint64_t nrows, void *out,
-                     const char *path)
+/* Rows row0..row0+nrows of dataset `name`, each of d1 x d2 values (d1 = 0: a 1-D column), into out. The dataset
+ * must have exactly that shape: a damaged header declaring wider rows would otherwise have HDF5 write past out. */
+static int read_rows(hid_t f, const char *name, hid_t mtype, uint64_t row0, uint64_t nrows, uint32_t d1, uint32_t d2,
+                     void *out, const char *path)
 {
     int rc = 0;
     hid_t d = open_dataset(f, name, path, &rc);
     if (rc) return rc;
     if (d < 0) return mtr_fail(MTR_ENOTFOUND, "%s: /%s missing", path, name);
-    hid_t fs = H5Dget_space(d);
-    int rank = H5Sget_simple_extent_ndims(fs);
-    hsize_t dims[3] = {0, 0, 0}, start[3] = {row0, 0, 0}, count[3];
-    H5Sget_simple_extent_dims(fs, dims, NULL);
-    count[0] = nrows;
-    count[1] = dims[1];
-    count[2] = dims[2];
-    hid_t ms = H5Screate_simple(rank, count, NULL);
-    if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
-        H5Dread(d, mtype, ms, fs, H5P_DEFAULT, out) < 0)
+    hid_t fs = H5Dget_space(d), ms = H5I_INVALID_HID;
+    const int want = d1 ? 3 : 1;
+    hsize_t dims[3] = {0, 0, 0}, start[3] = {row0, 0, 0}, count[3] = {nrows, d1, d2};
+    if (fs < 0 || H5Sget_simple_extent_ndims(fs) != want || H5Sget_simple_extent_dims(fs, dims, NULL) != want ||
+        (d1 && (dims[1] != d1 || dims[2] != d2)) || dims[0] < row0 || dims[0] - row0 < nrows) {
+        rc = mtr_fail(MTR_ECORRUPT, "%s: /%s has shape %llux%llux%llu (rank %d), not rows of %ux%u covering %llu..%llu",
+                      path, name, (unsigned long long)dims[0], (unsigned long long)dims[1], (unsigned long long)dims[2],
+                      fs < 0 ? -1 : H5Sget_simple_extent_ndims(fs), d1, d2, (unsigned long long)row0,
+                      (unsigned long long)(row0 + nrows));
+        goto done;
+    }
+    ms = H5Screate_simple(want, count, NULL);
+    if (ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+        mtr_h5_dread(d, mtype, ms, fs, out) < 0)
         rc = mtr_fail(MTR_ECORRUPT, "%s: cannot read rows %llu..%llu of /%s", path, (unsigned long long)row0,
                       (unsigned long long)(row0 + nrows), name);
-    H5Sclose(ms);
-    H5Sclose(fs);
+done:
+    if (ms >= 0) H5Sclose(ms);
+    if (fs >= 0) H5Sclose(fs);
     H5Dclose(d);
     return rc;
 }
@@ -811,10 +818,10 @@ int mtr_run_read_tokens(mtr_run *r, size_t i, int32_t *token_ids, int32_t *posit
     hid_t f;
     int rc = shard_h5(r, s, &f);
     if (!rc && token_ids)
-        rc = read_rows(f, MTR_D_TOKEN_ID, H5T_NATIVE_INT32, q->token_offset, q->n_tokens, token_ids, s->path);
+        rc = read_rows(f, MTR_D_TOKEN_ID, H5T_NATIVE_INT32, q->token_offset, q->n_tokens, 0, 0, token_ids, s->path);
     if (!rc && positions)
-        rc = read_rows(f, MTR_D_POSITION, H5T_NATIVE_INT32, q->token_offset, q->n_tokens, positions, s->path);
-    if (!rc && roles) rc = read_rows(f, MTR_D_ROLE, H5T_NATIVE_UINT8, q->token_offset, q->n_tokens, roles, s->path);
+        rc = read_rows(f, MTR_D_POSITION, H5T_NATIVE_INT32, q->token_offset, q->n_tokens, 0, 0, positions, s->path);
+    if (!rc && roles) rc = read_rows(f, MTR_D_ROLE, H5T_NATIVE_UINT8, q->token_offset, q->n_tokens, 0, 0, roles, s->path);
     return rc;
 }
 
@@ -826,9 +833,11 @@ int mtr_run_read_topk(mtr_run *r, size_t i, uint16_t *ids, float *weights)
     if (!s->info.has_topk) return mtr_fail(MTR_ENOTFOUND, "%s: top-k ids are not stored", s->path);
     hid_t f;
     int rc = shard_h5(r, s, &f);
-    if (!rc && ids) rc = read_rows(f, MTR_D_TOPK_IDS, H5T_NATIVE_UINT16, q->token_offset, q->n_tokens, ids, s->path);
+    if (!rc && ids) rc = read_rows(f, MTR_D_TOPK_IDS, H5T_NATIVE_UINT16, q->token_offset, q->n_tokens, r->model.n_layers,
+                                   r->model.top_k, ids, s->path);
     if (!rc && weights)
-        rc = read_rows(f, MTR_D_TOPK_WEIGHTS, H5T_NATIVE_FLOAT, q->token_offset, q->n_tokens, weights, s->path);
+        rc = read_rows(f, MTR_D_TOPK_WEIGHTS, H5T_NATIVE_FLOAT, q->token_offset, q->n_tokens, r->model.n_layers,
+                           r->model.top_k, weights, s->path);
     if (!rc && ids) {
         size_t n = (size_t)q->n_tokens * r->model.n_layers * r->model.top_k;
         for (size_t j = 0; j < n; j++)

@@ -330,7 +330,7 @@ static int read_dataset(void **out, hsize_t *dims, hid_t f, const char *name, hi
         rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_close;
     }
-    if (n && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
+    if (n && mtr_h5_dread(d, mtype, H5S_ALL, H5S_ALL, buf) < 0) {
         rc = mtr_fail(MTR_EFORMAT, "%s: cannot read dataset '%s'", file, name);
         goto out_close;
     }
