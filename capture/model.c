@@ -88,6 +88,7 @@ static int parse_rope(mtr_model_config *c, cfg_reader *r)
     const char *t = json_string_value(jt);
     if (!t) return mtr_fail(MTR_EFORMAT, "%s: rope_scaling has no \"rope_type\"", r->path);
     if (strcmp(t, "default") == 0) return r->rc;
+    if (strcmp(t, "longrope") == 0) return mtr_longrope_config(c, rs, r->root, r->path);
     c->rope_factor = get_num(rs, r, "factor", NAN, true);
     if (!isfinite(c->rope_factor) && !r->rc)
         r->rc = mtr_fail(MTR_EFORMAT, "%s: rope_scaling \"%s\" needs a positive \"factor\"", r->path, t);
@@ -124,7 +125,7 @@ static int parse_rope(mtr_model_config *c, cfg_reader *r)
             r->rc = mtr_fail(MTR_EFORMAT, "%s: rope_scaling llama3 needs low_freq_factor < high_freq_factor", r->path);
     } else
         return mtr_fail(MTR_EFORMAT, "%s: rope_scaling type \"%s\" is not supported (default, linear, dynamic, "
-                        "yarn, llama3)", r->path, t);
+                        "yarn, llama3, longrope)", r->path, t);
     return r->rc;
 }
 
@@ -157,7 +158,7 @@ static int parse_config(mtr_model_config *c, const char *dir)
     for (int i = 0; i < MTR_ARCH_COUNT; i++)
         if (strcmp(mt, arch_names[i]) == 0) arch = i;
     if (arch < 0) {
-        rc = mtr_fail(MTR_EFORMAT, "%s: model_type \"%s\" is not supported (qwen3_moe, olmoe, mixtral, qwen2_moe)",
+        rc = mtr_fail(MTR_EFORMAT, "%s: model_type \"%s\" is not supported (qwen3_moe, olmoe, mixtral, qwen2_moe, phimoe)",
                       path, mt);
         goto done;
     }
@@ -224,6 +225,9 @@ static int parse_config(mtr_model_config *c, const char *dir)
         c->moe_intermediate_size = get_u32(&r, "intermediate_size", -1, 1, big);
         c->norm_topk_prob = true;
         c->sliding_window = get_u32(&r, "sliding_window", 0, 0, 1u << 30);
+        break;
+    case MTR_ARCH_PHIMOE:
+        if (!r.rc) r.rc = mtr_phimoe_config(c, root, path);
         break;
     default: break;
     }
@@ -405,6 +409,10 @@ static void bind_layer(binder *b, uint32_t l)
 #define NAME(...) (snprintf(n, sizeof n, __VA_ARGS__), n)
     L->in_norm = bind_vec(b, NAME("model.layers.%u.input_layernorm.weight", l), H);
     L->post_norm = bind_vec(b, NAME("model.layers.%u.post_attention_layernorm.weight", l), H);
+    if (c->norm_bias) {
+        L->in_norm_b = bind_vec(b, NAME("model.layers.%u.input_layernorm.bias", l), H);
+        L->post_norm_b = bind_vec(b, NAME("model.layers.%u.post_attention_layernorm.bias", l), H);
+    }
     L->q = bind_mat(b, NAME("model.layers.%u.self_attn.q_proj.weight", l), qd, H);
     L->k = bind_mat(b, NAME("model.layers.%u.self_attn.k_proj.weight", l), kd, H);
     L->v = bind_mat(b, NAME("model.layers.%u.self_attn.v_proj.weight", l), kd, H);
@@ -424,7 +432,8 @@ static void bind_layer(binder *b, uint32_t l)
     }
     L->moe = c->is_moe[l];
     L->moe_index = -1;
-    const char *blk = c->arch == MTR_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp";
+    const bool mix = c->arch == MTR_ARCH_MIXTRAL || c->arch == MTR_ARCH_PHIMOE; /* block_sparse_moe, w1/w3/w2 */
+    const char *blk = mix ? "block_sparse_moe" : "mlp";
     if (!L->moe) {
         L->gate = bind_mat(b, NAME("model.layers.%u.mlp.gate_proj.weight", l), c->intermediate_size, H);
         L->up = bind_mat(b, NAME("model.layers.%u.mlp.up_proj.weight", l), c->intermediate_size, H);
@@ -441,7 +450,6 @@ static void bind_layer(binder *b, uint32_t l)
         if (!b->rc) b->rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", b->dir);
         return;
     }
-    bool mix = c->arch == MTR_ARCH_MIXTRAL;
     for (uint32_t e = 0; e < E && !b->rc; e++) {
         L->e_gate[e] = bind_mat(b, NAME("model.layers.%u.%s.experts.%u.%s.weight", l, blk, e, mix ? "w1" : "gate_proj"),
                                 I, H);
@@ -477,6 +485,8 @@ static void free_layer(mtr_layer *L)
     free(L->e_up);
     free(L->e_down);
     free(L->shared_gate);
+    free(L->in_norm_b);
+    free(L->post_norm_b);
 }
 
 int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
@@ -500,6 +510,8 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
     binder b = {m, dir, 0, 0};
     m->embed = bind_mat(&b, "model.embed_tokens.weight", c->vocab_size, c->hidden_size);
     m->final_norm = bind_vec(&b, "model.norm.weight", c->hidden_size);
+    if (c->norm_bias) m->final_norm_b = bind_vec(&b, "model.norm.bias", c->hidden_size);
+    if (c->lm_head_bias) m->lm_head_b = bind_vec(&b, "lm_head.bias", c->vocab_size);
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
         /* some tied checkpoints still store the copy: check it, count it as used, not as parameters */
@@ -528,6 +540,7 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
     }
     for (size_t i = 0; i < mtr_st_count(m->st); i++) m->weight_bytes += mtr_st_get(m->st, i)->nbytes;
     rope_frequencies(m);
+    if (c->rope_type == MTR_ROPE_LONGROPE && (rc = mtr_longrope_frequencies(m))) goto fail;
     for (uint32_t k = 0, l = 0; l < c->n_layers; l++)
         if (c->is_moe[l]) m->layers[l].moe_index = (int32_t)k++;
     mtr_model_info_init(&m->info, c->name_or_path, c->model_type, c->n_moe_layers, c->n_experts, c->top_k);
@@ -536,6 +549,7 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
     m->info.score_fn = MTR_SCORE_SOFTMAX;
     m->info.renormalize = c->norm_topk_prob;
     m->info.router_bias = false;
+    if (c->arch == MTR_ARCH_PHIMOE) mtr_phimoe_info(m);
     *out = m;
     return 0;
 fail:
@@ -553,6 +567,11 @@ void mtr_model_destroy(mtr_model *m)
     free(m->inv_freq);
     free(m->cfg.is_moe);
     free(m->cfg.moe_layer_index);
+    free(m->final_norm_b);
+    free(m->lm_head_b);
+    free(m->inv_freq_long);
+    free(m->cfg.rope_short_factor);
+    free(m->cfg.rope_long_factor);
     mtr_st_close(m->st);
     free(m);
 }

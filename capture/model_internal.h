@@ -3,6 +3,8 @@
 #ifndef MTR_MODEL_INTERNAL_H
 #define MTR_MODEL_INTERNAL_H
 
+#include <jansson.h>
+
 #include "mtr_model.h"
 
 /* A Linear weight (out, in) row-major as PyTorch stores it, in the mapping, in its stored dtype. */
@@ -24,6 +26,7 @@ typedef struct {
     mtr_mat gate, up, down;            /* dense MLP, or the shared expert (qwen2_moe) */
     bool has_mlp;                      /* gate/up/down present (dense layer or shared expert) */
     float *shared_gate;                /* qwen2_moe: (hidden), the Linear(hidden, 1) */
+    float *in_norm_b, *post_norm_b;    /* LayerNorm biases (hidden) (phimoe), or NULL */
 } mtr_layer;
 
 struct mtr_model {
@@ -38,6 +41,9 @@ struct mtr_model {
     mtr_model_info info;               /* routing semantics */
     uint64_t n_params, weight_bytes;
     int n_threads;
+    float *final_norm_b;               /* (hidden) LayerNorm bias (phimoe), or NULL */
+    float *lm_head_b;                  /* (vocab) lm_head.bias (phimoe lm_head_bias), or NULL */
+    float *inv_freq_long;              /* longrope: (head_dim / 2) the long factors' frequencies; inv_freq the short */
 };
 
 /* f32 element kernels (model_kernels.c, vectorised): softmax of row (n) scaled by scale, in place; RMSNorm of in
@@ -45,5 +51,26 @@ struct mtr_model {
 void mtr_mk_softmax(float *row, uint32_t n, float scale);
 void mtr_mk_rmsnorm(float *out, const float *in, const float *w, uint32_t d, float eps);
 void mtr_mk_silu_mul(float *g, const float *u, size_t n);
+
+/* phimoe (model_phimoe.c). Config: its keys into c (0 or MTR_EFORMAT naming path); LongRoPE from rope_scaling rs
+ * (and root's original_max_position_embeddings). */
+int mtr_phimoe_config(mtr_model_config *c, json_t *root, const char *path);
+int mtr_longrope_config(mtr_model_config *c, json_t *rs, json_t *root, const char *path);
+/* inv_freq from the short factors, inv_freq_long (allocated here) from the long ones. */
+int mtr_longrope_frequencies(mtr_model *m);
+/* cos/sin (n, head_dim / 2) of tokens at pos (n) whose sequences start at key0 (n): long factors and mscale
+ * where the sequence's length in this forward exceeds the original, or as force says (0 short, 1 long; -1 by
+ * length). */
+void mtr_longrope_tables(const mtr_model *m, float *cs, float *sn, const uint32_t *pos, const uint32_t *key0,
+                         uint32_t n, int force);
+/* nn.LayerNorm of in (d) with weight w and bias b into out (may alias in), rounded to dt once. */
+void mtr_layernorm(float *out, const float *in, const float *w, const float *b, uint32_t d, double eps,
+                   mtr_dtype dt);
+/* sparsemixer of the router logits z (n_experts) of MoE layer `layer`: ids (2) and weights (2) in the model
+ * dtype; logits of a layer steer targets are f32 values and take the f32 rule. scratch: (n_experts). */
+void mtr_phimoe_route(const mtr_model *m, uint32_t layer, const float *z, const mtr_steer *steer, uint16_t *ids,
+                      float *w, float *scratch);
+/* the routing description: sparsemixer with the config's eps */
+void mtr_phimoe_info(mtr_model *m);
 
 #endif

@@ -7,7 +7,8 @@
  * dtype at the points where the Hugging Face eager code materialises a tensor in that dtype (linear outputs, norm
  * outputs, residual sums), so the router logits captured are the gate outputs in the model's dtype.
  *
- * Architectures (model_type): qwen3_moe, olmoe, mixtral, qwen2_moe — faithful to the transformers modeling code.
+ * Architectures (model_type): qwen3_moe, olmoe, mixtral, qwen2_moe, phimoe — faithful to the transformers modeling
+ * code.
  *
  * Conventions as libmoetrace (traces/moetrace.h): 0 or a negative mtr_err; the one-line detail is mtr_errmsg()
  * and names the file and what is wrong. Nothing prints or exits. A model is immutable after loading and may be
@@ -85,13 +86,21 @@ const char *mtr_st_dtype_name(mtr_st_dtype d);
     X(MTR_ARCH_QWEN3_MOE, "qwen3_moe")    \
     X(MTR_ARCH_OLMOE, "olmoe")            \
     X(MTR_ARCH_MIXTRAL, "mixtral")        \
-    X(MTR_ARCH_QWEN2_MOE, "qwen2_moe")
+    X(MTR_ARCH_QWEN2_MOE, "qwen2_moe")    \
+    X(MTR_ARCH_PHIMOE, "phimoe")
 
 #define MTR_X_ENUM(name, str) name,
 typedef enum { MTR_ARCH_LIST(MTR_X_ENUM) MTR_ARCH_COUNT } mtr_arch;
 #undef MTR_X_ENUM
 
-typedef enum { MTR_ROPE_DEFAULT, MTR_ROPE_LINEAR, MTR_ROPE_DYNAMIC, MTR_ROPE_YARN, MTR_ROPE_LLAMA3 } mtr_rope_type;
+typedef enum {
+    MTR_ROPE_DEFAULT,
+    MTR_ROPE_LINEAR,
+    MTR_ROPE_DYNAMIC,
+    MTR_ROPE_YARN,
+    MTR_ROPE_LLAMA3,
+    MTR_ROPE_LONGROPE /* short/long factors and mscales by the forward's length vs rope_orig_max_pos */
+} mtr_rope_type;
 
 typedef struct {
     mtr_arch arch;
@@ -122,6 +131,12 @@ typedef struct {
     uint32_t n_moe_layers;
     bool *is_moe;               /* (n_layers) */
     int32_t *moe_layer_index;   /* (n_moe_layers) MoE layer -> 0-based decoder layer */
+    /* phimoe */
+    bool norm_bias;             /* LayerNorm with bias in place of RMSNorm (decoder and final norms) */
+    bool lm_head_bias;          /* lm_head.bias */
+    double router_jitter;       /* sparsemixer's eps (router_jitter_noise) */
+    float *rope_short_factor, *rope_long_factor; /* longrope: (head_dim / 2) */
+    double rope_short_mscale, rope_long_mscale;  /* longrope: cos/sin scale of short and long forwards */
 } mtr_model_config;
 
 /* ---- model ----------------------------------------------------------------------------------------------- */

@@ -35,9 +35,10 @@ class Plain:
         self.nkv = c.get("num_key_value_heads") or self.nh
         self.hd = self.H // self.nh if self.mt == "olmoe" else (c.get("head_dim") or self.H // self.nh)
         self.eps = c["rms_norm_eps"]
-        self.E = c["num_local_experts"] if self.mt == "mixtral" else c["num_experts"]
+        self.E = c["num_local_experts"] if self.mt in ("mixtral", "phimoe") else c["num_experts"]
         self.K = c["num_experts_per_tok"]
         self.renorm = True if self.mt == "mixtral" else bool(c.get("norm_topk_prob", False))
+        self.jitter = c.get("router_jitter_noise", 0.01) if self.mt == "phimoe" else None
         L = c["num_hidden_layers"]
         if self.mt in ("qwen3_moe", "qwen2_moe"):
             only = set(c.get("mlp_only_layers") or [])
@@ -46,10 +47,11 @@ class Plain:
         else:
             self.sparse = [True] * L
         self.moe_layers = [l for l in range(L) if self.sparse[l]]
-        self.window = c.get("sliding_window") if self.mt == "mixtral" or c.get("use_sliding_window") else None
+        self.window = c.get("sliding_window") if self.mt in ("mixtral", "phimoe") or c.get("use_sliding_window") \
+            else None
         self.inv, self.mscale = self.rotary()
 
-    def rotary(self):
+    def rotary(self, length=None):
         c, d = self.c, self.hd
         theta = c.get("rope_theta", 10000.0)
         freq = np.array([theta ** (-(2.0 * i) / d) for i in range(d // 2)])
@@ -57,6 +59,10 @@ class Plain:
         kind = rs.get("rope_type", rs.get("type", "default")) if rs else "default"
         if kind == "default":
             return freq, 1.0
+        if kind == "longrope":  # LongRoPE: which factors and scale depends on the length of the forward
+            orig = rs.get("original_max_position_embeddings", c.get("original_max_position_embeddings"))
+            side = "long" if length is not None and length > orig else "short"
+            return freq / np.array(rs[side + "_factor"]), rs[side + "_mscale"]
         s = rs["factor"]
         if kind == "linear":
             return freq / s, 1.0
@@ -88,7 +94,10 @@ class Plain:
             return np.array(out), 1.0
         raise ValueError(kind)
 
-    def norm(self, x, w):
+    def norm(self, x, w, b=None):
+        if b is not None:  # LayerNorm with bias (phimoe)
+            mu = x.mean(-1, keepdims=True)
+            return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + self.eps) * w + b
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
 
     def rope(self, x, pos):  # x (n_heads, hd) at one position: rotate pairs (i, i + hd/2)
@@ -135,12 +144,22 @@ class Plain:
 
     def layer_moe(self, l, x, steer, moe_idx, rec):
         w = self.w
-        mix = self.mt == "mixtral"
+        mix = self.mt in ("mixtral", "phimoe")
         p = f"model.layers.{l}." + ("block_sparse_moe." if mix else "mlp.")
         z = x @ w[p + "gate.weight"].T
         zr = steer(z, moe_idx) if steer else z
         prob = np.exp(zr - zr.max(-1, keepdims=True))
         prob /= prob.sum(-1, keepdims=True)
+        if self.jitter is not None:  # sparsemixer, token by token
+            prob = np.zeros_like(zr)
+            for t, row in enumerate(zr):
+                done = []
+                for e in np.argsort(-row, kind="stable")[:self.K]:
+                    top = row[e]
+                    near = [j for j in range(self.E) if j not in done and
+                            not (top - row[j]) / max(abs(row[j]), top) > 2 * self.jitter]
+                    prob[t, e] = 1.0 / sum(math.exp(row[j] - top) for j in near)
+                    done.append(e)
         # every expert on every token, then a mask keeps the top-k (ties: lower index)
         ys = np.stack([self.mlp(x, *(w[p + f"experts.{e}.{n}.weight"] for n in
                                      (("w1", "w3", "w2") if mix else ("gate_proj", "up_proj", "down_proj"))))
@@ -162,19 +181,20 @@ class Plain:
     def forward(self, ids, steer=None):
         w = self.w
         x = w["model.embed_tokens.weight"][ids]
+        self.inv, self.mscale = self.rotary(len(ids))
         rec = []
         for l in range(self.c["num_hidden_layers"]):
             p = f"model.layers.{l}."
-            x = x + self.layer_attn(l, self.norm(x, w[p + "input_layernorm.weight"]))
-            h = self.norm(x, w[p + "post_attention_layernorm.weight"])
+            x = x + self.layer_attn(l, self.norm(x, w[p + "input_layernorm.weight"], w.get(p + "input_layernorm.bias")))
+            h = self.norm(x, w[p + "post_attention_layernorm.weight"], w.get(p + "post_attention_layernorm.bias"))
             if self.sparse[l]:
                 x = x + self.layer_moe(l, h, steer, len(rec), rec)
             else:
                 m = p + "mlp."
                 x = x + self.mlp(h, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
-        x = self.norm(x, w["model.norm.weight"])
+        x = self.norm(x, w["model.norm.weight"], w.get("model.norm.bias"))
         head = w["model.embed_tokens.weight"] if self.c.get("tie_word_embeddings") else w["lm_head.weight"]
-        return x @ head.T, rec
+        return x @ head.T + w.get("lm_head.bias", 0), rec
 
     def generate(self, ids, n, steer=None):
         seq = list(ids)
@@ -240,8 +260,20 @@ def check_dir(d):
         e_log = rel(lg, plg)
         e_rt = max(rel(r["router"].float().numpy(), pz) for r, (pz, _, _) in zip(out["moe"], prec))
         e_ro = max(rel(r["routed_on"].float().numpy(), pzr) for r, (_, pzr, _) in zip(out["moe"], prec))
-        same_sel = all(np.array_equal(np.sort(r["selected"].numpy(), -1), np.sort(ps, -1))
-                       for r, (_, _, ps) in zip(out["moe"], prec))
+        same_sel, n_open = True, 0
+        for r, (_, pzr, ps) in zip(out["moe"], prec):
+            diff = ~np.all(np.sort(r["selected"].numpy(), -1) == np.sort(ps, -1), axis=-1)
+            if bf16:
+                # a bf16 forward drifts from float64 by about a percent: a top-k whose k-th / (k+1)-th gap lies
+                # within twice the two logits' difference is not decided by either implementation
+                z = r["routed_on"].float().numpy()
+                zs = -np.sort(-z, axis=-1)
+                k = m.cfg.top_k
+                band = 2 * np.max(np.abs(z - pzr), axis=-1)
+                open_ = zs[:, k - 1] - zs[:, k] <= band
+                n_open += int(np.sum(diff & open_))
+                diff &= ~open_
+            same_sel &= not diff.any()
         g_ref = m.generate(ids, 4, st[0] if st else None)
         g_pl = pl.generate(ids, 4, st[1] if st else None)
         gold_eq = ""
@@ -251,7 +283,8 @@ def check_dir(d):
                        torch.equal(gold["router" + sfx], router_now) and gold["generate" + sfx][:4].tolist() == g_ref)
             gold_eq = " golden=" + ("same" if gold_eq else "DIFFERS")
         print(f"{name:16s} {label:11s} T={len(ids):2d} logits_rel={e_log:.2e} router_rel={e_rt:.2e} "
-              f"routed_on_rel={e_ro:.2e} selection={'same' if same_sel else 'DIFFERENT'} "
+              f"routed_on_rel={e_ro:.2e} selection={'same' if same_sel else 'DIFFERENT'}"
+              f"{f' ({n_open} within the bf16 error)' if n_open else ''} "
               f"greedy4={'same' if g_ref == g_pl else f'DIFFERENT {g_ref} {g_pl}'}{gold_eq}")
         worst = max(worst, e_log, e_rt)
         if not same_sel or (not bf16 and (e_log > 1e-4 or e_rt > 1e-4 or g_ref != g_pl)) or "DIFFERS" in gold_eq:

@@ -256,6 +256,51 @@ def qwen2_moe_config(**over):
     return dict(sorted(c.items()))
 
 
+def phimoe_config(**over):
+    """PhimoeConfig as save_pretrained writes it (Phi-3.5-MoE's keys: LayerNorm, biases, LongRoPE with short/long
+    factors and mscales, sparsemixer's router_jitter_noise). LongRoPE's original length (12) lies inside the
+    golden prompts and generations, so both factor sets and the recomputation at the crossing are exercised; the
+    jitter eps is larger than Phi-3.5-MoE's 0.01 so sparsemixer's second and later kept experts carry weight."""
+    rs = {"long_factor": [1.0, 1.1, 1.4, 2.0, 3.5, 6.0, 10.0, 16.0], "long_mscale": 1.19,
+          "original_max_position_embeddings": 12, "rope_type": "longrope",
+          "short_factor": [1.0, 1.02, 1.05, 1.1, 1.2, 1.3, 1.5, 1.8], "short_mscale": 1.05, "type": "longrope"}
+    c = {
+        "architectures": ["PhimoeForCausalLM"],
+        "attention_bias": True,
+        "attention_dropout": 0.0,
+        "bos_token_id": BOS,
+        "eos_token_id": EOS,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "input_jitter_noise": 0.01,
+        "intermediate_size": 32,
+        "lm_head_bias": True,
+        "max_position_embeddings": 48,
+        "model_type": "phimoe",
+        "num_attention_heads": 2,
+        "num_experts_per_tok": 2,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 1,
+        "num_local_experts": 8,
+        "original_max_position_embeddings": 12,
+        "output_router_logits": False,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": rs,
+        "rope_theta": 10000.0,
+        "router_aux_loss_coef": 0.0,
+        "router_jitter_noise": 0.1,
+        "sliding_window": 20,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": "4.51.0",
+        "use_cache": True,
+        "vocab_size": VOCAB,
+    }
+    c.update(over)
+    return dict(sorted(c.items()))
+
+
 def model_specs():
     """name -> (config, seed, shards, steering specs). Steering: {op: {moe_layer: {expert: coef}}}; the last MoE
     layer is written -1."""
@@ -283,6 +328,9 @@ def model_specs():
         "mixtral_llama3": dict(config=mixtral_config(
             num_hidden_layers=2, sliding_window=None, rope_theta=10000.0, max_position_embeddings=512,
             intermediate_size=16, rope_scaling=llama3), seed=None, shards=1),
+        "phimoe": dict(config=phimoe_config(), seed=None, shards=1),
+        "phimoe_bf16": dict(config=phimoe_config(torch_dtype="bfloat16"), seed=None, shards=1,
+                            same_weights_as="phimoe"),
     }
 
 
@@ -309,10 +357,10 @@ def make_weights(cfg, seed):
     out = {}
     for name, shape in sorted(ref_moe.expected_tensors(cfg).items()):
         leaf = name.rsplit(".", 2)[-2]
-        if name.endswith("norm.weight") or leaf.endswith("layernorm") or leaf in ("q_norm", "k_norm", "norm"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
-        elif name.endswith(".bias"):
+        if name.endswith(".bias"):  # attention, LM head and (phimoe) LayerNorm biases
             t = 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith("norm.weight") or leaf.endswith("layernorm") or leaf in ("q_norm", "k_norm", "norm"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
         elif leaf == "embed_tokens":
             t = 0.5 * torch.randn(shape, generator=g)
         elif leaf == "shared_expert_gate":
@@ -351,6 +399,27 @@ def margins(model, ids, n_prompt, steer=None):
     return rm, (lg[:, 0] - lg[:, 1])
 
 
+def mask_margin(model, ids, steer=None):
+    """sparsemixer: the smallest distance of a relative gap (t - z_e) / max(|z_e|, t) from its mask threshold
+    2 eps, over tokens, MoE layers, both rounds and the experts still in the round (inf for other routers), so
+    that rounding does not decide which experts share a weight."""
+    eps = model.cfg.sparsemixer_eps
+    if eps is None:
+        return float("inf")
+    out = model.forward_full(ids, steer)
+    best = float("inf")
+    for r in out["moe"]:
+        z = r["routed_on"].double()
+        chosen = torch.zeros_like(z, dtype=torch.bool)
+        for rnd in range(model.cfg.top_k):
+            t = z.masked_fill(chosen, float("-inf")).max(dim=-1, keepdim=True)[0]
+            gap = (t - z) / torch.maximum(z.abs(), t)
+            d = (gap - 2 * eps).abs().masked_fill(chosen, float("inf"))
+            best = min(best, float(d.min()))
+            chosen |= z == t
+    return best
+
+
 def goldens(model, cfg, steers):
     """The golden tensors and the margins report of a model."""
     t = {"moe_layers": torch.tensor(cfg.moe_layers, dtype=torch.int64)}
@@ -363,6 +432,7 @@ def goldens(model, cfg, steers):
         rm, lm = margins(model, prompt + gen, len(prompt), steer)
         key = "router_margin" if steer is None else "router_margin_steered"
         rep[key] = min(rep[key], rm)
+        rep["mask_margin"] = min(rep.get("mask_margin", float("inf")), mask_margin(model, prompt + gen, steer))
         rep["logit_margin"] = min(rep["logit_margin"], float(lm.min()))
         t["generate_margin" + sfx] = lm
         t["logits" + sfx] = out["logits"][0].float()
@@ -407,9 +477,11 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
                 bf16 = m.cfg.dtype == torch.bfloat16
                 for st in [None] + [steering_for(m.cfg, op, name) for op in STEER]:
                     for p in (PROMPTS if st is None else PROMPTS[2:]):
-                        rm, lm = margins(m, p + m.generate(p, N_GEN, st), len(p), st)
+                        gen = m.generate(p, N_GEN, st)
+                        rm, lm = margins(m, p + gen, len(p), st)
                         # (hard steering itself leaves a gap of eps = 0.01 above the original maximum)
-                        score = min(score, rm / 0.009, float(lm.min()) / (0.03 if bf16 else 0.005))
+                        score = min(score, rm / 0.009, float(lm.min()) / (0.03 if bf16 else 0.005),
+                                    mask_margin(m, p + gen, st) / 0.002)
             if best is None or score > best[0]:
                 best = (score, seed, w32)
             if score >= 1.0:
@@ -450,6 +522,8 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
                  "min_router_margin": f"{rep['router_margin']:.6g}",
                  "min_router_margin_steered": f"{rep['router_margin_steered']:.6g}",
                  "min_greedy_margin": f"{rep['logit_margin']:.6g}",
+                 **({"min_sparsemixer_mask_margin": f"{rep['mask_margin']:.6g}"}
+                    if cfg.sparsemixer_eps is not None else {}),
                  "arithmetic": "transformers eager; bf16/f16 products and SiLU in f32, rounded once (ref_moe.Ops)",
                  "producer": "tests/models/make_tiny.py (ref_moe.py, eager arithmetic, no KV cache)"})
     safetensors_io.save_file(t, os.path.join(d, "golden.safetensors"), metadata=meta)

@@ -1,9 +1,17 @@
 """ref_moe.py — the PyTorch reference forward the native engine (capture/model*.c) is tested and benchmarked
-against: Hugging Face MoE checkpoints (qwen3_moe, olmoe, mixtral, qwen2_moe; config.json + model.safetensors or
-shards + index, tensor names as on the Hub) run with the arithmetic of the transformers eager modeling code,
-in the model's dtype (f32, or bf16/f16 with the f32 upcasts transformers does: RMSNorm, rotary tables, attention
-softmax, router softmax). Written from the transformers modeling files (modeling_qwen3_moe.py, modeling_olmoe.py,
-modeling_mixtral.py, modeling_qwen2_moe.py, modeling_rope_utils.py); attention is the eager path.
+against: Hugging Face MoE checkpoints (qwen3_moe, olmoe, mixtral, qwen2_moe, phimoe; config.json +
+model.safetensors or shards + index, tensor names as on the Hub) run with the arithmetic of the transformers eager
+modeling code, in the model's dtype (f32, or bf16/f16 with the f32 upcasts transformers does: RMSNorm, rotary
+tables, attention softmax, router softmax). Written from the transformers modeling files (modeling_qwen3_moe.py,
+modeling_olmoe.py, modeling_mixtral.py, modeling_qwen2_moe.py, modeling_phimoe.py, modeling_rope_utils.py);
+attention is the eager path.
+
+phimoe (Phi-3.5-MoE): LayerNorm with bias, q/k/v/o biases (attention_bias), LM-head bias (lm_head_bias), LongRoPE
+and sparsemixer routing (below). LongRoPE follows the current transformers code and Microsoft's original: the
+short or long factors and short_mscale or long_mscale by the length of the forward (the largest position + 1)
+against original_max_position_embeddings; a generation whose length crosses it recomputes the whole sequence
+(PhimoeForCausalLM.prepare_inputs_for_generation drops the cache there), which generate() here does at every
+step anyway. (transformers 4.4x-4.5x took the long factors whenever max_position_embeddings exceeds the original.)
 
 Router steering (DESIGN.md §4, traces/STEERING.md) is applied to the raw gate outputs before softmax/top-k with
 the arithmetic of mtr_steer_apply (fixed eps; gaussian eps is not reproduced here).
@@ -22,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_io  # noqa: E402
 
-ARCHS = ("qwen3_moe", "olmoe", "mixtral", "qwen2_moe")
+ARCHS = ("qwen3_moe", "olmoe", "mixtral", "qwen2_moe", "phimoe")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -51,8 +59,8 @@ class Config:
             self.head_dim = self.hidden_size // self.n_heads
         else:
             self.head_dim = g("head_dim") or self.hidden_size // self.n_heads
-        self.rms_eps = g("rms_norm_eps", 1e-5 if mt in ("olmoe", "mixtral") else 1e-6)
-        self.rope_theta = float(g("rope_theta", 1e6 if mt == "mixtral" else 10000.0))
+        self.rms_eps = g("rms_norm_eps", 1e-5 if mt in ("olmoe", "mixtral", "phimoe") else 1e-6)
+        self.rope_theta = float(g("rope_theta", 1e6 if mt in ("mixtral", "phimoe") else 10000.0))
         self.rope_scaling = g("rope_scaling")
         self.max_pos = g("max_position_embeddings", 4096)
         self.partial_rotary_factor = g("partial_rotary_factor", 1.0)
@@ -62,7 +70,20 @@ class Config:
         self.qkv_bias = self.o_bias = False
         self.shared_inter = 0
         self.intermediate_size = g("intermediate_size")
-        if mt == "mixtral":
+        self.layernorm = self.lm_head_bias = False  # LayerNorm with bias instead of RMSNorm; LM-head bias
+        self.sparsemixer_eps = None                  # phimoe: sparsemixer's jitter eps
+        self.orig_max_pos = g("original_max_position_embeddings")
+        if mt == "phimoe":
+            self.n_experts = g("num_local_experts", 16)
+            self.moe_inter = g("intermediate_size", 6400)
+            self.norm_topk_prob = False
+            self.qkv_bias = self.o_bias = bool(g("attention_bias", False))
+            self.layernorm = True
+            self.lm_head_bias = bool(g("lm_head_bias", False))
+            self.sparsemixer_eps = float(g("router_jitter_noise", 0.01))
+            if self.top_k != 2:
+                raise ValueError("phimoe: sparsemixer routes exactly 2 experts (num_experts_per_tok 2)")
+        elif mt == "mixtral":
             self.n_experts = d["num_local_experts"]
             self.moe_inter = d["intermediate_size"]
             self.norm_topk_prob = True  # MixtralSparseMoeBlock always renormalises the top-k weights
@@ -93,7 +114,7 @@ class Config:
         # sliding window per layer (None: full causal attention)
         sw = g("sliding_window")
         self.window = [None] * self.n_layers
-        if mt == "mixtral" and sw:
+        if mt in ("mixtral", "phimoe") and sw:
             self.window = [sw] * self.n_layers
         elif mt == "qwen3_moe" and g("use_sliding_window", False) and sw:
             self.window = [sw] * self.n_layers
@@ -115,9 +136,29 @@ def _get_mscale(scale, mscale=1.0):
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
+def longrope_parameters(cfg, rs, seq_len):
+    """LongRoPE (_compute_longrope_parameters, PhimoeRotaryEmbedding.forward): the long factors and long_mscale when
+    the forward's length exceeds original_max_position_embeddings, else the short ones; without an mscale the
+    attention factor (given, or sqrt(1 + ln(factor) / ln(original)) with factor = max_position / original)."""
+    base = cfg.rope_theta
+    dim = int(cfg.head_dim * cfg.partial_rotary_factor)
+    orig = rs.get("original_max_position_embeddings") or cfg.orig_max_pos or cfg.max_pos
+    long = seq_len is not None and seq_len > orig
+    ext = torch.tensor(rs["long_factor" if long else "short_factor"], dtype=torch.float32)
+    shape = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv = 1.0 / (ext * base ** shape)
+    mscale = rs.get("long_mscale" if long else "short_mscale")
+    if mscale is None:
+        mscale = rs.get("attention_factor")
+        if mscale is None:
+            factor = rs.get("factor") or cfg.max_pos / orig
+            mscale = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    return inv, float(mscale)
+
+
 def rope_parameters(cfg, seq_len=None):
     """(inv_freq f32 (dim/2,), attention_scaling) as ROPE_INIT_FUNCTIONS computes them for this config.
-    seq_len: the current sequence length, used only by "dynamic"."""
+    seq_len: the current sequence length, used by "dynamic" and "longrope"."""
     rs = cfg.rope_scaling or {}
     rtype = rs.get("rope_type", rs.get("type", "default")) if rs else "default"
     base = cfg.rope_theta
@@ -129,6 +170,8 @@ def rope_parameters(cfg, seq_len=None):
 
     if rtype == "default":
         return default(), 1.0
+    if rtype == "longrope":
+        return longrope_parameters(cfg, rs, seq_len)
     factor = rs["factor"]
     if rtype == "linear":
         return default() / factor, 1.0
@@ -298,12 +341,19 @@ def expected_tensors(cfg):
     """name -> shape of every tensor a checkpoint of this config holds, as on the Hub."""
     H, hd, nh, nkv, E = cfg.hidden_size, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.n_experts
     t = {"model.embed_tokens.weight": (cfg.vocab_size, H), "model.norm.weight": (H,)}
+    if cfg.layernorm:
+        t["model.norm.bias"] = (H,)
     if not cfg.tie:
         t["lm_head.weight"] = (cfg.vocab_size, H)
+    if cfg.lm_head_bias:
+        t["lm_head.bias"] = (cfg.vocab_size,)
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = (H,)
         t[p + "post_attention_layernorm.weight"] = (H,)
+        if cfg.layernorm:
+            t[p + "input_layernorm.bias"] = (H,)
+            t[p + "post_attention_layernorm.bias"] = (H,)
         a = p + "self_attn."
         t[a + "q_proj.weight"] = (nh * hd, H)
         t[a + "k_proj.weight"] = (nkv * hd, H)
@@ -319,7 +369,7 @@ def expected_tensors(cfg):
         elif cfg.model_type == "olmoe":
             t[a + "q_norm.weight"] = (nh * hd,)
             t[a + "k_norm.weight"] = (nkv * hd,)
-        if cfg.model_type == "mixtral":
+        if cfg.model_type in ("mixtral", "phimoe"):
             m = p + "block_sparse_moe."
             t[m + "gate.weight"] = (E, H)
             for e in range(E):
@@ -353,6 +403,32 @@ def rms_norm(x, w, eps):
     var = h.pow(2).mean(-1, keepdim=True)
     h = h * torch.rsqrt(var + eps)
     return w * h.to(dt)
+
+
+def layer_norm(x, w, b, eps, up):
+    """nn.LayerNorm with weight and bias; for bf16/f16 (up) computed in f32 and rounded once, as the CPU and CUDA
+    kernels do."""
+    if up:
+        return F.layer_norm(x.float(), x.shape[-1:], w.float(), b.float(), eps).to(x.dtype)
+    return F.layer_norm(x, x.shape[-1:], w, b, eps)
+
+
+def sparsemixer(scores, jitter_eps, top_k=2):
+    """modeling_phimoe.sparsemixer with training=False: (multipliers (N, k), experts (N, k)) in the dtype of scores,
+    its element-wise arithmetic as torch does it in that dtype. Round r masks, among the experts not chosen yet,
+    those whose relative gap to the round's maximum exceeds 2 eps and takes the softmax at the maximum."""
+    mult, sel = [], []
+    masked_scores = scores
+    for _ in range(top_k):
+        with torch.no_grad():
+            thr, ind = masked_scores.max(dim=-1, keepdim=True)
+            factor = scores.abs().clamp(min=thr)
+            mask = ((thr - scores) / factor) > (2 * jitter_eps)
+        gates = torch.softmax(masked_scores.masked_fill(mask, float("-inf")), dim=-1)
+        mult.append(gates.gather(dim=-1, index=ind))
+        sel.append(ind)
+        masked_scores = torch.scatter(masked_scores, -1, ind, float("-inf"))
+    return torch.cat(mult, dim=-1), torch.cat(sel, dim=-1)
 
 
 class Ops:
@@ -441,6 +517,10 @@ class MoeModel:
         Softmax in f32 over all experts, top-k (ties: lower expert index), renormalised if the model does."""
         cfg = self.cfg
         zr = steer.apply(z, moe_idx) if steer is not None else z
+        if cfg.sparsemixer_eps is not None:
+            # in the dtype of the logits routed on: the model's, or f32 for steered logits
+            wts, order = sparsemixer(zr, cfg.sparsemixer_eps, cfg.top_k)
+            return wts.to(z.dtype), order, zr
         p = F.softmax(zr, dim=1, dtype=torch.float32)
         order = torch.sort(p, dim=-1, descending=True, stable=True)[1][:, :cfg.top_k]
         wts = torch.gather(p, 1, order)
@@ -452,7 +532,7 @@ class MoeModel:
         cfg, w = self.cfg, self.w
         B, T, H = x.shape
         x2 = x.reshape(-1, H)
-        if cfg.model_type == "mixtral":
+        if cfg.model_type in ("mixtral", "phimoe"):
             m = f"model.layers.{i}.block_sparse_moe."
             names = ("w1", "w3", "w2")
         else:
@@ -482,6 +562,14 @@ class MoeModel:
         m = f"model.layers.{i}.mlp."
         w = self.w
         return self.ops.gated_mlp(x, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
+
+    def norm(self, x, prefix):
+        """The decoder's norm at prefix (input_layernorm, post_attention_layernorm, model.norm): RMSNorm, or
+        LayerNorm with bias (phimoe)."""
+        w, cfg = self.w, self.cfg
+        if cfg.layernorm:
+            return layer_norm(x, w[prefix + ".weight"], w[prefix + ".bias"], cfg.rms_eps, self.ops.up)
+        return rms_norm(x, w[prefix + ".weight"], cfg.rms_eps)
 
     def causal_mask(self, T, window, dtype):
         q = torch.arange(T)[:, None]
@@ -518,20 +606,20 @@ class MoeModel:
             if win not in masks:
                 masks[win] = self.causal_mask(T, win, cfg.dtype)
             p = f"model.layers.{i}."
-            h = rms_norm(x, w[p + "input_layernorm.weight"], cfg.rms_eps)
+            h = self.norm(x, p + "input_layernorm")
             x = x + self.attention(i, h, cos, sin, masks[win])
-            h = rms_norm(x, w[p + "post_attention_layernorm.weight"], cfg.rms_eps)
+            h = self.norm(x, p + "post_attention_layernorm")
             if cfg.is_moe[i]:
                 x = x + self.moe(i, h, len(rec), steer, rec)
             else:
                 x = x + self.dense(i, h)
             if stop_after_last_moe and i == cfg.moe_layers[-1]:
                 return {"logits": None, "moe": rec}
-        x = rms_norm(x, w["model.norm.weight"], cfg.rms_eps)
+        x = self.norm(x, "model.norm")
         if logits_positions is not None:
             x = x[:, logits_positions]
         head = w["model.embed_tokens.weight"] if cfg.tie else w["lm_head.weight"]
-        return {"logits": self.ops.linear(x, head), "moe": rec}
+        return {"logits": self.ops.linear(x, head, w.get("lm_head.bias")), "moe": rec}
 
     def forward(self, ids, steer=None):
         """logits (T, V) and the list of raw router logits (T, E) per MoE layer, in the model dtype, for a 1-D id
