@@ -8,6 +8,7 @@
 #include <math.h>
 #include <sys/stat.h>
 
+#include "model_internal.h"
 #include "mtr_model.h"
 #include "testutil.h"
 
@@ -404,6 +405,36 @@ START_TEST(test_steering_properties)
 }
 END_TEST
 
+/* Sparsemixer's element-wise steps in the model dtype: a relative gap of 0.20068 in f32 rounds to bf16's 0.2002,
+ * which is not above bf16(2 eps = 0.2), so the bf16 model keeps the expert (weight 0.715, as PyTorch computes it in
+ * bf16) where the f32 rule masks it (weight 1); steered logits (f32 values) take the f32 rule. */
+START_TEST(test_sparsemixer_dtype)
+{
+    const float z[8] = {-0.63671875f, -1.7734375f, 3.671875f, 4.59375f, 1.8515625f, -0.12109375f, 2.015625f, 2.328125f};
+    uint16_t ids[2];
+    float w[2], scratch[8];
+    mtr_model *mb = load_first("phimoe_bf16"), *mf = load_first("phimoe");
+    ck_assert_double_eq(mtr_model_get_config(mb)->router_jitter, 0.1);
+    mtr_phimoe_route(mb, 0, z, NULL, ids, w, scratch);
+    ck_assert_uint_eq(ids[0], 3);
+    ck_assert_uint_eq(ids[1], 2);
+    ck_assert_float_eq(w[0], 0.71484375f);
+    ck_assert_float_eq(w[1], 1.0f);
+    mtr_phimoe_route(mf, 0, z, NULL, ids, w, scratch);
+    ck_assert_float_eq(w[0], 1.0f);
+    mtr_steer *st = NULL;
+    TU_OK(mtr_steer_create(&st, "", 3, 8, 2, MTR_STEER_SOFT));
+    TU_OK(mtr_steer_add(st, 0, 1, NAN, NAN));
+    mtr_phimoe_route(mb, 0, z, st, ids, w, scratch);
+    ck_assert_float_eq(w[0], 1.0f);
+    mtr_phimoe_route(mb, 1, z, st, ids, w, scratch); /* layer 1 is not a target: bf16 rule */
+    ck_assert_float_eq(w[0], 0.71484375f);
+    mtr_steer_destroy(st);
+    mtr_model_destroy(mb);
+    mtr_model_destroy(mf);
+}
+END_TEST
+
 /* A packed batch of the golden prompts (independent sequences in one forward) gives each prompt's golden router
  * logits and final logits. */
 START_TEST(test_golden_packed)
@@ -637,6 +668,7 @@ int main(void)
     tcase_add_test(c, test_golden_steering);
     tcase_add_test(c, test_golden_packed);
     tcase_add_test(c, test_steering_properties);
+    tcase_add_test(c, test_sparsemixer_dtype);
     tcase_add_test(c, test_threads_identical);
     tcase_add_test(c, test_safetensors_errors);
     tcase_add_test(c, test_model_mismatch);
