@@ -130,6 +130,7 @@ typedef struct {
     mtr_writer *w;
     float *router;             /* (max_tokens, n_moe_layers, n_experts) */
     float *rec_buf;            /* (max_tokens, info.n_layers, n_experts) with --layers, else NULL */
+    float *sel_bias;           /* (info.n_layers, n_experts) the recorded layers' selection bias with --layers */
     float *logits;             /* (max_tokens, vocab) */
     int32_t eos_ids[4];
     int n_eos;
@@ -1166,6 +1167,15 @@ int cmd_run(int argc, char **argv)
         for (uint32_t l = 0; l < L; l++)
             if (mask[l]) e.rec[k] = l, e.info.layer_index[k++] = e.cfg->moe_layer_index[l];
         e.info.n_layers = k;
+        if (e.info.selection_bias) { /* the recorded layers' rows of the model's selection-only bias */
+            if (!(e.sel_bias = malloc((size_t)k * E * sizeof *e.sel_bias))) {
+                rc = fail_lib(NULL, MTR_ENOMEM);
+                goto done;
+            }
+            for (uint32_t i = 0; i < k; i++)
+                memcpy(e.sel_bias + (size_t)i * E, e.info.selection_bias + (size_t)e.rec[i] * E, E * sizeof(float));
+            e.info.selection_bias = e.sel_bias;
+        }
     } else
         for (uint32_t l = 0; l < L; l++) e.rec[l] = l;
     if (o->steer_path) {
@@ -1247,6 +1257,7 @@ done:
     free(e.rec);
     free(e.router);
     free(e.rec_buf);
+    free(e.sel_bias);
     free(e.logits);
     mtr_session_destroy(e.sess);
     mtr_steer_destroy(e.steer);

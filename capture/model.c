@@ -158,7 +158,7 @@ static int parse_config(mtr_model_config *c, const char *dir)
     for (int i = 0; i < MTR_ARCH_COUNT; i++)
         if (strcmp(mt, arch_names[i]) == 0) arch = i;
     if (arch < 0) {
-        rc = mtr_fail(MTR_EFORMAT, "%s: model_type \"%s\" is not supported (qwen3_moe, olmoe, mixtral, qwen2_moe, phimoe)",
+        rc = mtr_fail(MTR_EFORMAT, "%s: model_type \"%s\" is not supported (qwen3_moe, olmoe, mixtral, qwen2_moe, phimoe, deepseek_v2)",
                       path, mt);
         goto done;
     }
@@ -229,6 +229,9 @@ static int parse_config(mtr_model_config *c, const char *dir)
     case MTR_ARCH_PHIMOE:
         if (!r.rc) r.rc = mtr_phimoe_config(c, root, path);
         break;
+    case MTR_ARCH_DEEPSEEK_V2:
+        if (!r.rc) r.rc = mtr_deepseek_config(c, root, path);
+        break;
     default: break;
     }
 parsed:
@@ -256,7 +259,9 @@ parsed:
         rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", path);
         goto done;
     }
-    for (uint32_t l = 0; l < c->n_layers; l++) c->is_moe[l] = (l + 1) % sparse_step == 0;
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        c->is_moe[l] = c->arch == MTR_ARCH_DEEPSEEK_V2 ? l >= c->first_k_dense_replace && l % c->moe_layer_freq == 0
+                                                       : (l + 1) % sparse_step == 0;
     if (mlp_only && !json_is_null(mlp_only)) {
         if (!json_is_array(mlp_only)) {
             rc = mtr_fail(MTR_EFORMAT, "%s: \"mlp_only_layers\" is not a list", path);
@@ -341,6 +346,7 @@ typedef struct {
     const char *dir;
     size_t used;
     int rc;
+    bool f32_ok; /* the next tensor may also be F32 in a bf16/f16 model */
 } binder;
 
 static const mtr_st_tensor *find_tensor(binder *b, const char *name, uint32_t d0, uint32_t d1, uint32_t ndim)
@@ -367,7 +373,7 @@ static const mtr_st_tensor *find_tensor(binder *b, const char *name, uint32_t d0
     }
     mtr_dtype want = b->m->cfg.dtype;
     mtr_st_dtype sd = want == MTR_DTYPE_F32 ? MTR_ST_F32 : want == MTR_DTYPE_BF16 ? MTR_ST_BF16 : MTR_ST_F16;
-    if (t->dtype != sd) {
+    if (t->dtype != sd && !(b->f32_ok && t->dtype == MTR_ST_F32)) {
         b->rc = mtr_fail(MTR_EMISMATCH, "%s: tensor '%s' is %s but config.json says torch_dtype %s",
                          mtr_st_file_path(b->m->st, t->file), name, mtr_st_dtype_name(t->dtype),
                          mtr_dtype_name(want));
@@ -399,6 +405,23 @@ static float *bind_vec(binder *b, const char *name, uint32_t n)
     return v;
 }
 
+mtr_mat mtr_bind_mat(void *b, const char *name, uint32_t rows, uint32_t cols) { return bind_mat(b, name, rows, cols); }
+
+float *mtr_bind_vec(void *b, const char *name, uint32_t n, bool f32_ok)
+{
+    binder *bb = b;
+    bb->f32_ok = f32_ok;
+    float *v = bind_vec(bb, name, n);
+    bb->f32_ok = false;
+    return v;
+}
+
+void mtr_bind_nomem(void *b)
+{
+    binder *bb = b;
+    if (!bb->rc) bb->rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", bb->dir);
+}
+
 static void bind_layer(binder *b, uint32_t l)
 {
     mtr_model *m = b->m;
@@ -412,6 +435,10 @@ static void bind_layer(binder *b, uint32_t l)
     if (c->norm_bias) {
         L->in_norm_b = bind_vec(b, NAME("model.layers.%u.input_layernorm.bias", l), H);
         L->post_norm_b = bind_vec(b, NAME("model.layers.%u.post_attention_layernorm.bias", l), H);
+    }
+    if (c->arch == MTR_ARCH_DEEPSEEK_V2) { /* multi-head latent attention: tensors of its own */
+        mtr_deepseek_bind_attention(b, m, l);
+        goto ffn;
     }
     L->q = bind_mat(b, NAME("model.layers.%u.self_attn.q_proj.weight", l), qd, H);
     L->k = bind_mat(b, NAME("model.layers.%u.self_attn.k_proj.weight", l), kd, H);
@@ -430,6 +457,7 @@ static void bind_layer(binder *b, uint32_t l)
         L->q_norm = bind_vec(b, NAME("model.layers.%u.self_attn.q_norm.weight", l), qd);
         L->k_norm = bind_vec(b, NAME("model.layers.%u.self_attn.k_norm.weight", l), kd);
     }
+ffn:
     L->moe = c->is_moe[l];
     L->moe_index = -1;
     const bool mix = c->arch == MTR_ARCH_MIXTRAL || c->arch == MTR_ARCH_PHIMOE; /* block_sparse_moe, w1/w3/w2 */
@@ -468,6 +496,7 @@ static void bind_layer(binder *b, uint32_t l)
         else if (t && !b->rc) b->rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", b->dir);
         L->has_mlp = true;
     }
+    if (c->arch == MTR_ARCH_DEEPSEEK_V2) mtr_deepseek_bind_moe(b, m, l);
 #undef NAME
 }
 
@@ -487,6 +516,7 @@ static void free_layer(mtr_layer *L)
     free(L->shared_gate);
     free(L->in_norm_b);
     free(L->post_norm_b);
+    mtr_deepseek_free_layer(L);
 }
 
 int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
@@ -507,7 +537,7 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
         rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", dir);
         goto fail;
     }
-    binder b = {m, dir, 0, 0};
+    binder b = {m, dir, 0, 0, false};
     m->embed = bind_mat(&b, "model.embed_tokens.weight", c->vocab_size, c->hidden_size);
     m->final_norm = bind_vec(&b, "model.norm.weight", c->hidden_size);
     if (c->norm_bias) m->final_norm_b = bind_vec(&b, "model.norm.bias", c->hidden_size);
@@ -550,6 +580,7 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
     m->info.renormalize = c->norm_topk_prob;
     m->info.router_bias = false;
     if (c->arch == MTR_ARCH_PHIMOE) mtr_phimoe_info(m);
+    if (c->arch == MTR_ARCH_DEEPSEEK_V2) mtr_deepseek_info(m);
     *out = m;
     return 0;
 fail:
@@ -570,6 +601,7 @@ void mtr_model_destroy(mtr_model *m)
     free(m->final_norm_b);
     free(m->lm_head_b);
     free(m->inv_freq_long);
+    free(m->selection_bias);
     free(m->cfg.rope_short_factor);
     free(m->cfg.rope_long_factor);
     mtr_st_close(m->st);

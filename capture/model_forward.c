@@ -50,6 +50,7 @@ struct mtr_session {
     int32_t *hist;           /* (max_tokens) ids of the cached positions (LongRoPE recomputes them) */
     bool rope_long;          /* LongRoPE: the cached keys were rotated with the long factors */
     int rope_force;          /* LongRoPE: -1, or 0/1 = short/long while recomputing the cache */
+    mtr_mla_state *mla;      /* deepseek_v2: latent attention's cache and scratch, or NULL */
 };
 
 /* ---- dtype emulation ------------------------------------------------------------------------------------- */
@@ -157,6 +158,8 @@ static void linear(mtr_session *s, float *Y, const float *X, uint32_t n, const m
     }
 }
 
+void mtr_session_linear(mtr_session *s, float *Y, const float *X, uint32_t n, const mtr_mat *W) { linear(s, Y, X, n, W); }
+
 static void add_bias(float *Y, const float *b, uint32_t n, uint32_t d)
 {
     if (!b) return;
@@ -253,6 +256,8 @@ int mtr_session_create(mtr_session **out, const mtr_model *m, uint32_t max_token
     ALLOC(s->route_scratch, (size_t)s->nt * E);
     ALLOC(s->hist, max_tokens);
     s->rope_force = -1;
+    if (c->arch == MTR_ARCH_DEEPSEEK_V2 && mtr_mla_state_create(&s->mla, m, max_tokens, max_batch, s->nt, &s->bytes))
+        goto nomem;
     ALLOC(s->wbuf, s->nt);
     ALLOC(s->sbuf, s->nt);
     uint32_t maxcols = H > c->moe_intermediate_size ? (uint32_t)H : c->moe_intermediate_size;
@@ -289,6 +294,7 @@ void mtr_session_destroy(mtr_session *s)
     free(s->tok_slot);
     free(s->order);
     free(s->hist);
+    mtr_mla_state_destroy(s->mla);
     for (int t = 0; t < s->nt; t++) {
         if (s->wbuf) free(s->wbuf[t]);
         if (s->sbuf) free(s->sbuf[t]);
@@ -509,7 +515,8 @@ static void route(mtr_session *s, uint32_t l, uint32_t n, const mtr_forward_io *
     const mtr_layer *L = &m->layers[l];
     const uint32_t E = c->n_experts, K = c->top_k, ml = (uint32_t)L->moe_index;
     linear(s, s->rl, s->x, n, &L->router);
-    round_buf(s->rl, (size_t)n * E, c->dtype);
+    if (c->arch != MTR_ARCH_DEEPSEEK_V2) /* DeepSeek's gate computes in f32 whatever the model dtype */
+        round_buf(s->rl, (size_t)n * E, c->dtype);
     /* the raw gate outputs are what a trace stores (FORMAT.md 2.2); the model routes on the steered ones */
     if (io->router)
         for (uint32_t t = 0; t < n; t++)
@@ -518,6 +525,11 @@ static void route(mtr_session *s, uint32_t l, uint32_t n, const mtr_forward_io *
         for (uint32_t t = 0; t < n; t++)
             mtr_steer_apply(io->steer, ml, s->rl + (size_t)t * E, io->steer_rng ? &io->steer_rng[ml] : NULL);
     for (uint32_t t = 0; t < n; t++) {
+        if (c->arch == MTR_ARCH_DEEPSEEK_V2) { /* its f32 weights multiply the expert outputs unrounded */
+            mtr_deepseek_route(m, ml, s->rl + (size_t)t * E, s->sel + (size_t)t * K, s->selw + (size_t)t * K,
+                               s->route_scratch);
+            continue;
+        }
         if (c->arch == MTR_ARCH_PHIMOE)
             mtr_phimoe_route(m, ml, s->rl + (size_t)t * E, io->steer, s->sel + (size_t)t * K, s->selw + (size_t)t * K,
                              s->route_scratch);
@@ -611,9 +623,10 @@ static void moe(mtr_session *s, uint32_t l, uint32_t n)
                 for (uint32_t d = 0; d < H; d++) o[d] = round_dt(o[d] + round_dt(round_dt(y[d], dt) * w, dt), dt);
         }
     }
-    if (L->has_mlp) { /* qwen2_moe shared expert, gated by sigmoid(x . w) */
+    if (L->has_mlp) { /* qwen2_moe shared expert, gated by sigmoid(x . w); deepseek_v2's shared experts, added */
         dense_mlp(s, s->ye, s->x, n, &L->gate, &L->up, &L->down);
-        for (uint32_t t = 0; t < n; t++) {
+        if (!L->shared_gate) add_round(s->tmp, s->ye, (size_t)n * H, dt);
+        for (uint32_t t = 0; t < n && L->shared_gate; t++) {
             const float *x = s->x + (size_t)t * H;
             float z = 0;
             for (uint32_t d = 0; d < H; d++) z += x[d] * L->shared_gate[d];
@@ -725,7 +738,8 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
         const mtr_layer *L = &m->layers[l];
         double ta = omp_get_wtime();
         for (uint32_t t = 0; t < n; t++) norm(c, s->x + (size_t)t * H, s->h + (size_t)t * H, L->in_norm, L->in_norm_b);
-        attention(s, l, n);
+        if (s->mla) mtr_mla_attention(s, m, s->mla, l, n, s->x, s->tmp, s->pos, s->len, s->tasks, s->n_qblocks);
+        else attention(s, l, n);
         add_round(s->h, s->tmp, (size_t)n * H, dt);
         for (uint32_t t = 0; t < n; t++)
             norm(c, s->x + (size_t)t * H, s->h + (size_t)t * H, L->post_norm, L->post_norm_b);

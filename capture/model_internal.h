@@ -14,6 +14,16 @@ typedef struct {
     uint32_t rows, cols; /* out_features, in_features */
 } mtr_mat;
 
+/* deepseek_v2 multi-head latent attention weights of one layer */
+typedef struct {
+    mtr_mat q;                         /* (heads * (nope + rope), hidden) when q_lora_rank is 0 */
+    mtr_mat q_a, q_b;                  /* (q_lora, hidden), (heads * (nope + rope), q_lora) */
+    mtr_mat kv_a;                      /* (kv_lora + rope, hidden): kv_a_proj_with_mqa */
+    mtr_mat kv_b;                      /* (heads * (nope + v), kv_lora) */
+    float *q_a_norm, *kv_a_norm;       /* (q_lora), (kv_lora) RMSNorm weights */
+    float *q_a_bias, *kv_a_bias;       /* attention_bias, or NULL */
+} mtr_mla;
+
 typedef struct {
     float *in_norm, *post_norm;        /* (hidden) */
     mtr_mat q, k, v, o;
@@ -27,6 +37,7 @@ typedef struct {
     bool has_mlp;                      /* gate/up/down present (dense layer or shared expert) */
     float *shared_gate;                /* qwen2_moe: (hidden), the Linear(hidden, 1) */
     float *in_norm_b, *post_norm_b;    /* LayerNorm biases (hidden) (phimoe), or NULL */
+    mtr_mla *mla;                      /* deepseek_v2, or NULL */
 } mtr_layer;
 
 struct mtr_model {
@@ -44,6 +55,7 @@ struct mtr_model {
     float *final_norm_b;               /* (hidden) LayerNorm bias (phimoe), or NULL */
     float *lm_head_b;                  /* (vocab) lm_head.bias (phimoe lm_head_bias), or NULL */
     float *inv_freq_long;              /* longrope: (head_dim / 2) the long factors' frequencies; inv_freq the short */
+    float *selection_bias;             /* deepseek_v2 noaux_tc: (n_moe_layers, n_experts) e_score_correction_bias */
 };
 
 /* f32 element kernels (model_kernels.c, vectorised): softmax of row (n) scaled by scale, in place; RMSNorm of in
@@ -72,5 +84,33 @@ void mtr_phimoe_route(const mtr_model *m, uint32_t layer, const float *z, const 
                       float *w, float *scratch);
 /* the routing description: sparsemixer with the config's eps */
 void mtr_phimoe_info(mtr_model *m);
+
+/* Binding weights from the architecture files: b is model.c's binder. mtr_bind_vec copies a 1-D tensor to f32;
+ * f32_ok also accepts an F32 tensor in a bf16/f16 model (parameters kept in f32, as DeepSeek's bias). */
+mtr_mat mtr_bind_mat(void *b, const char *name, uint32_t rows, uint32_t cols);
+float *mtr_bind_vec(void *b, const char *name, uint32_t n, bool f32_ok);
+void mtr_bind_nomem(void *b); /* an allocation failed: the load fails with MTR_ENOMEM */
+/* Y (n, W->rows) = X (n, W->cols) W^T with the session's threads and scratch (model_forward.c). */
+void mtr_session_linear(mtr_session *s, float *Y, const float *X, uint32_t n, const mtr_mat *W);
+
+/* deepseek_v2 (model_deepseek.c). Config keys into c; the weights of layer l beyond the shared ones (attention,
+ * shared experts, correction bias); the routing description. */
+int mtr_deepseek_config(mtr_model_config *c, json_t *root, const char *path);
+void mtr_deepseek_bind_attention(void *b, mtr_model *m, uint32_t l);
+void mtr_deepseek_bind_moe(void *b, mtr_model *m, uint32_t l);
+void mtr_deepseek_info(mtr_model *m);
+void mtr_deepseek_free_layer(mtr_layer *L);
+/* Per-session state: the expanded K/V cache and scratch; *bytes grows by what is allocated. */
+typedef struct mtr_mla_state mtr_mla_state;
+int mtr_mla_state_create(mtr_mla_state **out, const mtr_model *m, uint32_t max_tokens, uint32_t max_batch, int nt,
+                         uint64_t *bytes);
+void mtr_mla_state_destroy(mtr_mla_state *st);
+/* Attention of layer l for the n tokens x (n, hidden) into out (n, hidden): positions pos (n), len0 cached
+ * positions before them, query blocks tasks (nqb, 3) = first token, end, first key (as model_forward.c). */
+void mtr_mla_attention(mtr_session *s, const mtr_model *m, mtr_mla_state *st, uint32_t l, uint32_t n,
+                       const float *x, float *out, const uint32_t *pos, uint32_t len0, const uint32_t *tasks,
+                       uint32_t nqb);
+/* Routing of the f32 router logits z (n_experts) of MoE layer ml: ids (top_k), f32 weights (top_k). */
+void mtr_deepseek_route(const mtr_model *m, uint32_t ml, const float *z, uint16_t *ids, float *w, float *scratch);
 
 #endif

@@ -77,10 +77,10 @@ $(MODEL_LIB): $(OBJ)/capture/safetensors.o $(OBJ)/capture/model.o $(OBJ)/capture
 	rm -f $@ && ar rcs $@ $^
 
 # architectures beyond the shared forward, one file each
-$(MODEL_LIB): $(OBJ)/capture/model_phimoe.o
+$(MODEL_LIB): $(OBJ)/capture/model_phimoe.o $(OBJ)/capture/model_deepseek.o
 
 # norms, rotary, softmax and the expert combine loops are the engine's element-wise hot path
-$(OBJ)/capture/model_forward.o $(OBJ)/capture/model_phimoe.o: KERNEL_FLAGS := -O3
+$(OBJ)/capture/model_forward.o $(OBJ)/capture/model_phimoe.o $(OBJ)/capture/model_deepseek.o: KERNEL_FLAGS := -O3
 # the f32 softmax / RMSNorm / SiLU loops: vectorised exp through libmvec (see the file's header)
 $(OBJ)/capture/model_kernels.o: KERNEL_FLAGS := -O3 -ffast-math
 

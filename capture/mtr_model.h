@@ -7,8 +7,8 @@
  * dtype at the points where the Hugging Face eager code materialises a tensor in that dtype (linear outputs, norm
  * outputs, residual sums), so the router logits captured are the gate outputs in the model's dtype.
  *
- * Architectures (model_type): qwen3_moe, olmoe, mixtral, qwen2_moe, phimoe — faithful to the transformers modeling
- * code.
+ * Architectures (model_type): qwen3_moe, olmoe, mixtral, qwen2_moe, phimoe, deepseek_v2 — faithful to the
+ * transformers modeling code.
  *
  * Conventions as libmoetrace (traces/moetrace.h): 0 or a negative mtr_err; the one-line detail is mtr_errmsg()
  * and names the file and what is wrong. Nothing prints or exits. A model is immutable after loading and may be
@@ -87,7 +87,8 @@ const char *mtr_st_dtype_name(mtr_st_dtype d);
     X(MTR_ARCH_OLMOE, "olmoe")            \
     X(MTR_ARCH_MIXTRAL, "mixtral")        \
     X(MTR_ARCH_QWEN2_MOE, "qwen2_moe")    \
-    X(MTR_ARCH_PHIMOE, "phimoe")
+    X(MTR_ARCH_PHIMOE, "phimoe")          \
+    X(MTR_ARCH_DEEPSEEK_V2, "deepseek_v2")
 
 #define MTR_X_ENUM(name, str) name,
 typedef enum { MTR_ARCH_LIST(MTR_X_ENUM) MTR_ARCH_COUNT } mtr_arch;
@@ -137,6 +138,16 @@ typedef struct {
     double router_jitter;       /* sparsemixer's eps (router_jitter_noise) */
     float *rope_short_factor, *rope_long_factor; /* longrope: (head_dim / 2) */
     double rope_short_mscale, rope_long_mscale;  /* longrope: cos/sin scale of short and long forwards */
+    /* deepseek_v2: multi-head latent attention (head_dim is qk_rope_head_dim, the rotary part) */
+    uint32_t q_lora_rank;       /* 0: q_proj, else q_a_proj -> RMSNorm -> q_b_proj */
+    uint32_t kv_lora_rank, qk_nope_head_dim, v_head_dim;
+    double attn_scale;          /* softmax scale: (nope + rope)^-0.5, times YaRN's mscale(mscale_all_dim)^2 */
+    uint32_t n_shared_experts;  /* ungated shared MLP of n x moe_intermediate_size; 0 = none */
+    uint32_t first_k_dense_replace, moe_layer_freq;
+    uint32_t n_group, topk_group;
+    uint32_t topk_method;       /* 0 greedy, 1 group_limited_greedy, 2 noaux_tc */
+    bool score_sigmoid;         /* scoring_func sigmoid (else softmax) */
+    double routed_scaling_factor;
 } mtr_model_config;
 
 /* ---- model ----------------------------------------------------------------------------------------------- */

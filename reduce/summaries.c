@@ -142,9 +142,13 @@ static int model_attrs(hid_t f, const mtr_model_info *m)
     if (!rc && m->selection_bias) {
         hsize_t d2[2] = {m->n_layers, m->n_experts};
         s = H5Screate_simple(2, d2, NULL);
-        hid_t d = H5Dcreate2(f, MTR_D_SELECTION_BIAS, H5T_IEEE_F32LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        /* the dataset lives in the group "router", which a summaries file has no other use for */
+        hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+        H5Pset_create_intermediate_group(lcpl, 1);
+        hid_t d = H5Dcreate2(f, MTR_D_SELECTION_BIAS, H5T_IEEE_F32LE, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
         rc = d < 0 || H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, m->selection_bias) < 0 ? MTR_EHDF5 : 0;
         if (d >= 0) H5Dclose(d);
+        H5Pclose(lcpl);
         H5Sclose(s);
     }
     return rc;

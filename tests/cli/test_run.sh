@@ -399,3 +399,58 @@ expect_exit 0 "phimoe: score (5 languages)" "$CAP" run --mode score --model "$PH
 expect_exit 0 "phimoe: stats correlate" "$BIN/moetrace-stats" correlate --tables "$WORK/pht" \
     --accuracy "$WORK/phs/accuracy.tsv" --band 1-3 --bootstrap 200 --permutations 200
 expect_out "phimoe: correlate gives its verdict" '^# verdict: '
+
+# deepseek_v2 (latent attention, shared experts, DeepSeek's router) end to end: the trace stores the raw f32 gate
+# logits (as the reference computes them) and, for noaux_tc, the selection-only correction bias of every MoE layer
+# (of the recorded ones with --layers), which moetrace-reduce carries into its summaries
+for ds in deepseek_v2 deepseek_v2_noaux; do
+    expect_exit 0 "$ds: capture" "$CAP" run --model "$M/$ds" --corpus "$CORPUS" --langs eng_Latn,fra_Latn,zho_Hans \
+        --limit 12 --out "$WORK/$ds" --dtype f32 --no-sync --quiet
+    expect_exit 0 "$ds: run is valid (info --deep)" "$BIN/moetrace-info" --deep "$WORK/$ds"
+    expect_exit 0 "$ds: reduce" "$BIN/moetrace-reduce" "$WORK/$ds" -o "$WORK/$ds-t" -q
+    if [ $have_torch -eq 1 ]; then
+        out=$($PY - "$WORK/$ds" "$M/$ds" "$TESTS/models" <<'EOF' 2>&1
+import glob, sys, h5py, numpy as np
+sys.path.insert(0, sys.argv[3])
+from ref_moe import MoeModel
+m = MoeModel(sys.argv[2])
+worst, n, bias_ok = 0.0, 0, True
+for shard in sorted(glob.glob(sys.argv[1] + "/shard-*.h5")):
+    with h5py.File(shard, "r") as f:
+        ids, z = f["tok/token_id"][:], f["router/logits"][:]
+        for o, c in zip(f["seq/token_offset"][:], f["seq/n_tokens"][:]):
+            _, routers = m.forward([int(t) for t in ids[o:o + c]])
+            ref = np.stack([r.float().numpy() for r in routers], 1)
+            worst = max(worst, float(np.abs(z[o:o + c] - ref).max() / np.abs(ref).max()))
+            n += 1
+        want = [m.w[f"model.layers.{l}.mlp.gate.e_score_correction_bias"].numpy() for l in m.cfg.moe_layers] \
+            if m.cfg.topk_method == "noaux_tc" else None
+        has = bool(f.attrs["selection_bias"])
+        bias_ok &= (has and np.array_equal(f["router/selection_bias"][:], np.stack(want))) if want else not has
+        bias_ok &= f.attrs["score_fn"] == m.cfg.scoring and bool(f.attrs["renormalize"]) == m.cfg.norm_topk_prob
+print(n, worst, bias_ok)
+EOF
+)
+        set -- $out
+        if [ "${1:-0}" -eq 12 ] && $PY -c "import sys; sys.exit(0 if float('${2:-1}') <= 1e-4 else 1)" 2>/dev/null; then
+            ok "$ds: captured f32 router logits equal the reference (max rel err $2)"
+        else not_ok "$ds: captured logits vs reference" "$out"; fi
+        if [ "${3:-}" = True ]; then ok "$ds: score function, renormalisation and correction bias recorded"
+        else not_ok "$ds: routing description" "$out"; fi
+    fi
+done
+expect_exit 0 "deepseek_v2_noaux: capture --layers 2" "$CAP" run --model "$M/deepseek_v2_noaux" --corpus "$CORPUS" \
+    --langs eng_Latn --limit 2 --out "$WORK/dsl" --no-sync --quiet --layers 2
+if [ $have_torch -eq 1 ]; then
+    same=$($PY - "$WORK/dsl" "$M/deepseek_v2_noaux" "$TESTS/models" <<'EOF' 2>&1
+import glob, sys, h5py, numpy as np
+sys.path.insert(0, sys.argv[3])
+import safetensors_io
+w = safetensors_io.load_checkpoint(sys.argv[2], numpy=True)
+f = h5py.File(sorted(glob.glob(sys.argv[1] + "/shard-*.h5"))[0], "r")
+print(np.array_equal(f["router/selection_bias"][:], w["model.layers.1.mlp.gate.e_score_correction_bias"][None]))
+EOF
+)
+    if [ "$same" = True ]; then ok "deepseek_v2_noaux: --layers 2 stores that layer's correction bias"
+    else not_ok "deepseek_v2_noaux: --layers bias" "$same"; fi
+fi

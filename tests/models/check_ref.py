@@ -35,7 +35,10 @@ class Plain:
         self.nkv = c.get("num_key_value_heads") or self.nh
         self.hd = self.H // self.nh if self.mt == "olmoe" else (c.get("head_dim") or self.H // self.nh)
         self.eps = c["rms_norm_eps"]
-        self.E = c["num_local_experts"] if self.mt in ("mixtral", "phimoe") else c["num_experts"]
+        self.E = c["num_local_experts"] if self.mt in ("mixtral", "phimoe") else \
+            c["n_routed_experts"] if self.mt == "deepseek_v2" else c["num_experts"]
+        if self.mt == "deepseek_v2":
+            self.hd = c["qk_rope_head_dim"]
         self.K = c["num_experts_per_tok"]
         self.renorm = True if self.mt == "mixtral" else bool(c.get("norm_topk_prob", False))
         self.jitter = c.get("router_jitter_noise", 0.01) if self.mt == "phimoe" else None
@@ -44,6 +47,9 @@ class Plain:
             only = set(c.get("mlp_only_layers") or [])
             step = c.get("decoder_sparse_step", 1)
             self.sparse = [l not in only and (l + 1) % step == 0 for l in range(L)]
+        elif self.mt == "deepseek_v2":
+            self.sparse = [l >= c.get("first_k_dense_replace", 0) and l % c.get("moe_layer_freq", 1) == 0
+                           for l in range(L)]
         else:
             self.sparse = [True] * L
         self.moe_layers = [l for l in range(L) if self.sparse[l]]
@@ -78,6 +84,8 @@ class Plain:
             ramp = np.clip((np.arange(d // 2) - lo) / (hi - lo), 0, 1)  # 0: keep, 1: interpolate
             inv = freq * (1 - ramp) + (freq / s) * ramp
             af = rs.get("attention_factor")
+            if af is None and rs.get("mscale") and rs.get("mscale_all_dim"):  # DeepSeek's ratio of the two
+                af = (0.1 * rs["mscale"] * math.log(s) + 1.0) / (0.1 * rs["mscale_all_dim"] * math.log(s) + 1.0)
             return inv, (af if af is not None else (0.1 * math.log(s) + 1.0 if s > 1 else 1.0))
         if kind == "llama3":
             old, lf, hf = rs["original_max_position_embeddings"], rs["low_freq_factor"], rs["high_freq_factor"]
@@ -111,7 +119,76 @@ class Plain:
         a = x @ g.T
         return ((a / (1 + np.exp(-a))) * (x @ u.T)) @ d.T
 
+    def layer_mla(self, l, x):
+        """deepseek_v2's latent attention, one query at a time: per head, the no-rope parts of query and key from
+        their projections, the rope parts rotated pairwise (2i, 2i + 1), the one rope key shared by the heads."""
+        c, w = self.c, self.w
+        p = f"model.layers.{l}.self_attn."
+        T, nh, rd = x.shape[0], self.nh, self.hd
+        nope, vd, kvl = c["qk_nope_head_dim"], c["v_head_dim"], c["kv_lora_rank"]
+        ln = lambda v, g: v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + 1e-6) * g  # noqa: E731
+        if c.get("q_lora_rank"):
+            qa = x @ w[p + "q_a_proj.weight"].T + w.get(p + "q_a_proj.bias", 0)
+            q = ln(qa, w[p + "q_a_layernorm.weight"]) @ w[p + "q_b_proj.weight"].T
+        else:
+            q = x @ w[p + "q_proj.weight"].T
+        q = q.reshape(T, nh, nope + rd)
+        lat = x @ w[p + "kv_a_proj_with_mqa.weight"].T + w.get(p + "kv_a_proj_with_mqa.bias", 0)
+        kv = (ln(lat[:, :kvl], w[p + "kv_a_layernorm.weight"]) @ w[p + "kv_b_proj.weight"].T).reshape(T, nh, nope + vd)
+
+        def rot(v, t):  # v (..., rd) at position t
+            out = v.copy()
+            for i in range(rd // 2):
+                cs, sn = math.cos(t * self.inv[i]) * self.mscale, math.sin(t * self.inv[i]) * self.mscale
+                out[..., 2 * i] = v[..., 2 * i] * cs - v[..., 2 * i + 1] * sn
+                out[..., 2 * i + 1] = v[..., 2 * i] * sn + v[..., 2 * i + 1] * cs
+            return out
+        kpe = np.stack([rot(lat[t, kvl:], t) for t in range(T)])
+        qpe = np.stack([rot(q[t, :, nope:], t) for t in range(T)])
+        scale = (nope + rd) ** -0.5
+        rs = c.get("rope_scaling") or {}
+        if rs.get("mscale_all_dim") and rs.get("factor", 1) > 1:
+            scale *= (0.1 * rs["mscale_all_dim"] * math.log(rs["factor"]) + 1.0) ** 2
+        out = np.zeros((T, nh, vd))
+        for t in range(T):
+            for h in range(nh):
+                sc = np.array([(q[t, h, :nope] @ kv[j, h, :nope] + qpe[t, h] @ kpe[j]) * scale for j in range(t + 1)])
+                pr = np.exp(sc - sc.max())
+                pr /= pr.sum()
+                out[t, h] = sum(pr[j] * kv[j, h, nope:] for j in range(t + 1))
+        return out.reshape(T, -1) @ w[p + "o_proj.weight"].T + w.get(p + "o_proj.bias", 0)
+
+    def deepseek_gate(self, zr, l):
+        """DeepSeek's router, token by token: (gate (T, E) weights at the chosen experts, chosen (T, K))."""
+        c = self.c
+        E, K, G = self.E, self.K, c.get("n_group") or 1
+        method = c.get("topk_method") or "greedy"
+        bias = self.w.get(f"model.layers.{l}.mlp.gate.e_score_correction_bias")
+        gate, chosen = np.zeros_like(zr), []
+        for t, row in enumerate(zr):
+            sc = 1 / (1 + np.exp(-row)) if c.get("scoring_func") == "sigmoid" else np.exp(row - row.max())
+            if c.get("scoring_func") != "sigmoid":
+                sc = sc / sc.sum()
+            pick = sc + bias if method == "noaux_tc" else sc.copy()
+            if method != "greedy" and G > 1:
+                size = E // G
+                groups = [sorted(pick[g * size:(g + 1) * size], reverse=True) for g in range(G)]
+                gs = [sum(v[:2]) if method == "noaux_tc" else v[0] for v in groups]
+                keep = sorted(range(G), key=lambda g: (-gs[g], g))[:c["topk_group"]]
+                for g in range(G):
+                    if g not in keep:
+                        pick[g * size:(g + 1) * size] = 0.0
+            sel = sorted(range(E), key=lambda e: (-pick[e], e))[:K]
+            wk = sc[sel]
+            if K > 1 and c.get("norm_topk_prob"):
+                wk = wk / (wk.sum() + 1e-20)
+            gate[t, sel] = wk * c.get("routed_scaling_factor", 1.0)
+            chosen.append(sel)
+        return gate, np.array(chosen)
+
     def layer_attn(self, l, x):
+        if self.mt == "deepseek_v2":
+            return self.layer_mla(l, x)
         p = f"model.layers.{l}.self_attn."
         w = self.w
         T = x.shape[0]
@@ -144,6 +221,18 @@ class Plain:
 
     def layer_moe(self, l, x, steer, moe_idx, rec):
         w = self.w
+        if self.mt == "deepseek_v2":
+            p = f"model.layers.{l}.mlp."
+            z = x @ w[p + "gate.weight"].T
+            zr = steer(z, moe_idx) if steer else z
+            gate, sel = self.deepseek_gate(zr, l)
+            names = ("gate_proj", "up_proj", "down_proj")
+            out = sum(gate[:, e:e + 1] * self.mlp(x, *(w[p + f"experts.{e}.{n}.weight"] for n in names))
+                      for e in range(self.E))
+            if self.c.get("n_shared_experts"):
+                out = out + self.mlp(x, *(w[p + f"shared_experts.{n}.weight"] for n in names))
+            rec.append((z, zr, sel))
+            return out
         mix = self.mt in ("mixtral", "phimoe")
         p = f"model.layers.{l}." + ("block_sparse_moe." if mix else "mlp.")
         z = x @ w[p + "gate.weight"].T

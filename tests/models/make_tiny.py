@@ -301,6 +301,60 @@ def phimoe_config(**over):
     return dict(sorted(c.items()))
 
 
+def deepseek_v2_config(**over):
+    """DeepseekV2Config as save_pretrained writes it, with the keys DeepSeek's own configs add (scoring_func,
+    moe_layer_freq): multi-head latent attention without the q low-rank path, v_head_dim unlike qk_nope_head_dim,
+    a dense first layer, one shared expert, group-limited greedy routing (4 groups, 2 kept), softmax scores scaled by
+    routed_scaling_factor 2.5, YaRN with mscale_all_dim (the softmax scale's factor) unlike mscale."""
+    c = {
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": BOS,
+        "eos_token_id": EOS,
+        "first_k_dense_replace": 1,
+        "head_dim": 8,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 48,
+        "kv_lora_rank": 16,
+        "max_position_embeddings": 64,
+        "mlp_bias": False,
+        "model_type": "deepseek_v2",
+        "moe_intermediate_size": 16,
+        "moe_layer_freq": 1,
+        "n_group": 4,
+        "n_routed_experts": 8,
+        "n_shared_experts": 1,
+        "norm_topk_prob": False,
+        "num_attention_heads": 2,
+        "num_experts_per_tok": 2,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 2,
+        "pretraining_tp": 1,
+        "q_lora_rank": None,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 4.0, "mscale": 1.0, "mscale_all_dim": 0.8,
+                         "original_max_position_embeddings": 16, "rope_type": "yarn", "type": "yarn"},
+        "rope_theta": 10000.0,
+        "routed_scaling_factor": 2.5,
+        "scoring_func": "softmax",
+        "tie_word_embeddings": False,
+        "topk_group": 2,
+        "topk_method": "group_limited_greedy",
+        "torch_dtype": "float32",
+        "transformers_version": "4.51.0",
+        "use_cache": True,
+        "v_head_dim": 12,
+        "vocab_size": VOCAB,
+    }
+    c.update(over)
+    return dict(sorted(c.items()))
+
+
 def model_specs():
     """name -> (config, seed, shards, steering specs). Steering: {op: {moe_layer: {expert: coef}}}; the last MoE
     layer is written -1."""
@@ -331,6 +385,13 @@ def model_specs():
         "phimoe": dict(config=phimoe_config(), seed=None, shards=1),
         "phimoe_bf16": dict(config=phimoe_config(torch_dtype="bfloat16"), seed=None, shards=1,
                             same_weights_as="phimoe"),
+        "deepseek_v2": dict(config=deepseek_v2_config(), seed=None, shards=1),
+        # DeepSeek-V3's router in a deepseek_v2 config: sigmoid scores, e_score_correction_bias for the choice
+        # only, groups scored by their best two, renormalised then scaled; q through the low-rank path; biases
+        "deepseek_v2_noaux": dict(config=deepseek_v2_config(
+            attention_bias=True, first_k_dense_replace=0, num_hidden_layers=2, q_lora_rank=24, n_shared_experts=2,
+            topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, rope_scaling=None),
+            seed=None, shards=1, gate_std=0.25),
     }
 
 
@@ -351,13 +412,16 @@ assert [len(p) for p in PROMPTS] == [1, 7, 23], [len(p) for p in PROMPTS]
 
 # ---- weights ---------------------------------------------------------------------------------------------------------
 
-def make_weights(cfg, seed):
-    """f32 weights for every tensor of the config, drawn in name order from one seeded generator."""
+def make_weights(cfg, seed, gate_std=1.0):
+    """f32 weights for every tensor of the config, drawn in name order from one seeded generator. gate_std: the
+    router's (sigmoid scores need logits of a few units, not tens)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in sorted(ref_moe.expected_tensors(cfg).items()):
         leaf = name.rsplit(".", 2)[-2]
-        if name.endswith(".bias"):  # attention, LM head and (phimoe) LayerNorm biases
+        if name.endswith("e_score_correction_bias"):
+            t = 0.05 * torch.randn(shape, generator=g)
+        elif name.endswith(".bias"):  # attention, LM head and (phimoe) LayerNorm biases
             t = 0.1 * torch.randn(shape, generator=g)
         elif name.endswith("norm.weight") or leaf.endswith("layernorm") or leaf in ("q_norm", "k_norm", "norm"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
@@ -366,7 +430,7 @@ def make_weights(cfg, seed):
         elif leaf == "shared_expert_gate":
             t = 0.5 * torch.randn(shape, generator=g)
         elif leaf == "gate":
-            t = 1.0 * torch.randn(shape, generator=g)  # wide router logits: top-k not decided by rounding
+            t = gate_std * torch.randn(shape, generator=g)  # wide router logits: top-k not decided by rounding
         elif name == "lm_head.weight":
             t = 0.3 * torch.randn(shape, generator=g)
         else:
@@ -393,8 +457,15 @@ def margins(model, ids, n_prompt, steer=None):
     k = model.cfg.top_k
     rm = float("inf")
     for r in out["moe"]:
-        z = torch.sort(r["routed_on"].float(), dim=-1, descending=True)[0]
-        rm = min(rm, float((z[:, k - 1] - z[:, k]).min()))
+        # what the choice is made on: the logits, or DeepSeek's masked choice scores and its group scores (in
+        # units of 0.009 logits: probabilities and sigmoids are some 100 times narrower)
+        sc = 90.0 if "choice" in r else 1.0
+        z = torch.sort(r.get("choice", r["routed_on"]).float(), dim=-1, descending=True)[0]
+        rm = min(rm, sc * float((z[:, k - 1] - z[:, k]).min()))
+        if r.get("groups") is not None:
+            tg = model.cfg.topk_group
+            gs = torch.sort(r["groups"].float(), dim=-1, descending=True)[0]
+            rm = min(rm, sc * float((gs[:, tg - 1] - gs[:, tg]).min()))
     lg = torch.sort(out["logits"][0, n_prompt - 1:-1].float(), dim=-1, descending=True)[0]
     return rm, (lg[:, 0] - lg[:, 1])
 
@@ -468,7 +539,7 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
         twins = [n for n, s in model_specs().items() if s.get("same_weights_as") == name]
         best = None
         for seed in range(1000, 1000 + seed_tries):
-            w32 = make_weights(cfg, seed)
+            w32 = make_weights(cfg, seed, spec.get("gate_std", 1.0))
             score = float("inf")
             variants = [(cfgd, w32)] + [(model_specs()[n]["config"], {k: v.to(torch.bfloat16) for k, v in w32.items()})
                                         for n in twins]
