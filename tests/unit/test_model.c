@@ -651,6 +651,21 @@ START_TEST(test_model_mismatch)
     ck_assert_int_eq(system(cmd), 0);
     rc = mtr_model_load(&m, tmp, NULL);
     ck_assert_msg(rc == MTR_EFORMAT && strstr(mtr_errmsg(), "llama"), "%s", mtr_errmsg());
+    /* sparsemixer routes two experts; DeepSeek's topk_method and group sizes are checked */
+    static const char *const bad[][3] = {
+        {"phimoe", "s/\"num_experts_per_tok\": *2/\"num_experts_per_tok\": 3/", "sparsemixer"},
+        {"phimoe", "s/\"short_mscale\": *[0-9.]*/\"short_mscale\": \"x\"/", "short_mscale"},
+        {"deepseek_v2", "s/\"group_limited_greedy\"/\"balanced\"/", "topk_method"},
+        {"deepseek_v2", "s/\"n_group\": *4/\"n_group\": 3/", "n_group"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(cmd, sizeof cmd, "rm -rf %s/* && cp -r %s/%s/. %s/ && sed -i '%s' %s/config.json", tmp, models_dir(),
+                 bad[i][0], tmp, bad[i][1], tmp);
+        ck_assert_int_eq(system(cmd), 0);
+        rc = mtr_model_load(&m, tmp, NULL);
+        ck_assert_msg(rc == MTR_EFORMAT && strstr(mtr_errmsg(), bad[i][2]) && strstr(mtr_errmsg(), "config.json"),
+                      "%s / %s: %s: %s", bad[i][0], bad[i][1], mtr_strerror(rc), mtr_errmsg());
+    }
     snprintf(cmd, sizeof cmd, "rm %s/config.json", tmp);
     ck_assert_int_eq(system(cmd), 0);
     rc = mtr_model_load(&m, tmp, NULL);
