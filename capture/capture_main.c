@@ -61,6 +61,7 @@ static int unknown_command(const char *name)
 
 int main(int argc, char **argv)
 {
+    mtr_cli_set_prog(PROG);
     if (argc < 2) {
         errorf(NULL, "missing command (see --help)");
         return EXIT_USAGE;

@@ -8,41 +8,27 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#include "moetrace.h"
+#include "mtr_cli.h"
 
 #define PROG "moetrace-capture"
 
-enum { EXIT_OK = 0, EXIT_USAGE = 1, EXIT_DATA = 2, EXIT_IO = 3 };
-
-extern const char exit_status_text[];
-
-/* One line on stderr: "moetrace-capture[ cmd]: message". */
-void errorf(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Exit status for a library error code (0 / 1 usage / 2 data / 3 I/O). */
-int exit_code_for(int err);
-double now_seconds(void);
-void print_version(void);
-/* "123 B", "1.5 MiB", ... */
-void format_bytes(char *buf, size_t cap, uint64_t n);
-/* Option values: 0 on success, -1 if s is not a valid value (nothing written). */
-int parse_u64(uint64_t *out, const char *s);
-int parse_u32_in(uint32_t *out, const char *s, uint32_t lo, uint32_t hi);
-int parse_double(double *out, const char *s);
-/* Byte count with an optional binary suffix: 123, 64K, 512M, 2G, 1T (also KB, KiB, ...). */
-int parse_bytes(uint64_t *out, const char *s);
-
-/* ---- options: --name VALUE, --name=VALUE, --flag, and -h ---- */
-typedef struct {
-    const char *name; /* without the leading "--" */
-    int id;
-    bool has_arg;
-} cli_option;
-
-#define CLI_HELP (-1)
-/* Parse the option at argv[*i] (moving *i past a separate value): 0 with *opt and *val (NULL for a flag) set,
- * CLI_HELP for -h, or EXIT_USAGE after a one-line error naming cmd. */
+/* The shared command-line conventions (traces/mtr_cli.h) under the short names the commands use. */
+enum { EXIT_OK = MTR_EXIT_OK, EXIT_USAGE = MTR_EXIT_USAGE, EXIT_DATA = MTR_EXIT_DATA, EXIT_IO = MTR_EXIT_IO };
+#define exit_status_text mtr_cli_exit_text
+#define errorf mtr_cli_error
+#define exit_code_for mtr_exit_code
+#define now_seconds mtr_cli_now
+#define format_bytes mtr_cli_format_bytes
+#define parse_u64 mtr_cli_parse_u64
+#define parse_u32_in mtr_cli_parse_u32_in
+#define parse_double mtr_cli_parse_double
+#define parse_bytes mtr_cli_parse_bytes
+typedef mtr_cli_option cli_option;
+#define CLI_HELP MTR_CLI_HELP
+/* Parse the option at argv[*i]: as mtr_cli_next, but a positional argument is a usage error. */
 int cli_next_option(const char *cmd, int argc, char **argv, int *i, const cli_option *opts, size_t n_opts,
                     const cli_option **opt, const char **val);
+void print_version(void);
 
 /* ---- commands ---- */
 int cmd_synth(int argc, char **argv);

@@ -140,7 +140,7 @@ static int print_json(const char *out, const mtr_ingest_result *r, int rc, doubl
     json_object_set_new(j, "n_stalls", json_integer((json_int_t)r->n_stalls));
     json_object_set_new(j, "bad_frame", json_boolean(r->bad_frame));
     json_object_set_new(j, "bad_offset", r->bad_frame ? json_integer((json_int_t)r->bad_offset) : json_null());
-    if (rc) json_object_set_new(j, "error", json_string(mtr_ingest_errmsg()));
+    if (rc) json_object_set_new(j, "error", json_string(mtr_errmsg()));
     json_object_set_new(j, "seconds", json_real(seconds));
     char *text = json_dumps(j, JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     json_decref(j);
@@ -262,11 +262,11 @@ int cmd_ingest(int argc, char **argv)
     if (ps.shown) fputc('\n', stderr);
     if (rc) {
         if (res.bad_frame)
-            errorf(cmd, "%s: %s (%llu earlier sequences kept in %s)", where, mtr_ingest_errmsg(),
+            errorf(cmd, "%s: %s (%llu earlier sequences kept in %s)", where, mtr_errmsg(),
                    (unsigned long long)res.n_written, out);
         else
             errorf(cmd, "%s: %s", rc == MTR_EIO || rc == MTR_EHDF5 || rc == MTR_EEXIST || rc == MTR_EMISMATCH ? out : where,
-                   *mtr_ingest_errmsg() ? mtr_ingest_errmsg() : mtr_strerror(rc));
+                   *mtr_errmsg() ? mtr_errmsg() : mtr_strerror(rc));
     } else if (!quiet) {
         char b[32];
         format_bytes(b, sizeof b, res.bytes_read);

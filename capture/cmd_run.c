@@ -1,7 +1,7 @@
-/* cmd_run.c — `moetrace-capture run`: the native engine (capture/mtr_model.h) over a corpus. Three modes:
- * capture (teacher-forced prefill, router logits of every MoE layer into a run), score (multiple-choice
- * log-likelihood, accuracy per language) and generate (greedy decoding with the KV cache, exact-match accuracy),
- * each optionally under a steering file and each able to record its routing. */
+/* cmd_run.c — `moetrace-capture run`: the native engine (mtr_model.h) over a corpus. Three modes: capture
+ * (teacher-forced prefill, router logits of every MoE layer into a run; here, over the evaluation context's
+ * tokenize / prefill / record), score (multiple-choice log-likelihood) and generate (greedy decoding, exact match),
+ * both in the eval room (mtr_eval.h); each optionally under a steering file and each able to record its routing. */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -13,6 +13,7 @@
 
 #include "cli.h"
 #include "mtr_corpus.h"
+#include "mtr_eval.h"
 #include "mtr_model.h"
 #include "mtr_steer.h"
 #include "mtr_tokenizer.h"
@@ -122,19 +123,10 @@ typedef struct {
     mtr_model *model;
     const mtr_model_config *cfg;
     mtr_tok *tok;
-    mtr_session *sess;
     mtr_steer *steer;
-    uint64_t *steer_rng;       /* (n_moe_layers) gaussian-eps generator states */
-    mtr_model_info info;       /* the recorded layers */
-    uint32_t *rec;             /* (info.n_layers) recorded MoE layer -> engine MoE layer */
+    mtr_eval *ev;              /* the session, its buffers and the item machinery (mtr_eval.h) */
     mtr_writer *w;
-    float *router;             /* (max_tokens, n_moe_layers, n_experts) */
-    float *rec_buf;            /* (max_tokens, info.n_layers, n_experts) with --layers, else NULL */
-    float *sel_bias;           /* (info.n_layers, n_experts) the recorded layers' selection bias with --layers */
-    float *logits;             /* (max_tokens, vocab) */
-    int32_t eos_ids[4];
-    int n_eos;
-    uint64_t n_truncated, tokens;
+    uint64_t n_truncated;
     double t0, last_progress;
 } engine;
 
@@ -173,133 +165,39 @@ static void progress(engine *e, size_t done, size_t total, bool final)
     double now = now_seconds();
     if (!final && now - e->last_progress < 1.0) return;
     e->last_progress = now;
-    double el = now - e->t0, rate = el > 0 ? (double)e->tokens / el : 0;
+    const uint64_t tokens = mtr_eval_tokens(e->ev);
+    double el = now - e->t0, rate = el > 0 ? (double)tokens / el : 0;
     double eta = done ? el / (double)done * (double)(total - done) : 0;
     fprintf(stderr, "\r%s %s: %zu/%zu items, %llu tokens, %.0f tokens/s, ETA %.0f s   %s", PROG, CMD, done, total,
-            (unsigned long long)e->tokens, rate, eta, final ? "\n" : "");
+            (unsigned long long)tokens, rate, eta, final ? "\n" : "");
     fflush(stderr);
 }
 
-/* Tokens of one text: plain (with the tokenizer's special tokens) or as one user turn through the chat template.
- * roles: template tokens (chat scaffolding, bos) vs prompt tokens (the text itself). A token straddling a boundary
- * counts as prompt. add_gen: the template's generation prompt (score / generate). */
+/* score / generate report each item through the eval context's callback */
+static void on_item(void *user, size_t done, size_t total, uint64_t tokens)
+{
+    (void)tokens;
+    progress(user, done, total, false);
+}
+
+/* The item machinery of the evaluation context (mtr_eval.h), under the names capture mode uses. */
 static int tokenize_item(engine *e, mtr_tok_ids *ids, uint8_t **roles, const char *text,
                          const mtr_corpus_message *msgs, size_t n_msgs, bool add_gen)
 {
-    ids->n = 0;
-    bool chat = e->o.chat == 1 || (e->o.chat == -1 && e->o.mode == MODE_CAPTURE && mtr_tok_has_chat_template(e->tok));
-    int rc;
-    if (!chat && !msgs) {
-        mtr_tok_ids plain = MTR_TOK_IDS_INIT;
-        if ((rc = mtr_tok_encode(ids, e->tok, text, strlen(text), MTR_TOK_ADD_SPECIAL))) return rc;
-        if ((rc = mtr_tok_encode(&plain, e->tok, text, strlen(text), 0))) return rc;
-        /* the post-processor's additions (bos / eos) are template tokens */
-        size_t pre = 0;
-        while (pre < ids->n && (ids->n - pre < plain.n || memcmp(ids->ids + pre, plain.ids, plain.n * 4) != 0)) pre++;
-        *roles = realloc(*roles, ids->n + 1);
-        for (size_t i = 0; i < ids->n; i++)
-            (*roles)[i] = pre < ids->n && i >= pre && i < pre + plain.n ? MTR_ROLE_PROMPT : MTR_ROLE_TEMPLATE;
-        mtr_tok_ids_free(&plain);
-        return 0;
-    }
-    mtr_tok_message one = {"user", text};
-    mtr_tok_message *m = &one;
-    size_t nm = 1;
-    if (msgs) {
-        m = calloc(n_msgs, sizeof *m);
-        if (!m) return MTR_ENOMEM;
-        for (size_t i = 0; i < n_msgs; i++) m[i] = (mtr_tok_message){msgs[i].role, msgs[i].content};
-        nm = n_msgs;
-    }
-    mtr_tok_chat_opts co = MTR_TOK_CHAT_OPTS_INIT;
-    co.add_generation_prompt = add_gen;
-    co.enable_thinking = e->o.thinking;
-    char *rendered = NULL;
-    rc = mtr_tok_apply_chat_template(&rendered, e->tok, m, nm, &co);
-    if (m != &one) free(m);
-    if (rc) return rc;
-    if ((rc = mtr_tok_encode(ids, e->tok, rendered, strlen(rendered), 0))) {
-        free(rendered);
-        return rc;
-    }
-    *roles = realloc(*roles, ids->n + 1);
-    for (size_t i = 0; i < ids->n; i++) (*roles)[i] = MTR_ROLE_TEMPLATE;
-    /* the content of every turn is prompt: find each content's bytes in the rendering, then the tokens whose
-     * prefix/suffix encodings leave it (longest common prefix and suffix with the whole) */
-    size_t from = 0;
-    for (size_t k = 0; k < (msgs ? n_msgs : 1); k++) {
-        const char *content = msgs ? msgs[k].content : text;
-        /* assistant turns of a chat item are the response, every other turn's content is prompt */
-        const uint8_t role = msgs && msgs[k].role && strcmp(msgs[k].role, "assistant") == 0 ? MTR_ROLE_RESPONSE
-                                                                                           : MTR_ROLE_PROMPT;
-        if (!*content) continue;
-        const char *at = strstr(rendered + from, content);
-        if (!at) continue;
-        size_t b0 = (size_t)(at - rendered), b1 = b0 + strlen(content);
-        from = b1;
-        mtr_tok_ids pre = MTR_TOK_IDS_INIT, suf = MTR_TOK_IDS_INIT;
-        if (mtr_tok_encode(&pre, e->tok, rendered, b0, 0) == 0 &&
-            mtr_tok_encode(&suf, e->tok, rendered + b1, strlen(rendered + b1), 0) == 0) {
-            size_t lp = 0, ls = 0;
-            while (lp < pre.n && lp < ids->n && pre.ids[lp] == ids->ids[lp]) lp++;
-            while (ls < suf.n && ls < ids->n - lp && suf.ids[suf.n - 1 - ls] == ids->ids[ids->n - 1 - ls]) ls++;
-            for (size_t i = lp; i < ids->n - ls; i++) (*roles)[i] = role;
-        }
-        mtr_tok_ids_free(&pre);
-        mtr_tok_ids_free(&suf);
-    }
-    free(rendered);
-    return 0;
+    return mtr_eval_tokenize(ids, roles, e->ev, text, msgs, n_msgs, add_gen);
 }
 
-/* Forward ids[0..n) from the start of a fresh session in batches; router rows into e->router when capturing;
- * the logits of the last n_logits tokens into e->logits. */
 static int prefill(engine *e, const int32_t *ids, uint32_t n, bool want_router, uint32_t n_logits)
 {
-    mtr_session_reset(e->sess);
-    const size_t row = (size_t)e->cfg->n_moe_layers * e->cfg->n_experts;
-    for (uint32_t at = 0; at < n; at += e->o.batch) {
-        uint32_t b = n - at < e->o.batch ? n - at : e->o.batch;
-        mtr_forward_io io = MTR_FORWARD_IO_INIT;
-        io.router = want_router ? e->router + (size_t)at * row : NULL;
-        io.steer = e->steer;
-        io.steer_rng = e->steer ? e->steer_rng : NULL;
-        /* logits only for the rows asked, which may start in an earlier batch */
-        uint32_t first = n - n_logits;
-        if (n_logits && at + b > first) {
-            uint32_t lo = first > at ? first - at : 0;
-            io.n_logits = b - lo;
-            io.logits = e->logits + (size_t)(at + lo - first) * e->cfg->vocab_size;
-        }
-        /* a capture-only forward may stop after the last MoE layer, but only for the final batch: earlier ones
-         * must fill the cache of every layer */
-        if (want_router && !io.n_logits && at + b < n) io.stop_after_layer = e->cfg->n_layers;
-        int rc = mtr_model_forward(e->sess, ids + at, b, &io);
-        if (rc) return rc;
-    }
-    e->tokens += n;
-    return 0;
-}
-
-/* The recorded layers of n tokens whose router rows start at row first, as the writer takes them. */
-static const float *recorded(engine *e, size_t first, uint32_t n)
-{
-    const mtr_model_config *c = e->cfg;
-    const float *z = e->router + first * c->n_moe_layers * c->n_experts;
-    if (e->info.n_layers == c->n_moe_layers) return z;
-    for (uint32_t t = 0; t < n; t++)
-        for (uint32_t l = 0; l < e->info.n_layers; l++)
-            memcpy(e->rec_buf + ((size_t)t * e->info.n_layers + l) * c->n_experts,
-                   z + ((size_t)t * c->n_moe_layers + e->rec[l]) * c->n_experts, c->n_experts * sizeof(float));
-    return e->rec_buf;
+    return mtr_eval_prefill(e->ev, ids, n, want_router, n_logits);
 }
 
 static int record_at(engine *e, size_t first, uint64_t seq, const char *unit, const char *lang, const char *dataset,
                      const int32_t *ids, const uint8_t *roles, uint32_t n)
 {
     if (!e->w) return 0;
-    mtr_seq_meta meta = {seq, unit, lang, dataset, n, e->steer ? MTR_SEQ_STEERED : 0u};
-    return mtr_writer_append(e->w, &meta, ids, NULL, roles, recorded(e, first, n), MTR_DTYPE_F32);
+    mtr_seq_meta meta = {seq, unit, lang, dataset, n, 0};
+    return mtr_eval_record(e->ev, first, &meta, ids, roles);
 }
 
 static int record(engine *e, uint64_t seq, const char *unit, const char *lang, const char *dataset,
@@ -362,7 +260,8 @@ static int open_writer(engine *e, const char *dir, bool resume)
     if (st_text) wo.steering = st_text;
     const char *base = strrchr(e->o.corpus, '/');
     wo.corpus_id = base && base[1] ? base + 1 : e->o.corpus;
-    int rc = mtr_writer_create(&e->w, dir, &e->info, &wo);
+    int rc = mtr_writer_create(&e->w, dir, mtr_eval_info(e->ev), &wo);
+    if (rc == 0) mtr_eval_set_writer(e->ev, e->w);
     free(cs_text);
     free(st_text);
     return rc;
@@ -386,15 +285,7 @@ static int flush_packed(engine *e, const mtr_corpus *corpus, const packed_item *
     if (n_pk == 1) rc = prefill(e, ids, total, true, 0);
     else {
         for (size_t q = 0; q < n_pk; q++) lens[q] = pk[q].len;
-        mtr_session_reset(e->sess);
-        mtr_forward_io io = MTR_FORWARD_IO_INIT;
-        io.router = e->router;
-        io.steer = e->steer;
-        io.steer_rng = e->steer ? e->steer_rng : NULL;
-        io.seq_lens = lens;
-        io.n_seqs = (uint32_t)n_pk;
-        rc = mtr_model_forward(e->sess, ids, total, &io);
-        e->tokens += total;
+        rc = mtr_eval_prefill_packed(e->ev, ids, lens, (uint32_t)n_pk);
     }
     if (rc) return fail_lib(e->o.corpus, rc);
     for (size_t q = 0; q < n_pk; q++) {
@@ -432,7 +323,7 @@ static int run_capture(engine *e, const mtr_corpus *corpus, json_t *summary)
             continue;
         }
         if ((rc = tokenize_item(e, &ids, &roles, it->text, it->messages, it->n_messages, false))) {
-            errorf(CMD, "%s: item %zu (line %zu): %s", e->o.corpus, i + 1, it->line, mtr_tok_errmsg());
+            errorf(CMD, "%s: item %zu (line %zu): %s", e->o.corpus, i + 1, it->line, mtr_errmsg());
             rc = exit_code_for(rc);
             goto done;
         }
@@ -476,419 +367,36 @@ done:
     return rc;
 }
 
-/* ---- accuracy tables ------------------------------------------------------------------------------------- */
+/* ---- score and generate --------------------------------------------------------------------------------- */
 
-typedef struct {
-    char lang[64], dataset[64];
-    uint64_t n, correct, correct_norm;
-} acc_row;
-
-static acc_row *acc_find(acc_row **rows, size_t *n, const char *lang, const char *dataset)
+/* Score or generate over the set, then write items.tsv, accuracy.tsv and accuracy.json into --out; the accuracy
+ * rows also go into the summary. */
+static int run_eval(engine *e, const mtr_mc *mc, const mtr_gen *gen, const mtr_prompts *prompts, json_t *summary)
 {
-    for (size_t i = 0; i < *n; i++)
-        if (!strcmp((*rows)[i].lang, lang) && !strcmp((*rows)[i].dataset, dataset)) return &(*rows)[i];
-    acc_row *r = realloc(*rows, (*n + 1) * sizeof *r);
-    if (!r) return NULL;
-    *rows = r;
-    r = &r[(*n)++];
-    memset(r, 0, sizeof *r);
-    snprintf(r->lang, sizeof r->lang, "%s", lang);
-    snprintf(r->dataset, sizeof r->dataset, "%s", dataset);
-    return r;
-}
-
-static int write_accuracy(engine *e, const acc_row *rows, size_t n, bool with_norm, json_t *summary)
-{
-    char path[4096], tmp[4200];
-    snprintf(path, sizeof path, "%s/accuracy.tsv", e->o.out);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        errorf(CMD, "%s: cannot write: %s", tmp, strerror(errno));
-        return EXIT_IO;
-    }
-    fprintf(f, "# %s run %s: model=%s corpus=%s steer=%s\n", PROG, e->o.mode == MODE_SCORE ? "score" : "generate",
-            e->info.model_id, e->o.corpus, e->o.steer_path ? e->o.steer_path : "none");
-    fprintf(f, "#lang\ttask\tmetric\tvalue\tn\n");
-    json_t *ja = json_array();
-    for (size_t i = 0; i < n; i++) {
-        double acc = rows[i].n ? (double)rows[i].correct / (double)rows[i].n : NAN;
-        fprintf(f, "%s\t%s\taccuracy\t%.6f\t%llu\n", rows[i].lang, rows[i].dataset, acc,
-                (unsigned long long)rows[i].n);
-        json_array_append_new(ja, json_pack("{s:s, s:s, s:s, s:f, s:I}", "lang", rows[i].lang, "task",
-                                            rows[i].dataset, "metric", "accuracy", "value", acc, "n",
-                                            (json_int_t)rows[i].n));
-        if (with_norm) {
-            double an = rows[i].n ? (double)rows[i].correct_norm / (double)rows[i].n : NAN;
-            fprintf(f, "%s\t%s\taccuracy_norm\t%.6f\t%llu\n", rows[i].lang, rows[i].dataset, an,
-                    (unsigned long long)rows[i].n);
-            json_array_append_new(ja, json_pack("{s:s, s:s, s:s, s:f, s:I}", "lang", rows[i].lang, "task",
-                                                rows[i].dataset, "metric", "accuracy_norm", "value", an, "n",
-                                                (json_int_t)rows[i].n));
-        }
-    }
-    int bad = ferror(f);
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        json_decref(ja);
-        errorf(CMD, "%s: cannot write", path);
-        return EXIT_IO;
-    }
-    snprintf(path, sizeof path, "%s/accuracy.json", e->o.out);
-    json_t *doc = json_pack("{s:s, s:s, s:s, s:O}", "model", e->info.model_id, "corpus", e->o.corpus, "steer",
-                            e->o.steer_path ? e->o.steer_path : "none", "accuracy", ja);
-    int rc = json_dump_file(doc, path, JSON_INDENT(1) | JSON_SORT_KEYS);
-    json_decref(doc);
-    json_object_set_new(summary, "accuracy", ja);
-    if (rc) {
-        errorf(CMD, "%s: cannot write", path);
-        return EXIT_IO;
-    }
-    return 0;
-}
-
-static FILE *open_items(engine *e, const char *header)
-{
+    mtr_eval_result r = MTR_EVAL_RESULT_INIT;
+    const run_opts *o = &e->o;
+    size_t n = mc ? mtr_mc_count(mc) : mtr_gen_count(gen);
+    int rc = mc ? mtr_eval_score(&r, e->ev, mc, prompts, o->template_name)
+                : mtr_eval_generate(&r, e->ev, gen, prompts, o->template_name);
+    if (rc) return fail_lib(NULL, rc);
+    progress(e, n, n, true);
     char path[4096];
-    snprintf(path, sizeof path, "%s/items.tsv", e->o.out);
-    FILE *f = fopen(path, "w");
-    if (!f) errorf(CMD, "%s: cannot write: %s", path, strerror(errno));
-    else fprintf(f, "%s\n", header);
-    return f;
-}
-
-/* TSV field: tabs, newlines and backslashes escaped */
-static void put_field(FILE *f, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\t') fputs("\\t", f);
-        else if (*s == '\n') fputs("\\n", f);
-        else if (*s == '\r') fputs("\\r", f);
-        else if (*s == '\\') fputs("\\\\", f);
-        else fputc(*s, f);
-    }
-}
-
-static double log_softmax_at(const float *logits, uint32_t V, int32_t id)
-{
-    float mx = logits[0];
-    for (uint32_t v = 1; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
-    double s = 0;
-    for (uint32_t v = 0; v < V; v++) s += exp((double)logits[v] - mx);
-    return (double)logits[id] - mx - log(s);
-}
-
-/* ---- score ----------------------------------------------------------------------------------------------- */
-
-static int run_score(engine *e, const mtr_mc *set, const mtr_prompts *prompts, json_t *summary)
-{
-    size_t n = mtr_mc_count(set);
-    acc_row *rows = NULL;
-    size_t n_rows = 0;
-    int rc = 0;
-    mtr_tok_ids ctx = MTR_TOK_IDS_INIT, whole = MTR_TOK_IDS_INIT;
-    uint8_t *roles = NULL;
-    double *ll = NULL;
-    FILE *items = open_items(e, "#unit_id\tlang\ttask\tgold\tpred\tpred_norm\tcorrect\tloglik");
-    if (!items) return EXIT_IO;
-    const uint32_t V = e->cfg->vocab_size;
-    for (size_t i = 0; i < n; i++) {
-        const mtr_mc_item *it = mtr_mc_get(set, i);
-        mtr_prompt_mc pm = {NULL, NULL, 0};
-        if ((rc = mtr_prompt_render_mc(&pm, prompts, e->o.template_name, it))) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_corpus_errmsg());
-            rc = EXIT_DATA;
-            goto done;
-        }
-        if ((rc = tokenize_item(e, &ctx, &roles, pm.prompt, NULL, 0, true))) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_tok_errmsg());
-            rc = EXIT_DATA;
-            mtr_prompt_mc_free(&pm);
-            goto done;
-        }
-        if (ctx.n + 1 > e->o.max_tokens) {
-            errorf(CMD, "%s: item %zu: the prompt has %zu tokens, more than --max-tokens %u", e->o.corpus, i + 1,
-                   ctx.n, e->o.max_tokens);
-            rc = EXIT_DATA;
-            mtr_prompt_mc_free(&pm);
-            goto done;
-        }
-        const uint32_t c = (uint32_t)ctx.n;
-        if ((rc = prefill(e, ctx.ids, c, e->w != NULL, 1))) {
-            rc = fail_lib(e->o.corpus, rc);
-            mtr_prompt_mc_free(&pm);
-            goto done;
-        }
-        if (e->w && (rc = record(e, i, it->unit_id, it->lang, it->dataset, ctx.ids, roles, c))) {
-            rc = fail_lib(e->o.trace, rc);
-            mtr_prompt_mc_free(&pm);
-            goto done;
-        }
-        /* the prefill ended after the last MoE layer when capturing without logits; here logits were asked, so
-         * the cache is whole and each choice continues from the prompt */
-        bool cache_is_ctx = true;
-        float *last = malloc((size_t)V * sizeof *last);
-        memcpy(last, e->logits, (size_t)V * sizeof *last);
-        free(ll);
-        ll = calloc(it->n_choices, sizeof *ll);
-        double *lln = calloc(it->n_choices, sizeof *lln);
-        for (size_t k = 0; k < it->n_choices && !rc; k++) {
-            size_t clen = strlen(pm.continuations[k]);
-            if (e->o.chat == 1) {
-                /* with a chat template the continuation follows the rendered prompt's tokens directly */
-                whole.n = 0;
-                if (whole.cap < ctx.n) {
-                    int32_t *grown = realloc(whole.ids, ctx.n * sizeof *grown);
-                    if (grown) whole.ids = grown, whole.cap = ctx.n;
-                    else rc = MTR_ENOMEM;
-                }
-                if (!rc) {
-                    memcpy(whole.ids, ctx.ids, ctx.n * sizeof *whole.ids);
-                    whole.n = ctx.n;
-                    rc = mtr_tok_encode(&whole, e->tok, pm.continuations[k], clen, 0);
-                }
-            } else {
-                /* as lm-evaluation-harness: encode(context + continuation), the context's tokens taken off below */
-                size_t plen = strlen(pm.prompt);
-                char *joint = malloc(plen + clen + 1);
-                if (!joint) rc = MTR_ENOMEM;
-                else {
-                    memcpy(joint, pm.prompt, plen);
-                    memcpy(joint + plen, pm.continuations[k], clen + 1);
-                    rc = tokenize_item(e, &whole, &roles, joint, NULL, 0, true);
-                    free(joint);
-                }
-            }
-            if (rc) {
-                errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_tok_errmsg());
-                rc = EXIT_DATA;
-                break;
-            }
-            uint32_t p = 0;
-            while (p < c && p < whole.n && whole.ids[p] == ctx.ids[p]) p++;
-            if (whole.n <= c || whole.n > e->o.max_tokens) {
-                ll[k] = -INFINITY;
-                lln[k] = -INFINITY;
-                continue;
-            }
-            uint32_t nc = (uint32_t)whole.n - c;
-            if (nc > e->o.batch) {
-                errorf(CMD, "%s: item %zu: choice %zu has %u tokens, more than --batch %u", e->o.corpus, i + 1, k,
-                       nc, e->o.batch);
-                rc = EXIT_DATA;
-                break;
-            }
-            double s = 0;
-            if (p == c) {
-                /* the prompt's cache and last logits serve every choice */
-                if (!cache_is_ctx && (rc = prefill(e, ctx.ids, c, false, 1))) break;
-                cache_is_ctx = true;
-                s += log_softmax_at(last, V, whole.ids[c]);
-                if (nc > 1) {
-                    if ((rc = mtr_session_truncate(e->sess, c))) break;
-                    mtr_forward_io io = MTR_FORWARD_IO_INIT;
-                    io.logits = e->logits;
-                    io.n_logits = nc - 1;
-                    io.steer = e->steer;
-                    io.steer_rng = e->steer ? e->steer_rng : NULL;
-                    if ((rc = mtr_model_forward(e->sess, whole.ids + c, nc - 1, &io))) break;
-                    for (uint32_t q = 1; q < nc; q++)
-                        s += log_softmax_at(e->logits + (size_t)(q - 1) * V, V, whole.ids[c + q]);
-                }
-            } else {
-                /* the continuation changed how the prompt's end tokenises: run the whole text, read the rows that
-                 * predict the continuation (positions c-1 .. n-2) */
-                cache_is_ctx = false;
-                if ((rc = prefill(e, whole.ids, (uint32_t)whole.n - 1, false, nc))) break;
-                for (uint32_t q = 0; q < nc; q++) s += log_softmax_at(e->logits + (size_t)q * V, V, whole.ids[c + q]);
-            }
-            ll[k] = s;
-            lln[k] = s / (double)(clen ? clen : 1);
-            e->tokens += nc;
-        }
-        free(last);
-        if (rc) {
-            free(lln);
-            mtr_prompt_mc_free(&pm);
-            rc = rc > 0 ? rc : fail_lib(e->o.corpus, rc);
-            goto done;
-        }
-        size_t pred = 0, pred_n = 0;
-        for (size_t k = 1; k < it->n_choices; k++) {
-            if (ll[k] > ll[pred]) pred = k;
-            if (lln[k] > lln[pred_n]) pred_n = k;
-        }
-        acc_row *r = acc_find(&rows, &n_rows, it->lang, it->dataset);
-        r->n++;
-        r->correct += pred == it->answer;
-        r->correct_norm += pred_n == it->answer;
-        put_field(items, it->unit_id);
-        fputc('\t', items);
-        put_field(items, it->lang);
-        fputc('\t', items);
-        put_field(items, it->dataset);
-        fprintf(items, "\t%zu\t%zu\t%zu\t%d\t", it->answer, pred, pred_n, pred == it->answer);
-        for (size_t k = 0; k < it->n_choices; k++) fprintf(items, "%s%.6f", k ? "," : "", ll[k]);
-        fputc('\n', items);
-        free(lln);
-        mtr_prompt_mc_free(&pm);
-        progress(e, i + 1, n, false);
-    }
-    progress(e, n, n, true);
-    fclose(items);
-    items = NULL;
-    rc = write_accuracy(e, rows, n_rows, true, summary);
+    const mtr_eval_meta meta = {mc ? PROG " " CMD " score" : PROG " " CMD " generate", mtr_eval_info(e->ev)->model_id,
+                                o->corpus, o->steer_path};
+    snprintf(path, sizeof path, "%s/items.tsv", o->out);
+    if ((rc = mtr_eval_write_items(path, &r))) goto done;
+    snprintf(path, sizeof path, "%s/accuracy.tsv", o->out);
+    if ((rc = mtr_eval_write_accuracy_tsv(path, &r, &meta))) goto done;
+    snprintf(path, sizeof path, "%s/accuracy.json", o->out);
+    if ((rc = mtr_eval_write_accuracy_json(path, &r, &meta))) goto done;
+    /* the summary's rows are the file's */
+    json_t *doc = json_load_file(path, 0, NULL);
+    json_t *acc = doc ? json_object_get(doc, "accuracy") : NULL;
+    if (acc) json_object_set(summary, "accuracy", acc);
+    json_decref(doc);
 done:
-    if (items) fclose(items);
-    free(rows);
-    free(ll);
-    free(roles);
-    mtr_tok_ids_free(&ctx);
-    mtr_tok_ids_free(&whole);
-    return rc;
-}
-
-/* ---- generate -------------------------------------------------------------------------------------------- */
-
-static bool is_eos(const engine *e, int32_t id)
-{
-    for (int i = 0; i < e->n_eos; i++)
-        if (e->eos_ids[i] == id) return true;
-    return false;
-}
-
-static int run_generate(engine *e, const mtr_gen *set, const mtr_prompts *prompts, json_t *summary)
-{
-    size_t n = mtr_gen_count(set);
-    acc_row *rows = NULL;
-    size_t n_rows = 0;
-    int rc = 0;
-    mtr_tok_ids ids = MTR_TOK_IDS_INIT;
-    uint8_t *roles = NULL;
-    FILE *items = open_items(e, "#unit_id\tlang\ttask\tgold\tcorrect\tn_new\tgenerated");
-    if (!items) return EXIT_IO;
-    const uint32_t V = e->cfg->vocab_size;
-    const size_t row = (size_t)e->cfg->n_moe_layers * e->cfg->n_experts;
-    const size_t tok_vocab = mtr_tok_vocab_size(e->tok);
-    int32_t *text_ids = malloc(((size_t)e->o.max_new + 1) * sizeof *text_ids);
-    if (!text_ids) return fail_lib(NULL, MTR_ENOMEM);
-    for (size_t i = 0; i < n; i++) {
-        const mtr_gen_item *it = mtr_gen_get(set, i);
-        char *prompt = NULL;
-        if ((rc = mtr_prompt_render_gen(&prompt, prompts, e->o.template_name, it))) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_corpus_errmsg());
-            rc = EXIT_DATA;
-            goto done;
-        }
-        rc = tokenize_item(e, &ids, &roles, prompt, NULL, 0, true);
-        free(prompt);
-        if (rc) {
-            errorf(CMD, "%s: item %zu: %s", e->o.corpus, i + 1, mtr_tok_errmsg());
-            rc = EXIT_DATA;
-            goto done;
-        }
-        uint32_t c = (uint32_t)ids.n;
-        if (c + 1 > e->o.max_tokens) {
-            errorf(CMD, "%s: item %zu: the prompt has %u tokens, more than --max-tokens %u", e->o.corpus, i + 1, c,
-                   e->o.max_tokens);
-            rc = EXIT_DATA;
-            goto done;
-        }
-        if ((rc = prefill(e, ids.ids, c, e->w != NULL, 1))) {
-            rc = fail_lib(e->o.corpus, rc);
-            goto done;
-        }
-        uint32_t n_new = 0;
-        char *text = NULL;
-        size_t text_len = 0;
-        for (;;) {
-            const float *lg = e->logits;
-            int32_t best = 0;
-            for (uint32_t v = 1; v < V; v++)
-                if (lg[v] > lg[best]) best = (int32_t)v;
-            if (is_eos(e, best)) break;
-            if (ids.n == ids.cap) {
-                size_t nc = ids.cap ? ids.cap * 2 : 64;
-                int32_t *g = realloc(ids.ids, nc * sizeof *g);
-                if (!g) {
-                    free(text);
-                    rc = fail_lib(NULL, MTR_ENOMEM);
-                    goto done;
-                }
-                ids.ids = g;
-                ids.cap = nc;
-            }
-            ids.ids[ids.n++] = best;
-            n_new++;
-            free(text);
-            text = NULL;
-            /* ids past the tokenizer's (the model's padded vocabulary) decode to nothing, as in transformers */
-            size_t n_text = 0;
-            for (uint32_t q = 0; q < n_new; q++)
-                if ((size_t)ids.ids[c + q] < tok_vocab) text_ids[n_text++] = ids.ids[c + q];
-            if ((rc = mtr_tok_decode(&text, &text_len, e->tok, text_ids, n_text, MTR_TOK_SKIP_SPECIAL))) {
-                errorf(CMD, "%s: %s", e->o.model_dir, mtr_tok_errmsg());
-                rc = exit_code_for(rc);
-                goto done;
-            }
-            bool stop = false;
-            for (size_t s = 0; s < e->o.n_stops && !stop; s++) {
-                char *at = strstr(text, e->o.stops[s]);
-                if (at) *at = '\0', stop = true;
-            }
-            if (stop || n_new >= e->o.max_new || c + n_new >= e->o.max_tokens) break;
-            mtr_forward_io io = MTR_FORWARD_IO_INIT;
-            io.logits = e->logits;
-            io.n_logits = 1;
-            io.router = e->w ? e->router + (size_t)(c + n_new - 1) * row : NULL;
-            io.steer = e->steer;
-            io.steer_rng = e->steer ? e->steer_rng : NULL;
-            if ((rc = mtr_model_forward(e->sess, &best, 1, &io))) {
-                free(text);
-                rc = fail_lib(e->o.corpus, rc);
-                goto done;
-            }
-            e->tokens++;
-        }
-        /* routing of the prompt and of every generated token that went through the model */
-        uint32_t routed = c + (n_new ? n_new - 1 : 0);
-        if (e->w) {
-            roles = realloc(roles, routed + 1);
-            for (uint32_t t = c; t < routed; t++) roles[t] = MTR_ROLE_GENERATED;
-            if ((rc = record(e, i, it->unit_id, it->lang, it->dataset, ids.ids, roles, routed))) {
-                free(text);
-                rc = fail_lib(e->o.trace, rc);
-                goto done;
-            }
-        }
-        bool ok = text && mtr_corpus_answer_matches(it->answer, text);
-        acc_row *r = acc_find(&rows, &n_rows, it->lang, it->dataset);
-        r->n++;
-        r->correct += ok;
-        put_field(items, it->unit_id);
-        fputc('\t', items);
-        put_field(items, it->lang);
-        fputc('\t', items);
-        put_field(items, it->dataset);
-        fputc('\t', items);
-        put_field(items, it->answer);
-        fprintf(items, "\t%d\t%u\t", ok, n_new);
-        put_field(items, text ? text : "");
-        fputc('\n', items);
-        free(text);
-        progress(e, i + 1, n, false);
-    }
-    progress(e, n, n, true);
-    fclose(items);
-    items = NULL;
-    rc = write_accuracy(e, rows, n_rows, false, summary);
-done:
-    free(text_ids);
-    if (items) fclose(items);
-    free(rows);
-    free(roles);
-    mtr_tok_ids_free(&ids);
-    return rc;
+    mtr_eval_result_free(&r);
+    return rc ? fail_lib(NULL, rc) : 0;
 }
 
 /* ---- command line ---------------------------------------------------------------------------------------- */
@@ -1096,28 +604,22 @@ int cmd_run(int argc, char **argv)
     else if (o->mode == MODE_SCORE) rc = mtr_mc_load(&mc, o->corpus, &co);
     else rc = mtr_gen_load(&gen, o->corpus, &co);
     if (rc) {
-        errorf(CMD, "%s", mtr_corpus_errmsg());
+        errorf(CMD, "%s", mtr_errmsg());
         rc = exit_code_for(rc);
         goto done;
     }
     if (o->mode != MODE_CAPTURE) {
         const char *pp = o->prompts ? o->prompts : default_prompts();
         if ((rc = mtr_prompts_load(&prompts, pp))) {
-            errorf(CMD, "%s", mtr_corpus_errmsg());
+            errorf(CMD, "%s", mtr_errmsg());
             rc = exit_code_for(rc);
             goto done;
         }
-        int kind = mtr_prompts_kind(prompts, o->template_name);
-        if (kind != (o->mode == MODE_SCORE ? MTR_PROMPT_MC : MTR_PROMPT_GEN)) {
-            errorf(CMD, "%s: no %s template '%s'", pp, o->mode == MODE_SCORE ? "multiple-choice" : "generation",
-                   o->template_name);
-            rc = EXIT_USAGE;
+        if ((rc = mtr_eval_check_template(prompts, o->template_name,
+                                          o->mode == MODE_SCORE ? MTR_EVAL_SCORE : MTR_EVAL_GENERATE))) {
+            rc = fail_lib(pp, rc);
             goto done;
         }
-        const char *const *ts = NULL;
-        size_t nts = 0;
-        if (o->mode == MODE_GENERATE && mtr_prompts_stops(&ts, &nts, prompts, o->template_name) == 0)
-            for (size_t k = 0; k < nts && o->n_stops < MAX_STOPS; k++) o->stops[o->n_stops++] = ts[k];
     }
     mtr_model_opts mo = MTR_MODEL_OPTS_INIT;
     mo.n_threads = (int)o->threads;
@@ -1127,57 +629,21 @@ int cmd_run(int argc, char **argv)
     }
     e.cfg = mtr_model_get_config(e.model);
     if ((rc = mtr_tok_load(&e.tok, o->model_dir))) {
-        errorf(CMD, "%s", mtr_tok_errmsg());
+        errorf(CMD, "%s", mtr_errmsg());
         rc = exit_code_for(rc);
         goto done;
     }
-    if (o->chat == 1 && !mtr_tok_has_chat_template(e.tok)) {
-        errorf(CMD, "%s: --chat, but the tokenizer has no chat template", o->model_dir);
-        rc = EXIT_USAGE;
-        goto done;
-    }
-    if (mtr_tok_vocab_size(e.tok) > e.cfg->vocab_size) {
-        errorf(CMD, "%s: the tokenizer has %zu ids, the model's vocabulary %u", o->model_dir,
-               mtr_tok_vocab_size(e.tok), e.cfg->vocab_size);
-        rc = EXIT_DATA;
-        goto done;
-    }
-    if (e.cfg->eos_token_id >= 0) e.eos_ids[e.n_eos++] = e.cfg->eos_token_id;
-    const char *eos_s = mtr_tok_eos_token(e.tok);
-    int32_t eid = eos_s ? mtr_tok_token_to_id(e.tok, eos_s) : -1;
-    if (eid >= 0 && !is_eos(&e, eid)) e.eos_ids[e.n_eos++] = eid;
-    int32_t im_end = mtr_tok_token_to_id(e.tok, "<|im_end|>");
-    if (im_end >= 0 && !is_eos(&e, im_end)) e.eos_ids[e.n_eos++] = im_end;
-
-    mtr_model_info_of(&e.info, e.model, o->model_id);
-    const uint32_t L = e.cfg->n_moe_layers, E = e.cfg->n_experts;
-    e.rec = calloc(L, sizeof *e.rec);
+    const uint32_t L = e.cfg->n_moe_layers;
     mask = calloc(L, sizeof *mask);
-    if (!e.rec || !mask) {
+    if (!mask) {
         rc = fail_lib(NULL, MTR_ENOMEM);
         goto done;
     }
-    if (o->layers) {
-        if (parse_layers(mask, L, o->layers)) {
-            errorf(CMD, "--layers '%s': want 1-based MoE layers in 1..%u like 1-4,10", o->layers, L);
-            rc = EXIT_USAGE;
-            goto done;
-        }
-        uint32_t k = 0;
-        for (uint32_t l = 0; l < L; l++)
-            if (mask[l]) e.rec[k] = l, e.info.layer_index[k++] = e.cfg->moe_layer_index[l];
-        e.info.n_layers = k;
-        if (e.info.selection_bias) { /* the recorded layers' rows of the model's selection-only bias */
-            if (!(e.sel_bias = malloc((size_t)k * E * sizeof *e.sel_bias))) {
-                rc = fail_lib(NULL, MTR_ENOMEM);
-                goto done;
-            }
-            for (uint32_t i = 0; i < k; i++)
-                memcpy(e.sel_bias + (size_t)i * E, e.info.selection_bias + (size_t)e.rec[i] * E, E * sizeof(float));
-            e.info.selection_bias = e.sel_bias;
-        }
-    } else
-        for (uint32_t l = 0; l < L; l++) e.rec[l] = l;
+    if (o->layers && parse_layers(mask, L, o->layers)) {
+        errorf(CMD, "--layers '%s': want 1-based MoE layers in 1..%u like 1-4,10", o->layers, L);
+        rc = EXIT_USAGE;
+        goto done;
+    }
     if (o->steer_path) {
         if ((rc = mtr_steer_load(&e.steer, o->steer_path))) {
             rc = fail_lib(NULL, rc);
@@ -1189,22 +655,25 @@ int cmd_run(int argc, char **argv)
             rc = fail_lib(o->steer_path, rc);
             goto done;
         }
-        e.steer_rng = calloc(L, sizeof *e.steer_rng);
-        if (!e.steer_rng) {
-            rc = fail_lib(NULL, MTR_ENOMEM);
-            goto done;
-        }
-        for (uint32_t l = 0; l < L; l++) e.steer_rng[l] = mtr_steer_layer_seed(o->have_seed ? o->seed : e.steer->seed, l);
     }
-    if ((rc = mtr_session_create(&e.sess, e.model, o->max_tokens + 1, o->batch))) {
-        rc = fail_lib(NULL, rc);
-        goto done;
-    }
-    e.router = malloc(((size_t)o->max_tokens + 1) * L * E * sizeof *e.router);
-    if (e.info.n_layers < L) e.rec_buf = malloc(((size_t)o->max_tokens + 1) * e.info.n_layers * E * sizeof *e.rec_buf);
-    e.logits = malloc((size_t)(o->batch > 1 ? o->batch : 1) * e.cfg->vocab_size * sizeof *e.logits);
-    if (!e.router || (e.info.n_layers < L && !e.rec_buf) || !e.logits) {
-        rc = fail_lib(NULL, MTR_ENOMEM);
+    /* chat: --chat, or in capture mode by default when the tokenizer has a template */
+    mtr_eval_opts eo = MTR_EVAL_OPTS_INIT;
+    eo.chat = o->chat == 1 || (o->chat == -1 && o->mode == MODE_CAPTURE && mtr_tok_has_chat_template(e.tok));
+    eo.thinking = o->thinking;
+    eo.max_tokens = o->max_tokens;
+    eo.batch = o->batch;
+    eo.model_id = o->model_id;
+    eo.record_layers = o->layers ? mask : NULL;
+    eo.steer = e.steer;
+    eo.steer_seed_set = o->have_seed;
+    eo.steer_seed = o->seed;
+    eo.max_new = o->max_new;
+    eo.stops = o->stops;
+    eo.n_stops = o->n_stops;
+    eo.progress = on_item;
+    eo.progress_user = &e;
+    if ((rc = mtr_eval_create(&e.ev, e.model, e.tok, &eo))) {
+        rc = fail_lib(o->model_dir, rc);
         goto done;
     }
     if (o->mode == MODE_CAPTURE) {
@@ -1219,7 +688,7 @@ int cmd_run(int argc, char **argv)
             rc = fail_lib(NULL, rc);
             goto done;
         }
-        rc = o->mode == MODE_SCORE ? run_score(&e, mc, prompts, summary) : run_generate(&e, gen, prompts, summary);
+        rc = run_eval(&e, mc, gen, prompts, summary);
     }
     if (rc < 0) rc = exit_code_for(rc);
     if (e.w) {
@@ -1229,14 +698,15 @@ int cmd_run(int argc, char **argv)
     }
     if (!rc) {
         mtr_forward_stats fs;
-        mtr_session_stats(e.sess, &fs);
+        mtr_eval_stats(e.ev, &fs);
+        const uint64_t tokens = mtr_eval_tokens(e.ev);
         double el = now_seconds() - e.t0;
-        json_object_set_new(summary, "model", json_string(e.info.model_id));
+        json_object_set_new(summary, "model", json_string(mtr_eval_info(e.ev)->model_id));
         json_object_set_new(summary, "model_type", json_string(e.cfg->model_type));
-        json_object_set_new(summary, "tokens", json_integer((json_int_t)e.tokens));
+        json_object_set_new(summary, "tokens", json_integer((json_int_t)tokens));
         json_object_set_new(summary, "items_truncated", json_integer((json_int_t)e.n_truncated));
         json_object_set_new(summary, "seconds", json_real(el));
-        json_object_set_new(summary, "forward_tokens_per_s", json_real(el > 0 ? e.tokens / el : 0));
+        json_object_set_new(summary, "forward_tokens_per_s", json_real(el > 0 ? tokens / el : 0));
         json_object_set_new(summary, "gflops", json_real(fs.flops / 1e9));
         json_object_set_new(summary, "out", json_string(o->out));
         if (e.n_truncated && !o->quiet)
@@ -1248,20 +718,14 @@ int cmd_run(int argc, char **argv)
             free(s);
         } else if (!o->quiet)
             fprintf(stderr, "%s %s: %llu tokens in %.1f s (%.0f tokens/s); results in %s\n", PROG, CMD,
-                    (unsigned long long)e.tokens, el, el > 0 ? e.tokens / el : 0, o->out);
+                    (unsigned long long)tokens, el, el > 0 ? tokens / el : 0, o->out);
     }
 done:
     if (e.w) mtr_writer_destroy(e.w);
     json_decref(summary);
     free(mask);
-    free(e.rec);
-    free(e.router);
-    free(e.rec_buf);
-    free(e.sel_bias);
-    free(e.logits);
-    mtr_session_destroy(e.sess);
+    mtr_eval_destroy(e.ev);
     mtr_steer_destroy(e.steer);
-    free(e.steer_rng);
     mtr_tok_destroy(e.tok);
     mtr_model_destroy(e.model);
     mtr_corpus_destroy(corpus);

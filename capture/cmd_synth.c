@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "synth.h"
+#include "mtr_synth.h"
 
 /* ---- synth ----------------------------------------------------------------------------------------------- */
 
@@ -274,7 +274,7 @@ int cmd_synth(int argc, char **argv)
     }
 
     if (mtr_synth_opts_check(&o) != 0) {
-        errorf(cmd, "%s", mtr_synth_errmsg());
+        errorf(cmd, "%s", mtr_errmsg());
         return EXIT_USAGE;
     }
 
@@ -292,7 +292,7 @@ int cmd_synth(int argc, char **argv)
     if (ps.shown)
         fputc('\n', stderr);
     if (rc) {
-        errorf(cmd, "%s", *mtr_synth_errmsg() ? mtr_synth_errmsg() : mtr_strerror(rc));
+        errorf(cmd, "%s", *mtr_errmsg() ? mtr_errmsg() : mtr_strerror(rc));
         return exit_code_for(rc);
     }
     if (!quiet) {

@@ -2,7 +2,6 @@
  * and ids back to text, through the tokenizer module (capture/mtr_tokenizer.h). Lets users check what a capture
  * fed the model. */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,7 +108,7 @@ static int do_item(mtr_tok *t, const tok_opts *o, char *line, size_t len, size_t
             return EXIT_DATA;
         }
         if ((rc = mtr_tok_decode(&s, &slen, t, ids->ids, ids->n, o->skip_special ? MTR_TOK_SKIP_SPECIAL : 0))) {
-            errorf("tokenize", "line %zu: %s", lineno, mtr_tok_errmsg());
+            errorf("tokenize", "line %zu: %s", lineno, mtr_errmsg());
             return rc == MTR_ENOMEM ? EXIT_IO : EXIT_DATA;
         }
         if (o->jsonl) {
@@ -174,7 +173,7 @@ static int do_item(mtr_tok *t, const tok_opts *o, char *line, size_t len, size_t
             goto done;
         }
         if ((rc = mtr_tok_apply_chat_template(&rendered, t, msgs ? msgs : &one, msgs ? nmsg : 1, &co))) {
-            errorf("tokenize", "line %zu: chat template: %s", lineno, mtr_tok_errmsg());
+            errorf("tokenize", "line %zu: chat template: %s", lineno, mtr_errmsg());
             status = rc == MTR_ENOTFOUND ? EXIT_USAGE : EXIT_DATA;
             goto done;
         }
@@ -193,7 +192,7 @@ static int do_item(mtr_tok *t, const tok_opts *o, char *line, size_t len, size_t
                      (o->split_special ? MTR_TOK_SPLIT_SPECIAL : 0);
     ids->n = 0;
     if ((rc = mtr_tok_encode(ids, t, text, tlen, flags))) {
-        errorf("tokenize", "line %zu: %s", lineno, mtr_tok_errmsg());
+        errorf("tokenize", "line %zu: %s", lineno, mtr_errmsg());
         status = rc == MTR_ENOMEM ? EXIT_IO : EXIT_DATA;
         goto done;
     }
@@ -208,30 +207,37 @@ done:
 int cmd_tokenize(int argc, char **argv)
 {
     enum { O_TOK = 256, O_JSONL, O_CHAT, O_GEN, O_THINK, O_ADD, O_SPLIT, O_TOKENS, O_DECODE, O_SKIP, O_RENDER, O_HELP };
-    static const struct option lopts[] = {
-        {"tokenizer", required_argument, NULL, O_TOK}, {"jsonl", no_argument, NULL, O_JSONL},
-        {"chat", no_argument, NULL, O_CHAT}, {"generation-prompt", no_argument, NULL, O_GEN},
-        {"thinking", required_argument, NULL, O_THINK}, {"add-special", no_argument, NULL, O_ADD},
-        {"split-special", no_argument, NULL, O_SPLIT}, {"tokens", no_argument, NULL, O_TOKENS},
-        {"decode", no_argument, NULL, O_DECODE}, {"skip-special", no_argument, NULL, O_SKIP},
-        {"render", no_argument, NULL, O_RENDER}, {"help", no_argument, NULL, O_HELP}, {NULL, 0, NULL, 0}};
+    static const mtr_cli_option lopts[] = {
+        {"tokenizer", O_TOK, true}, {"jsonl", O_JSONL, false}, {"chat", O_CHAT, false},
+        {"generation-prompt", O_GEN, false}, {"thinking", O_THINK, true}, {"add-special", O_ADD, false},
+        {"split-special", O_SPLIT, false}, {"tokens", O_TOKENS, false}, {"decode", O_DECODE, false},
+        {"skip-special", O_SKIP, false}, {"render", O_RENDER, false}, {"help", O_HELP, false}};
     tok_opts o;
     memset(&o, 0, sizeof o);
     o.thinking = -1;
-    optind = 1;
-    opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+    const char *first_pos = NULL, *second_pos = NULL;
+    for (int ai = 1; ai < argc; ai++) {
+        const mtr_cli_option *opt = NULL;
+        const char *val = NULL;
+        int pr = mtr_cli_next("tokenize", argc, argv, &ai, lopts, sizeof lopts / sizeof lopts[0], &opt, &val);
+        if (pr == MTR_CLI_POSITIONAL) {
+            if (!first_pos) first_pos = val;
+            else if (!second_pos) second_pos = val;
+            continue;
+        }
+        if (pr > 0) return pr;
+        c = pr == MTR_CLI_HELP ? 'h' : opt->id;
         switch (c) {
-        case O_TOK: o.tokenizer = optarg; break;
+        case O_TOK: o.tokenizer = val; break;
         case O_JSONL: o.jsonl = true; break;
         case O_CHAT: o.chat = true; break;
         case O_GEN: o.gen_prompt = true; break;
         case O_THINK:
-            if (strcmp(optarg, "on") == 0) o.thinking = 1;
-            else if (strcmp(optarg, "off") == 0) o.thinking = 0;
+            if (strcmp(val, "on") == 0) o.thinking = 1;
+            else if (strcmp(val, "off") == 0) o.thinking = 0;
             else {
-                errorf("tokenize", "--thinking takes on or off, not '%s'", optarg);
+                errorf("tokenize", "--thinking takes on or off, not '%s'", val);
                 return EXIT_USAGE;
             }
             break;
@@ -243,16 +249,15 @@ int cmd_tokenize(int argc, char **argv)
         case O_RENDER: o.render = true; break;
         case 'h': case O_HELP: tokenize_help(); return EXIT_OK;
         default:
-            errorf("tokenize", "unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
-            return EXIT_USAGE;
+            break;
         }
     }
     if (!o.tokenizer) {
         errorf("tokenize", "no tokenizer given (--tokenizer DIR|FILE)");
         return EXIT_USAGE;
     }
-    if (optind < argc - 1) {
-        errorf("tokenize", "one input at most, got '%s' and '%s'", argv[optind], argv[optind + 1]);
+    if (second_pos) {
+        errorf("tokenize", "one input at most, got '%s' and '%s'", first_pos, second_pos);
         return EXIT_USAGE;
     }
     if (o.decode && (o.chat || o.tokens)) {
@@ -263,7 +268,7 @@ int cmd_tokenize(int argc, char **argv)
         errorf("tokenize", "--render needs --chat");
         return EXIT_USAGE;
     }
-    const char *in = optind < argc ? argv[optind] : "-";
+    const char *in = first_pos ? first_pos : "-";
     FILE *f = strcmp(in, "-") == 0 ? stdin : fopen(in, "rb");
     if (!f) {
         errorf("tokenize", "%s: %s", in, strerror(errno));
@@ -272,7 +277,7 @@ int cmd_tokenize(int argc, char **argv)
     mtr_tok *t = NULL;
     int rc = mtr_tok_load(&t, o.tokenizer);
     if (rc) {
-        errorf("tokenize", "%s", mtr_tok_errmsg());
+        errorf("tokenize", "%s", mtr_errmsg());
         if (f != stdin) fclose(f);
         return rc == MTR_ENOTFOUND ? EXIT_DATA : exit_code_for(rc);
     }

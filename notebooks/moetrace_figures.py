@@ -1,7 +1,27 @@
 """The paper's figures from moetrace outputs: loaders for the moetrace-reduce tables (reduce/SUMMARIES.md) and the
-moetrace-stats outputs (band.txt, correlate.json, experts.tsv, steering JSON), and one function per figure that
-returns a matplotlib Figure. The notebooks in this directory call these; tests compare the plotted numbers with
-the TSVs. Layers are shown 1-based, as in the TSVs; experts 0-based. Headless: the Agg backend, no pyplot.
+moetrace-stats outputs (band.txt, correlate.json, experts.tsv, overlap.tsv, steering JSON, effects/*.json), and one
+function per figure that returns a matplotlib Figure. The notebooks in this directory call these; tests compare the
+plotted numbers with the TSVs. Layers are shown 1-based, as in the TSVs; experts 0-based. Headless: the Agg
+backend, no pyplot.
+
+One band for every figure: the middle band comes from one place (MOETRACE_BAND, else the band file band.txt or
+band.json that `moetrace-stats band` wrote into the results directory, else correlate.json, else the model
+profile). Figures of moetrace-stats outputs computed with a band (correlate.json, experts.tsv, overlap.tsv, the
+steering files) check that it is that band and refuse to draw otherwise (BandMismatch): run those steps with
+`--band RESULTS/band.txt`.
+
+Results directory layout (what `make demo` writes; every file optional, a figure whose input is missing is
+skipped):
+  tables/                 moetrace-reduce tables (div_from_en.tsv, div_pairwise.tsv, entropy.tsv, ...)
+  band.txt | band.json    moetrace-stats band (the one band)
+  correlate.json          moetrace-stats correlate --json --band band.txt
+  experts.tsv             moetrace-stats experts --band band.txt
+  overlap.tsv             moetrace-stats overlap --band band.txt (TSV, or overlap.json from --json)
+  steer/NAME.json         moetrace-stats steer --band band.txt --out steer (task, outside_band, multilingual, ...)
+  run/accuracy.tsv        accuracies (or the file correlate.json names; MOETRACE_ACCURACY overrides)
+  effects/NAME.json       moetrace-stats effect --json --baseline BASE --steered STEERED --steer steer/NAME.h5,
+                          one per steering file (NAME = its intervention: task, outside_band, multilingual,
+                          random, deactivate); the steered accuracies behind them may live anywhere
 
 Command line (no Jupyter needed):
   moetrace_figures.py draw RESULTS [FIGURES]      draw every figure
@@ -34,11 +54,23 @@ FIGURES = {
     "fig5_task_experts": ("fig_task_experts", "task-expert Delta (layers x experts), selected experts marked"),
     "fig6_specialisation": ("fig_specialisation", "language specialisation of experts: top-language share by layer"),
     "fig7_steering": ("fig_steering", "coefficient matrix of the steering file"),
+    "fig8_divergence_accuracy": ("fig_divergence_accuracy",
+                                 "divergence from English per layer, each curve coloured by its language's accuracy"),
+    "fig9_layer_correlation": ("fig_layer_correlation", "per-layer Pearson r of divergence vs accuracy, with its CI"),
+    "fig10_overlap": ("fig_overlap", "task and multilingual experts and their overlap as a function of tau"),
+    "fig11_effects": ("fig_effects", "intervention effects per language: the selection and every control"),
 }
+
+# the order of interventions in the effects figure: the selection, then the controls `moetrace-stats steer` writes
+INTERVENTIONS = ("task", "outside_band", "multilingual", "random", "deactivate")
 
 
 class MissingInput(Exception):
     """A figure's input file is not in the results directory (the figure is skipped, not an error)."""
+
+
+class BandMismatch(ValueError):
+    """A moetrace-stats output was computed with another band than the one every figure uses (an error)."""
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
@@ -222,8 +254,9 @@ def _lang_aliases(res):
 
 
 def middle_band(res):
-    """The middle band to shade: MOETRACE_BAND (A-B), else band.txt (moetrace-stats band), else the band of
-    correlate.json, else the model profile in config/models whose model_id is the tables' model; else None."""
+    """The one middle band of every figure: MOETRACE_BAND (A-B), else band.txt or band.json (moetrace-stats band),
+    else the band of correlate.json, else the model profile in config/models whose model_id is the tables' model;
+    else None."""
     env = os.environ.get("MOETRACE_BAND")
     if env:
         a, _, b = env.partition("-")
@@ -233,11 +266,37 @@ def middle_band(res):
         for line in p.read_text(encoding="utf-8").splitlines():
             if line.startswith("# band: "):
                 return _band_from_text(line[len("# band: "):])
+        raise ValueError(f"{p}: no '# band: A-B' line (write it with moetrace-stats band)")
+    p = res.root / "band.json"
+    if p.is_file():
+        b = json.loads(p.read_text(encoding="utf-8"))["band"]
+        return Band(b["first"], b["last"], b.get("source", "band.json"))
     if (res.root / "correlate.json").is_file():
         b = res.correlate().get("band")
         if b:
             return Band(b["first"], b["last"], b.get("source", "correlate.json"))
     return profile_band(res)
+
+
+def band_origin(res):
+    """Where middle_band takes the band from, for messages."""
+    if os.environ.get("MOETRACE_BAND"):
+        return "MOETRACE_BAND"
+    for n in ("band.txt", "band.json", "correlate.json"):
+        if (res.root / n).is_file():
+            return str(res.root / n)
+    return "the model profile"
+
+
+def same_band(res, other, what):
+    """The middle band, after checking that `other` (the band a moetrace-stats output was computed with, a Band or
+    (first, last); None: nothing to check) is the same. BandMismatch otherwise."""
+    band = middle_band(res)
+    if band is not None and other is not None and (int(other[0]), int(other[1])) != (band.first, band.last):
+        raise BandMismatch(f"{what} was computed with band {int(other[0])}-{int(other[1])}, but the figures use "
+                           f"{band.first}-{band.last} ({band_origin(res)}): rerun it with --band "
+                           f"{res.root / 'band.txt'} so every figure shows one band")
+    return band
 
 
 def profile_band(res):
@@ -370,6 +429,7 @@ def alignment_points(res):
     Pearson r of the plotted points)."""
     c = res.correlate()
     band = Band(c["band"]["first"], c["band"]["last"], c["band"].get("source", ""))
+    same_band(res, band, "correlate.json")
     div = divergence_series(res)
     out = []
     for t in c["results"]:
@@ -471,6 +531,118 @@ def steering_matrix(path):
     return d, coef
 
 
+def layer_correlations(res):
+    """Per task of correlate.json: dict(task, layers (1-based), r, ci_lo, ci_hi, rho (Spearman), n (languages per
+    layer), band_mean (its pearson dict), band (the correlation's band)); null values as NaN."""
+    c = res.correlate()
+    band = same_band(res, (c["band"]["first"], c["band"]["last"]), "correlate.json")
+    num = lambda v: math.nan if v is None else float(v)  # noqa: E731
+    out = []
+    for t in c["results"]:
+        rows = sorted(t["layers"], key=lambda r: r["layer"])
+        ci = [r["pearson"].get("ci") or [None, None] for r in rows]
+        out.append(dict(task=t["task"], layers=np.array([r["layer"] for r in rows]),
+                        r=np.array([num(r["pearson"]["r"]) for r in rows]),
+                        ci_lo=np.array([num(x[0]) for x in ci]), ci_hi=np.array([num(x[1]) for x in ci]),
+                        rho=np.array([num(r["spearman"]["r"]) for r in rows]),
+                        n=np.array([r["n_langs"] for r in rows]), band_mean=t["band_mean"]["pearson"],
+                        band_spearman=t["band_mean"]["spearman"], band=band))
+    return out
+
+
+def overlap_table(res):
+    """From overlap.tsv (or overlap.json), moetrace-stats overlap: dict(tau, n_task, n_multilingual, n_overlap as
+    arrays sorted by tau, dataset, band)."""
+    p = res.file("overlap.tsv", "overlap.json", what="overlap.tsv (moetrace-stats overlap)")
+    if p.suffix == ".json":
+        d = json.loads(p.read_text(encoding="utf-8"))
+        rows, band, dataset = d["rows"], (d["band"]["first"], d["band"]["last"]), None
+    else:
+        t = Table(p)
+        rows = t.rows
+        bt = t.meta_value("band")
+        band = _band_from_text(bt) if bt else None
+        te = t.meta_value("task experts") or ""
+        dataset = te.split("dataset ", 1)[1].split()[0] if "dataset " in te else None
+    if not rows:
+        raise MissingInput(f"{p}: no rows")
+    band = same_band(res, band, p.name)
+    rows = sorted(rows, key=lambda r: float(r["tau"]))
+    col = lambda k: np.array([float(r[k]) for r in rows])  # noqa: E731
+    return dict(tau=col("tau"), n_task=col("n_task"), n_multilingual=col("n_multilingual"),
+                n_overlap=col("n_overlap"), dataset=dataset, band=band, path=p)
+
+
+def effect_files(res):
+    """{intervention: path} of effects/*.json (moetrace-stats effect --json, one per steering file), named by the
+    intervention the JSON records (its steering file's name), else the file name; ordered as INTERVENTIONS, then
+    the others by name."""
+    d = res.root / "effects"
+    found = {}
+    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+        name = json.loads(p.read_text(encoding="utf-8")).get("intervention") or p.stem
+        if name in found:
+            raise ValueError(f"{p}: a second effect file for intervention {name} ({found[name]})")
+        found[name] = p
+    if not found:
+        raise MissingInput(f"{d}: no NAME.json (moetrace-stats effect --json, one per steering file)")
+    order = [n for n in INTERVENTIONS if n in found] + sorted(n for n in found if n not in INTERVENTIONS)
+    return {n: found[n] for n in order}
+
+
+def intervention_effects(res, task=None):
+    """Per intervention (effect_files order) for one task (default: the first task of the first file): dict(task,
+    names, langs (non-English, in the order of the first file), gain[name] (per language, NaN where a language is
+    missing), mean, ci_lo, ci_hi, sign_p, english_gain, layers, op, n_experts, n_langs)."""
+    files = effect_files(res)
+    eng = res.english()
+    out = dict(names=list(files), gain={}, mean={}, ci_lo={}, ci_hi={}, sign_p={}, english_gain={}, layers={},
+               op={}, n_experts={}, n_langs={}, task=task, langs=None)
+    for name, p in files.items():
+        rows = json.loads(p.read_text(encoding="utf-8"))["rows"]
+        if out["task"] is None:
+            out["task"] = rows[0]["task"]
+        row = next((r for r in rows if r["task"] == out["task"]), None)
+        if row is None:
+            raise MissingInput(f"{p}: no task {out['task']}")
+        per = {x["lang"]: float(x["gain"]) for x in row["per_lang"]}
+        if out["langs"] is None:
+            out["langs"] = [x["lang"] for x in row["per_lang"] if x["lang"] != eng]
+        out["gain"][name] = np.array([per.get(g, math.nan) for g in out["langs"]])
+        out["mean"][name], (out["ci_lo"][name], out["ci_hi"][name]) = float(row["gain"]), map(float, row["gain_ci"])
+        out["sign_p"][name] = float(row["sign_p"])
+        out["english_gain"][name] = math.nan if row.get("english_gain") is None else float(row["english_gain"])
+        for k in ("layers", "op", "n_experts", "n_langs"):
+            out[k][name] = row.get(k)
+        if str(row.get("n_experts")) not in ("0", "-"):  # an empty file names the band's layers, steering none
+            _check_effect_layers(res, name, row.get("layers"), p)
+    return out
+
+
+def _layer_set(text):
+    """'3-6,9' -> {3, 4, 5, 6, 9}; '-' or '' -> set()."""
+    out = set()
+    for part in (text or "").split(","):
+        a, _, b = part.strip().partition("-")
+        if a.isdigit():
+            out |= set(range(int(a), int(b if b.isdigit() else a) + 1))
+    return out
+
+
+def _check_effect_layers(res, name, layers, path):
+    """The steering behind an effect file must sit where its intervention says, in the figures' band: the selection
+    and the in-band controls inside it, outside_band outside it. BandMismatch otherwise."""
+    band = middle_band(res)
+    ls = _layer_set(layers)
+    if band is None or not ls:
+        return
+    inside = {l for l in ls if band.first <= l <= band.last}
+    if (name == "outside_band" and inside) or (name != "outside_band" and name in INTERVENTIONS and inside != ls):
+        raise BandMismatch(f"{path}: intervention {name} steers layers {layers}, which does not fit the figures' band "
+                           f"{band.first}-{band.last} ({band_origin(res)}): make the steering files with --band "
+                           f"{res.root / 'band.txt'}")
+
+
 # ---- drawing ------------------------------------------------------------------------------------------------------
 
 def lang_colors(langs):
@@ -488,8 +660,9 @@ def _label(g, names):
 
 def _shade_band(ax, band, label=True):
     if band:
-        ax.axvspan(band.first - 0.5, band.last + 0.5, color="0.85", zorder=0,
-                   label=band.label() if label else None)
+        span = ax.axvspan(band.first - 0.5, band.last + 0.5, color="0.85", zorder=0,
+                          label=band.label() if label else None)
+        span.set_gid("band")
 
 
 def _layer_axis(ax, L):
@@ -652,9 +825,10 @@ def fig_task_experts(res):
     marked."""
     dataset, lang, m = delta_matrix(res)
     try:
-        _, tau, band, sets = experts_file(res)
+        _, tau, eband, sets = experts_file(res)
     except MissingInput:
-        tau, band, sets = None, None, {}
+        tau, eband, sets = None, None, {}
+    band = same_band(res, eband, "experts.tsv")
     sel = sets.get("task", [])
     L, E = m.shape
     fig = Figure(figsize=(max(8, min(16, 4 + 0.14 * E)), max(5, min(12, 2.5 + 0.22 * L))), layout="constrained")
@@ -729,6 +903,8 @@ def fig_steering(res, path=None):
     """Figure 7: the coefficient matrix of a steering file (default steer/task.json), layers (rows, 1-based MoE
     layers) x experts (image gid 'coef'), target layers marked."""
     d, coef = steering_matrix(path or steering_file(res))
+    pb = (d.get("provenance") or {}).get("band") or {}
+    same_band(res, (pb["first"], pb["last"]) if "first" in pb else None, f"steering file {d.get('name', '?')}")
     L, E = coef.shape
     fig = Figure(figsize=(max(8, min(16, 4 + 0.14 * E)), max(5, min(12, 2.5 + 0.22 * L))), layout="constrained")
     ax = fig.add_subplot()
@@ -753,6 +929,190 @@ def fig_steering(res, path=None):
     ax.set_ylabel("MoE layer (1-based)")
     fig.colorbar(im, ax=ax, label=f"coefficient ({meaning})", shrink=0.9)
     _title(fig, "Steering coefficients", res)
+    return fig
+
+
+def accuracy_norm(values):
+    """(colormap, Normalize) of the accuracy colour scale: red (low) -> yellow -> green (high), as the paper's
+    colour bar, over the range of the plotted accuracies."""
+    from matplotlib.colors import Normalize
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if hi <= lo:
+        lo, hi = lo - 0.05, hi + 0.05
+    return colormaps["RdYlGn"], Normalize(lo, hi)
+
+
+def fig_divergence_accuracy(res, task=None):
+    """Figure 8 (the paper's Fig. 2): Div[lang, layer] from div_from_en.tsv, one line per language (gid = language
+    code) coloured by the language's accuracy (red low, green high) with a colour bar; languages without an
+    accuracy grey and dashed; the middle band shaded."""
+    series = divergence_series(res)
+    if task is None:
+        try:
+            task = res.correlate()["results"][0]["task"]
+        except (MissingInput, KeyError, IndexError):
+            task = None
+    acc = accuracies(res, task)
+    if task is None and acc:
+        task = read_accuracy(res, accuracy_file(res))[0][1]
+    have = [g for g in series if g in acc]
+    if not have:
+        raise MissingInput(f"{accuracy_file(res)}: no accuracy for the languages of div_from_en.tsv")
+    cmap, norm = accuracy_norm([acc[g] for g in have])
+    band = middle_band(res)
+    names = language_names(res)
+    fig = Figure(figsize=(10, 6.2 + 0.12 * len(series)), layout="constrained")
+    ax = fig.add_subplot()
+    _shade_band(ax, band)
+    for g in sorted(series, key=lambda g: acc.get(g, -1.0)):  # the best-scoring languages drawn last, on top
+        layers, v = series[g]
+        if g in acc:
+            line, = ax.plot(layers, v, marker="o", ms=3, lw=1.8, color=cmap(norm(acc[g])),
+                            label=f"{_label(g, names)}: {acc[g]:.2f}")
+        else:
+            line, = ax.plot(layers, v, ls="--", lw=1.0, color="0.6", label=f"{_label(g, names)}: no accuracy")
+        line.set_gid(g)
+    from matplotlib.cm import ScalarMappable
+    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=0.9, pad=0.01)
+    cb.set_label(f"accuracy ({task})")
+    _layer_axis(ax, res.n_layers())
+    ax.set_ylabel("routing divergence from English\n(entropy-normalised JSD)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    h, lab = ax.get_legend_handles_labels()
+    ax.legend(h[::-1], lab[::-1], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3,
+              title="language: accuracy", title_fontsize=8)
+    _title(fig, "Routing divergence from English, coloured by accuracy", res)
+    return fig
+
+
+def fig_layer_correlation(res):
+    """Figure 9: per task, Pearson r across languages of divergence from English with accuracy, layer by layer
+    (line gid 'r:TASK'), its percentile bootstrap CI as a band (lines gid 'ci_lo:TASK' / 'ci_hi:TASK', fill
+    between), Spearman rho dotted (gid 'rho:TASK'), the band-mean r with its CI over the middle band (gid
+    'band:TASK'), all from correlate.json."""
+    tasks = layer_correlations(res)
+    L = res.n_layers()
+    fig = Figure(figsize=(10.5, 4.2 * len(tasks) + 0.6), layout="constrained")
+    axes = fig.subplots(len(tasks), 1, squeeze=False)[:, 0]
+    for ax, t in zip(axes, tasks):
+        band = t["band"]
+        _shade_band(ax, band)
+        lev = res.correlate().get("settings", {}).get("level", 0.95)
+        ax.fill_between(t["layers"], t["ci_lo"], t["ci_hi"], color="tab:blue", alpha=0.2,
+                        label=f"{100 * lev:.0f}% bootstrap CI")
+        ax.plot(t["layers"], t["ci_lo"], color="tab:blue", lw=0.6, alpha=0.6, gid=f"ci_lo:{t['task']}")
+        ax.plot(t["layers"], t["ci_hi"], color="tab:blue", lw=0.6, alpha=0.6, gid=f"ci_hi:{t['task']}")
+        ax.plot(t["layers"], t["r"], color="tab:blue", marker="o", ms=3, lw=1.6, label="Pearson r",
+                gid=f"r:{t['task']}")
+        ax.plot(t["layers"], t["rho"], color="tab:purple", ls=":", lw=1.2, label="Spearman rho",
+                gid=f"rho:{t['task']}")
+        bm = t["band_mean"]
+        if band is not None and bm.get("r") is not None:
+            ci = bm.get("ci") or [math.nan, math.nan]
+            x = [band.first - 0.5, band.last + 0.5]
+            ax.plot(x, [bm["r"]] * 2, color="k", lw=2, gid=f"band:{t['task']}",
+                    label=f"band mean: r = {bm['r']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+            ax.fill_between(x, [ci[0]] * 2, [ci[1]] * 2, color="k", alpha=0.08)
+            sp = t["band_spearman"]
+            ax.text(0.0, -0.16, f"band mean: Pearson p = {bm['p']:.2g} (t), permutation p = {bm['p_perm']:.2g} "
+                    f"({bm.get('p_perm_method', '?')}); Spearman rho = {sp['r']:.3f}, p = {sp['p']:.2g} "
+                    f"({sp.get('p_method', '?')}); {int(np.max(t['n']))} languages",
+                    transform=ax.transAxes, fontsize=8, va="top", bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_ylim(-1.08, 1.08)
+        _layer_axis(ax, L)
+        ax.set_ylabel("correlation across languages")
+        ax.set_title(f"task {t['task']}: divergence from English vs accuracy, per layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _title(fig, "Per-layer correlation of routing alignment with accuracy", res)
+    return fig
+
+
+def fig_overlap(res):
+    """Figure 10: from overlap.tsv, the numbers of task experts (gid 'n_task'), multilingual-specialised experts
+    (gid 'n_multilingual') and experts in both (gid 'n_overlap') as functions of tau; the tau of experts.tsv
+    marked; the paper finds no overlap at tau >= 0.3."""
+    o = overlap_table(res)
+    try:
+        tau_sel = experts_file(res)[1]
+    except MissingInput:
+        tau_sel = None
+    fig = Figure(figsize=(8.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(o["tau"], o["n_task"], marker="o", color="tab:orange", gid="n_task",
+            label=f"task experts ({o['dataset'] or 'task'}, band layers)")
+    ax.plot(o["tau"], o["n_multilingual"], marker="s", color="tab:green", gid="n_multilingual",
+            label="multilingual-specialised experts")
+    ax.plot(o["tau"], o["n_overlap"], marker="D", color="k", lw=2, gid="n_overlap", label="in both sets")
+    for x, n in zip(o["tau"], o["n_overlap"]):
+        ax.annotate(f"{int(n)}", (x, n), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
+    if tau_sel is not None:
+        ax.axvline(tau_sel, color="0.4", ls="--", lw=1, label=f"tau of the selection ({tau_sel:g})")
+    ax.axvspan(0.3, max(0.3, float(o["tau"].max())) + 0.02, color="0.92", zorder=0,
+               label="tau >= 0.3 (the paper: no overlap)")
+    ax.set_xlabel("tau (Delta threshold)")
+    ax.set_ylabel("number of experts")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    b = o["band"]
+    ax.set_title("Task vs multilingual experts" + (f" (task experts in band {b.first}-{b.last})" if b else ""),
+                 fontsize=10)
+    _title(fig, "Overlap of task and multilingual experts", res)
+    return fig
+
+
+def intervention_colors(names):
+    base = {"task": "tab:blue", "outside_band": "tab:orange", "multilingual": "tab:green", "random": "tab:gray",
+            "deactivate": "tab:red"}
+    extra = colormaps["tab10"]
+    return {n: base.get(n, extra((i + 5) % 10)) for i, n in enumerate(names)}
+
+
+def fig_effects(res, task=None):
+    """Figure 11: per non-English language, the accuracy gain (steered - baseline) under the task-expert selection
+    and under every control (bars gid 'gain:NAME', one bar per language), and per intervention the mean gain over
+    the languages with its paired bootstrap CI (marker gid 'mean:NAME', error bar gid 'ci:NAME'), from
+    effects/NAME.json."""
+    e = intervention_effects(res, task)
+    names, langs = e["names"], e["langs"]
+    lnames = language_names(res)
+    colors = intervention_colors(names)
+    fig = Figure(figsize=(max(9, 3 + 0.55 * len(langs) * len(names) / 2) + 4.5, 7.2), layout="constrained")
+    gs = fig.add_gridspec(2, 2, width_ratios=[max(2.0, 0.35 * len(langs) * len(names) / 2), 1.4],
+                          height_ratios=[5, 1])
+    a1, a2, lax = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])
+    lax.axis("off")
+    width = 0.8 / len(names)
+    x = np.arange(len(langs))
+    for i, n in enumerate(names):
+        bars = a1.bar(x - 0.4 + width * (i + 0.5), e["gain"][n], width=width, color=colors[n],
+                      label=f"{n} ({e['op'][n]}, {e['n_experts'][n]} experts, layers {e['layers'][n]})")
+        for b in bars:
+            b.set_gid(f"gain:{n}")
+    a1.axhline(0, color="0.3", lw=0.8)
+    a1.set_xticks(x, [_label(g, lnames) for g in langs], rotation=45, ha="right", fontsize=8)
+    a1.set_ylabel(f"accuracy gain, steered - baseline ({e['task']})")
+    a1.set_title("Per language")
+    a1.grid(alpha=0.3, axis="y")
+    lax.legend(*a1.get_legend_handles_labels(), fontsize=8, loc="center", ncol=2, frameon=False)
+    for i, n in enumerate(names):
+        m, lo, hi = e["mean"][n], e["ci_lo"][n], e["ci_hi"][n]
+        eb = a2.errorbar([i], [m], yerr=[[m - lo], [hi - m]], fmt="o", ms=7, capsize=5, color=colors[n])
+        eb[0].set_gid(f"mean:{n}")
+        eb[2][0].set_gid(f"ci:{n}")
+        a2.annotate(f"{m:+.3g}\nsign p={e['sign_p'][n]:.2g}", (i, hi), xytext=(0, 5), textcoords="offset points",
+                    ha="center", fontsize=7)
+    a2.axhline(0, color="0.3", lw=0.8)
+    a2.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    a2.set_xlim(-0.6, len(names) - 0.4)
+    a2.margins(y=0.25)
+    a2.set_ylabel("mean gain over non-English languages")
+    a2.set_title("Mean with paired bootstrap CI")
+    a2.grid(alpha=0.3, axis="y")
+    _title(fig, "Intervention effects: task-expert selection and controls", res)
     return fig
 
 

@@ -6,7 +6,9 @@
 #   notebooks/run.sh RESULTS_DIR [FIGURES_DIR]
 #
 # RESULTS_DIR holds tables/ (moetrace-reduce) and the moetrace-stats outputs beside it, as `make demo` writes
-# them; FIGURES_DIR defaults to RESULTS_DIR/figures. A figure whose inputs are missing is skipped and named.
+# them (band.txt, correlate.json, experts.tsv, overlap.tsv, steer/, run/accuracy.tsv, effects/NAME.json: the
+# layout is in notebooks/moetrace_figures.py); FIGURES_DIR defaults to RESULTS_DIR/figures. A figure whose inputs
+# are missing is skipped and named; stats outputs made with another band than band.txt's fail the figure.
 # Environment: MOETRACE_EXECUTED (where the executed copies go; default notebooks/executed, git-ignored),
 # PY (default /usr/bin/python3), MOETRACE_JOBS (notebooks run at once; default the CPUs, at most 4),
 # MOETRACE_TIMEOUT (seconds per cell, default 600); MOETRACE_BAND, MOETRACE_ACCURACY, MOETRACE_STEER and

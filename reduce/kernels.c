@@ -1,4 +1,4 @@
-/* kernels.c — the per-token and per-distribution arithmetic of moetrace-reduce (DESIGN.md §3).
+/* kernels.c — the per-token and per-distribution arithmetic of moetrace-reduce (docs/ARCHITECTURE.md §3).
  *
  * Compiled with -O3 -ffast-math so the exp loop vectorises through glibc's vector math (libmvec), with an AVX2
  * clone picked at run time. Inputs are checked finite before they get here (fast-math assumes it). Every function

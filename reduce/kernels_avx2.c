@@ -1,4 +1,4 @@
-/* kernels_avx2.c — the AVX2 + FMA path of the per-token kernel (DESIGN.md §3), picked at run time by kernels.c:
+/* kernels_avx2.c — the AVX2 + FMA path of the per-token kernel (docs/ARCHITECTURE.md §3), picked at run time by kernels.c:
  * one token at one layer, f32 or bf16 logits, with full-softmax weights and a selection of at most 8 experts that
  * is the top-k of the logits themselves (no selection bias). Also the NaN/Inf scan and widening of bf16 rows and
  * the counting of Jaccard pairs by intersection size.

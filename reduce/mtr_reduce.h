@@ -1,4 +1,4 @@
-/* mtr_reduce.h — moetrace-reduce: routing metrics over trace sets (DESIGN.md §3; outputs in reduce/SUMMARIES.md).
+/* mtr_reduce.h — moetrace-reduce: routing metrics over trace sets (docs/ARCHITECTURE.md §3; outputs in reduce/SUMMARIES.md).
  *
  * Phase 1 (mtr_summarize) streams the logits of every sequence once and writes per-sequence, per-layer summaries:
  * importance q (mean routing weights), top-k activation counts, entropy of q, mean token entropy and top-k Jaccard
@@ -7,7 +7,7 @@
  * Phase 2 (mtr_tables) turns summaries into tables: divergence from English, pairwise divergences, entropy and
  * consistency profiles, activation frequencies, Delta against a base slice, risk difference, specialisation.
  *
- * Errors follow libmoetrace: 0 or a negative mtr_err; mtr_reduce_errmsg() holds the one-line detail.
+ * Errors follow libmoetrace: 0 or a negative mtr_err; mtr_errmsg() holds the one-line detail.
  */
 #ifndef MTR_REDUCE_H
 #define MTR_REDUCE_H
@@ -21,8 +21,6 @@
 #define MTR_SUMMARIES_FORMAT "moetrace-summaries"
 #define MTR_SUMMARIES_VERSION 1
 
-/* Detail of the last reduce error on this thread (falls back to libmoetrace's). Borrowed. */
-const char *mtr_reduce_errmsg(void);
 
 /* ---- per-token kernels (kernels.c; plain references in reference.c) --------------------------------------- */
 

@@ -4,8 +4,6 @@
 
 #include "mtr_reduce.h"
 
-int mtr_reduce_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void mtr_reduce_clear_error(void);
 
 /* ---- kernel selection (kernels.c) ---- */
 

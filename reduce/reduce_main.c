@@ -2,7 +2,6 @@
  * Built with MPI when OpenMPI is present: started by mpirun, ranks share the sequences of phase 1 and rank 0
  * joins their parts and makes the tables; started directly, it runs as one process without touching MPI. */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <omp.h>
 #include <stdio.h>
@@ -16,6 +15,7 @@
 #include <mpi.h>
 #endif
 
+#include "mtr_cli.h"
 #include "mtr_reduce.h"
 
 #define PROG "moetrace-reduce"
@@ -61,19 +61,9 @@ static void usage(FILE *f)
             "Exit codes: 0 success, 1 bad usage, 2 bad input data, 3 I/O or internal failure.\n");
 }
 
-static int exit_code(int err)
-{
-    switch (err) {
-    case MTR_OK: return 0;
-    case MTR_EINVAL: return 1;
-    case MTR_EIO: case MTR_ENOMEM: case MTR_EHDF5: return 3;
-    default: return 2;
-    }
-}
-
 static void fail_line(const char *verb, int rc)
 {
-    if (g_rank == 0 || g_mpi) fprintf(stderr, PROG " %s: %s\n", verb, mtr_reduce_errmsg()[0] ? mtr_reduce_errmsg() : mtr_strerror(rc));
+    if (g_rank == 0 || g_mpi) mtr_cli_fail(verb, rc, NULL);
 }
 
 typedef struct {
@@ -142,7 +132,7 @@ static int run_summarize(const char *out, const char *const *runs, size_t n_runs
     mtr_run *r = NULL;
     int rc = mtr_run_open_many(&r, runs, n_runs, 0);
     if (rc) {
-        if (g_rank == 0) fprintf(stderr, PROG " summarize: %s\n", mtr_errmsg());
+        if (g_rank == 0) mtr_cli_fail("summarize", rc, NULL);
         return agree(rc);
     }
     if ((rc = check_complete(r, allow_partial))) {
@@ -235,6 +225,7 @@ static int parse_roles(uint32_t *mask, const char *list)
 
 int main(int argc, char **argv)
 {
+    mtr_cli_set_prog(PROG);
 #ifdef MTR_WITH_MPI
     /* only when started by a launcher: a direct run must not pay for (or depend on) MPI start-up */
     if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK")) {
@@ -256,80 +247,91 @@ int main(int argc, char **argv)
     const char *out = NULL;
     bool json = false, quiet = false, allow_partial = false;
     progress_state ps = {now(), 0, isatty(2) != 0};
-    static const struct option opts[] = {
-        {"output", required_argument, NULL, 'o'},      {"threads", required_argument, NULL, 't'},
-        {"weights", required_argument, NULL, 'w'},     {"roles", required_argument, NULL, 'r'},
-        {"jaccard-pairs", required_argument, NULL, 'j'}, {"seed", required_argument, NULL, 's'},
-        {"allow-partial", no_argument, NULL, 'P'},     {"english", required_argument, NULL, 'e'},
-        {"base-dataset", required_argument, NULL, 'b'}, {"base-lang", required_argument, NULL, 'B'},
-        {"rd", required_argument, NULL, 'R'},          {"min-count", required_argument, NULL, 'm'},
-        {"top", required_argument, NULL, 'T'},         {"progress", no_argument, NULL, 'p'},
-        {"no-progress", no_argument, NULL, 'n'},       {"json", no_argument, NULL, 'J'},
-        {"quiet", no_argument, NULL, 'q'},             {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},           {NULL, 0, NULL, 0}};
-    optind = first;
-    int c;
-    char *end;
-    while ((c = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o': out = optarg; break;
-        case 't':
-            so.n_threads = to.n_threads = (int)strtol(optarg, &end, 10);
-            if (*end || so.n_threads < 1 || so.n_threads > 1024) goto bad_value;
+    enum { O_OUT = 1, O_THREADS, O_WEIGHTS, O_ROLES, O_JPAIRS, O_SEED, O_PARTIAL, O_ENG, O_BASE_DS, O_BASE_LANG,
+           O_RD, O_MIN_COUNT, O_TOP, O_PROGRESS, O_NO_PROGRESS, O_JSON, O_QUIET, O_HELP, O_VERSION };
+    static const mtr_cli_option opts[] = {
+        {"output", O_OUT, true},          {"o", O_OUT, true},               {"threads", O_THREADS, true},
+        {"weights", O_WEIGHTS, true},     {"roles", O_ROLES, true},         {"jaccard-pairs", O_JPAIRS, true},
+        {"seed", O_SEED, true},           {"allow-partial", O_PARTIAL, false}, {"english", O_ENG, true},
+        {"base-dataset", O_BASE_DS, true}, {"base-lang", O_BASE_LANG, true}, {"rd", O_RD, true},
+        {"min-count", O_MIN_COUNT, true}, {"top", O_TOP, true},             {"progress", O_PROGRESS, false},
+        {"no-progress", O_NO_PROGRESS, false}, {"json", O_JSON, false},     {"quiet", O_QUIET, false},
+        {"q", O_QUIET, false},            {"help", O_HELP, false},          {"version", O_VERSION, false}};
+    const char **in = calloc((size_t)argc, sizeof *in);
+    size_t n_in = 0;
+    const char *val = NULL;
+    uint64_t v;
+    if (!in) {
+        rc = MTR_ENOMEM;
+        goto finish;
+    }
+    for (int ai = first; ai < argc; ai++) {
+        const mtr_cli_option *opt = NULL;
+        int pr = mtr_cli_next(strcmp(verb, "all") ? verb : NULL, argc, argv, &ai, opts, sizeof opts / sizeof opts[0],
+                              &opt, &val);
+        if (pr == MTR_CLI_POSITIONAL) {
+            if (val) in[n_in++] = val;
+            continue;
+        }
+        if (pr == MTR_CLI_HELP) {
+            usage(stdout);
+            goto finish;
+        }
+        if (pr) {
+            rc = MTR_EINVAL;
+            goto finish;
+        }
+        switch (opt->id) {
+        case O_OUT: out = val; break;
+        case O_THREADS:
+            if (mtr_cli_parse_u64(&v, val) || v < 1 || v > 1024) goto bad_value;
+            so.n_threads = to.n_threads = (int)v;
             break;
-        case 'w':
-            if (!strcmp(optarg, "topk")) so.topk_weights = true;
-            else if (strcmp(optarg, "full")) goto bad_value;
+        case O_WEIGHTS:
+            if (!strcmp(val, "topk")) so.topk_weights = true;
+            else if (strcmp(val, "full")) goto bad_value;
             break;
-        case 'r':
-            if (parse_roles(&so.role_mask, optarg)) goto bad_value;
+        case O_ROLES:
+            if (parse_roles(&so.role_mask, val)) goto bad_value;
             break;
-        case 'j': {
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (*end || v < 1 || v > 100000000) goto bad_value;
+        case O_JPAIRS:
+            if (mtr_cli_parse_u64(&v, val) || v < 1 || v > 100000000) goto bad_value;
             so.jaccard_pairs = (uint32_t)v;
             break;
-        }
-        case 's':
-            so.seed = strtoull(optarg, &end, 10);
-            if (*end) goto bad_value;
+        case O_SEED:
+            if (mtr_cli_parse_u64(&so.seed, val)) goto bad_value;
             break;
-        case 'P': allow_partial = true; break;
-        case 'e': to.english = optarg; break;
-        case 'b': to.base_dataset = optarg; break;
-        case 'B': to.base_lang = optarg; break;
-        case 'R':
-            if (optind >= argc) goto bad_value;
-            to.rd_a = optarg;
-            to.rd_b = argv[optind++];
+        case O_PARTIAL: allow_partial = true; break;
+        case O_ENG: to.english = val; break;
+        case O_BASE_DS: to.base_dataset = val; break;
+        case O_BASE_LANG: to.base_lang = val; break;
+        case O_RD:
+            /* two values: --rd DATASET:LANG DATASET:LANG */
+            if (ai + 1 >= argc) goto bad_value;
+            to.rd_a = val;
+            to.rd_b = argv[++ai];
             break;
-        case 'm': {
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (*end || v > UINT32_MAX) goto bad_value;
+        case O_MIN_COUNT:
+            if (mtr_cli_parse_u64(&v, val) || v > UINT32_MAX) goto bad_value;
             to.min_count = (uint32_t)v;
             break;
-        }
-        case 'T': {
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (*end || v < 1 || v > MTR_MAX_TOPK) goto bad_value;
+        case O_TOP:
+            if (mtr_cli_parse_u64(&v, val) || v < 1 || v > MTR_MAX_TOPK) goto bad_value;
             to.top_n = (uint32_t)v;
             break;
-        }
-        case 'p': ps.on = true; break;
-        case 'n': ps.on = false; break;
-        case 'J': json = true; break;
-        case 'q': quiet = true; break;
-        case 'h': usage(stdout); goto finish;
-        case 'V': printf(PROG " %s (trace format %d)\n", MTR_VERSION_STRING, MTR_FORMAT_VERSION); goto finish;
-        default: usage(stderr); rc = MTR_EINVAL; goto finish;
+        case O_PROGRESS: ps.on = true; break;
+        case O_NO_PROGRESS: ps.on = false; break;
+        case O_JSON: json = true; break;
+        case O_QUIET: quiet = true; break;
+        case O_HELP: usage(stdout); goto finish;
+        case O_VERSION: printf(PROG " %s (trace format %d)\n", MTR_VERSION_STRING, MTR_FORMAT_VERSION); goto finish;
+        default: break;
         }
     }
     if (ps.on && g_rank == 0) {
         so.progress = on_progress;
         so.progress_ctx = &ps;
     }
-    size_t n_in = (size_t)(argc - optind);
-    const char *const *in = (const char *const *)argv + optind;
     if (!out || n_in == 0) {
         if (g_rank == 0) fprintf(stderr, PROG " %s: needs %s and -o (see --help)\n", verb,
                                  !strcmp(verb, "tables") ? "a summaries file" : "at least one run");
@@ -352,17 +354,18 @@ int main(int argc, char **argv)
             rc = MTR_EIO;
         }
         rc = agree(rc);
-        snprintf(spath, sizeof spath, "%s/summaries.h5", out);
+        snprintf(spath, sizeof spath, "%s/" MTR_OUT_SUMMARIES, out);
         if (!rc) rc = run_summarize(spath, in, n_in, &so, allow_partial, false, json, quiet);
         if (!rc) rc = run_tables(out, spath, &to, quiet);
     }
     goto finish;
 bad_value:
-    if (g_rank == 0) fprintf(stderr, PROG ": bad value '%s' for an option (see --help)\n", optarg);
+    if (g_rank == 0) mtr_cli_error(NULL, "bad value '%s' for an option (see --help)", val ? val : "");
     rc = MTR_EINVAL;
 finish:
+    free(in);
 #ifdef MTR_WITH_MPI
     if (g_mpi) MPI_Finalize();
 #endif
-    return exit_code(rc);
+    return mtr_exit_code(rc);
 }

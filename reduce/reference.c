@@ -28,7 +28,7 @@ static int by_score(const void *a, const void *b)
     return x->e < y->e ? -1 : 1;
 }
 
-/* selection and weights from the definitions of DESIGN.md §3 / FORMAT.md §2.2 */
+/* selection and weights from the definitions of docs/ARCHITECTURE.md §3 / FORMAT.md §2.2 */
 static void ref_route(const mtr_model_info *m, uint32_t l, const double *z, uint32_t *ids, double *w)
 {
     const uint32_t E = m->n_experts, K = m->top_k;
@@ -95,7 +95,7 @@ int mtr_summarize_reference(const char *out_path, mtr_run *r, const mtr_summ_opt
         uint8_t *roles = malloc(T);
         uint32_t *sets = malloc((size_t)T * L * K * 4), nu = 0, nbad = 0;
         if ((rc = mtr_run_read_logits(r, i, logits)) || (rc = mtr_run_read_tokens(r, i, NULL, NULL, roles))) {
-            rc = mtr_reduce_fail(rc, "%s", mtr_errmsg());
+            rc = mtr_fail(rc, "%s", mtr_errmsg());
             free(logits);
             free(roles);
             free(sets);

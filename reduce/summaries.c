@@ -14,21 +14,6 @@
 
 #include "reduce_internal.h"
 
-static _Thread_local char tl_msg[1024];
-
-int mtr_reduce_fail(int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
-    va_end(ap);
-    for (char *p = tl_msg; *p; p++)
-        if (*p == '\n') *p = ' ';
-    return err;
-}
-
-const char *mtr_reduce_errmsg(void) { return tl_msg[0] ? tl_msg : mtr_errmsg(); }
-void mtr_reduce_clear_error(void) { tl_msg[0] = '\0'; }
 
 #define BLOCK SUMM_CHUNK_ROWS
 
@@ -167,7 +152,7 @@ int summ_writer_create_at(summ_writer **out, const char *path, const mtr_model_i
     *out = NULL;
     if ((rc = mtr_h5zstd_register())) return rc;
     summ_writer *w = calloc(1, sizeof *w);
-    if (!w) return mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    if (!w) return mtr_fail(MTR_ENOMEM, "out of memory");
     snprintf(w->path, sizeof w->path, "%s", path);
     snprintf(w->partial, sizeof w->partial, "%s.partial", path);
     w->L = m->n_layers;
@@ -181,14 +166,14 @@ int summ_writer_create_at(summ_writer **out, const char *path, const mtr_model_i
     w->jac = malloc(BLOCK * w->L * sizeof(double));
     if (!w->q || !w->a || !w->ent || !w->tent || !w->jac) {
         summ_writer_destroy(w);
-        return mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+        return mtr_fail(MTR_ENOMEM, "out of memory");
     }
     w->f = H5Fcreate(w->partial, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (w->f < 0) {
         free(w->q);
         w->q = NULL;
         summ_writer_destroy(w);
-        return mtr_reduce_fail(MTR_EIO, "%s: cannot create", path);
+        return mtr_fail(MTR_EIO, "%s: cannot create", path);
     }
     hid_t g = H5Gcreate2(w->f, "seq", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     H5Gclose(g);
@@ -213,7 +198,7 @@ int summ_writer_create_at(summ_writer **out, const char *path, const mtr_model_i
     if (rc) {
         unlink(w->partial);
         summ_writer_destroy(w);
-        return mtr_reduce_fail(MTR_EHDF5, "%s: cannot lay out the summaries file", path);
+        return mtr_fail(MTR_EHDF5, "%s: cannot lay out the summaries file", path);
     }
     *out = w;
     return 0;
@@ -269,7 +254,7 @@ static int flush_rows(summ_writer *w)
     }
     w->n_rows += n;
     w->n_buf = 0;
-    return rc ? mtr_reduce_fail(MTR_EIO, "%s: cannot write summaries", w->path) : 0;
+    return rc ? mtr_fail(MTR_EIO, "%s: cannot write summaries", w->path) : 0;
 }
 
 int summ_writer_append(summ_writer *w, const summ_row *row)
@@ -279,7 +264,7 @@ int summ_writer_append(summ_writer *w, const summ_row *row)
     w->unit[i] = strdup(row->unit_id);
     w->lang[i] = strdup(row->lang);
     w->dataset[i] = strdup(row->dataset);
-    if (!w->unit[i] || !w->lang[i] || !w->dataset[i]) return mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    if (!w->unit[i] || !w->lang[i] || !w->dataset[i]) return mtr_fail(MTR_ENOMEM, "out of memory");
     w->ntok[i] = row->n_tokens;
     w->nused[i] = row->n_used;
     w->nbad[i] = row->n_nonfinite;
@@ -298,10 +283,10 @@ int summ_writer_close(summ_writer *w)
 {
     int rc = flush_rows(w);
     if (!rc && set_u32_attr(w->f, "n_sequences", (uint32_t)(w->n_rows - w->row0))) rc = MTR_EHDF5;
-    if (H5Fclose(w->f) < 0 && !rc) rc = mtr_reduce_fail(MTR_EIO, "%s: cannot close", w->path);
+    if (H5Fclose(w->f) < 0 && !rc) rc = mtr_fail(MTR_EIO, "%s: cannot close", w->path);
     w->f = H5I_INVALID_HID;
     if (!rc && rename(w->partial, w->path) < 0)
-        rc = mtr_reduce_fail(MTR_EIO, "%s: rename: %s", w->path, strerror(errno));
+        rc = mtr_fail(MTR_EIO, "%s: rename: %s", w->path, strerror(errno));
     summ_writer_destroy(w);
     return rc;
 }
@@ -329,7 +314,7 @@ void summ_writer_destroy(summ_writer *w)
 static int read_all(hid_t f, const char *name, hid_t mtype, void *out, size_t row0, size_t n, const char *path)
 {
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
+    if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
     hid_t sp = H5Dget_space(d);
     int rank = H5Sget_simple_extent_ndims(sp);
     hsize_t dims[3] = {0, 0, 0};
@@ -338,14 +323,14 @@ static int read_all(hid_t f, const char *name, hid_t mtype, void *out, size_t ro
     /* a rank's part with no rows never grew to its row offset */
     const size_t want = n == 0 && dims[0] == 0 ? 0 : row0 + n;
     if (rank < 1 || rank > 3 || dims[0] != want)
-        rc = mtr_reduce_fail(MTR_EFORMAT, "%s: /%s has %llu rows, expected %zu", path, name,
+        rc = mtr_fail(MTR_EFORMAT, "%s: /%s has %llu rows, expected %zu", path, name,
                              (unsigned long long)dims[0], row0 + n);
     else if (n) {
         hsize_t start[3] = {row0, 0, 0}, count[3] = {n, dims[1], dims[2]};
         hid_t ms = H5Screate_simple(rank, count, NULL);
         if (H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
             H5Dread(d, mtype, ms, sp, H5P_DEFAULT, out) < 0)
-            rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
+            rc = mtr_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
         H5Sclose(ms);
     }
     H5Sclose(sp);
@@ -357,9 +342,9 @@ static int read_strs(hid_t f, const char *name, char **out, size_t row0, size_t 
 {
     hid_t st = str_type();
     char **tmp = calloc(n ? n : 1, sizeof *tmp);
-    int rc = tmp ? read_all(f, name, st, tmp, row0, n, path) : mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    int rc = tmp ? read_all(f, name, st, tmp, row0, n, path) : mtr_fail(MTR_ENOMEM, "out of memory");
     for (size_t i = 0; !rc && i < n; i++)
-        if (!(out[i] = strdup(tmp[i] ? tmp[i] : ""))) rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+        if (!(out[i] = strdup(tmp[i] ? tmp[i] : ""))) rc = mtr_fail(MTR_ENOMEM, "out of memory");
     if (tmp && n) {
         hsize_t dn = n;
         hid_t sp = H5Screate_simple(1, &dn, NULL);
@@ -374,10 +359,10 @@ static int read_strs(hid_t f, const char *name, char **out, size_t row0, size_t 
 static int get_str(hid_t f, const char *name, char **out, const char *path)
 {
     hid_t a = H5Aexists(f, name) > 0 ? H5Aopen(f, name, H5P_DEFAULT) : H5I_INVALID_HID;
-    if (a < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: attribute '%s' missing", path, name);
+    if (a < 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", path, name);
     hid_t st = str_type();
     char *v = NULL;
-    int rc = H5Aread(a, st, &v) < 0 ? mtr_reduce_fail(MTR_EFORMAT, "%s: attribute '%s' unreadable", path, name) : 0;
+    int rc = H5Aread(a, st, &v) < 0 ? mtr_fail(MTR_EFORMAT, "%s: attribute '%s' unreadable", path, name) : 0;
     if (!rc) *out = strdup(v ? v : "");
     if (v) H5free_memory(v);
     H5Tclose(st);
@@ -388,8 +373,8 @@ static int get_str(hid_t f, const char *name, char **out, const char *path)
 static int get_u32(hid_t f, const char *name, uint32_t *out, const char *path)
 {
     hid_t a = H5Aexists(f, name) > 0 ? H5Aopen(f, name, H5P_DEFAULT) : H5I_INVALID_HID;
-    if (a < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: attribute '%s' missing", path, name);
-    int rc = H5Aread(a, H5T_NATIVE_UINT32, out) < 0 ? mtr_reduce_fail(MTR_EFORMAT, "%s: bad '%s'", path, name) : 0;
+    if (a < 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", path, name);
+    int rc = H5Aread(a, H5T_NATIVE_UINT32, out) < 0 ? mtr_fail(MTR_EFORMAT, "%s: bad '%s'", path, name) : 0;
     H5Aclose(a);
     return rc;
 }
@@ -399,38 +384,38 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
 {
     int rc = 0;
     *out = NULL;
-    mtr_reduce_clear_error();
+    mtr_clear_error();
     if ((rc = mtr_h5zstd_register())) return rc;
-    if (access(path, R_OK) != 0) return mtr_reduce_fail(MTR_ENOTFOUND, "%s: %s", path, strerror(errno));
+    if (access(path, R_OK) != 0) return mtr_fail(MTR_ENOTFOUND, "%s: %s", path, strerror(errno));
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: not an HDF5 file (or damaged)", path);
+    if (f < 0) return mtr_fail(MTR_EFORMAT, "%s: not an HDF5 file (or damaged)", path);
     mtr_summaries *s = calloc(1, sizeof *s);
     char *fmt = NULL, *weights = NULL, *sf = NULL, *mt = NULL, *mid = NULL;
     uint32_t ver = 0, n = 0, u = 0;
     if (!s) {
-        rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto done;
     }
     snprintf(s->path, sizeof s->path, "%s", path);
     if ((rc = get_str(f, "format", &fmt, path))) goto done;
     if (strcmp(fmt, MTR_SUMMARIES_FORMAT) != 0) {
-        rc = mtr_reduce_fail(MTR_EFORMAT, "%s: not a moetrace summaries file (format '%s')", path, fmt);
+        rc = mtr_fail(MTR_EFORMAT, "%s: not a moetrace summaries file (format '%s')", path, fmt);
         goto done;
     }
     if ((rc = get_u32(f, "format_version", &ver, path))) goto done;
     if (ver != MTR_SUMMARIES_VERSION) {
-        rc = mtr_reduce_fail(MTR_EVERSION, "%s: summaries version %u, this reader supports %d", path, ver,
+        rc = mtr_fail(MTR_EVERSION, "%s: summaries version %u, this reader supports %d", path, ver,
                              MTR_SUMMARIES_VERSION);
         goto done;
     }
     if ((rc = get_u32(f, "n_sequences", &n, path))) {
-        rc = mtr_reduce_fail(MTR_EPARTIAL, "%s: summaries file was not finished", path);
+        rc = mtr_fail(MTR_EPARTIAL, "%s: summaries file was not finished", path);
         goto done;
     }
     if (H5Aexists(f, A_ROW_OFFSET) > 0) {
         uint32_t r0 = 0;
         if (!part) {
-            rc = mtr_reduce_fail(MTR_EPARTIAL, "%s: one rank's part of an MPI summarize, not a summaries file", path);
+            rc = mtr_fail(MTR_EPARTIAL, "%s: one rank's part of an MPI summarize, not a summaries file", path);
             goto done;
         }
         if ((rc = get_u32(f, A_ROW_OFFSET, &r0, path))) goto done;
@@ -448,17 +433,17 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
         goto done;
     if (m->n_layers < 1 || m->n_layers > MTR_MAX_LAYERS || m->n_experts < 1 || m->n_experts > MTR_MAX_EXPERTS ||
         m->top_k < 1 || m->top_k > m->n_experts || m->top_k > MTR_MAX_TOPK) {
-        rc = mtr_reduce_fail(MTR_EFORMAT, "%s: implausible model dimensions", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: implausible model dimensions", path);
         goto done;
     }
     if (mtr_score_fn_parse(&m->score_fn, sf)) {
-        rc = mtr_reduce_fail(MTR_EFORMAT, "%s: unknown score_fn '%s'", path, sf);
+        rc = mtr_fail(MTR_EFORMAT, "%s: unknown score_fn '%s'", path, sf);
         goto done;
     }
     if (m->score_fn == MTR_SCORE_SPARSEMIXER) {
         hid_t a = H5Aexists(f, MTR_A_SPARSEMIXER_EPS) > 0 ? H5Aopen(f, MTR_A_SPARSEMIXER_EPS, H5P_DEFAULT) : H5I_INVALID_HID;
         if (a < 0 || H5Aread(a, H5T_NATIVE_DOUBLE, &m->sparsemixer_eps) < 0)
-            rc = mtr_reduce_fail(MTR_EFORMAT, "%s: score_fn sparsemixer without a '%s'", path, MTR_A_SPARSEMIXER_EPS);
+            rc = mtr_fail(MTR_EFORMAT, "%s: score_fn sparsemixer without a '%s'", path, MTR_A_SPARSEMIXER_EPS);
         if (a >= 0) H5Aclose(a);
         if (rc) goto done;
     }
@@ -480,7 +465,7 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
     s->jaccard = malloc(nn * L * 8);
     if (!s->seq_id || !s->unit_id || !s->lang || !s->dataset || !s->n_tokens || !s->n_used || !s->n_nonfinite ||
         !s->entropy || !s->token_entropy || !s->jaccard) {
-        rc = mtr_reduce_fail(MTR_ENOMEM, "%s: out of memory for %u sequences", path, n);
+        rc = mtr_fail(MTR_ENOMEM, "%s: out of memory for %u sequences", path, n);
         goto done;
     }
     const size_t r0 = s->row0;
@@ -538,7 +523,7 @@ static int read_block(hid_t f, const char *name, hid_t mtype, size_t row0, size_
                       bool one_layer, void *out, const char *path)
 {
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
+    if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
     hid_t fs = H5Dget_space(d);
     hsize_t dims[3];
     H5Sget_simple_extent_dims(fs, dims, NULL);
@@ -547,7 +532,7 @@ static int read_block(hid_t f, const char *name, hid_t mtype, size_t row0, size_
     int rc = 0;
     if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
         H5Dread(d, mtype, ms, fs, H5P_DEFAULT, out) < 0)
-        rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
+        rc = mtr_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
     H5Sclose(ms);
     H5Sclose(fs);
     H5Dclose(d);
@@ -556,10 +541,10 @@ static int read_block(hid_t f, const char *name, hid_t mtype, size_t row0, size_
 
 int mtr_summaries_read_layer(const mtr_summaries *s, uint32_t layer, double *q, uint32_t *counts)
 {
-    if (layer >= s->model.n_layers) return mtr_reduce_fail(MTR_EINVAL, "layer %u out of range", layer);
+    if (layer >= s->model.n_layers) return mtr_fail(MTR_EINVAL, "layer %u out of range", layer);
     if (s->n_seqs == 0) return 0;
     hid_t f = H5Fopen(s->path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) return mtr_reduce_fail(MTR_EIO, "%s: cannot reopen", s->path);
+    if (f < 0) return mtr_fail(MTR_EIO, "%s: cannot reopen", s->path);
     int rc = 0;
     if (q) rc = read_block(f, D_Q, H5T_NATIVE_DOUBLE, s->row0, s->n_seqs, layer, s->model.n_experts, true, q, s->path);
     if (!rc && counts)
@@ -616,17 +601,17 @@ static int concat_big(hid_t out, const char *name, hid_t mtype, size_t esz, mtr_
                       unsigned char **raw, size_t *raw_cap, const char *out_path)
 {
     int rc = 0;
-    if ((rc = set_rows(out, name, total))) return mtr_reduce_fail(MTR_EIO, "%s: cannot extend /%s", out_path, name);
+    if ((rc = set_rows(out, name, total))) return mtr_fail(MTR_EIO, "%s: cannot extend /%s", out_path, name);
     hid_t dout = H5Dopen2(out, name, H5P_DEFAULT);
     hid_t *din = calloc(n_parts, sizeof *din);
     if (dout < 0 || !din) {
-        rc = mtr_reduce_fail(din ? MTR_EHDF5 : MTR_ENOMEM, "%s: cannot open /%s", out_path, name);
+        rc = mtr_fail(din ? MTR_EHDF5 : MTR_ENOMEM, "%s: cannot open /%s", out_path, name);
         goto done;
     }
     for (size_t k = 0; k < n_parts; k++) din[k] = H5I_INVALID_HID;
     for (size_t k = 0; k < n_parts && !rc; k++)
         if ((din[k] = H5Dopen2(pf[k], name, H5P_DEFAULT)) < 0)
-            rc = mtr_reduce_fail(MTR_EFORMAT, "%s: /%s missing", ps[k]->path, name);
+            rc = mtr_fail(MTR_EFORMAT, "%s: /%s missing", ps[k]->path, name);
     for (size_t b0 = 0, k = 0; b0 < total && !rc; b0 += BLOCK) {
         const size_t b1 = b0 + BLOCK < total ? b0 + BLOCK : total;
         while (first[k] + ps[k]->n_seqs <= b0) k++; /* the part holding row b0 */
@@ -637,23 +622,23 @@ static int concat_big(hid_t out, const char *name, hid_t mtype, size_t esz, mtr_
                 hsize_t off_in[3] = {prow, l, 0}, off_out[3] = {b0, l, 0}, size = 0;
                 uint32_t mask = 0;
                 if (H5Dget_chunk_storage_size(din[k], off_in, &size) < 0 || size == 0) {
-                    rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: /%s: chunk at row %llu missing", p->path, name,
+                    rc = mtr_fail(MTR_ECORRUPT, "%s: /%s: chunk at row %llu missing", p->path, name,
                                          (unsigned long long)prow);
                     break;
                 }
                 if (size > *raw_cap) {
                     unsigned char *nr = realloc(*raw, size);
                     if (!nr) {
-                        rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+                        rc = mtr_fail(MTR_ENOMEM, "out of memory");
                         break;
                     }
                     *raw = nr;
                     *raw_cap = size;
                 }
                 if (H5Dread_chunk(din[k], H5P_DEFAULT, off_in, &mask, *raw) < 0)
-                    rc = mtr_reduce_fail(MTR_ECORRUPT, "%s: cannot read /%s", p->path, name);
+                    rc = mtr_fail(MTR_ECORRUPT, "%s: cannot read /%s", p->path, name);
                 else if (H5Dwrite_chunk(dout, H5P_DEFAULT, mask, off_out, size, *raw) < 0)
-                    rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write /%s", out_path, name);
+                    rc = mtr_fail(MTR_EIO, "%s: cannot write /%s", out_path, name);
             }
             continue;
         }
@@ -666,7 +651,7 @@ static int concat_big(hid_t out, const char *name, hid_t mtype, size_t esz, mtr_
             r = end > r ? end : r;
         }
         if (!rc && write_rows(out, name, mtype, buf, b0, b1 - b0))
-            rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write /%s", out_path, name);
+            rc = mtr_fail(MTR_EIO, "%s: cannot write /%s", out_path, name);
     }
 done:
     for (size_t k = 0; din && k < n_parts; k++)
@@ -680,7 +665,7 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
 {
     int rc = 0;
     summ_writer *w = NULL;
-    if (n_parts == 0) return mtr_reduce_fail(MTR_EINVAL, "no parts to concatenate");
+    if (n_parts == 0) return mtr_fail(MTR_EINVAL, "no parts to concatenate");
     mtr_summaries **ps = calloc(n_parts, sizeof *ps);
     hid_t *pf = calloc(n_parts, sizeof *pf);
     size_t *first = calloc(n_parts + 1, sizeof *first);
@@ -689,7 +674,7 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
     size_t raw_cap = 0;
     uint32_t *jp = NULL;
     if (!ps || !pf || !first) {
-        rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto done;
     }
     for (size_t k = 0; k < n_parts; k++) pf[k] = H5I_INVALID_HID;
@@ -697,11 +682,11 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
         if ((rc = summaries_open(&ps[k], parts[k], true))) break;
         if (ps[k]->model.n_layers != ps[0]->model.n_layers || ps[k]->model.n_experts != ps[0]->model.n_experts ||
             ps[k]->topk_weights != ps[0]->topk_weights) {
-            rc = mtr_reduce_fail(MTR_EMISMATCH, "%s: differs from %s", parts[k], parts[0]);
+            rc = mtr_fail(MTR_EMISMATCH, "%s: differs from %s", parts[k], parts[0]);
             break;
         }
         if ((pf[k] = H5Fopen(parts[k], H5F_ACC_RDONLY, H5P_DEFAULT)) < 0) {
-            rc = mtr_reduce_fail(MTR_EFORMAT, "%s: cannot reopen", parts[k]);
+            rc = mtr_fail(MTR_EFORMAT, "%s: cannot reopen", parts[k]);
             break;
         }
         first[k + 1] = first[k] + ps[k]->n_seqs;
@@ -710,7 +695,7 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
     const uint32_t L = ps[0]->model.n_layers, E = ps[0]->model.n_experts;
     const size_t total = first[n_parts], le = (size_t)L * E;
     if (!(buf = malloc(BLOCK * le * 8)) || !(jp = malloc((total ? total : 1) * sizeof *jp))) {
-        rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto done;
     }
     if ((rc = summ_writer_create(&w, out_path, &ps[0]->model, ps[0]->topk_weights, ps[0]->settings))) goto done;
@@ -719,7 +704,7 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
     static const char *const small[] = {D_SEQ_ID, D_UNIT, D_LANG, D_DATASET, D_NTOK, D_NUSED, D_NBAD, D_JPAIRS,
                                         D_ENT, D_TENT, D_JAC};
     for (size_t i = 0; i < sizeof small / sizeof *small && !rc; i++)
-        if (set_rows(w->f, small[i], total)) rc = mtr_reduce_fail(MTR_EIO, "%s: cannot extend /%s", out_path, small[i]);
+        if (set_rows(w->f, small[i], total)) rc = mtr_fail(MTR_EIO, "%s: cannot extend /%s", out_path, small[i]);
     for (size_t k = 0; k < n_parts && !rc; k++) {
         const mtr_summaries *p = ps[k];
         const size_t r0 = first[k], n = p->n_seqs;
@@ -734,7 +719,7 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
             write_rows(w->f, D_ENT, H5T_NATIVE_DOUBLE, p->entropy, r0, n) ||
             write_rows(w->f, D_TENT, H5T_NATIVE_DOUBLE, p->token_entropy, r0, n) ||
             write_rows(w->f, D_JAC, H5T_NATIVE_DOUBLE, p->jaccard, r0, n))
-            rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write summaries", out_path);
+            rc = mtr_fail(MTR_EIO, "%s: cannot write summaries", out_path);
     }
     H5Tclose(st);
     if (!rc)

@@ -171,7 +171,7 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
 {
     mtr_summ_opts dflt = MTR_SUMM_OPTS_INIT;
     int rc = 0;
-    mtr_reduce_clear_error();
+    mtr_clear_error();
     if (!opts) opts = &dflt;
     const mtr_model_info *m = mtr_run_model(r);
     const uint32_t L = m->n_layers, E = m->n_experts, W = (E + 63) / 64;
@@ -197,7 +197,7 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
         const mtr_seq_info *q = mtr_run_seq(r, i);
         const mtr_shard_info *sh = mtr_run_shard(r, q->shard);
         if (!sh->has_logits) {
-            rc = mtr_reduce_fail(MTR_ENOTFOUND, "%s: logits are not stored (top-k only traces cannot be reduced)",
+            rc = mtr_fail(MTR_ENOTFOUND, "%s: logits are not stored (top-k only traces cannot be reduced)",
                                  sh->path);
             goto done;
         }
@@ -296,7 +296,7 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
             if ((opts->role_mask & 0xfu) != 0xfu) {
                 if (!(s->roles = malloc(q->n_tokens))) goto nomem_loop;
                 if ((rc = mtr_run_read_tokens(r, si, NULL, NULL, s->roles))) {
-                    rc = mtr_reduce_fail(rc, "%s", mtr_errmsg());
+                    rc = mtr_fail(rc, "%s", mtr_errmsg());
                     break;
                 }
             }
@@ -370,9 +370,9 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
             for (size_t j = j0; j < j1 && !rc; j++) {
                 if ((rc = mtr_chunk_read(r, jobs[j][0], jobs[j][1], wk[0].raw)) ||
                     (rc = mtr_decoder_decode(wk[0].dec, jobs[j][0], jobs[j][1], wk[0].raw, wk[0].stored)))
-                    rc = mtr_reduce_fail(rc, "%s", mtr_errmsg());
+                    rc = mtr_fail(rc, "%s", mtr_errmsg());
             }
-            if (!rc) rc = mtr_reduce_fail(MTR_EIO, "chunk decoding failed in a worker thread");
+            if (!rc) rc = mtr_fail(MTR_EIO, "chunk decoding failed in a worker thread");
             break;
         }
         /* merge pieces in order; collect the sequences this completes */
@@ -401,7 +401,7 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
         if (opts->progress) opts->progress(opts->progress_ctx, done_tokens, total_tokens);
         continue;
     nomem_loop:
-        rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         break;
     }
     if (!rc) rc = append_finished(out, states, pending, n_pending, r, stats);
@@ -413,7 +413,7 @@ int mtr_summarize(const char *out_path, mtr_run *r, const char *const *sources, 
     }
     goto done;
 nomem:
-    rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    rc = mtr_fail(MTR_ENOMEM, "out of memory");
 done:
     summ_writer_destroy(out);
     if (states)

@@ -1,4 +1,4 @@
-/* tables.c — phase 2 of moetrace-reduce: tables from per-sequence summaries (DESIGN.md §3, reduce/SUMMARIES.md).
+/* tables.c — phase 2 of moetrace-reduce: tables from per-sequence summaries (docs/ARCHITECTURE.md §3, reduce/SUMMARIES.md).
  *
  * Reads the summaries one layer at a time (q and counts of every sequence), so memory holds one layer, not the
  * trace set. TSVs carry '#' provenance lines and a '#' column header; layers are 1-based, experts 0-based.
@@ -54,7 +54,7 @@ static int tsv_open(tsv *t, const char *dir, const char *name, const mtr_summari
 {
     snprintf(t->path, sizeof t->path, "%s/%s", dir, name);
     t->f = fopen(t->path, "w");
-    if (!t->f) return mtr_reduce_fail(MTR_EIO, "%s: %s", t->path, strerror(errno));
+    if (!t->f) return mtr_fail(MTR_EIO, "%s: %s", t->path, strerror(errno));
     fprintf(t->f, "# moetrace-reduce %s: %s\n", MTR_VERSION_STRING, name);
     fprintf(t->f, "# summaries: %s\n", s->path);
     fprintf(t->f, "# model: %s (%u layers, %u experts, top-%u); weights: %s\n", s->model.model_id,
@@ -70,7 +70,7 @@ static int tsv_close(tsv *t)
 {
     if (!t->f) return 0;
     int bad = ferror(t->f);
-    if (fclose(t->f) != 0 || bad) return mtr_reduce_fail(MTR_EIO, "%s: write failed", t->path);
+    if (fclose(t->f) != 0 || bad) return mtr_fail(MTR_EIO, "%s: write failed", t->path);
     t->f = NULL;
     return 0;
 }
@@ -134,7 +134,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     mtr_tables_opts dflt = MTR_TABLES_OPTS_INIT;
     if (!opts) opts = &dflt;
     int rc = 0;
-    mtr_reduce_clear_error();
+    mtr_clear_error();
     const uint32_t L = s->model.n_layers, E = s->model.n_experts;
     const size_t S = s->n_seqs;
     const char *en = opts->english ? opts->english : "eng_Latn";
@@ -150,12 +150,12 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
         t_rd = {0}, t_miss = {0};
     hid_t h5 = H5I_INVALID_HID;
 
-    if (mkdir(dir, 0777) < 0 && errno != EEXIST) return mtr_reduce_fail(MTR_EIO, "%s: %s", dir, strerror(errno));
-    if (S == 0) return mtr_reduce_fail(MTR_EFORMAT, "%s: holds no sequences", s->path);
+    if (mkdir(dir, 0777) < 0 && errno != EEXIST) return mtr_fail(MTR_EIO, "%s: %s", dir, strerror(errno));
+    if (S == 0) return mtr_fail(MTR_EFORMAT, "%s: holds no sequences", s->path);
     if ((rc = strset_build(&datasets, s->dataset, S, NULL))) goto nomem;
     const char *base = opts->base_dataset ? opts->base_dataset : pick_base(s, &datasets);
     if (strset_find(&datasets, base) < 0) {
-        rc = mtr_reduce_fail(MTR_EINVAL, "%s: no sequences of base dataset '%s'", s->path, base);
+        rc = mtr_fail(MTR_EINVAL, "%s: no sequences of base dataset '%s'", s->path, base);
         goto done;
     }
     const char *base_lang = opts->base_lang ? opts->base_lang : en;
@@ -173,7 +173,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     const long en_idx = strset_find(&langs, en);
     if (en_idx < 0) {
         free(in_base);
-        rc = mtr_reduce_fail(MTR_EINVAL, "%s: no %s sequences in dataset '%s': divergence from English needs them",
+        rc = mtr_fail(MTR_EINVAL, "%s: no %s sequences in dataset '%s': divergence from English needs them",
                              s->path, en, base);
         goto done;
     }
@@ -188,7 +188,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
         long li = strset_find(&langs, s->lang[i]), ui = strset_find(&units, s->unit_id[i]);
         if (unit_seq[li * NU + ui] >= 0) {
             free(in_base);
-            rc = mtr_reduce_fail(MTR_EFORMAT, "%s: unit '%s' appears twice for %s in dataset '%s'", s->path,
+            rc = mtr_fail(MTR_EFORMAT, "%s: unit '%s' appears twice for %s in dataset '%s'", s->path,
                                  s->unit_id[i], s->lang[i], base);
             goto done;
         }
@@ -213,7 +213,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     snprintf(base_slice, sizeof base_slice, "%s:%s", base, base_lang);
     const long base_si = strset_find(&slices_ds, base_slice);
     if (base_si < 0) {
-        rc = mtr_reduce_fail(MTR_EINVAL, "%s: no sequences in the base slice %s", s->path, base_slice);
+        rc = mtr_fail(MTR_EINVAL, "%s: no sequences in the base slice %s", s->path, base_slice);
         goto done;
     }
     long rd_a = -1, rd_b = -1;
@@ -221,7 +221,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
         rd_a = strset_find(&slices_ds, opts->rd_a);
         rd_b = strset_find(&slices_ds, opts->rd_b);
         if (rd_a < 0 || rd_b < 0) {
-            rc = mtr_reduce_fail(MTR_EINVAL, "%s: no sequences in slice '%s' (slices are dataset:lang)", s->path,
+            rc = mtr_fail(MTR_EINVAL, "%s: no sequences in slice '%s' (slices are dataset:lang)", s->path,
                                  rd_a < 0 ? opts->rd_a : opts->rd_b);
             goto done;
         }
@@ -294,18 +294,18 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
 
     /* ---- TSVs ---- */
     char hdr[256];
-    if ((rc = tsv_open(&t_div, dir, "div_from_en.tsv", s, opts, base, "lang\tlayer\tdiv\tn_pairs"))) goto done;
+    if ((rc = tsv_open(&t_div, dir, MTR_TSV_DIV_FROM_EN, s, opts, base, "lang\tlayer\tdiv\tn_pairs"))) goto done;
     for (size_t a = 0; a < NL; a++) {
         if ((long)a == en_idx) continue;
         for (uint32_t l = 0; l < L; l++)
             fprintf(t_div.f, "%s\t%u\t%.17g\t%u\n", langs.v[a], l + 1, div_en[a * L + l], npairs_en[a]);
     }
-    if ((rc = tsv_open(&t_miss, dir, "units_missing_en.tsv", s, opts, base, "lang\tdataset\tunit_id"))) goto done;
+    if ((rc = tsv_open(&t_miss, dir, MTR_TSV_UNITS_MISSING_EN, s, opts, base, "lang\tdataset\tunit_id"))) goto done;
     for (size_t a = 0; a < NL; a++)
         for (size_t u = 0; u < NU; u++)
             if ((long)a != en_idx && unit_seq[a * NU + u] >= 0 && unit_seq[(size_t)en_idx * NU + u] < 0)
                 fprintf(t_miss.f, "%s\t%s\t%s\n", langs.v[a], base, units.v[u]);
-    if ((rc = tsv_open(&t_pair, dir, "div_pairwise.tsv", s, opts, base, "layer\tlang_a\tlang_b\tdiv\tn_pairs")))
+    if ((rc = tsv_open(&t_pair, dir, MTR_TSV_DIV_PAIRWISE, s, opts, base, "layer\tlang_a\tlang_b\tdiv\tn_pairs")))
         goto done;
     for (uint32_t l = 0; l < L; l++)
         for (size_t a = 0; a < NL; a++)
@@ -315,8 +315,8 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     /* entropy and consistency profiles over the base dataset */
     ent_tab = malloc(NL * L * sizeof *ent_tab);
     if (!ent_tab) goto nomem;
-    if ((rc = tsv_open(&t_ent, dir, "entropy.tsv", s, opts, base, "lang\tlayer\tentropy\tn_seqs\ttoken_entropy")) ||
-        (rc = tsv_open(&t_jac, dir, "jaccard.tsv", s, opts, base, "lang\tlayer\tjaccard\tn_seqs")))
+    if ((rc = tsv_open(&t_ent, dir, MTR_TSV_ENTROPY, s, opts, base, "lang\tlayer\tentropy\tn_seqs\ttoken_entropy")) ||
+        (rc = tsv_open(&t_jac, dir, MTR_TSV_JACCARD, s, opts, base, "lang\tlayer\tjaccard\tn_seqs")))
         goto done;
     for (size_t a = 0; a < NL; a++)
         for (uint32_t l = 0; l < L; l++) {
@@ -338,8 +338,8 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
             fprintf(t_jac.f, "%s\t%u\t%.17g\t%u\n", langs.v[a], l + 1, nj ? j / nj : NAN, nj);
         }
     /* frequencies of every slice, and Delta against the base slice */
-    if ((rc = tsv_open(&t_freq, dir, "freq.tsv", s, opts, base, "dataset\tlang\tlayer\texpert\tfreq\tweight\tn_seqs")) ||
-        (rc = tsv_open(&t_delta, dir, "delta.tsv", s, opts, base,
+    if ((rc = tsv_open(&t_freq, dir, MTR_TSV_FREQ, s, opts, base, "dataset\tlang\tlayer\texpert\tfreq\tweight\tn_seqs")) ||
+        (rc = tsv_open(&t_delta, dir, MTR_TSV_DELTA, s, opts, base,
                        "dataset\tlang\tlayer\texpert\tfreq\tbase_freq\tdelta")))
         goto done;
     for (size_t sl = 0; sl < NS; sl++) {
@@ -357,7 +357,7 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     }
     if (rd_a >= 0) {
         snprintf(hdr, sizeof hdr, "layer\texpert\tp_a\tp_b\trd\t(a=%s b=%s, over tokens)", opts->rd_a, opts->rd_b);
-        if ((rc = tsv_open(&t_rd, dir, "rd.tsv", s, opts, base, hdr))) goto done;
+        if ((rc = tsv_open(&t_rd, dir, MTR_TSV_RD, s, opts, base, hdr))) goto done;
         for (uint32_t l = 0; l < L; l++)
             for (uint32_t e = 0; e < E; e++) {
                 double pa = (double)slice_act[((size_t)rd_a * L + l) * E + e] / (double)slice_used[rd_a];
@@ -366,10 +366,10 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
             }
     }
     /* specialisation over the languages of the base dataset, from per-language activation rates */
-    if ((rc = tsv_open(&t_spec, dir, "specialisation.tsv", s, opts, base,
+    if ((rc = tsv_open(&t_spec, dir, MTR_TSV_SPECIALISATION, s, opts, base,
                        "layer\texpert\ttop_lang\ttop_share\tnorm_entropy\tn_activations\tscored")))
         goto done;
-    if ((rc = tsv_open(&t_top, dir, "top_experts.tsv", s, opts, base, "lang\tlayer\trank\texpert\tfreq\tdelta_en")))
+    if ((rc = tsv_open(&t_top, dir, MTR_TSV_TOP_EXPERTS, s, opts, base, "lang\tlayer\trank\texpert\tfreq\tdelta_en")))
         goto done;
     {
         long *lang_slice = malloc(NL * sizeof *lang_slice);
@@ -421,29 +421,29 @@ int mtr_tables(const char *dir, const mtr_summaries *s, const mtr_tables_opts *o
     /* ---- tables.h5 ---- */
     {
         char path[4200];
-        snprintf(path, sizeof path, "%s/tables.h5", dir);
+        snprintf(path, sizeof path, "%s/" MTR_OUT_TABLES, dir);
         h5 = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
         if (h5 < 0) {
-            rc = mtr_reduce_fail(MTR_EIO, "%s: cannot create", path);
+            rc = mtr_fail(MTR_EIO, "%s: cannot create", path);
             goto done;
         }
         hsize_t d2[2] = {NL, L}, d3[3] = {NL, NL, L}, dsl[3] = {NS, L, E};
-        if (h5_put_strs(h5, "langs", langs.v, NL) || h5_put_strs(h5, "slices", slices_ds.v, NS) ||
-            h5_put(h5, "div_from_en", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, div_en) ||
-            h5_put(h5, "div_pairwise", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, d3, div_pair) ||
-            h5_put(h5, "freq", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, freq) ||
-            h5_put(h5, "weight", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, weight) ||
-            h5_put(h5, "entropy", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, ent_tab) ||
+        if (h5_put_strs(h5, MTR_T_LANGS, langs.v, NL) || h5_put_strs(h5, MTR_T_SLICES, slices_ds.v, NS) ||
+            h5_put(h5, MTR_T_DIV_FROM_EN, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, div_en) ||
+            h5_put(h5, MTR_T_DIV_PAIRWISE, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, d3, div_pair) ||
+            h5_put(h5, MTR_T_FREQ, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, freq) ||
+            h5_put(h5, MTR_T_WEIGHT, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 3, dsl, weight) ||
+            h5_put(h5, MTR_T_ENTROPY, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, ent_tab) ||
             h5_put_attr(h5, "format", "moetrace-tables") || h5_put_attr(h5, "english", en) ||
             h5_put_attr(h5, "base_dataset", base) || h5_put_attr(h5, "base_slice", base_slice) ||
             h5_put_attr(h5, "summaries", s->path) || h5_put_attr(h5, "settings", s->settings ? s->settings : "{}")) {
-            rc = mtr_reduce_fail(MTR_EIO, "%s: cannot write tables", path);
+            rc = mtr_fail(MTR_EIO, "%s: cannot write tables", path);
             goto done;
         }
     }
     goto done;
 nomem:
-    rc = mtr_reduce_fail(MTR_ENOMEM, "out of memory");
+    rc = mtr_fail(MTR_ENOMEM, "out of memory");
 done:;
     tsv *all[] = {&t_div, &t_pair, &t_ent, &t_jac, &t_freq, &t_delta, &t_spec, &t_top, &t_rd, &t_miss};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) {

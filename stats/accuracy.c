@@ -21,17 +21,17 @@ static int push_row(mtr_accuracy *a, size_t *cap, const char *lang, const char *
                     double value, double n, const char *where)
 {
     if (!isfinite(value))
-        return mtr_stats_fail(MTR_EFORMAT, "%s: %s accuracy for %s %s", where, isnan(value) ? "NaN" : "infinite",
+        return mtr_fail(MTR_EFORMAT, "%s: %s accuracy for %s %s", where, isnan(value) ? "NaN" : "infinite",
                               lang, task);
     if (strlen(task) >= sizeof a->rows[0].task || strlen(metric) >= sizeof a->rows[0].metric)
-        return mtr_stats_fail(MTR_EFORMAT, "%s: task or metric name too long", where);
+        return mtr_fail(MTR_EFORMAT, "%s: task or metric name too long", where);
     for (size_t i = 0; i < a->n; i++)
         if (!strcmp(a->rows[i].lang, lang) && !strcmp(a->rows[i].task, task) && !strcmp(a->rows[i].metric, metric))
-            return mtr_stats_fail(MTR_EFORMAT, "%s: %s %s %s given twice", where, lang, task, metric);
+            return mtr_fail(MTR_EFORMAT, "%s: %s %s %s given twice", where, lang, task, metric);
     if (a->n == *cap) {
         size_t nc = *cap ? *cap * 2 : 64;
         mtr_acc_row *r = realloc(a->rows, nc * sizeof *r);
-        if (!r) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        if (!r) return mtr_fail(MTR_ENOMEM, "out of memory");
         a->rows = r;
         *cap = nc;
     }
@@ -48,7 +48,7 @@ static int push_row(mtr_accuracy *a, size_t *cap, const char *lang, const char *
 static int norm_lang(const char **out, const mtr_langs *langs, const char *code, const char *where)
 {
     if (mtr_langs_normalize(out, langs, code) == 0) return 0;
-    return mtr_stats_fail(MTR_EFORMAT, "%s: unknown language code '%s'", where, code);
+    return mtr_fail(MTR_EFORMAT, "%s: unknown language code '%s'", where, code);
 }
 
 /* ---- moetrace TSV -------------------------------------------------------------------------------------- */
@@ -63,7 +63,7 @@ static int load_tsv(mtr_accuracy *a, const char *path, const mtr_langs *langs)
     if ((rc = mtr_tsv_read(&f, path))) return rc;
     for (int i = 0; i < 5; i++)
         if ((col[i] = mtr_tsv_col(f, need[i])) < 0 && i < 4) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s: no column '%s' (want lang, task, metric, value, n)", path, need[i]);
+            rc = mtr_fail(MTR_EFORMAT, "%s: no column '%s' (want lang, task, metric, value, n)", path, need[i]);
             goto out_free;
         }
     for (size_t r = 0; r < f->n_rows; r++) {
@@ -73,11 +73,11 @@ static int load_tsv(mtr_accuracy *a, const char *path, const mtr_langs *langs)
         snprintf(where, sizeof where, "%s:%zu", path, f->line[r]);
         if ((rc = norm_lang(&lang, langs, c[col[0]], where))) goto out_free;
         if (mtr_stats_parse_double(&v, c[col[3]])) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s: value '%s' is not a number", where, c[col[3]]);
+            rc = mtr_fail(MTR_EFORMAT, "%s: value '%s' is not a number", where, c[col[3]]);
             goto out_free;
         }
         if (col[4] >= 0 && *c[col[4]] && mtr_stats_parse_double(&n, c[col[4]])) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s: n '%s' is not a number", where, c[col[4]]);
+            rc = mtr_fail(MTR_EFORMAT, "%s: n '%s' is not a number", where, c[col[4]]);
             goto out_free;
         }
         if ((rc = push_row(a, &cap, lang, c[col[1]], c[col[2]], v, n, where))) goto out_free;
@@ -106,12 +106,12 @@ static int load_task_map(task_map_entry **out, size_t *n_out, const char *path, 
     if ((rc = mtr_tsv_read(&f, path))) return rc;
     int ct = mtr_tsv_col(f, "task"), cl = mtr_tsv_col(f, "lang"), cb = mtr_tsv_col(f, "label");
     if (ct < 0 || cl < 0) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: task map needs columns task, lang (and optionally label)", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: task map needs columns task, lang (and optionally label)", path);
         goto out_free;
     }
     m = calloc(f->n_rows + 1, sizeof *m);
     if (!m) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     for (size_t r = 0; r < f->n_rows; r++) {
@@ -190,13 +190,13 @@ static int load_lmeval(mtr_accuracy *a, const char *path, json_t *results, const
             placed = task_rule(task, code, sizeof code, label, sizeof label);
             if (placed == 0) continue;
             if (placed < 0) {
-                rc = mtr_stats_fail(MTR_EFORMAT, "%s: no language for this task (give it in a task map)", where);
+                rc = mtr_fail(MTR_EFORMAT, "%s: no language for this task (give it in a task map)", where);
                 goto out_free;
             }
             if ((rc = norm_lang(&lang, langs, code, where))) goto out_free;
         }
         if (!json_is_object(entry)) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s: not an object", where);
+            rc = mtr_fail(MTR_EFORMAT, "%s: not an object", where);
             goto out_free;
         }
         const char *metric = o->metric;
@@ -205,7 +205,7 @@ static int load_lmeval(mtr_accuracy *a, const char *path, json_t *results, const
                 if (json_object_get(entry, metrics[i])) metric = metrics[i];
         json_t *v = metric ? json_object_get(entry, metric) : NULL;
         if (!v) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s: no metric %s", where, metric ? metric : "(acc,none or exact_match)");
+            rc = mtr_fail(MTR_EFORMAT, "%s: no metric %s", where, metric ? metric : "(acc,none or exact_match)");
             goto out_free;
         }
         double value;
@@ -213,7 +213,7 @@ static int load_lmeval(mtr_accuracy *a, const char *path, json_t *results, const
         else if (json_is_string(v) && mtr_stats_parse_double(&value, json_string_value(v)) == 0) (void)0;
         else if (json_is_null(v)) value = NAN;
         else {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s: metric %s is not a number", where, metric);
+            rc = mtr_fail(MTR_EFORMAT, "%s: metric %s is not a number", where, metric);
             goto out_free;
         }
         if ((rc = push_row(a, &cap, lang, label, metric, value, NAN, where))) goto out_free;
@@ -237,7 +237,7 @@ static int load_json_rows(mtr_accuracy *a, const char *path, json_t *arr, const 
         json_t *jl = json_object_get(e, "lang"), *jt = json_object_get(e, "task"), *jm = json_object_get(e, "metric");
         json_t *jv = json_object_get(e, "value"), *jn = json_object_get(e, "n");
         if (!json_is_string(jl) || !json_is_string(jt) || !(json_is_number(jv) || json_is_null(jv)))
-            return mtr_stats_fail(MTR_EFORMAT, "%s: needs string lang, task and a number value", where);
+            return mtr_fail(MTR_EFORMAT, "%s: needs string lang, task and a number value", where);
         const char *lang;
         if ((rc = norm_lang(&lang, langs, json_string_value(jl), where))) return rc;
         double v = json_is_null(jv) ? NAN : json_number_value(jv);
@@ -266,7 +266,7 @@ static int filter_metric(mtr_accuracy *a, const char *want, const char *path)
     for (size_t i = 0; i < a->n; i++)
         if (!strcmp(a->rows[i].metric, keep)) a->rows[k++] = a->rows[i];
     if (k == 0)
-        return mtr_stats_fail(MTR_EFORMAT, "%s: no rows with metric '%s'%s", path, keep,
+        return mtr_fail(MTR_EFORMAT, "%s: no rows with metric '%s'%s", path, keep,
                               want ? "" : " among several metrics per language and task (choose one with --metric)");
     a->n = k;
     return 0;
@@ -279,7 +279,7 @@ static int filter_metric(mtr_accuracy *a, const char *want, const char *path)
 static int merge_subtasks(mtr_accuracy *a)
 {
     size_t w = 0, *count = calloc(a->n + 1, sizeof *count);
-    if (!count) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!count) return mtr_fail(MTR_ENOMEM, "out of memory");
     for (size_t i = 0; i < a->n; i++) {
         mtr_acc_row r = a->rows[i];
         char *colon = strchr(r.task, ':');
@@ -313,11 +313,11 @@ int mtr_accuracy_load(mtr_accuracy **out, const char *path, const mtr_langs *lan
     *out = NULL;
     if (!opts) opts = &defaults;
     a = calloc(1, sizeof *a);
-    if (!a) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!a) return mtr_fail(MTR_ENOMEM, "out of memory");
 
     f = fopen(path, "rb");
     if (!f) {
-        rc = mtr_stats_fail(MTR_ENOTFOUND, "%s: no such file", path);
+        rc = mtr_fail(MTR_ENOTFOUND, "%s: no such file", path);
         goto out_free;
     }
     int c;
@@ -329,21 +329,21 @@ int mtr_accuracy_load(mtr_accuracy **out, const char *path, const mtr_langs *lan
         json_error_t jerr;
         root = json_load_file(path, 0, &jerr);
         if (!root) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s:%d: invalid JSON: %s", path, jerr.line, jerr.text);
+            rc = mtr_fail(MTR_EFORMAT, "%s:%d: invalid JSON: %s", path, jerr.line, jerr.text);
             goto out_free;
         }
         json_t *res = json_is_object(root) ? json_object_get(root, "results") : NULL;
         json_t *arr = json_is_array(root) ? root : json_object_get(root, "accuracy");
         if (json_is_object(res)) rc = load_lmeval(a, path, res, langs, opts);
         else if (json_is_array(arr)) rc = load_json_rows(a, path, arr, langs);
-        else rc = mtr_stats_fail(MTR_EFORMAT, "%s: neither lm-eval results (results.<task>.<metric>) nor a "
+        else rc = mtr_fail(MTR_EFORMAT, "%s: neither lm-eval results (results.<task>.<metric>) nor a "
                                               "moetrace accuracy list", path);
     } else {
         rc = load_tsv(a, path, langs);
     }
     if (rc) goto out_free;
     if (a->n == 0) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: no accuracy rows", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: no accuracy rows", path);
         goto out_free;
     }
     if (strcmp(a->format, "tsv") == 0 || strcmp(a->format, "json") == 0)
@@ -363,7 +363,7 @@ int mtr_accuracy_tasks(const char ***tasks, size_t *n, const mtr_accuracy *a)
     const char **t = malloc((a->n + 1) * sizeof *t);
     *tasks = NULL;
     *n = 0;
-    if (!t) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!t) return mtr_fail(MTR_ENOMEM, "out of memory");
     size_t k = 0;
     for (size_t i = 0; i < a->n; i++) {
         size_t j;

@@ -1,4 +1,4 @@
-/* band.c — the middle band (DESIGN.md §3 "Middle band"): parsed from "A-B", or detected from the U-shaped
+/* band.c — the middle band (docs/ARCHITECTURE.md §3 "Middle band"): parsed from "A-B", or detected from the U-shaped
  * divergence-from-English curve as the longest run of layers whose language-mean divergence is at most
  * min + alpha (max - min). */
 #include <math.h>
@@ -12,14 +12,14 @@ int mtr_band_parse(mtr_band *out, const char *s, uint32_t n_layers)
 {
     char buf[64];
     memset(out, 0, sizeof *out);
-    if (!s || strlen(s) >= sizeof buf) return mtr_stats_fail(MTR_EINVAL, "band '%s' is not A-B", s ? s : "");
+    if (!s || strlen(s) >= sizeof buf) return mtr_fail(MTR_EINVAL, "band '%s' is not A-B", s ? s : "");
     snprintf(buf, sizeof buf, "%s", s);
     char *dash = strchr(buf, '-');
-    if (!dash) return mtr_stats_fail(MTR_EINVAL, "band '%s' is not A-B (1-based, inclusive)", s);
+    if (!dash) return mtr_fail(MTR_EINVAL, "band '%s' is not A-B (1-based, inclusive)", s);
     *dash = '\0';
     if (mtr_stats_parse_u32(&out->first, buf) || mtr_stats_parse_u32(&out->last, dash + 1) || out->first < 1 ||
         out->first > out->last || (n_layers && out->last > n_layers))
-        return mtr_stats_fail(MTR_EINVAL, "band '%s' is not A-B with 1 <= A <= B <= %u (1-based, inclusive)", s,
+        return mtr_fail(MTR_EINVAL, "band '%s' is not A-B with 1 <= A <= B <= %u (1-based, inclusive)", s,
                               n_layers);
     out->threshold = NAN;
     out->alpha = NAN;
@@ -29,8 +29,8 @@ int mtr_band_parse(mtr_band *out, const char *s, uint32_t n_layers)
 int mtr_band_detect(mtr_band *out, const double *curve, size_t stride, size_t n_layers, double alpha)
 {
     memset(out, 0, sizeof *out);
-    if (n_layers < 3) return mtr_stats_fail(MTR_EINVAL, "%zu layers: band detection needs at least 3", n_layers);
-    if (!(alpha >= 0.0 && alpha <= 1.0)) return mtr_stats_fail(MTR_EINVAL, "alpha %g is not in [0, 1]", alpha);
+    if (n_layers < 3) return mtr_fail(MTR_EDATA, "%zu layers: band detection needs at least 3", n_layers);
+    if (!(alpha >= 0.0 && alpha <= 1.0)) return mtr_fail(MTR_EINVAL, "alpha %g is not in [0, 1]", alpha);
     double lo = INFINITY, hi = -INFINITY;
     for (size_t l = 0; l < n_layers; l++) {
         double v = curve[l * stride];
@@ -38,7 +38,7 @@ int mtr_band_detect(mtr_band *out, const double *curve, size_t stride, size_t n_
         lo = fmin(lo, v);
         hi = fmax(hi, v);
     }
-    if (!isfinite(lo)) return mtr_stats_fail(MTR_EINVAL, "the divergence curve has no finite value");
+    if (!isfinite(lo)) return mtr_fail(MTR_EDATA, "the divergence curve has no finite value");
     double thr = lo + alpha * (hi - lo);
     size_t best_a = 0, best_n = 0, run_a = 0, run_n = 0;
     for (size_t l = 0; l < n_layers; l++) {
@@ -64,7 +64,7 @@ int mtr_band_detect(mtr_band *out, const double *curve, size_t stride, size_t n_
 
 int mtr_band_curve(double *curve, const mtr_tables *t, const char *reference)
 {
-    if (!t->div_en) return mtr_stats_fail(MTR_ENOTFOUND, "%s: no divergence-from-English table (div_from_en.tsv)",
+    if (!t->div_en) return mtr_fail(MTR_ENOTFOUND, "%s: no divergence-from-English table (div_from_en.tsv)",
                                           t->source);
     for (uint32_t l = 0; l < t->n_layers; l++) {
         double s = 0.0;

@@ -9,23 +9,23 @@
 
 #include <jansson.h>
 
+#include "mtr_cli.h"
 #include "mtr_stats.h"
 
 #define PROG "moetrace-stats"
 
-enum { EXIT_OK = 0, EXIT_USAGE = 1, EXIT_DATA = 2, EXIT_IO = 3 };
-
-extern const char exit_status_text[];
+/* The shared command-line conventions (traces/mtr_cli.h) under the short names the verbs use. */
+enum { EXIT_OK = MTR_EXIT_OK, EXIT_USAGE = MTR_EXIT_USAGE, EXIT_DATA = MTR_EXIT_DATA, EXIT_IO = MTR_EXIT_IO };
+#define exit_status_text mtr_cli_exit_text
+#define cli_error mtr_cli_error
+#define cli_exit_code mtr_exit_code
+#define cli_parse_u64 mtr_cli_parse_u64
+#define cli_parse_double mtr_cli_parse_double
 extern const char *cli_command_line; /* the whole command line, for provenance */
 
-/* "moetrace-stats VERB: message" on stderr, one line. */
-void cli_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Report a library error (its detail) and return the exit status for it. */
+/* Report a library error with its detail (detail, else mtr_errmsg(), else the code's name); exit status. */
 int cli_fail(const char *verb, int err, const char *detail);
-int cli_exit_code(int err);
 int cli_parse_u32(uint32_t *out, const char *s);
-int cli_parse_u64(uint64_t *out, const char *s);
-int cli_parse_double(double *out, const char *s);
 
 /* The band a verb works on: --band A-B, --band detect, else the profile's, else detected. */
 typedef struct {

@@ -9,71 +9,18 @@
 
 #include "cli.h"
 
-const char exit_status_text[] =
-    "Exit status:\n"
-    "  0  success\n"
-    "  1  bad usage: unknown verb or option, bad option value\n"
-    "  2  bad input data: unknown language, missing or NaN accuracy, fewer than 3 languages, malformed table\n"
-    "  3  I/O or internal failure\n";
-
 const char *cli_command_line = "";
-
-void cli_error(const char *verb, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, verb ? "%s %s: " : "%s: ", PROG, verb);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-int cli_exit_code(int err)
-{
-    switch (err) {
-    case MTR_OK: return EXIT_OK;
-    case MTR_EIO:
-    case MTR_ENOMEM:
-    case MTR_EHDF5: return EXIT_IO;
-    default: return EXIT_DATA;
-    }
-}
 
 int cli_fail(const char *verb, int err, const char *detail)
 {
-    cli_error(verb, "%s", detail && *detail ? detail : mtr_strerror(err));
-    return cli_exit_code(err);
+    if (detail && *detail && detail != mtr_errmsg()) {
+        cli_error(verb, "%s", detail);
+        return mtr_exit_code(err);
+    }
+    return mtr_cli_fail(verb, err, NULL);
 }
 
-int cli_parse_u64(uint64_t *out, const char *s)
-{
-    char *end;
-    if (!s || *s < '0' || *s > '9') return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end || errno) return -1;
-    *out = v;
-    return 0;
-}
-
-int cli_parse_u32(uint32_t *out, const char *s)
-{
-    uint64_t v;
-    if (cli_parse_u64(&v, s) || v > 0xffffffffu) return -1;
-    *out = (uint32_t)v;
-    return 0;
-}
-
-int cli_parse_double(double *out, const char *s)
-{
-    char *end;
-    if (!s || !*s) return -1;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (*end || errno || !isfinite(v)) return -1;
-    *out = v;
-    return 0;
-}
+int cli_parse_u32(uint32_t *out, const char *s) { return mtr_cli_parse_u32_in(out, s, 0, 0xffffffffu); }
 
 int cli_load_langs(mtr_langs **out, const char *verb, const char *path)
 {
@@ -85,7 +32,66 @@ int cli_load_langs(mtr_langs **out, const char *verb, const char *path)
         path = buf;
     }
     int rc = mtr_langs_load(out, path);
-    return rc ? cli_fail(verb, rc, mtr_stats_errmsg()) : 0;
+    return rc ? cli_fail(verb, rc, mtr_errmsg()) : 0;
+}
+
+/* "A-B" with decimal A and B (what --band takes as a band rather than a file name) */
+static bool looks_like_band(const char *s)
+{
+    size_t a = strspn(s, "0123456789");
+    return a > 0 && s[a] == '-' && strspn(s + a + 1, "0123456789") > 0 && s[a + 1 + strspn(s + a + 1, "0123456789")] == '\0';
+}
+
+/* The band of a moetrace-stats output: a TSV whose "# band: A-B (1-based, inclusive): SOURCE" line `band`,
+ * `correlate`, `experts`, `overlap` and `steer` print, or a JSON object with "band": {"first", "last", "source"}
+ * (band --json, correlate --json, ...). One place holds the band every later step and figure uses. */
+static int band_from_file(cli_band *out, const char *verb, const char *path, uint32_t n_layers)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error(verb, "--band %s: not A-B, detect or a readable band file (%s)", path, strerror(errno));
+        return errno == ENOENT ? EXIT_USAGE : EXIT_IO;
+    }
+    char span[64] = "", src[400] = "";
+    int c;
+    while ((c = fgetc(f)) == ' ' || c == '\t' || c == '\r' || c == '\n') {}
+    if (c == '{') {
+        fclose(f);
+        json_t *root = json_load_file(path, 0, NULL), *b = json_object_get(root, "band");
+        json_t *jf = json_object_get(b, "first"), *jl = json_object_get(b, "last"), *js = json_object_get(b, "source");
+        if (json_is_integer(jf) && json_is_integer(jl))
+            snprintf(span, sizeof span, "%lld-%lld", (long long)json_integer_value(jf), (long long)json_integer_value(jl));
+        if (json_is_string(js)) snprintf(src, sizeof src, "%s", json_string_value(js));
+        json_decref(root);
+    } else {
+        rewind(f);
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t len;
+        while ((len = getline(&line, &cap, f)) > 0) {
+            if (strncmp(line, "# band: ", 8)) continue;
+            line[strcspn(line, "\r\n")] = '\0';
+            const char *l = line + 8, *s0 = strstr(l, "): ");
+            size_t k = strspn(l, "0123456789-");
+            if (k < sizeof span) snprintf(span, sizeof span, "%.*s", (int)k, l);
+            if (s0) snprintf(src, sizeof src, "%s", s0 + 3);
+            break;
+        }
+        free(line);
+        fclose(f);
+    }
+    if (!span[0] || !looks_like_band(span)) {
+        cli_error(verb, "%s: no band in it (want a moetrace-stats output: a '# band: A-B' line or JSON \"band\": "
+                        "{\"first\", \"last\"})", path);
+        return EXIT_DATA;
+    }
+    if (mtr_band_parse(&out->band, span, n_layers)) {
+        cli_error(verb, "%s: band %s: %s", path, span, mtr_errmsg());
+        return EXIT_DATA;
+    }
+    out->band.detected = strstr(src, "detected") != NULL;
+    snprintf(out->source, sizeof out->source, "from %.100s: %.390s", path, src[0] ? src : "(no source given)");
+    return 0;
 }
 
 int cli_resolve_band(cli_band *out, const char *verb, const char *band_arg, const mtr_profile *profile,
@@ -94,9 +100,11 @@ int cli_resolve_band(cli_band *out, const char *verb, const char *band_arg, cons
     int rc;
     memset(out, 0, sizeof *out);
     uint32_t n_layers = profile ? profile->n_layers : t ? t->n_layers : 0;
+    if (band_arg && strcmp(band_arg, "detect") != 0 && !looks_like_band(band_arg))
+        return band_from_file(out, verb, band_arg, n_layers);
     if (band_arg && strcmp(band_arg, "detect") != 0) {
         if ((rc = mtr_band_parse(&out->band, band_arg, n_layers))) {
-            cli_error(verb, "--band: %s", mtr_stats_errmsg());
+            cli_error(verb, "--band: %s", mtr_errmsg());
             return EXIT_USAGE;
         }
         snprintf(out->source, sizeof out->source, "given (--band %s)", band_arg);
@@ -120,7 +128,7 @@ int cli_resolve_band(cli_band *out, const char *verb, const char *band_arg, cons
     rc = mtr_band_curve(curve, t, english);
     if (!rc) rc = mtr_band_detect(&out->band, curve, 1, t->n_layers, alpha);
     free(curve);
-    if (rc) return cli_fail(verb, rc, mtr_stats_errmsg());
+    if (rc) return cli_fail(verb, rc, mtr_errmsg());
     snprintf(out->source, sizeof out->source,
              "detected from the U-curve: longest run of layers with language-mean divergence <= min + alpha*(max-min), "
              "alpha=%g, threshold=%.6g%s",

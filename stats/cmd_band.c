@@ -1,6 +1,5 @@
 /* cmd_band.c — `moetrace-stats band`: the language-mean divergence-from-English curve per layer and the middle
- * band, from a model profile or detected from the U-curve (DESIGN.md §3 "Middle band"), saying which. */
-#include <getopt.h>
+ * band, from a model profile or detected from the U-curve (docs/ARCHITECTURE.md §3 "Middle band"), saying which. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +10,7 @@
 
 static void help(void)
 {
-    printf("Usage: %s " VERB " --tables DIR [--profile NAME|FILE] [--band A-B|detect] [--alpha X] [--json]\n"
+    printf("Usage: %s " VERB " --tables DIR [--profile NAME|FILE] [--band A-B|detect|FILE] [--alpha X] [--json]\n"
            "\n"
            "Print the mean over non-English languages of the divergence from English per layer (the U-curve) and the\n"
            "middle band: the profile's (the paper's bands: Qwen3-30B-A3B 8-35, Phi-3.5-MoE 8-17, GPT-OSS-20B 4-19,\n"
@@ -21,7 +20,8 @@ static void help(void)
            "\n"
            "  --tables DIR           reduce tables with div_from_en.tsv\n"
            "  --profile NAME|FILE    model profile (config/models/NAME.json)\n"
-           "  --band A-B|detect      use this band / force detection\n"
+           "  --band A-B|detect|FILE  use this band / force detection / the band of a moetrace-stats output\n"
+           "                         (this verb's TSV or JSON, correlate.json, ...)\n"
            "  --alpha X              detection threshold (default 0.2)\n"
            "  --english CODE         reference language (default eng_Latn)\n"
            "  --json                 JSON instead of TSV\n"
@@ -34,39 +34,41 @@ static void help(void)
 int cmd_band(int argc, char **argv)
 {
     enum { O_TABLES = 256, O_PROFILE, O_BAND, O_ALPHA, O_ENG, O_JSON };
-    static const struct option opts[] = {
-        {"tables", required_argument, NULL, O_TABLES}, {"profile", required_argument, NULL, O_PROFILE},
-        {"band", required_argument, NULL, O_BAND},     {"alpha", required_argument, NULL, O_ALPHA},
-        {"english", required_argument, NULL, O_ENG},   {"json", no_argument, NULL, O_JSON},
-        {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0}};
+    static const mtr_cli_option opts[] = {
+        {"tables", O_TABLES, true}, {"profile", O_PROFILE, true}, {"band", O_BAND, true},
+        {"alpha", O_ALPHA, true}, {"english", O_ENG, true}, {"json", O_JSON, false}, {"help", 'h', false}};
     const char *tables_path = NULL, *profile_arg = NULL, *band_arg = NULL, *english = "eng_Latn";
     double alpha = 0.2;
     bool json = false;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    const char *first_pos = NULL;
+    for (int ai = 1; ai < argc; ai++) {
+        const char *val = NULL;
+        c = mtr_cli_id(VERB, argc, argv, &ai, opts, sizeof opts / sizeof opts[0], &val, &first_pos);
+        if (c <= 0) {
+            if (c < 0) return EXIT_USAGE;
+            continue;
+        }
         switch (c) {
         case 'h': help(); return EXIT_OK;
-        case O_TABLES: tables_path = optarg; break;
-        case O_PROFILE: profile_arg = optarg; break;
-        case O_BAND: band_arg = optarg; break;
-        case O_ENG: english = optarg; break;
+        case O_TABLES: tables_path = val; break;
+        case O_PROFILE: profile_arg = val; break;
+        case O_BAND: band_arg = val; break;
+        case O_ENG: english = val; break;
         case O_JSON: json = true; break;
         case O_ALPHA:
-            if (cli_parse_double(&alpha, optarg) || alpha < 0 || alpha > 1) {
-                cli_error(VERB, "--alpha '%s' is not a number in [0, 1]", optarg);
+            if (cli_parse_double(&alpha, val) || alpha < 0 || alpha > 1) {
+                cli_error(VERB, "--alpha '%s' is not a number in [0, 1]", val);
                 return EXIT_USAGE;
             }
             break;
         default:
-            cli_error(VERB, "unknown option or missing value: '%s' (see --help)", argv[optind - 1]);
-            return EXIT_USAGE;
+            break;
         }
     }
-    if (optind < argc || !tables_path) {
-        cli_error(VERB, optind < argc ? "unexpected argument '%s'" : "--tables is required (see --help)",
-                  optind < argc ? argv[optind] : "");
+    if (first_pos || !tables_path) {
+        cli_error(VERB, first_pos ? "unexpected argument '%s'" : "--tables is required (see --help)",
+                  first_pos ? first_pos : "");
         return EXIT_USAGE;
     }
     int rc, ex = EXIT_OK;
@@ -77,7 +79,7 @@ int cmd_band(int argc, char **argv)
     mtr_band det;
     bool have_det = false;
     if ((rc = mtr_tables_open(&t, tables_path)) || (profile_arg && (rc = mtr_profile_load(&prof, profile_arg)))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (!t->div_en) {

@@ -1,7 +1,6 @@
 /* cmd_correlate.c — `moetrace-stats correlate`: for every layer and for the band mean, across the non-English
- * languages, the correlation of divergence from English with task accuracy (DESIGN.md §3 "Correlation with
+ * languages, the correlation of divergence from English with task accuracy (docs/ARCHITECTURE.md §3 "Correlation with
  * performance"), as TSV or JSON, with a one-line verdict per model and task. */
-#include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +18,15 @@ static void help(void)
            "its p, percentile bootstrap 95%% CIs over languages and permutation p-values (two-sided). Ends with a\n"
            "one-line verdict per task: sign and strength of the band correlation.\n"
            "\n"
+           "p-values with few languages: up to %d languages every ordering of the accuracies is enumerated (n!), so\n"
+           "the permutation p-values are exact and Spearman's p is the exact permutation p (with 5 languages and\n"
+           "rho = -1 it is 2/120; the t approximation would say 1e-24); with more languages Spearman's p is the t\n"
+           "approximation and the permutation p is sampled. Pearson's p is always the t-test (exact under bivariate\n"
+           "normality). The method of each p is printed (columns spearman_p_method, p_perm_method: t, exact,\n"
+           "monte-carlo). Bootstrap CIs over so few languages are unreliable (a perfectly ordered sample gives\n"
+           "[-1, -1]): the verdict calls a band correlation conclusive only when the CI excludes 0 and the\n"
+           "permutation p is below 1 - level.\n"
+           "\n"
            "Inputs:\n"
            "  --tables DIR           reduce tables (a directory of TSVs; tables.h5 later)\n"
            "  --accuracy FILE        accuracies: moetrace TSV (lang task metric value n), moetrace JSON, or\n"
@@ -33,7 +41,8 @@ static void help(void)
            "\n"
            "Band (1-based, inclusive):\n"
            "  --profile NAME|FILE    model profile (config/models/NAME.json): its middle band and name\n"
-           "  --band A-B|detect      the band, or detect it from the U-curve (default: the profile's, else detect)\n"
+           "  --band A-B|detect|FILE  the band, detect it from the U-curve, or the band of a moetrace-stats output\n"
+           "                         (band.txt or band.json from `band`; default: the profile's, else detect)\n"
            "  --alpha X              detection threshold min + X*(max-min) (default 0.2)\n"
            "  --model NAME           model name in the output (default: the profile's, else \"model\")\n"
            "\n"
@@ -48,10 +57,10 @@ static void help(void)
            "  -h, --help             this help\n"
            "\n"
            "TSV columns: model task layer n_langs pearson_r pearson_p pearson_ci_lo pearson_ci_hi pearson_p_perm\n"
-           "spearman_rho spearman_p spearman_ci_lo spearman_ci_hi spearman_p_perm; layer is 1-based, or \"band\" for\n"
-           "the band mean. The verdict is the last line, \"# verdict: ...\".\n"
+           "spearman_rho spearman_p spearman_ci_lo spearman_ci_hi spearman_p_perm spearman_p_method p_perm_method;\n"
+           "layer is 1-based, or \"band\" for the band mean. The verdict is the last line, \"# verdict: ...\".\n"
            "\n%s",
-           PROG, exit_status_text);
+           PROG, MTR_STATS_EXACT_MAX_N, exit_status_text);
 }
 
 static const char *strength(double r)
@@ -60,38 +69,52 @@ static const char *strength(double r)
     return a >= 0.7 ? "strong" : a >= 0.5 ? "moderate" : a >= 0.3 ? "weak" : "negligible";
 }
 
+/* "exact: all 120 orderings" / "t approximation" / "10000 random orderings" */
+static void method_text(char *buf, size_t cap, mtr_p_method m, uint64_t n_perm)
+{
+    if (m == MTR_P_EXACT) snprintf(buf, cap, "exact: all %llu orderings", (unsigned long long)n_perm);
+    else if (m == MTR_P_MONTE_CARLO) snprintf(buf, cap, "%llu random orderings", (unsigned long long)n_perm);
+    else snprintf(buf, cap, "t approximation");
+}
+
 static void verdict(char *buf, size_t cap, const char *model, const char *task, const cli_band *b,
                     const mtr_corr_result *c, double level)
 {
     const mtr_corr_stat *p = &c->pearson, *s = &c->spearman;
     bool excl = (p->ci_lo > 0.0 && p->ci_hi > 0.0) || (p->ci_lo < 0.0 && p->ci_hi < 0.0);
+    bool sig = p->p_perm < 1.0 - level;
+    char pm[64], sm[64], why[160], small[160] = "";
+    method_text(pm, sizeof pm, p->p_perm_method, p->n_perm_used);
+    method_text(sm, sizeof sm, s->p_method, s->n_perm_used);
+    snprintf(why, sizeof why, !excl ? "the CI includes 0: not conclusive"
+                              : !sig ? "the permutation p is not below %.3g: not conclusive"
+                              : p->r < 0 ? "languages routed more like English in the middle layers score higher"
+                                         : "languages routed more like English in the middle layers score lower",
+             1.0 - level);
+    if (c->n <= MTR_STATS_EXACT_MAX_N)
+        snprintf(small, sizeof small, " (with %zu languages the bootstrap CI is unreliable; the permutation p-values are "
+                                      "exact)", c->n);
     snprintf(buf, cap,
              "%s, %s, band %u-%u (%s): %s %s correlation between divergence from English and accuracy: Pearson r = "
-             "%.3f [%.3g%% CI %.3f, %.3f], p = %.3g (permutation p = %.3g); Spearman rho = %.3f, p = %.3g; %zu "
-             "languages; %s",
+             "%.3f [%.3g%% CI %.3f, %.3f], p = %.3g (t-test; permutation p = %.3g, %s); Spearman rho = %.3f, p = %.3g "
+             "(%s); %zu languages; %s%s",
              model, task, b->band.first, b->band.last, b->band.detected ? "detected" : "profile/given",
              strength(p->r), p->r < 0 ? "negative" : "positive", p->r, 100.0 * level, p->ci_lo, p->ci_hi, p->p,
-             p->p_perm, s->r, s->p, c->n,
-             !excl ? "the CI includes 0: not conclusive"
-             : p->r < 0 ? "languages routed more like English in the middle layers score higher"
-                        : "languages routed more like English in the middle layers score lower");
+             p->p_perm, pm, s->r, s->p, sm, c->n, why, small);
 }
 
 int cmd_correlate(int argc, char **argv)
 {
     enum { O_TABLES = 256, O_ACC, O_TASK, O_METRIC, O_MAP, O_MERGE, O_LANGS, O_ENG, O_SKIP, O_PROFILE, O_BAND,
            O_ALPHA, O_MODEL, O_SEED, O_BOOT, O_PERM, O_LEVEL, O_JSON };
-    static const struct option opts[] = {
-        {"tables", required_argument, NULL, O_TABLES}, {"accuracy", required_argument, NULL, O_ACC},
-        {"task", required_argument, NULL, O_TASK}, {"metric", required_argument, NULL, O_METRIC},
-        {"task-map", required_argument, NULL, O_MAP}, {"merge-subtasks", no_argument, NULL, O_MERGE},
-        {"languages", required_argument, NULL, O_LANGS}, {"english", required_argument, NULL, O_ENG},
-        {"skip-missing", no_argument, NULL, O_SKIP}, {"profile", required_argument, NULL, O_PROFILE},
-        {"band", required_argument, NULL, O_BAND}, {"alpha", required_argument, NULL, O_ALPHA},
-        {"model", required_argument, NULL, O_MODEL}, {"seed", required_argument, NULL, O_SEED},
-        {"bootstrap", required_argument, NULL, O_BOOT}, {"permutations", required_argument, NULL, O_PERM},
-        {"level", required_argument, NULL, O_LEVEL}, {"json", no_argument, NULL, O_JSON},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const mtr_cli_option opts[] = {
+        {"tables", O_TABLES, true}, {"accuracy", O_ACC, true}, {"task", O_TASK, true},
+        {"metric", O_METRIC, true}, {"task-map", O_MAP, true}, {"merge-subtasks", O_MERGE, false},
+        {"languages", O_LANGS, true}, {"english", O_ENG, true}, {"skip-missing", O_SKIP, false},
+        {"profile", O_PROFILE, true}, {"band", O_BAND, true}, {"alpha", O_ALPHA, true},
+        {"model", O_MODEL, true}, {"seed", O_SEED, true}, {"bootstrap", O_BOOT, true},
+        {"permutations", O_PERM, true}, {"level", O_LEVEL, true}, {"json", O_JSON, false},
+        {"help", 'h', false}};
     const char *tables_path = NULL, *acc_path = NULL, *only_task = NULL, *langs_path = NULL, *english = "eng_Latn";
     const char *profile_arg = NULL, *band_arg = NULL, *model = NULL;
     bool skip_missing = false, json = false;
@@ -99,60 +122,64 @@ int cmd_correlate(int argc, char **argv)
     mtr_acc_opts ao = MTR_ACC_OPTS_INIT;
     mtr_corr_opts co = MTR_CORR_OPTS_INIT;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    const char *first_pos = NULL;
+    for (int ai = 1; ai < argc; ai++) {
+        const char *val = NULL;
+        c = mtr_cli_id(VERB, argc, argv, &ai, opts, sizeof opts / sizeof opts[0], &val, &first_pos);
+        if (c <= 0) {
+            if (c < 0) return EXIT_USAGE;
+            continue;
+        }
         switch (c) {
         case 'h': help(); return EXIT_OK;
-        case O_TABLES: tables_path = optarg; break;
-        case O_ACC: acc_path = optarg; break;
-        case O_TASK: only_task = optarg; break;
-        case O_METRIC: ao.metric = optarg; break;
-        case O_MAP: ao.task_map = optarg; break;
+        case O_TABLES: tables_path = val; break;
+        case O_ACC: acc_path = val; break;
+        case O_TASK: only_task = val; break;
+        case O_METRIC: ao.metric = val; break;
+        case O_MAP: ao.task_map = val; break;
         case O_MERGE: ao.merge_subtasks = true; break;
-        case O_LANGS: langs_path = optarg; break;
-        case O_ENG: english = optarg; break;
+        case O_LANGS: langs_path = val; break;
+        case O_ENG: english = val; break;
         case O_SKIP: skip_missing = true; break;
-        case O_PROFILE: profile_arg = optarg; break;
-        case O_BAND: band_arg = optarg; break;
-        case O_MODEL: model = optarg; break;
+        case O_PROFILE: profile_arg = val; break;
+        case O_BAND: band_arg = val; break;
+        case O_MODEL: model = val; break;
         case O_JSON: json = true; break;
         case O_ALPHA:
-            if (cli_parse_double(&alpha, optarg) || alpha < 0 || alpha > 1) {
-                cli_error(VERB, "--alpha '%s' is not a number in [0, 1]", optarg);
+            if (cli_parse_double(&alpha, val) || alpha < 0 || alpha > 1) {
+                cli_error(VERB, "--alpha '%s' is not a number in [0, 1]", val);
                 return EXIT_USAGE;
             }
             break;
         case O_SEED:
-            if (cli_parse_u64(&co.seed, optarg)) {
-                cli_error(VERB, "--seed '%s' is not a non-negative integer", optarg);
+            if (cli_parse_u64(&co.seed, val)) {
+                cli_error(VERB, "--seed '%s' is not a non-negative integer", val);
                 return EXIT_USAGE;
             }
             break;
         case O_BOOT:
         case O_PERM: {
             uint32_t v;
-            if (cli_parse_u32(&v, optarg) || v < 100 || v > 100000000u) {
+            if (cli_parse_u32(&v, val) || v < 100 || v > 100000000u) {
                 cli_error(VERB, "--%s '%s' is not an integer in 100..100000000", c == O_BOOT ? "bootstrap" : "permutations",
-                          optarg);
+                          val);
                 return EXIT_USAGE;
             }
             *(c == O_BOOT ? &co.n_boot : &co.n_perm) = v;
             break;
         }
         case O_LEVEL:
-            if (cli_parse_double(&co.level, optarg) || co.level <= 0 || co.level >= 1) {
-                cli_error(VERB, "--level '%s' is not a number in (0, 1)", optarg);
+            if (cli_parse_double(&co.level, val) || co.level <= 0 || co.level >= 1) {
+                cli_error(VERB, "--level '%s' is not a number in (0, 1)", val);
                 return EXIT_USAGE;
             }
             break;
         default:
-            cli_error(VERB, "unknown option or missing value: '%s' (see --help)", argv[optind - 1]);
-            return EXIT_USAGE;
+            break;
         }
     }
-    if (optind < argc) {
-        cli_error(VERB, "unexpected argument '%s'", argv[optind]);
+    if (first_pos) {
+        cli_error(VERB, "unexpected argument '%s'", first_pos);
         return EXIT_USAGE;
     }
     if (!tables_path || !acc_path) {
@@ -174,12 +201,12 @@ int cmd_correlate(int argc, char **argv)
     if ((ex = cli_load_langs(&langs, VERB, langs_path))) goto out_free;
     const char *eng;
     if (mtr_langs_normalize(&eng, langs, english)) {
-        cli_error(VERB, "--english: %s", mtr_stats_errmsg());
+        cli_error(VERB, "--english: %s", mtr_errmsg());
         ex = EXIT_USAGE;
         goto out_free;
     }
     if ((rc = mtr_accuracy_load(&acc, acc_path, langs, &ao)) || (rc = mtr_tables_open(&t, tables_path))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (!t->div_en) {
@@ -188,7 +215,7 @@ int cmd_correlate(int argc, char **argv)
         goto out_free;
     }
     if (profile_arg && (rc = mtr_profile_load(&prof, profile_arg))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (profile_arg && prof.n_layers != t->n_layers) {
@@ -216,7 +243,7 @@ int cmd_correlate(int argc, char **argv)
         goto out_free;
     }
     if ((rc = mtr_accuracy_tasks(&tasks, &n_tasks, acc))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (only_task) {
@@ -250,6 +277,11 @@ int cmd_correlate(int argc, char **argv)
         json_object_set_new(js, "permutations", json_integer(co.n_perm));
         json_object_set_new(js, "level", json_real(co.level));
         json_object_set_new(js, "ci", json_string("percentile bootstrap over languages"));
+        json_object_set_new(js, "exact_max_n", json_integer(MTR_STATS_EXACT_MAX_N));
+        json_object_set_new(js, "p_methods",
+                            json_string("pearson p: t-test; spearman p: exact permutation p for n <= exact_max_n, else t "
+                                        "approximation; p_perm: exact (all n! orderings) for n <= exact_max_n, else "
+                                        "monte-carlo"));
         json_object_set_new(jroot, "settings", js);
         json_object_set_new(jroot, "results", json_array());
     } else {
@@ -259,9 +291,13 @@ int cmd_correlate(int argc, char **argv)
         printf("# x: divergence from %s (div_from_en), per layer and averaged over the band; y: accuracy\n", eng);
         printf("# bootstrap: %u resamples of the languages, %.0f%% percentile CI, seed %llu; permutations: %u, "
                "two-sided\n", co.n_boot, 100 * co.level, (unsigned long long)co.seed, co.n_perm);
+        printf("# p-values: Pearson p is the t-test; up to %d languages the permutation p-values and Spearman's p are "
+               "exact (all n! orderings), above, permutations are sampled and Spearman's p is the t approximation "
+               "(columns spearman_p_method, p_perm_method)\n", MTR_STATS_EXACT_MAX_N);
         for (size_t i = 0; i < t->n_prov; i++) printf("# input %s\n", t->prov[i]);
         printf("#model\ttask\tlayer\tn_langs\tpearson_r\tpearson_p\tpearson_ci_lo\tpearson_ci_hi\tpearson_p_perm\t"
-               "spearman_rho\tspearman_p\tspearman_ci_lo\tspearman_ci_hi\tspearman_p_perm\n");
+               "spearman_rho\tspearman_p\tspearman_ci_lo\tspearman_ci_hi\tspearman_p_perm\tspearman_p_method\t"
+               "p_perm_method\n");
     }
 
     char verdicts[16][1024];
@@ -335,13 +371,14 @@ int cmd_correlate(int argc, char **argv)
             if (n < MTR_STATS_MIN_N || mtr_stats_correlate(&r, xs, 1, ys, 1, n, &co) != 0) {
                 if (l == L) {
                     cli_error(VERB, "task %s, band mean: %s", task,
-                              n < MTR_STATS_MIN_N ? "fewer than 3 languages with values" : mtr_stats_errmsg());
+                              n < MTR_STATS_MIN_N ? "fewer than 3 languages with values" : mtr_errmsg());
                     json_decref(jtask);
                     json_decref(jlayers);
                     ex = EXIT_DATA;
                     goto out_free;
                 }
                 r.pearson.r = r.pearson.p = r.pearson.ci_lo = r.pearson.ci_hi = r.pearson.p_perm = NAN;
+                r.pearson.p_method = r.pearson.p_perm_method = MTR_P_METHOD_COUNT; /* printed as "-" / null */
                 r.spearman = r.pearson;
             }
             if (l == L) band_res = r;
@@ -362,14 +399,22 @@ int cmd_correlate(int argc, char **argv)
                     json_object_set_new(s, "ci", ci);
                     json_object_set_new(s, "p_perm", cli_jnum(st[q]->p_perm));
                     json_object_set_new(s, "n_boot_used", json_integer(st[q]->n_boot_used));
+                    const char *pmn = mtr_stats_p_method_name(st[q]->p_method);
+                    const char *ppn = mtr_stats_p_method_name(st[q]->p_perm_method);
+                    json_object_set_new(s, "p_method", pmn ? json_string(pmn) : json_null());
+                    json_object_set_new(s, "p_perm_method", ppn ? json_string(ppn) : json_null());
+                    json_object_set_new(s, "n_perm", json_integer((json_int_t)st[q]->n_perm_used));
                     json_object_set_new(o, q ? "spearman" : "pearson", s);
                 }
                 if (l == L) json_object_set_new(jtask, "band_mean", o);
                 else json_array_append_new(jlayers, o);
             } else {
-                printf("%s\t%s\t%s\t%zu\t%.6f\t%.6g\t%.6f\t%.6f\t%.6g\t%.6f\t%.6g\t%.6f\t%.6f\t%.6g\n", model, task, lname,
-                       r.n, r.pearson.r, r.pearson.p, r.pearson.ci_lo, r.pearson.ci_hi, r.pearson.p_perm, r.spearman.r,
-                       r.spearman.p, r.spearman.ci_lo, r.spearman.ci_hi, r.spearman.p_perm);
+                const char *spm = mtr_stats_p_method_name(r.spearman.p_method);
+                const char *ppm = mtr_stats_p_method_name(r.spearman.p_perm_method);
+                printf("%s\t%s\t%s\t%zu\t%.6f\t%.6g\t%.6f\t%.6f\t%.6g\t%.6f\t%.6g\t%.6f\t%.6f\t%.6g\t%s\t%s\n", model, task,
+                       lname, r.n, r.pearson.r, r.pearson.p, r.pearson.ci_lo, r.pearson.ci_hi, r.pearson.p_perm,
+                       r.spearman.r, r.spearman.p, r.spearman.ci_lo, r.spearman.ci_hi, r.spearman.p_perm,
+                       spm ? spm : "-", ppm ? ppm : "-");
             }
         }
         if (n_verdicts < 16) verdict(verdicts[n_verdicts++], sizeof verdicts[0], model, task, &band, &band_res, co.level);

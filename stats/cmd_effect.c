@@ -1,7 +1,6 @@
 /* cmd_effect.c — `moetrace-stats effect`: the effect of an intervention from baseline and steered accuracies:
  * per-language gains, their mean over the non-English languages with a paired bootstrap CI and a sign test, in
  * the layout of the paper's main table (model, task, layers, tau, op, #experts, baseline, steered, gain). */
-#include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,18 +44,14 @@ int cmd_effect(int argc, char **argv)
 {
     enum { O_BASE = 256, O_STEERED, O_STEER, O_TASK, O_MODEL, O_LAYERS, O_TAU, O_OP, O_NEXP, O_METRIC, O_MAP,
            O_MERGE, O_LANGS, O_ENG, O_SKIP, O_SEED, O_BOOT, O_LEVEL, O_PERLANG, O_JSON };
-    static const struct option opts[] = {
-        {"baseline", required_argument, NULL, O_BASE}, {"steered", required_argument, NULL, O_STEERED},
-        {"steer", required_argument, NULL, O_STEER}, {"task", required_argument, NULL, O_TASK},
-        {"model", required_argument, NULL, O_MODEL}, {"layers", required_argument, NULL, O_LAYERS},
-        {"tau", required_argument, NULL, O_TAU}, {"op", required_argument, NULL, O_OP},
-        {"n-experts", required_argument, NULL, O_NEXP}, {"metric", required_argument, NULL, O_METRIC},
-        {"task-map", required_argument, NULL, O_MAP}, {"merge-subtasks", no_argument, NULL, O_MERGE},
-        {"languages", required_argument, NULL, O_LANGS}, {"english", required_argument, NULL, O_ENG},
-        {"skip-missing", no_argument, NULL, O_SKIP}, {"seed", required_argument, NULL, O_SEED},
-        {"bootstrap", required_argument, NULL, O_BOOT}, {"level", required_argument, NULL, O_LEVEL},
-        {"per-lang", no_argument, NULL, O_PERLANG}, {"json", no_argument, NULL, O_JSON},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const mtr_cli_option opts[] = {
+        {"baseline", O_BASE, true}, {"steered", O_STEERED, true}, {"steer", O_STEER, true},
+        {"task", O_TASK, true}, {"model", O_MODEL, true}, {"layers", O_LAYERS, true}, {"tau", O_TAU, true},
+        {"op", O_OP, true}, {"n-experts", O_NEXP, true}, {"metric", O_METRIC, true},
+        {"task-map", O_MAP, true}, {"merge-subtasks", O_MERGE, false}, {"languages", O_LANGS, true},
+        {"english", O_ENG, true}, {"skip-missing", O_SKIP, false}, {"seed", O_SEED, true},
+        {"bootstrap", O_BOOT, true}, {"level", O_LEVEL, true}, {"per-lang", O_PERLANG, false},
+        {"json", O_JSON, false}, {"help", 'h', false}};
     const char *base_path = NULL, *steered_path = NULL, *steer_path = NULL, *only_task = NULL, *langs_path = NULL;
     const char *english = "eng_Latn";
     char model[MTR_MAX_NAME] = "model", layers[512] = "-", tau[64] = "-", op[128] = "-", n_exp[32] = "-";
@@ -66,54 +61,58 @@ int cmd_effect(int argc, char **argv)
     double level = 0.95;
     mtr_acc_opts ao = MTR_ACC_OPTS_INIT;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    const char *first_pos = NULL;
+    for (int ai = 1; ai < argc; ai++) {
+        const char *val = NULL;
+        c = mtr_cli_id(VERB, argc, argv, &ai, opts, sizeof opts / sizeof opts[0], &val, &first_pos);
+        if (c <= 0) {
+            if (c < 0) return EXIT_USAGE;
+            continue;
+        }
         switch (c) {
         case 'h': help(); return EXIT_OK;
-        case O_BASE: base_path = optarg; break;
-        case O_STEERED: steered_path = optarg; break;
-        case O_STEER: steer_path = optarg; break;
-        case O_TASK: only_task = optarg; break;
-        case O_MODEL: snprintf(model, sizeof model, "%s", optarg); break;
-        case O_LAYERS: snprintf(layers, sizeof layers, "%s", optarg); break;
-        case O_TAU: snprintf(tau, sizeof tau, "%s", optarg); break;
-        case O_OP: snprintf(op, sizeof op, "%s", optarg); break;
-        case O_NEXP: snprintf(n_exp, sizeof n_exp, "%s", optarg); break;
-        case O_METRIC: ao.metric = optarg; break;
-        case O_MAP: ao.task_map = optarg; break;
+        case O_BASE: base_path = val; break;
+        case O_STEERED: steered_path = val; break;
+        case O_STEER: steer_path = val; break;
+        case O_TASK: only_task = val; break;
+        case O_MODEL: snprintf(model, sizeof model, "%s", val); break;
+        case O_LAYERS: snprintf(layers, sizeof layers, "%s", val); break;
+        case O_TAU: snprintf(tau, sizeof tau, "%s", val); break;
+        case O_OP: snprintf(op, sizeof op, "%s", val); break;
+        case O_NEXP: snprintf(n_exp, sizeof n_exp, "%s", val); break;
+        case O_METRIC: ao.metric = val; break;
+        case O_MAP: ao.task_map = val; break;
         case O_MERGE: ao.merge_subtasks = true; break;
-        case O_LANGS: langs_path = optarg; break;
-        case O_ENG: english = optarg; break;
+        case O_LANGS: langs_path = val; break;
+        case O_ENG: english = val; break;
         case O_SKIP: skip = true; break;
         case O_PERLANG: per_lang = true; break;
         case O_JSON: json = true; break;
         case O_SEED:
-            if (cli_parse_u64(&seed, optarg)) {
-                cli_error(VERB, "--seed '%s' is not a non-negative integer", optarg);
+            if (cli_parse_u64(&seed, val)) {
+                cli_error(VERB, "--seed '%s' is not a non-negative integer", val);
                 return EXIT_USAGE;
             }
             break;
         case O_BOOT:
-            if (cli_parse_u32(&n_boot, optarg) || n_boot < 100) {
-                cli_error(VERB, "--bootstrap '%s' is not an integer >= 100", optarg);
+            if (cli_parse_u32(&n_boot, val) || n_boot < 100) {
+                cli_error(VERB, "--bootstrap '%s' is not an integer >= 100", val);
                 return EXIT_USAGE;
             }
             break;
         case O_LEVEL:
-            if (cli_parse_double(&level, optarg) || level <= 0 || level >= 1) {
-                cli_error(VERB, "--level '%s' is not a number in (0, 1)", optarg);
+            if (cli_parse_double(&level, val) || level <= 0 || level >= 1) {
+                cli_error(VERB, "--level '%s' is not a number in (0, 1)", val);
                 return EXIT_USAGE;
             }
             break;
         default:
-            cli_error(VERB, "unknown option or missing value: '%s' (see --help)", argv[optind - 1]);
-            return EXIT_USAGE;
+            break;
         }
     }
-    if (optind < argc || !base_path || !steered_path) {
-        cli_error(VERB, optind < argc ? "unexpected argument '%s'" : "--baseline and --steered are required%s",
-                  optind < argc ? argv[optind] : " (see --help)");
+    if (first_pos || !base_path || !steered_path) {
+        cli_error(VERB, first_pos ? "unexpected argument '%s'" : "--baseline and --steered are required%s",
+                  first_pos ? first_pos : " (see --help)");
         return EXIT_USAGE;
     }
     int rc, ex = EXIT_OK;
@@ -127,12 +126,12 @@ int cmd_effect(int argc, char **argv)
     if ((ex = cli_load_langs(&langs, VERB, langs_path))) goto out_free;
     const char *eng;
     if (mtr_langs_normalize(&eng, langs, english)) {
-        cli_error(VERB, "--english: %s", mtr_stats_errmsg());
+        cli_error(VERB, "--english: %s", mtr_errmsg());
         ex = EXIT_USAGE;
         goto out_free;
     }
     if ((rc = mtr_accuracy_load(&ba, base_path, langs, &ao)) || (rc = mtr_accuracy_load(&sa, steered_path, langs, &ao))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     if (steer_path) {
@@ -159,7 +158,7 @@ int cmd_effect(int argc, char **argv)
         snprintf(n_exp, sizeof n_exp, "%zu", st->n_sel);
     }
     if ((rc = mtr_accuracy_tasks(&tasks, &n_tasks, ba))) {
-        ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+        ex = cli_fail(VERB, rc, mtr_errmsg());
         goto out_free;
     }
     d = malloc((ba->n * 3 + 1) * sizeof *d);
@@ -174,12 +173,15 @@ int cmd_effect(int argc, char **argv)
         json_object_set_new(root, "command", json_string(cli_command_line));
         json_object_set_new(root, "baseline", json_string(base_path));
         json_object_set_new(root, "steered", json_string(steered_path));
+        /* the intervention by the name its steering file gives it (task, outside_band, random, ...) */
+        json_object_set_new(root, "steer", steer_path ? json_string(steer_path) : json_null());
+        json_object_set_new(root, "intervention", st ? json_string(st->name) : json_null());
         json_object_set_new(root, "bootstrap", json_pack("{s:I,s:i,s:f}", "seed", (json_int_t)seed, "resamples",
                                                          (int)n_boot, "level", level));
     } else {
         cli_provenance(stdout, VERB);
         printf("# baseline: %s (%s)\n# steered: %s (%s)\n", base_path, ba->format, steered_path, sa->format);
-        if (steer_path) printf("# steering file: %s\n", steer_path);
+        if (steer_path) printf("# steering file: %s (intervention %s)\n", steer_path, st->name);
         printf("# mean over non-English languages; gain CI: paired percentile bootstrap over languages, %u resamples, "
                "seed %llu, level %g; sign test: exact binomial, two-sided, ties dropped\n",
                n_boot, (unsigned long long)seed, level);
@@ -241,7 +243,7 @@ int cmd_effect(int argc, char **argv)
         if ((rc = mtr_stats_bootstrap_mean(&mean, &lo, &hi, gv, 1, n, seed, n_boot, level)) ||
             (rc = mtr_stats_sign_test(&sp, up, down))) {
             json_decref(jl);
-            ex = cli_fail(VERB, rc, mtr_stats_errmsg());
+            ex = cli_fail(VERB, rc, mtr_errmsg());
             goto out_free;
         }
         bm /= (double)n;

@@ -1,8 +1,7 @@
 /* cmd_select.c — expert selection verbs: `experts` (task and multilingual-specialised experts), `overlap`
  * (their overlap as a function of tau) and `steer` (one steering file per intervention: the selection and every
- * control, each with its EasySteer and flat-matrix exports). DESIGN.md §3 "Specialisation", §4. */
+ * control, each with its EasySteer and flat-matrix exports). docs/ARCHITECTURE.md §3 "Specialisation", §4. */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +38,8 @@ static void common_help(void)
            "                         for --op hard)\n"
            "Band (1-based, inclusive):\n"
            "  --profile NAME|FILE    model profile: band, model id, dimensions\n"
-           "  --band A-B|detect      the band (default: the profile's, else detected)\n"
+           "  --band A-B|detect|FILE  the band, detected, or that of a moetrace-stats output such as band.txt\n"
+           "                         (default: the profile's, else detected)\n"
            "  --alpha X              detection threshold (default 0.2)\n");
 }
 
@@ -48,19 +48,14 @@ static int parse_sel(sel_args *a, const char *verb, int argc, char **argv, void 
     enum { O_TABLES = 256, O_DATASET, O_GENERIC, O_ENG, O_TAU, O_MLRULE, O_MLTAU, O_MLBAND, O_CAP, O_PROFILE,
            O_BAND, O_ALPHA, O_OUT, O_OP, O_LAMBDA, O_EPSMODE, O_EPS, O_SEED, O_CONTROLS, O_MODELID, O_TOPK, O_TAUS,
            O_JSON };
-    static const struct option opts[] = {
-        {"tables", required_argument, NULL, O_TABLES}, {"dataset", required_argument, NULL, O_DATASET},
-        {"generic", required_argument, NULL, O_GENERIC}, {"english", required_argument, NULL, O_ENG},
-        {"tau", required_argument, NULL, O_TAU}, {"ml-rule", required_argument, NULL, O_MLRULE},
-        {"ml-tau", required_argument, NULL, O_MLTAU}, {"ml-in-band", no_argument, NULL, O_MLBAND},
-        {"cap", required_argument, NULL, O_CAP}, {"profile", required_argument, NULL, O_PROFILE},
-        {"band", required_argument, NULL, O_BAND}, {"alpha", required_argument, NULL, O_ALPHA},
-        {"out", required_argument, NULL, O_OUT}, {"op", required_argument, NULL, O_OP},
-        {"lambda", required_argument, NULL, O_LAMBDA}, {"eps-mode", required_argument, NULL, O_EPSMODE},
-        {"eps", required_argument, NULL, O_EPS}, {"seed", required_argument, NULL, O_SEED},
-        {"controls", required_argument, NULL, O_CONTROLS}, {"model-id", required_argument, NULL, O_MODELID},
-        {"top-k", required_argument, NULL, O_TOPK}, {"taus", required_argument, NULL, O_TAUS},
-        {"json", no_argument, NULL, O_JSON}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const mtr_cli_option opts[] = {
+        {"tables", O_TABLES, true}, {"dataset", O_DATASET, true}, {"generic", O_GENERIC, true},
+        {"english", O_ENG, true}, {"tau", O_TAU, true}, {"ml-rule", O_MLRULE, true},
+        {"ml-tau", O_MLTAU, true}, {"ml-in-band", O_MLBAND, false}, {"cap", O_CAP, true},
+        {"profile", O_PROFILE, true}, {"band", O_BAND, true}, {"alpha", O_ALPHA, true}, {"out", O_OUT, true},
+        {"op", O_OP, true}, {"lambda", O_LAMBDA, true}, {"eps-mode", O_EPSMODE, true}, {"eps", O_EPS, true},
+        {"seed", O_SEED, true}, {"controls", O_CONTROLS, true}, {"model-id", O_MODELID, true},
+        {"top-k", O_TOPK, true}, {"taus", O_TAUS, true}, {"json", O_JSON, false}, {"help", 'h', false}};
     memset(a, 0, sizeof *a);
     a->english = "eng_Latn";
     a->tau = 0.3;
@@ -73,23 +68,28 @@ static int parse_sel(sel_args *a, const char *verb, int argc, char **argv, void 
     a->controls = "outside,multilingual,random,deactivate";
     a->taus = "0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5";
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    const char *first_pos = NULL;
+    for (int ai = 1; ai < argc; ai++) {
+        const char *val = NULL;
+        c = mtr_cli_id(verb, argc, argv, &ai, opts, sizeof opts / sizeof opts[0], &val, &first_pos);
+        if (c <= 0) {
+            if (c < 0) return EXIT_USAGE;
+            continue;
+        }
         double *dv = NULL;
         const char *dname = NULL;
         switch (c) {
         case 'h': help(); return -2;
-        case O_TABLES: a->tables = optarg; break;
-        case O_DATASET: a->dataset = optarg; break;
-        case O_GENERIC: a->generic = optarg; break;
-        case O_ENG: a->english = optarg; break;
-        case O_PROFILE: a->profile = optarg; break;
-        case O_BAND: a->band = optarg; break;
-        case O_OUT: a->out = optarg; break;
-        case O_CONTROLS: a->controls = optarg; break;
-        case O_MODELID: a->model_id = optarg; break;
-        case O_TAUS: a->taus = optarg; break;
+        case O_TABLES: a->tables = val; break;
+        case O_DATASET: a->dataset = val; break;
+        case O_GENERIC: a->generic = val; break;
+        case O_ENG: a->english = val; break;
+        case O_PROFILE: a->profile = val; break;
+        case O_BAND: a->band = val; break;
+        case O_OUT: a->out = val; break;
+        case O_CONTROLS: a->controls = val; break;
+        case O_MODELID: a->model_id = val; break;
+        case O_TAUS: a->taus = val; break;
         case O_JSON: a->json = true; break;
         case O_MLBAND: a->ml_in_band = true; break;
         case O_TAU: dv = &a->tau, dname = "tau"; break;
@@ -98,49 +98,48 @@ static int parse_sel(sel_args *a, const char *verb, int argc, char **argv, void 
         case O_LAMBDA: dv = &a->lambda, dname = "lambda"; break;
         case O_EPS: dv = &a->eps, dname = "eps", a->has_eps = true; break;
         case O_MLRULE:
-            if (!strcmp(optarg, "delta")) a->ml_rule = MTR_ML_DELTA;
-            else if (!strcmp(optarg, "3sd")) a->ml_rule = MTR_ML_3SD;
+            if (!strcmp(val, "delta")) a->ml_rule = MTR_ML_DELTA;
+            else if (!strcmp(val, "3sd")) a->ml_rule = MTR_ML_3SD;
             else {
-                cli_error(verb, "--ml-rule '%s' is not delta or 3sd", optarg);
+                cli_error(verb, "--ml-rule '%s' is not delta or 3sd", val);
                 return EXIT_USAGE;
             }
             break;
         case O_OP:
-            if (mtr_steer_op_parse(&a->op, optarg)) {
-                cli_error(verb, "--op '%s' is not soft, hard, off or bias", optarg);
+            if (mtr_steer_op_parse(&a->op, val)) {
+                cli_error(verb, "--op '%s' is not soft, hard, off or bias", val);
                 return EXIT_USAGE;
             }
             break;
         case O_EPSMODE:
-            if (mtr_steer_eps_parse(&a->eps_mode, optarg)) {
-                cli_error(verb, "--eps-mode '%s' is not gaussian or fixed", optarg);
+            if (mtr_steer_eps_parse(&a->eps_mode, val)) {
+                cli_error(verb, "--eps-mode '%s' is not gaussian or fixed", val);
                 return EXIT_USAGE;
             }
             break;
         case O_CAP:
         case O_TOPK:
-            if (cli_parse_u32(c == O_CAP ? &a->cap : &a->top_k, optarg) || (c == O_TOPK && a->top_k == 0)) {
-                cli_error(verb, "--%s '%s' is not a positive integer", c == O_CAP ? "cap" : "top-k", optarg);
+            if (cli_parse_u32(c == O_CAP ? &a->cap : &a->top_k, val) || (c == O_TOPK && a->top_k == 0)) {
+                cli_error(verb, "--%s '%s' is not a positive integer", c == O_CAP ? "cap" : "top-k", val);
                 return EXIT_USAGE;
             }
             break;
         case O_SEED:
-            if (cli_parse_u64(&a->seed, optarg)) {
-                cli_error(verb, "--seed '%s' is not a non-negative integer", optarg);
+            if (cli_parse_u64(&a->seed, val)) {
+                cli_error(verb, "--seed '%s' is not a non-negative integer", val);
                 return EXIT_USAGE;
             }
             break;
         default:
-            cli_error(verb, "unknown option or missing value: '%s' (see --help)", argv[optind - 1]);
-            return EXIT_USAGE;
+            break;
         }
-        if (dv && cli_parse_double(dv, optarg)) {
-            cli_error(verb, "--%s '%s' is not a number", dname, optarg);
+        if (dv && cli_parse_double(dv, val)) {
+            cli_error(verb, "--%s '%s' is not a number", dname, val);
             return EXIT_USAGE;
         }
     }
-    if (optind < argc) {
-        cli_error(verb, "unexpected argument '%s'", argv[optind]);
+    if (first_pos) {
+        cli_error(verb, "unexpected argument '%s'", first_pos);
         return EXIT_USAGE;
     }
     if (!a->tables || !a->dataset) {
@@ -169,13 +168,13 @@ static int load_ctx(sel_ctx *x, const sel_args *a, const char *verb)
 {
     int rc;
     memset(x, 0, sizeof *x);
-    if ((rc = mtr_tables_open(&x->t, a->tables))) return cli_fail(verb, rc, mtr_stats_errmsg());
+    if ((rc = mtr_tables_open(&x->t, a->tables))) return cli_fail(verb, rc, mtr_errmsg());
     if (!x->t->freq && !x->t->delta) {
         cli_error(verb, "%s: no freq.tsv or delta.tsv: nothing to select from", a->tables);
         return EXIT_DATA;
     }
     if (a->profile) {
-        if ((rc = mtr_profile_load(&x->prof, a->profile))) return cli_fail(verb, rc, mtr_stats_errmsg());
+        if ((rc = mtr_profile_load(&x->prof, a->profile))) return cli_fail(verb, rc, mtr_errmsg());
         x->has_prof = true;
         if (x->t->n_layers > x->prof.n_layers || x->t->n_experts > x->prof.n_experts) {
             cli_error(verb, "%s: tables have %u layers x %u experts, more than profile %s (%u x %u)", a->tables,
@@ -247,7 +246,7 @@ int cmd_experts(int argc, char **argv)
     if ((rc = mtr_select_task(&task, x.t, a.dataset, x.generic, a.english, a.tau, &x.band.band, a.cap)) ||
         (rc = mtr_select_multilingual(&ml, x.t, x.generic, a.english, a.ml_rule, a.ml_tau,
                                       a.ml_in_band ? &x.band.band : NULL))) {
-        ex = cli_fail("experts", rc, mtr_stats_errmsg());
+        ex = cli_fail("experts", rc, mtr_errmsg());
         goto out_free;
     }
     if (a.json) {
@@ -344,7 +343,7 @@ int cmd_overlap(int argc, char **argv)
                                          a.ml_in_band ? &x.band.band : NULL);
         if (rc) {
             mtr_expert_set_free(&task);
-            ex = cli_fail("overlap", rc, mtr_stats_errmsg());
+            ex = cli_fail("overlap", rc, mtr_errmsg());
             goto out_free;
         }
         size_t n_both = 0;
@@ -385,7 +384,8 @@ static void steer_help(void)
 {
     printf("Usage: %s steer --tables DIR --dataset D --out DIR [options]\n\n"
            "Select the task experts and write one steering file per intervention into --out: NAME.h5 + NAME.json\n"
-           "(traces/STEERING.md), NAME.easysteer.json (EasySteer moe_router layer config) and NAME.f32 +\n"
+           "(traces/STEERING.md), NAME.easysteer.json (EasySteer moe_router layer config: soft as mode soft with\n"
+           "its lambda, hard/off as activate/deactivate; none for --op bias, which EasySteer lacks) and NAME.f32 +\n"
            "NAME.f32.json (flat f32 matrix with a sidecar). Interventions: task (the selection), and the controls\n"
            "built the same way: outside (the same number of experts with the largest Delta outside the band, early\n"
            "and late layers), multilingual (the same number of multilingual-specialised experts, band layers),\n"
@@ -396,7 +396,7 @@ static void steer_help(void)
     printf("Steering:\n"
            "  --out DIR              output directory (made if missing)\n"
            "  --op soft|hard|off|bias  operation (default soft)\n"
-           "  --lambda X             soft: multiple of std(z) (default 0.2)\n"
+           "  --lambda X             soft: multiple of std(z) (default 0.5); bias: the value added to z\n"
            "  --eps-mode gaussian|fixed  hard/off: eps ~ N(0, eps^2) seeded, or a fixed eps (default gaussian)\n"
            "  --eps X                default 1e-6 (gaussian sd) or 0.01 (fixed, SteerMoE's)\n"
            "  --seed S               seed of the random control and of gaussian eps (default 1)\n"
@@ -450,7 +450,9 @@ static int write_one(json_t *summary, const sel_args *a, const sel_ctx *x, const
     s->eps_mode = a->eps_mode;
     s->eps = a->eps;
     s->seed = a->seed;
-    for (size_t i = 0; i < set->n && !rc; i++) rc = mtr_steer_add(s, set->v[i].layer, set->v[i].expert, NAN, set->v[i].score);
+    /* NaN: the op's default coefficient (soft lambda, hard +1, off -1); bias adds --lambda itself */
+    double coef = op == MTR_STEER_BIAS ? lambda : NAN;
+    for (size_t i = 0; i < set->n && !rc; i++) rc = mtr_steer_add(s, set->v[i].layer, set->v[i].expert, coef, set->v[i].score);
     /* provenance: what was selected how (layers 1-based here, as in every table people read) */
     json_t *p = json_pack("{s:s,s:s,s:s,s:s,s:f,s:{s:i,s:i,s:s,s:s},s:s,s:s,s:I}", "tables", a->tables, "dataset",
                           a->dataset, "generic", x->generic, "english", a->english, "tau", a->tau, "band", "first",
@@ -474,7 +476,8 @@ static int write_one(json_t *summary, const sel_args *a, const sel_ctx *x, const
     snprintf(fj, sizeof fj, "%s/%s.f32.json", a->out, name);
     bool lossy = false;
     if (!rc) rc = mtr_steer_write(s, h5, js);
-    if (!rc) rc = mtr_steer_export_easysteer(s, es, &lossy);
+    /* EasySteer has no additive-bias mode: a bias file gets no EasySteer export (cmd_steer says so once) */
+    if (!rc && op != MTR_STEER_BIAS) rc = mtr_steer_export_easysteer(s, es, &lossy);
     if (!rc) rc = mtr_steer_export_flat(s, fb, fj);
     if (rc) {
         int ex = cli_fail("steer", rc, mtr_errmsg());
@@ -491,11 +494,14 @@ static int write_one(json_t *summary, const sel_args *a, const sel_ctx *x, const
         i = j;
     }
     if (summary) {
-        json_array_append_new(summary, json_pack("{s:s,s:s,s:f,s:i,s:s,s:s,s:b}", "name", name, "op",
+        json_array_append_new(summary, json_pack("{s:s,s:s,s:f,s:i,s:s,s:s,s:o,s:b}", "name", name, "op",
                                                  mtr_steer_op_name(op), "lambda", lambda, "n_experts", (int)s->n_sel,
-                                                 "layers", layers, "file", h5, "easysteer_lossy", lossy));
+                                                 "layers", layers, "file", h5, "easysteer",
+                                                 op == MTR_STEER_BIAS ? json_null() : json_string(es),
+                                                 "easysteer_lossy", lossy));
     } else {
-        printf("%s\t%s\t%g\t%zu\t%s\t%s\n", name, mtr_steer_op_name(op), op == MTR_STEER_SOFT ? lambda : s->eps,
+        printf("%s\t%s\t%g\t%zu\t%s\t%s\n", name, mtr_steer_op_name(op),
+               op == MTR_STEER_SOFT || op == MTR_STEER_BIAS ? lambda : s->eps,
                s->n_sel, layers[0] ? layers : "-", h5);
     }
     mtr_steer_destroy(s);
@@ -538,10 +544,10 @@ int cmd_steer(int argc, char **argv)
     {
         char sp[4200];
         struct stat sst;
-        if (stat(a.tables, &sst) == 0 && S_ISDIR(sst.st_mode)) snprintf(sp, sizeof sp, "%s/summaries.h5", a.tables);
+        if (stat(a.tables, &sst) == 0 && S_ISDIR(sst.st_mode)) snprintf(sp, sizeof sp, "%s/" MTR_OUT_SUMMARIES, a.tables);
         else {
             const char *slash = strrchr(a.tables, '/');
-            snprintf(sp, sizeof sp, "%.*ssummaries.h5", slash ? (int)(slash - a.tables + 1) : 0, a.tables);
+            snprintf(sp, sizeof sp, "%.*s" MTR_OUT_SUMMARIES, slash ? (int)(slash - a.tables + 1) : 0, a.tables);
         }
         has_traced = stat(sp, &sst) == 0 && mtr_model_info_read(&traced, NULL, sp) == 0 &&
                      traced.n_layers == n_layers && traced.n_experts == n_experts;
@@ -568,7 +574,7 @@ int cmd_steer(int argc, char **argv)
     }
     if ((rc = mtr_select_delta(delta, x.t, a.dataset, a.english, x.generic, a.english)) ||
         (rc = mtr_select_task(&task, x.t, a.dataset, x.generic, a.english, a.tau, &x.band.band, cap))) {
-        ex = cli_fail("steer", rc, mtr_stats_errmsg());
+        ex = cli_fail("steer", rc, mtr_errmsg());
         goto out_free;
     }
     if (task.n_dropped)
@@ -576,6 +582,8 @@ int cmd_steer(int argc, char **argv)
                   task.n_dropped, cap);
     if (task.n == 0) cli_error("steer", "warning: no expert has Delta > %g in band %u-%u: the files are empty", a.tau,
                                x.band.band.first, x.band.band.last);
+    if (a.op == MTR_STEER_BIAS)
+        cli_error("steer", "note: op bias has no EasySteer moe_router mode: no NAME.easysteer.json written");
     if (a.json) summary = json_array();
     else {
         cli_provenance(stdout, "steer");
@@ -591,7 +599,7 @@ int cmd_steer(int argc, char **argv)
         goto out_free;
     if (want_control(a.controls, "outside")) {
         if ((rc = mtr_control_outside(&ctl, &task, delta, x.t->n_layers, x.t->n_experts, &x.band.band, cap))) {
-            ex = cli_fail("steer", rc, mtr_stats_errmsg());
+            ex = cli_fail("steer", rc, mtr_errmsg());
             goto out_free;
         }
         snprintf(rule, sizeof rule, "control: the %zu experts with the largest Delta(%s) outside the band", task.n, a.dataset);
@@ -602,7 +610,7 @@ int cmd_steer(int argc, char **argv)
     if (want_control(a.controls, "multilingual")) {
         if ((rc = mtr_select_multilingual(&ml, x.t, x.generic, a.english, a.ml_rule, a.ml_tau, &x.band.band)) ||
             (rc = mtr_control_multilingual(&ctl, &task, &ml))) {
-            ex = cli_fail("steer", rc, mtr_stats_errmsg());
+            ex = cli_fail("steer", rc, mtr_errmsg());
             goto out_free;
         }
         size_t over = a.op == MTR_STEER_HARD ? cap_per_layer(&ctl, cap) : 0;
@@ -619,7 +627,7 @@ int cmd_steer(int argc, char **argv)
     }
     if (want_control(a.controls, "random")) {
         if ((rc = mtr_control_random(&ctl, &task, x.t->n_experts, a.seed))) {
-            ex = cli_fail("steer", rc, mtr_stats_errmsg());
+            ex = cli_fail("steer", rc, mtr_errmsg());
             goto out_free;
         }
         snprintf(rule, sizeof rule, "control: random experts matched per layer to the task experts (seed %llu)",

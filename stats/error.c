@@ -1,4 +1,5 @@
-/* error.c — the per-thread error detail of libmtrstats, GSL error-handler set-up and small shared helpers. */
+/* error.c — GSL error-handler set-up and small shared helpers of libmtrstats (errors go through libmoetrace's
+ * mtr_fail / mtr_errmsg). */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -11,22 +12,6 @@
 
 #include "stats_internal.h"
 
-static _Thread_local char tl_msg[1024];
-
-const char *mtr_stats_errmsg(void) { return tl_msg; }
-
-int mtr_stats_fail(int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
-    va_end(ap);
-    for (char *p = tl_msg; *p; p++)
-        if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
-    return err;
-}
-
-int mtr_stats_fail_lib(int err) { return mtr_stats_fail(err, "%s", mtr_errmsg()); }
 
 static pthread_once_t gsl_once = PTHREAD_ONCE_INIT;
 static void gsl_off(void) { gsl_set_error_handler_off(); }
@@ -44,7 +29,7 @@ gsl_rng *mtr_stats_rng(uint64_t seed)
 char *mtr_stats_strdup(const char *s)
 {
     char *d = strdup(s ? s : "");
-    if (!d) mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!d) mtr_fail(MTR_ENOMEM, "out of memory");
     return d;
 }
 

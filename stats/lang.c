@@ -1,5 +1,5 @@
 /* lang.c — the language table (config/languages.tsv) and normalisation of language codes to FLORES-200 codes,
- * the canonical form in traces and tables (DESIGN.md §2 `lang`). */
+ * the canonical form in traces and tables (docs/ARCHITECTURE.md §2 `lang`). */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +19,7 @@ static int copy_field(char *dst, size_t cap, const char *src, const mtr_tsv *f, 
 {
     size_t n = strlen(src);
     if (n == 0 || n >= cap)
-        return mtr_stats_fail(MTR_EFORMAT, "%s:%zu: %s '%s' is empty or longer than %zu bytes", f->path,
+        return mtr_fail(MTR_EFORMAT, "%s:%zu: %s '%s' is empty or longer than %zu bytes", f->path,
                               f->line[row], what, src, cap - 1);
     memcpy(dst, src, n + 1);
     return 0;
@@ -35,12 +35,12 @@ int mtr_langs_load(mtr_langs **out, const char *path)
     if ((rc = mtr_tsv_read(&f, path))) return rc;
     for (int i = 0; i < 5; i++)
         if ((col[i] = mtr_tsv_col(f, need[i])) < 0) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s: no column '%s'", path, need[i]);
+            rc = mtr_fail(MTR_EFORMAT, "%s: no column '%s'", path, need[i]);
             goto out_free;
         }
     t = calloc(1, sizeof *t);
     if (!t || !(t->v = calloc(f->n_rows + 1, sizeof *t->v))) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     for (size_t r = 0; r < f->n_rows; r++) {
@@ -54,13 +54,13 @@ int mtr_langs_load(mtr_langs **out, const char *path)
             goto out_free;
         const char *us = strchr(l->flores, '_');
         if (!us || us == l->flores || strlen(us + 1) != 4) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s:%zu: '%s' is not a FLORES-200 code (xxx_Scrp)", path, f->line[r],
+            rc = mtr_fail(MTR_EFORMAT, "%s:%zu: '%s' is not a FLORES-200 code (xxx_Scrp)", path, f->line[r],
                                 l->flores);
             goto out_free;
         }
         for (size_t k = 0; k < r; k++)
             if (strcmp(t->v[k].flores, l->flores) == 0) {
-                rc = mtr_stats_fail(MTR_EFORMAT, "%s:%zu: %s listed twice", path, f->line[r], l->flores);
+                rc = mtr_fail(MTR_EFORMAT, "%s:%zu: %s listed twice", path, f->line[r], l->flores);
                 goto out_free;
             }
         t->n++;
@@ -87,7 +87,7 @@ static bool same_code(const char *a, const char *b)
 int mtr_langs_normalize(const char **out, const mtr_langs *t, const char *code)
 {
     *out = NULL;
-    if (!code || !*code) return mtr_stats_fail(MTR_ENOTFOUND, "empty language code");
+    if (!code || !*code) return mtr_fail(MTR_ENOTFOUND, "empty language code");
     for (size_t i = 0; i < t->n; i++)
         if (same_code(t->v[i].flores, code)) return (*out = t->v[i].flores, 0);
     for (size_t i = 0; i < t->n; i++)
@@ -96,5 +96,5 @@ int mtr_langs_normalize(const char **out, const mtr_langs *t, const char *code)
         if (strcasecmp(t->v[i].iso3, code) == 0) return (*out = t->v[i].flores, 0);
     for (size_t i = 0; i < t->n; i++)
         if (strcasecmp(t->v[i].name, code) == 0) return (*out = t->v[i].flores, 0);
-    return mtr_stats_fail(MTR_ENOTFOUND, "unknown language code '%s'", code);
+    return mtr_fail(MTR_ENOTFOUND, "unknown language code '%s'", code);
 }

@@ -1,4 +1,4 @@
-/* mtr_stats.h — libmtrstats: the statistics behind `moetrace-stats` (DESIGN.md §3 "Correlation with
+/* mtr_stats.h — libmtrstats: the statistics behind `moetrace-stats` (docs/ARCHITECTURE.md §3 "Correlation with
  * performance", "Middle band", "Specialisation"; §4 controls).
  *
  * Pieces, each usable on its own:
@@ -11,7 +11,7 @@
  *   - middle-band detection from the U-curve, task / multilingual expert selection and the controls.
  *
  * Conventions (as libmoetrace, traces/moetrace.h): functions return 0 or a negative mtr_err; after an error
- * mtr_stats_errmsg() holds a one-line detail for the calling thread. Nothing here prints or exits. GSL's abort
+ * mtr_errmsg() holds a one-line detail for the calling thread. Nothing here prints or exits. GSL's abort
  * handler is switched off on first use and every GSL status is checked. Statistics take (data, stride, n) like
  * GSL, so a column of a row-major buffer needs no copy. Layers are 0-based in memory and 1-based in text
  * (the `band` options and every table that people read), experts 0-based everywhere.
@@ -33,8 +33,6 @@
 extern "C" {
 #endif
 
-/* One-line detail of the last libmtrstats error on this thread; "" if none. Borrowed. */
-const char *mtr_stats_errmsg(void);
 
 /* ---- correlation and tests (corr.c) ---------------------------------------------------------------------- */
 
@@ -49,16 +47,46 @@ int mtr_stats_spearman(double *rho, const double *x, size_t xstride, const doubl
 /* Ranks 1..n of x into out (n, contiguous), ties averaged. MTR_EINVAL if n == 0 or a value is NaN. */
 int mtr_stats_rank(double *out, const double *x, size_t stride, size_t n);
 /* Two-sided p-value of a correlation r over n observations: t = r sqrt((n-2)/(1-r^2)) against Student's t with
- * n-2 degrees of freedom (the p of scipy's pearsonr and spearmanr). |r| = 1 gives 0. */
+ * n-2 degrees of freedom (the p of scipy's pearsonr and spearmanr). |r| = 1 gives 0. For Pearson's r this is the
+ * exact test under bivariate normality; for Spearman's rho it is a large-sample approximation that is far off
+ * for few observations (n = 5, rho = -1: about 1e-24 where the exact p is 2/120). */
 int mtr_stats_corr_pvalue(double *p, double r, size_t n);
+
+/* Up to this many observations, permutation p-values enumerate all n! orderings (10! = 3628800) and Spearman's p
+ * is the exact permutation p; above, permutations are sampled and Spearman's p is the t approximation. */
+#define MTR_STATS_EXACT_MAX_N 10
+
+/* How a p-value was obtained (value, printed name); enums only grow at the end. */
+#define MTR_P_METHOD_LIST(X)                                                                                     \
+    X(MTR_P_T, "t")                     /* Student's t with n-2 degrees of freedom */                            \
+    X(MTR_P_EXACT, "exact")             /* all n! permutations of the observations */                           \
+    X(MTR_P_MONTE_CARLO, "monte-carlo") /* (1 + hits) / (1 + n_perm) over n_perm random permutations */
+
+#define MTR_X_ENUM(name, str) name,
+typedef enum { MTR_P_METHOD_LIST(MTR_X_ENUM) MTR_P_METHOD_COUNT } mtr_p_method;
+#undef MTR_X_ENUM
+/* "t", "exact", "monte-carlo"; NULL if out of range. */
+const char *mtr_stats_p_method_name(mtr_p_method m);
+
+/* Exact two-sided permutation p-values of Pearson's r and Spearman's rho: the share of all n! pairings of x with
+ * a reordering of y (the identity included) whose |statistic| reaches the observed one (within 1e-12 on the
+ * correlation scale, so mathematical ties count). Ties in the data are kept (ranks averaged), so the Spearman
+ * value is the exact conditional p also with tied ranks. Either output may be NULL. n_perms (may be NULL) gets n!.
+ * Errors as mtr_stats_pearson; MTR_EINVAL also when n > MTR_STATS_EXACT_MAX_N. */
+int mtr_stats_perm_exact(double *p_pearson, double *p_spearman, uint64_t *n_perms, const double *x, size_t xstride,
+                         const double *y, size_t ystride, size_t n);
 
 typedef struct {
     double r;          /* the statistic on all observations */
-    double p;          /* t-test p-value, two-sided */
+    double p;          /* two-sided p-value: Pearson the t-test; Spearman exact (n <= 10) or the t approximation */
     double ci_lo;      /* percentile bootstrap CI (level of the options) */
     double ci_hi;
-    double p_perm;     /* permutation p: (1 + #{|r_perm| >= |r|}) / (1 + n_perm), two-sided */
+    double p_perm;     /* permutation p, two-sided: exact #{|r_perm| >= |r|} / n! for n <= 10, else
+                        * (1 + #{|r_perm| >= |r|}) / (1 + n_perm) */
     uint32_t n_boot_used; /* resamples with a defined statistic (degenerate ones, e.g. all one observation, skipped) */
+    mtr_p_method p_method;      /* how p was obtained: MTR_P_T or MTR_P_EXACT */
+    mtr_p_method p_perm_method; /* MTR_P_EXACT or MTR_P_MONTE_CARLO */
+    uint64_t n_perm_used;       /* permutations behind p_perm: n! or n_perm */
 } mtr_corr_stat;
 
 typedef struct {
@@ -77,8 +105,11 @@ typedef struct {
 /* Pearson and Spearman with p-values, bootstrap CIs and permutation p-values for paired observations (x, y).
  * Bootstrap: n_boot resamples of n indices drawn with replacement from a generator seeded with `seed`; both
  * statistics use the same resamples; the CI is the linear-interpolation percentile (numpy's default) of the
- * defined values. Permutation: n_perm shuffles of y (gsl_ran_shuffle) from a second generator seeded with
- * seed + 1. Errors as mtr_stats_pearson; MTR_ENOMEM. */
+ * defined values (with few observations, say n <= 10, such CIs are unreliable: a perfectly monotone sample gives
+ * [-1, -1] or [1, 1]). Permutation: for n <= MTR_STATS_EXACT_MAX_N every ordering (mtr_stats_perm_exact), and
+ * Spearman's p is that exact p; above, n_perm shuffles of y (gsl_ran_shuffle) from a second generator seeded with
+ * seed + 1, and Spearman's p is the t approximation. Pearson's p is always the t-test. Errors as
+ * mtr_stats_pearson; MTR_ENOMEM. */
 int mtr_stats_correlate(mtr_corr_result *out, const double *x, size_t xstride, const double *y, size_t ystride,
                         size_t n, const mtr_corr_opts *opts);
 

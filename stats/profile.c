@@ -49,7 +49,7 @@ static int get_u32(uint32_t *out, json_t *o, const char *key, const char *path, 
     json_t *v = json_object_get(o, key);
     if (!v && !required) return 0;
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 0xffffffffLL)
-        return mtr_stats_fail(MTR_EFORMAT, "%s: '%s' must be a non-negative integer", path, key);
+        return mtr_fail(MTR_EFORMAT, "%s: '%s' must be a non-negative integer", path, key);
     *out = (uint32_t)json_integer_value(v);
     return 0;
 }
@@ -73,14 +73,14 @@ int mtr_profile_load(mtr_profile *out, const char *name_or_path)
         char dir[PATH_MAX];
         mtr_stats_config_dir(dir, sizeof dir);
         if (snprintf(out->path, sizeof out->path, "%s/models/%s.json", dir, name_or_path) >= (int)sizeof out->path)
-            return mtr_stats_fail(MTR_EINVAL, "model profile name '%s' is too long", name_or_path);
+            return mtr_fail(MTR_EINVAL, "model profile name '%s' is too long", name_or_path);
     }
     const char *path = out->path;
-    if (access(path, R_OK) != 0) return mtr_stats_fail(MTR_ENOTFOUND, "%s: no such model profile", path);
+    if (access(path, R_OK) != 0) return mtr_fail(MTR_ENOTFOUND, "%s: no such model profile", path);
     root = json_load_file(path, 0, &jerr);
-    if (!root) return mtr_stats_fail(MTR_EFORMAT, "%s:%d: invalid JSON: %s", path, jerr.line, jerr.text);
+    if (!root) return mtr_fail(MTR_EFORMAT, "%s:%d: invalid JSON: %s", path, jerr.line, jerr.text);
     if (!json_is_object(root)) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: not a JSON object", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: not a JSON object", path);
         goto out_free;
     }
     get_str(out->name, sizeof out->name, root, "name");
@@ -91,13 +91,13 @@ int mtr_profile_load(mtr_profile *out, const char *name_or_path)
         (rc = get_u32(&out->top_k, root, "top_k", path, true)))
         goto out_free;
     if (!out->model_id[0]) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: 'model_id' missing", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: 'model_id' missing", path);
         goto out_free;
     }
     if (out->n_layers == 0 || out->n_layers > MTR_MAX_LAYERS || out->n_experts == 0 ||
         out->n_experts > MTR_MAX_EXPERTS || out->top_k == 0 || out->top_k > out->n_experts ||
         out->top_k > MTR_MAX_TOPK) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: inconsistent dimensions (%u layers, %u experts, top-%u)", path,
+        rc = mtr_fail(MTR_EFORMAT, "%s: inconsistent dimensions (%u layers, %u experts, top-%u)", path,
                             out->n_layers, out->n_experts, out->top_k);
         goto out_free;
     }
@@ -110,8 +110,8 @@ int mtr_profile_load(mtr_profile *out, const char *name_or_path)
     }
     mtr_score_fn sf;
     if (out->score_fn[0] && mtr_score_fn_parse(&sf, out->score_fn) != 0) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: router.score_fn '%s' is not softmax, sigmoid, topk_softmax or sparsemixer",
-                            path, out->score_fn);
+        rc = mtr_fail(MTR_EFORMAT, "%s: router.score_fn '%s' is not softmax, sigmoid, topk_softmax or sparsemixer",
+                      path, out->score_fn);
         goto out_free;
     }
     json_t *band = json_object_get(root, "middle_band");
@@ -121,12 +121,12 @@ int mtr_profile_load(mtr_profile *out, const char *name_or_path)
             goto out_free;
         get_str(out->band_source, sizeof out->band_source, band, "source");
         if (out->band_first < 1 || out->band_first > out->band_last || out->band_last > out->n_layers) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s: middle_band %u-%u is not inside layers 1-%u", path, out->band_first,
+            rc = mtr_fail(MTR_EFORMAT, "%s: middle_band %u-%u is not inside layers 1-%u", path, out->band_first,
                                 out->band_last, out->n_layers);
             goto out_free;
         }
     } else if (band && !json_is_null(band)) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: middle_band must be an object {first, last} or null", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: middle_band must be an object {first, last} or null", path);
         goto out_free;
     }
     if (!out->name[0] && snprintf(out->name, sizeof out->name, "%s", out->model_id) >= (int)sizeof out->name)

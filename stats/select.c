@@ -1,4 +1,4 @@
-/* select.c — expert selection (DESIGN.md §3 "Specialisation") and the controls of §4: task experts
+/* select.c — expert selection (docs/ARCHITECTURE.md §3 "Specialisation") and the controls of §4: task experts
  * A+(D, tau, band), multilingual-specialised experts (Delta > tau for any non-English language, or the
  * 3-standard-deviation rule on mean weights), and control sets matched in size: outside the band, multilingual
  * instead of task experts, random experts matched per layer. */
@@ -51,11 +51,11 @@ static int keep(mtr_expert_set *out, mtr_expert *cand, size_t n, uint32_t cap, s
 {
     uint32_t *per = calloc(n_layers + 1, sizeof *per);
     memset(out, 0, sizeof *out);
-    if (!per) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!per) return mtr_fail(MTR_ENOMEM, "out of memory");
     out->v = malloc((n + 1) * sizeof *out->v);
     if (!out->v) {
         free(per);
-        return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        return mtr_fail(MTR_ENOMEM, "out of memory");
     }
     qsort(cand, n, sizeof *cand, by_score_desc);
     for (size_t i = 0; i < n; i++) {
@@ -78,8 +78,8 @@ int mtr_select_delta(double *delta, const mtr_tables *t, const char *dataset, co
     int d = mtr_tables_dataset(t, dataset), g = mtr_tables_lang(t, lang);
     int bd = mtr_tables_dataset(t, base_dataset), bg = mtr_tables_lang(t, base_lang);
     size_t nle = (size_t)t->n_layers * t->n_experts;
-    if (d < 0) return mtr_stats_fail(MTR_ENOTFOUND, "%s: no dataset '%s' in the frequency tables", t->source, dataset);
-    if (g < 0) return mtr_stats_fail(MTR_ENOTFOUND, "%s: no language '%s' in the tables", t->source, lang);
+    if (d < 0) return mtr_fail(MTR_ENOTFOUND, "%s: no dataset '%s' in the frequency tables", t->source, dataset);
+    if (g < 0) return mtr_fail(MTR_ENOTFOUND, "%s: no language '%s' in the tables", t->source, lang);
     if (t->delta) {
         const double *src = t->delta + ((size_t)d * t->n_langs + (size_t)g) * nle;
         size_t have = 0;
@@ -90,10 +90,10 @@ int mtr_select_delta(double *delta, const mtr_tables *t, const char *dataset, co
         }
     }
     if (!t->freq)
-        return mtr_stats_fail(MTR_ENOTFOUND, "%s: no Delta for %s/%s in delta.tsv and no freq.tsv to compute it",
+        return mtr_fail(MTR_ENOTFOUND, "%s: no Delta for %s/%s in delta.tsv and no freq.tsv to compute it",
                               t->source, dataset, lang);
     if (bd < 0 || bg < 0)
-        return mtr_stats_fail(MTR_ENOTFOUND, "%s: base corpus %s/%s not in freq.tsv", t->source, base_dataset,
+        return mtr_fail(MTR_ENOTFOUND, "%s: base corpus %s/%s not in freq.tsv", t->source, base_dataset,
                               base_lang);
     const double *f = t->freq + ((size_t)d * t->n_langs + (size_t)g) * nle;
     const double *b = t->freq + ((size_t)bd * t->n_langs + (size_t)bg) * nle;
@@ -103,7 +103,7 @@ int mtr_select_delta(double *delta, const mtr_tables *t, const char *dataset, co
         have += !isnan(delta[i]);
     }
     if (!have)
-        return mtr_stats_fail(MTR_ENOTFOUND, "%s: no frequencies for %s/%s in freq.tsv", t->source, dataset, lang);
+        return mtr_fail(MTR_ENOTFOUND, "%s: no frequencies for %s/%s in freq.tsv", t->source, dataset, lang);
     return 0;
 }
 
@@ -116,7 +116,7 @@ int mtr_select_task(mtr_expert_set *out, const mtr_tables *t, const char *datase
     mtr_expert *cand = malloc((nle + 1) * sizeof *cand);
     memset(out, 0, sizeof *out);
     if (!delta || !cand) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     if ((rc = mtr_select_delta(delta, t, dataset, english, generic, english))) goto out_free;
@@ -141,14 +141,14 @@ int mtr_select_multilingual(mtr_expert_set *out, const mtr_tables *t, const char
     double *best = NULL, *diff = NULL;
     mtr_expert *cand = NULL;
     memset(out, 0, sizeof *out);
-    if (!t->freq) return mtr_stats_fail(MTR_ENOTFOUND, "%s: multilingual experts need freq.tsv", t->source);
+    if (!t->freq) return mtr_fail(MTR_ENOTFOUND, "%s: multilingual experts need freq.tsv", t->source);
     if (gd < 0 || ge < 0)
-        return mtr_stats_fail(MTR_ENOTFOUND, "%s: generic corpus %s/%s not in freq.tsv", t->source, generic, english);
+        return mtr_fail(MTR_ENOTFOUND, "%s: generic corpus %s/%s not in freq.tsv", t->source, generic, english);
     best = malloc((nle + 1) * sizeof *best);
     diff = malloc(((size_t)t->n_experts + 1) * sizeof *diff);
     cand = malloc((nle + 1) * sizeof *cand);
     if (!best || !diff || !cand) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     for (size_t i = 0; i < nle; i++) best[i] = -INFINITY;
@@ -182,7 +182,7 @@ int mtr_select_multilingual(mtr_expert_set *out, const mtr_tables *t, const char
         n_langs_used += any;
     }
     if (!n_langs_used) {
-        rc = mtr_stats_fail(MTR_ENOTFOUND, "%s: no non-English language on %s in freq.tsv", t->source, generic);
+        rc = mtr_fail(MTR_ENOTFOUND, "%s: no non-English language on %s in freq.tsv", t->source, generic);
         goto out_free;
     }
     for (uint32_t l = 0; l < t->n_layers; l++)
@@ -203,7 +203,7 @@ int mtr_control_outside(mtr_expert_set *out, const mtr_expert_set *sel, const do
     size_t nle = (size_t)n_layers * n_experts, n = 0;
     mtr_expert *cand = malloc((nle + 1) * sizeof *cand);
     memset(out, 0, sizeof *out);
-    if (!cand) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!cand) return mtr_fail(MTR_ENOMEM, "out of memory");
     for (uint32_t l = 0; l < n_layers; l++)
         for (uint32_t e = 0; e < n_experts && !in_band(band, l); e++) {
             double v = delta[(size_t)l * n_experts + e];
@@ -219,7 +219,7 @@ int mtr_control_multilingual(mtr_expert_set *out, const mtr_expert_set *sel, con
     uint32_t n_layers = 0;
     mtr_expert *cand = malloc((ml->n + 1) * sizeof *cand);
     memset(out, 0, sizeof *out);
-    if (!cand) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!cand) return mtr_fail(MTR_ENOMEM, "out of memory");
     memcpy(cand, ml->v, ml->n * sizeof *cand);
     for (size_t i = 0; i < ml->n; i++)
         if (ml->v[i].layer + 1 > n_layers) n_layers = ml->v[i].layer + 1;
@@ -236,7 +236,7 @@ int mtr_control_random(mtr_expert_set *out, const mtr_expert_set *sel, uint32_t 
     memset(out, 0, sizeof *out);
     out->v = malloc((sel->n + 1) * sizeof *out->v);
     if (!rng || !pool || !out->v) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     /* sel is sorted by layer: walk its layers in order, drawing a partial Fisher-Yates over the layer's other experts */

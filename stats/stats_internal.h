@@ -6,15 +6,11 @@
 
 #include "mtr_stats.h"
 
-/* Record a one-line detail for mtr_stats_errmsg() and return err. */
-int mtr_stats_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Copy libmoetrace's detail (mtr_errmsg) after one of its calls failed; returns err. */
-int mtr_stats_fail_lib(int err);
 /* Switch GSL's abort-on-error handler off (once per process, thread-safe). */
 void mtr_stats_gsl_init(void);
 /* A mt19937 generator seeded with seed mod 2^32; NULL on allocation failure. */
 gsl_rng *mtr_stats_rng(uint64_t seed);
-/* strdup that reports MTR_ENOMEM through mtr_stats_fail (NULL on failure). */
+/* strdup that reports MTR_ENOMEM through mtr_fail (NULL on failure). */
 char *mtr_stats_strdup(const char *s);
 /* Parse a finite or NaN double that fills the whole string; 0 or -1. */
 int mtr_stats_parse_double(double *out, const char *s);

@@ -32,6 +32,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    mtr_cli_set_prog(PROG);
     /* the command line, recorded in every output's provenance */
     size_t len = 1;
     for (int i = 0; i < argc; i++) len += strlen(argv[i]) + 1;

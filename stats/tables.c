@@ -13,7 +13,7 @@
 #define TABLES_MAX_CELLS ((size_t)1 << 28) /* dense arrays above this many doubles are refused */
 
 enum { T_DIV, T_ENT, T_FREQ, T_DELTA, T_COUNT };
-static const char *const table_file[T_COUNT] = {"div_from_en.tsv", "entropy.tsv", "freq.tsv", "delta.tsv"};
+static const char *const table_file[T_COUNT] = {MTR_TSV_DIV_FROM_EN, MTR_TSV_ENTROPY, MTR_TSV_FREQ, MTR_TSV_DELTA};
 /* columns each table must have, in order: the key columns, then the values */
 static const char *const table_cols[T_COUNT][7] = {
     {"lang", "layer", "div", NULL},
@@ -60,7 +60,7 @@ static int intern(char ***v, size_t *n, const char *s)
     for (size_t i = 0; i < *n; i++)
         if (!strcmp((*v)[i], s)) return (int)i;
     char **nv = realloc(*v, (*n + 1) * sizeof *nv);
-    if (!nv) return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!nv) return mtr_fail(MTR_ENOMEM, "out of memory");
     *v = nv;
     if (!(nv[*n] = mtr_stats_strdup(s))) return MTR_ENOMEM;
     return (int)(*n)++;
@@ -78,7 +78,7 @@ static int parse_layer(uint32_t *l0, const char *s, const mtr_tsv *f, size_t r)
 {
     uint32_t l;
     if (mtr_stats_parse_u32(&l, s) || l < 1 || l > MTR_MAX_LAYERS)
-        return mtr_stats_fail(MTR_EFORMAT, "%s:%zu: layer '%s' is not in 1..%d (layers are 1-based)", f->path,
+        return mtr_fail(MTR_EFORMAT, "%s:%zu: layer '%s' is not in 1..%d (layers are 1-based)", f->path,
                               f->line[r], s, MTR_MAX_LAYERS);
     *l0 = l - 1;
     return 0;
@@ -87,7 +87,7 @@ static int parse_layer(uint32_t *l0, const char *s, const mtr_tsv *f, size_t r)
 static int parse_expert(uint32_t *e, const char *s, const mtr_tsv *f, size_t r)
 {
     if (mtr_stats_parse_u32(e, s) || *e >= MTR_MAX_EXPERTS)
-        return mtr_stats_fail(MTR_EFORMAT, "%s:%zu: expert '%s' is not in 0..%d", f->path, f->line[r], s,
+        return mtr_fail(MTR_EFORMAT, "%s:%zu: expert '%s' is not in 0..%d", f->path, f->line[r], s,
                               MTR_MAX_EXPERTS - 1);
     return 0;
 }
@@ -95,13 +95,13 @@ static int parse_expert(uint32_t *e, const char *s, const mtr_tsv *f, size_t r)
 static int parse_value(double *v, const char *s, const mtr_tsv *f, size_t r, const char *col)
 {
     if (mtr_stats_parse_double(v, s) || !isfinite(*v))
-        return mtr_stats_fail(MTR_EFORMAT, "%s:%zu: %s '%s' is not a finite number", f->path, f->line[r], col, s);
+        return mtr_fail(MTR_EFORMAT, "%s:%zu: %s '%s' is not a finite number", f->path, f->line[r], col, s);
     return 0;
 }
 
 static int store(double *a, size_t i, double v, const mtr_tsv *f, size_t r)
 {
-    if (!isnan(a[i])) return mtr_stats_fail(MTR_EFORMAT, "%s:%zu: duplicate row", f->path, f->line[r]);
+    if (!isnan(a[i])) return mtr_fail(MTR_EFORMAT, "%s:%zu: duplicate row", f->path, f->line[r]);
     a[i] = v;
     return 0;
 }
@@ -112,7 +112,7 @@ static int store(double *a, size_t i, double v, const mtr_tsv *f, size_t r)
 static int h5_strings(hid_t f, const char *name, char ***out, size_t *n, const char *path)
 {
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return mtr_stats_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
+    if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
     hid_t sp = H5Dget_space(d), t = H5Tcopy(H5T_C_S1);
     H5Tset_size(t, H5T_VARIABLE);
     H5Tset_cset(t, H5T_CSET_UTF8);
@@ -120,11 +120,11 @@ static int h5_strings(hid_t f, const char *name, char ***out, size_t *n, const c
     int rc = 0;
     char **v = m > 0 && m < (1 << 24) ? calloc((size_t)m, sizeof *v) : NULL;
     if (!v || H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: cannot read /%s", path, name);
+        rc = mtr_fail(MTR_EFORMAT, "%s: cannot read /%s", path, name);
     } else {
         *out = malloc((size_t)m * sizeof **out);
         for (hssize_t i = 0; *out && i < m; i++) (*out)[i] = strdup(v[i] ? v[i] : "");
-        if (!*out) rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        if (!*out) rc = mtr_fail(MTR_ENOMEM, "out of memory");
         *n = (size_t)m;
         H5Dvlen_reclaim(t, sp, H5P_DEFAULT, v);
     }
@@ -138,21 +138,21 @@ static int h5_strings(hid_t f, const char *name, char ***out, size_t *n, const c
 static int h5_doubles(hid_t f, const char *name, double **out, const hsize_t *want, int rank, const char *path)
 {
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return mtr_stats_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
+    if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
     hid_t sp = H5Dget_space(d);
     hsize_t dims[3] = {0, 0, 0};
     int rc = 0;
     size_t n = 1;
     if (H5Sget_simple_extent_ndims(sp) != rank || H5Sget_simple_extent_dims(sp, dims, NULL) < 0)
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: /%s has the wrong rank", path, name);
+        rc = mtr_fail(MTR_EFORMAT, "%s: /%s has the wrong rank", path, name);
     for (int i = 0; !rc && i < rank; i++) {
-        if (dims[i] != want[i]) rc = mtr_stats_fail(MTR_EFORMAT, "%s: /%s has the wrong shape", path, name);
+        if (dims[i] != want[i]) rc = mtr_fail(MTR_EFORMAT, "%s: /%s has the wrong shape", path, name);
         n *= dims[i];
     }
-    if (!rc && n > TABLES_MAX_CELLS) rc = mtr_stats_fail(MTR_EFORMAT, "%s: /%s too large", path, name);
-    if (!rc && !(*out = malloc((n ? n : 1) * sizeof **out))) rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    if (!rc && n > TABLES_MAX_CELLS) rc = mtr_fail(MTR_EFORMAT, "%s: /%s too large", path, name);
+    if (!rc && !(*out = malloc((n ? n : 1) * sizeof **out))) rc = mtr_fail(MTR_ENOMEM, "out of memory");
     if (!rc && n && H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: cannot read /%s", path, name);
+        rc = mtr_fail(MTR_EFORMAT, "%s: cannot read /%s", path, name);
     H5Sclose(sp);
     H5Dclose(d);
     return rc;
@@ -180,17 +180,17 @@ static int tables_load_h5(mtr_tables *t, const char *path)
     double *div = NULL, *ent = NULL, *freq = NULL, *weight = NULL;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) return mtr_stats_fail(MTR_EFORMAT, "%s: not an HDF5 file", path);
+    if (f < 0) return mtr_fail(MTR_EFORMAT, "%s: not an HDF5 file", path);
     fmt = h5_attr(f, "format");
     en = h5_attr(f, "english");
     base = h5_attr(f, "base_slice");
     if (!fmt || strcmp(fmt, "moetrace-tables") != 0 || !en || !base) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: not moetrace-reduce tables (attribute 'format')", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: not moetrace-reduce tables (attribute 'format')", path);
         goto done;
     }
-    if ((rc = h5_strings(f, "langs", &langs, &nl, path)) || (rc = h5_strings(f, "slices", &slices, &ns, path)))
+    if ((rc = h5_strings(f, MTR_T_LANGS, &langs, &nl, path)) || (rc = h5_strings(f, MTR_T_SLICES, &slices, &ns, path)))
         goto done;
-    hid_t d = H5Dopen2(f, "freq", H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, MTR_T_FREQ, H5P_DEFAULT);
     hsize_t fd[3] = {0, 0, 0};
     if (d >= 0) {
         hid_t sp = H5Dget_space(d);
@@ -199,13 +199,13 @@ static int tables_load_h5(mtr_tables *t, const char *path)
         H5Dclose(d);
     }
     if (d < 0 || fd[0] != ns || fd[1] < 1 || fd[2] < 1) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: /freq missing or not (slices, layers, experts)", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: /freq missing or not (slices, layers, experts)", path);
         goto done;
     }
     const uint32_t L = (uint32_t)fd[1], E = (uint32_t)fd[2];
     hsize_t d2[2] = {nl, L};
-    if ((rc = h5_doubles(f, "div_from_en", &div, d2, 2, path)) || (rc = h5_doubles(f, "entropy", &ent, d2, 2, path)) ||
-        (rc = h5_doubles(f, "freq", &freq, fd, 3, path)) || (rc = h5_doubles(f, "weight", &weight, fd, 3, path)))
+    if ((rc = h5_doubles(f, MTR_T_DIV_FROM_EN, &div, d2, 2, path)) || (rc = h5_doubles(f, MTR_T_ENTROPY, &ent, d2, 2, path)) ||
+        (rc = h5_doubles(f, MTR_T_FREQ, &freq, fd, 3, path)) || (rc = h5_doubles(f, MTR_T_WEIGHT, &weight, fd, 3, path)))
         goto done;
     /* names: English first, then the languages of the base dataset, then any other slice's language */
     if (intern(&t->langs, &t->n_langs, en) < 0) goto nomem;
@@ -214,7 +214,7 @@ static int tables_load_h5(mtr_tables *t, const char *path)
     for (size_t i = 0; i < ns; i++) {
         char *colon = strchr(slices[i], ':');
         if (!colon) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s: slice '%s' is not dataset:lang", path, slices[i]);
+            rc = mtr_fail(MTR_EFORMAT, "%s: slice '%s' is not dataset:lang", path, slices[i]);
             goto done;
         }
         *colon = '\0';
@@ -226,7 +226,7 @@ static int tables_load_h5(mtr_tables *t, const char *path)
     t->n_experts = E;
     const size_t nll = t->n_langs * L, nf = t->n_datasets * nll * E;
     if (nll > TABLES_MAX_CELLS || nf > TABLES_MAX_CELLS) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: tables too large", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: tables too large", path);
         goto done;
     }
     if (!(t->div_en = nan_array(nll)) || !(t->entropy = nan_array(nll)) || !(t->freq = nan_array(nf)) ||
@@ -269,7 +269,7 @@ static int tables_load_h5(mtr_tables *t, const char *path)
     free(settings);
     goto done;
 nomem:
-    rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+    rc = mtr_fail(MTR_ENOMEM, "out of memory");
 done:
     for (size_t i = 0; langs && i < nl; i++) free(langs[i]);
     for (size_t i = 0; slices && i < ns; i++) free(slices[i]);
@@ -305,7 +305,7 @@ static int tables_load_dir(mtr_tables *t, const char *dir)
         n_found++;
         for (int c = 0; table_cols[k][c]; c++)
             if ((col[k][c] = mtr_tsv_col(f[k], table_cols[k][c])) < 0) {
-                rc = mtr_stats_fail(MTR_EFORMAT, "%s: no column '%s'", p, table_cols[k][c]);
+                rc = mtr_fail(MTR_EFORMAT, "%s: no column '%s'", p, table_cols[k][c]);
                 goto out_free;
             }
         for (size_t i = 0; i < f[k]->n_prov; i++) {
@@ -318,20 +318,20 @@ static int tables_load_dir(mtr_tables *t, const char *dir)
             if (seen) continue;
             char **np = realloc(t->prov, (t->n_prov + 1) * sizeof *np);
             if (!np) {
-                rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+                rc = mtr_fail(MTR_ENOMEM, "out of memory");
                 goto out_free;
             }
             t->prov = np;
             size_t need = strlen(table_file[k]) + strlen(f[k]->prov[i]) + 4;
             if (!(np[t->n_prov] = malloc(need))) {
-                rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+                rc = mtr_fail(MTR_ENOMEM, "out of memory");
                 goto out_free;
             }
             snprintf(np[t->n_prov++], need, "%s:%s", table_file[k], f[k]->prov[i]);
         }
     }
     if (n_found == 0) {
-        rc = mtr_stats_fail(MTR_ENOTFOUND, "%s: no reduce tables (div_from_en.tsv, freq.tsv, delta.tsv, ...)", dir);
+        rc = mtr_fail(MTR_ENOTFOUND, "%s: no reduce tables (div_from_en.tsv, freq.tsv, delta.tsv, ...)", dir);
         goto out_free;
     }
 
@@ -369,14 +369,14 @@ static int tables_load_dir(mtr_tables *t, const char *dir)
     size_t nll = t->n_langs * t->n_layers;
     size_t nf = t->n_datasets * nll * t->n_experts;
     if (nll > TABLES_MAX_CELLS || nf > TABLES_MAX_CELLS) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: tables too large (%zu languages, %u layers, %u experts)", dir,
+        rc = mtr_fail(MTR_EFORMAT, "%s: tables too large (%zu languages, %u layers, %u experts)", dir,
                             t->n_langs, t->n_layers, t->n_experts);
         goto out_free;
     }
     if ((f[T_DIV] && !(t->div_en = nan_array(nll))) || (f[T_ENT] && !(t->entropy = nan_array(nll))) ||
         (f[T_FREQ] && (!(t->freq = nan_array(nf)) || !(t->weight = nan_array(nf)))) ||
         (f[T_DELTA] && !(t->delta = nan_array(nf)))) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
 
@@ -418,16 +418,16 @@ int mtr_tables_open(mtr_tables **out, const char *path)
     struct stat st;
     mtr_tables *t = NULL;
     *out = NULL;
-    if (stat(path, &st) != 0) return mtr_stats_fail(MTR_ENOTFOUND, "%s: no such file or directory", path);
+    if (stat(path, &st) != 0) return mtr_fail(MTR_ENOTFOUND, "%s: no such file or directory", path);
     t = calloc(1, sizeof *t);
     if (!t || !(t->source = mtr_stats_strdup(path))) {
         free(t);
-        return mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        return mtr_fail(MTR_ENOMEM, "out of memory");
     }
     size_t n = strlen(path);
     if (S_ISDIR(st.st_mode)) rc = tables_load_dir(t, path);
     else if (n > 3 && !strcmp(path + n - 3, ".h5")) rc = tables_load_h5(t, path);
-    else rc = mtr_stats_fail(MTR_EFORMAT, "%s: expected a directory of reduce TSVs or a tables.h5 file", path);
+    else rc = mtr_fail(MTR_EFORMAT, "%s: expected a directory of reduce TSVs or a tables.h5 file", path);
     if (rc) {
         mtr_tables_free(t);
         return rc;

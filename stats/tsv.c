@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mtr_util.h"
 #include "stats_internal.h"
 
 #define TSV_MAX_BYTES ((size_t)1 << 32) /* refuse larger tables instead of trying to hold them */
@@ -55,40 +56,14 @@ void mtr_tsv_free(mtr_tsv *p)
 int mtr_tsv_read(mtr_tsv **out, const char *path)
 {
     int rc = 0;
-    FILE *f = NULL;
     tsv_impl *t = NULL;
     char *text = NULL;
     size_t len = 0;
     *out = NULL;
 
-    f = fopen(path, "rb");
-    if (!f) {
-        if (errno == ENOENT) return mtr_stats_fail(MTR_ENOTFOUND, "%s: no such file", path);
-        return mtr_stats_fail(MTR_EIO, "%s: %s", path, strerror(errno));
-    }
-    if (fseek(f, 0, SEEK_END) != 0) {
-        rc = mtr_stats_fail(MTR_EIO, "%s: cannot seek: %s", path, strerror(errno));
-        goto out_close;
-    }
-    long sz = ftell(f);
-    if (sz < 0 || (size_t)sz >= TSV_MAX_BYTES) {
-        rc = mtr_stats_fail(sz < 0 ? MTR_EIO : MTR_EFORMAT, "%s: %s", path, sz < 0 ? "cannot size" : "table too large");
-        goto out_close;
-    }
-    rewind(f);
-    text = malloc((size_t)sz + 1);
-    if (!text) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "%s: out of memory", path);
-        goto out_close;
-    }
-    len = fread(text, 1, (size_t)sz, f);
-    if (len != (size_t)sz) {
-        rc = mtr_stats_fail(MTR_EIO, "%s: short read", path);
-        goto out_close;
-    }
-    text[len] = '\0';
+    if ((rc = mtr_read_file(&text, &len, path, TSV_MAX_BYTES - 1))) goto out_close;
     if (memchr(text, '\0', len)) {
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: binary data in a text table", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: binary data in a text table", path);
         goto out_close;
     }
 
@@ -96,7 +71,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     for (size_t i = 0; i < len; i++) n_lines += text[i] == '\n';
     t = calloc(1, sizeof *t);
     if (!t) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_close;
     }
     t->text = text;
@@ -106,7 +81,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     p->prov = calloc(n_lines, sizeof *p->prov);
     p->line = calloc(n_lines, sizeof *p->line);
     if (!p->path || !p->prov || !p->line) {
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
 
@@ -116,7 +91,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     if (!lines || !lno) {
         free(lines);
         free(lno);
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     size_t nl = 0, header = (size_t)-1, first_data = (size_t)-1;
@@ -141,7 +116,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     if (header == (size_t)-1) {
         free(lines);
         free(lno);
-        rc = mtr_stats_fail(MTR_EFORMAT, "%s: no '#' column header line", path);
+        rc = mtr_fail(MTR_EFORMAT, "%s: no '#' column header line", path);
         goto out_free;
     }
     /* header fields */
@@ -156,7 +131,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
     if (!p->cols || !p->cells) {
         free(lines);
         free(lno);
-        rc = mtr_stats_fail(MTR_ENOMEM, "out of memory");
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
         goto out_free;
     }
     p->n_cols = split_tabs(h, p->cols, nc);
@@ -167,7 +142,7 @@ int mtr_tsv_read(mtr_tsv **out, const char *path)
         }
         size_t got = split_tabs(lines[i], p->cells + p->n_rows * nc, nc);
         if (got != nc) {
-            rc = mtr_stats_fail(MTR_EFORMAT, "%s:%zu: %zu fields, the header has %zu", path, lno[i], got, nc);
+            rc = mtr_fail(MTR_EFORMAT, "%s:%zu: %zu fields, the header has %zu", path, lno[i], got, nc);
             break;
         }
         p->line[p->n_rows++] = lno[i];
@@ -182,6 +157,5 @@ out_free:
     if (t) mtr_tsv_free(&t->pub);
 out_close:
     free(text);
-    if (f) fclose(f);
     return rc;
 }

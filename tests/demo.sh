@@ -4,6 +4,7 @@
 # statistics (moetrace-stats: alignment vs accuracy with CIs, the middle band, task experts, steering files).
 # Says where things are.
 set -eu
+# the fast synthetic self-check first, then the trained model (tests/demo_udhr.sh)
 BIN=$1
 OUT=$2
 rm -rf "$OUT"
@@ -25,7 +26,8 @@ awk -F'\t' '!/^#/ { d[$1] = d[$1] sprintf(" %.2f", $3) } END { for (l in d) prin
     "$OUT/tables/div_from_en.tsv" | sort
 echo
 echo "== moetrace-stats: does middle-layer alignment with English track accuracy? (planted accuracies)"
-"$BIN/moetrace-stats" band --tables "$OUT/tables" --band detect >"$OUT/band.txt"
+# the one band of every later step and figure (notebooks refuse stats made with another band)
+"$BIN/moetrace-stats" band --tables "$OUT/tables" --band 6-19 >"$OUT/band.txt"
 grep "^# band:" "$OUT/band.txt" | sed "s/^# /middle /"
 "$BIN/moetrace-stats" correlate --tables "$OUT/tables/tables.h5" --accuracy "$OUT/run/accuracy.tsv" \
     --band 6-19 --json >"$OUT/correlate.json"
@@ -82,3 +84,13 @@ echo "  read with h5py   HDF5_PLUGIN_PATH=$(dirname "$BIN")/lib/plugin /usr/bin/
 echo
 echo "== notebooks: the paper's figures from these results, executed headless"
 MOETRACE_EXECUTED="$OUT/notebooks" sh notebooks/run.sh "$OUT"
+
+echo
+echo "################################################################################################################"
+echo "== real routing: the bundled MoE trained on UDHR text (tests/models/udhr-moe), nothing planted"
+sh tests/demo_udhr.sh "$BIN" "$OUT/udhr"
+echo
+echo "Where to look:"
+echo "  report           $OUT/udhr/report.md   (measured on the trained model: curve, band, correlation, steering)"
+echo "  figures          $OUT/udhr/figures/  (trained model)   $OUT/figures/  (synthetic self-check)"
+echo "  synthetic run    $OUT/  (planted structure, the fast self-check above)"

@@ -1,4 +1,5 @@
-/* error.c — pinned error codes, their names, and the per-thread detail message behind mtr_errmsg(). */
+/* error.c — pinned error codes, their names, the per-thread detail message behind mtr_errmsg() (the one error
+ * channel of every moetrace library) and the exit status each code maps to. */
 #include <stdio.h>
 #include <string.h>
 
@@ -24,12 +25,33 @@ void mtr_clear_error(void) { tl_msg[0] = '\0'; }
 
 int mtr_fail(int err, const char *fmt, ...)
 {
+    /* formatted aside first: the arguments may point into tl_msg itself (a caller adding context to the detail
+     * of a failed call) */
+    char tmp[sizeof tl_msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(tl_msg, tmp, sizeof tl_msg);
     /* one line: fold any newline a caller's string smuggled in */
     for (char *p = tl_msg; *p; p++)
         if (*p == '\n' || *p == '\r') *p = ' ';
     return err;
+}
+
+int mtr_exit_code(int err)
+{
+    switch (err) {
+    case MTR_OK:
+        return 0;
+    case MTR_EINVAL:
+    case MTR_EEXIST:
+        return 1;
+    case MTR_EIO:
+    case MTR_ENOMEM:
+    case MTR_EHDF5:
+        return 3;
+    default:
+        return err < 0 ? 2 : 3;
+    }
 }

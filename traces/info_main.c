@@ -1,7 +1,6 @@
 /* info_main.c — `moetrace info RUN...`: what a trace set holds and whether it is valid.
  * Model and router semantics, dimensions, a languages x datasets table of sequences and tokens, raw vs stored
  * bytes, shards complete / partial / unlisted, and a verdict; --deep also decodes every chunk; --json. */
-#include <getopt.h>
 #include <jansson.h>
 #include <math.h>
 #include <omp.h>
@@ -10,6 +9,7 @@
 #include <string.h>
 
 #include "moetrace.h"
+#include "mtr_cli.h"
 
 static void usage(FILE *f)
 {
@@ -25,16 +25,6 @@ static void usage(FILE *f)
                "  --help, --version\n"
                "\n"
                "Exit codes: 0 valid, 1 bad usage, 2 invalid or unreadable trace data, 3 I/O or internal failure.\n");
-}
-
-static int exit_code(int err)
-{
-    switch (err) {
-    case MTR_OK: return 0;
-    case MTR_EINVAL: return 1;
-    case MTR_EIO: case MTR_ENOMEM: case MTR_EHDF5: return 3;
-    default: return 2;
-    }
 }
 
 typedef struct {
@@ -159,42 +149,70 @@ static void human(char *buf, size_t cap, double bytes)
 
 int main(int argc, char **argv)
 {
+    mtr_cli_set_prog("moetrace info");
     int json = 0, quiet = 0, deep = 0, threads = 0;
     unsigned flags = 0;
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},    {"quiet", no_argument, NULL, 'q'},
-                                          {"deep", no_argument, NULL, 'd'},    {"threads", required_argument, NULL, 't'},
-                                          {"allow-partial", no_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
-                                          {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
-    int c;
-    while ((c = getopt_long(argc, argv, "q", opts, NULL)) != -1) {
-        switch (c) {
-        case 'j': json = 1; break;
-        case 'q': quiet = 1; break;
-        case 'd': deep = 1; break;
-        case 't': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > 1024) {
-                fprintf(stderr, "moetrace info: --threads wants a number 1..1024, not '%s'\n", optarg);
+    enum { O_JSON = 1, O_QUIET, O_DEEP, O_THREADS, O_PARTIAL, O_HELP, O_VERSION };
+    static const mtr_cli_option opts[] = {
+        {"json", O_JSON, false},       {"quiet", O_QUIET, false}, {"q", O_QUIET, false},
+        {"deep", O_DEEP, false},       {"threads", O_THREADS, true}, {"allow-partial", O_PARTIAL, false},
+        {"help", O_HELP, false},       {"version", O_VERSION, false}};
+    const char **run_args = calloc((size_t)argc, sizeof *run_args);
+    size_t n_runs = 0;
+    if (!run_args) {
+        mtr_cli_error(NULL, "out of memory");
+        return 3;
+    }
+    for (int ai = 1; ai < argc; ai++) {
+        const mtr_cli_option *opt = NULL;
+        const char *val = NULL;
+        int pr = mtr_cli_next(NULL, argc, argv, &ai, opts, sizeof opts / sizeof opts[0], &opt, &val);
+        if (pr == MTR_CLI_POSITIONAL) {
+            if (val) run_args[n_runs++] = val;
+            continue;
+        }
+        if (pr == MTR_CLI_HELP) {
+            usage(stdout);
+            free(run_args);
+            return 0;
+        }
+        if (pr) {
+            free(run_args);
+            return pr;
+        }
+        switch (opt->id) {
+        case O_JSON: json = 1; break;
+        case O_QUIET: quiet = 1; break;
+        case O_DEEP: deep = 1; break;
+        case O_THREADS: {
+            uint32_t v;
+            if (mtr_cli_parse_u32_in(&v, val, 1, 1024)) {
+                mtr_cli_error(NULL, "--threads wants a number 1..1024, not '%s'", val);
+                free(run_args);
                 return 1;
             }
             threads = (int)v;
             break;
         }
-        case 'p': flags |= MTR_OPEN_ALLOW_PARTIAL; break;
-        case 'h': usage(stdout); return 0;
-        case 'V': printf("moetrace-info %s (trace format %d)\n", MTR_VERSION_STRING, MTR_FORMAT_VERSION); return 0;
-        default: usage(stderr); return 1;
+        case O_PARTIAL: flags |= MTR_OPEN_ALLOW_PARTIAL; break;
+        case O_HELP: usage(stdout); free(run_args); return 0;
+        case O_VERSION:
+            printf("moetrace-info %s (trace format %d)\n", MTR_VERSION_STRING, MTR_FORMAT_VERSION);
+            free(run_args);
+            return 0;
+        default: break;
         }
     }
-    if (optind >= argc) {
-        fprintf(stderr, "moetrace info: no run given (see --help)\n");
+    if (n_runs == 0) {
+        mtr_cli_error(NULL, "no run given (see --help)");
+        free(run_args);
         return 1;
     }
     if (!threads) threads = omp_get_max_threads();
 
     mtr_run *r = NULL;
-    int rc = mtr_run_open_many(&r, (const char *const *)argv + optind, (size_t)(argc - optind), flags);
+    int rc = mtr_run_open_many(&r, run_args, n_runs, flags);
+    free(run_args);
     if (rc) {
         if (json) {
             json_t *o = json_pack("{s:b, s:s, s:s}", "valid", 0, "error", mtr_strerror(rc), "detail", mtr_errmsg());
@@ -202,8 +220,8 @@ int main(int argc, char **argv)
             putchar('\n');
             json_decref(o);
         }
-        fprintf(stderr, "moetrace info: %s\n", mtr_errmsg()[0] ? mtr_errmsg() : mtr_strerror(rc));
-        return exit_code(rc);
+        mtr_cli_error(NULL, "%s", mtr_errmsg()[0] ? mtr_errmsg() : mtr_strerror(rc));
+        return mtr_exit_code(rc);
     }
 
     const mtr_model_info *m = mtr_run_model(r);
@@ -327,8 +345,8 @@ int main(int argc, char **argv)
         if (deep && !drc) printf("checked    every chunk decoded; %llu NaN/Inf values\n", (unsigned long long)nonfinite);
     }
     if (!json) printf("verdict    %s%s%s\n", verdict, drc ? ": " : "", drc ? deep_err : "");
-    if (drc) fprintf(stderr, "moetrace info: %s\n", deep_err);
+    if (drc) mtr_cli_error(NULL, "%s", deep_err);
     free(cells);
     mtr_run_close(r);
-    return exit_code(drc);
+    return mtr_exit_code(drc);
 }

@@ -8,9 +8,6 @@
 
 #include "moetrace.h"
 
-/* Record a one-line detail for mtr_errmsg() and return err (so `return mtr_fail(...)` reads naturally). */
-int mtr_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void mtr_clear_error(void);
 
 /* HDF5 error printing off for this process (we report through mtr_errmsg). */
 void mtr_h5_quiet(void);

@@ -18,6 +18,7 @@ static void usage(FILE *f)
             "  capture   write traces: synth (planted structure), ingest (from other engines), tokenize\n"
             "  reduce    routing metrics over trace sets\n"
             "  stats     statistics, middle bands, expert selection, steering files\n"
+            "  recipe    the paper's experiment on a Slurm cluster from a recipe (config/recipes/)\n"
             "\n"
             "  --help     this text        --version  print the version\n"
             "\n"

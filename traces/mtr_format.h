@@ -107,4 +107,26 @@ typedef enum { MTR_STORED_LIST(MTR_X_ENUM) MTR_STORED_COUNT } mtr_stored;
 #define MTR_SEQ_STEERED 0x2u    /* routing was steered while this sequence was captured */
 #define MTR_SEQ_NONFINITE 0x4u  /* at least one logit is NaN or Inf */
 
+/* ---- outputs of moetrace-reduce (reduce/SUMMARIES.md): written by reduce, read by stats and the notebooks ---- */
+#define MTR_OUT_SUMMARIES "summaries.h5"
+#define MTR_OUT_TABLES "tables.h5"
+#define MTR_TSV_DIV_FROM_EN "div_from_en.tsv"
+#define MTR_TSV_UNITS_MISSING_EN "units_missing_en.tsv"
+#define MTR_TSV_DIV_PAIRWISE "div_pairwise.tsv"
+#define MTR_TSV_ENTROPY "entropy.tsv"
+#define MTR_TSV_JACCARD "jaccard.tsv"
+#define MTR_TSV_FREQ "freq.tsv"
+#define MTR_TSV_DELTA "delta.tsv"
+#define MTR_TSV_RD "rd.tsv"
+#define MTR_TSV_SPECIALISATION "specialisation.tsv"
+#define MTR_TSV_TOP_EXPERTS "top_experts.tsv"
+/* datasets of tables.h5 */
+#define MTR_T_LANGS "langs"
+#define MTR_T_SLICES "slices"
+#define MTR_T_DIV_FROM_EN "div_from_en"
+#define MTR_T_DIV_PAIRWISE "div_pairwise"
+#define MTR_T_FREQ "freq"
+#define MTR_T_WEIGHT "weight"
+#define MTR_T_ENTROPY "entropy"
+
 #endif

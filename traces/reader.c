@@ -178,8 +178,10 @@ static int load_chunk_table(mtr_run *r, shard_rt *s, hid_t f, uint64_t n_tokens)
     hsize_t dims[3] = {0, 0, 0}, cdims[3] = {0, 0, 0};
     if (H5Sget_simple_extent_ndims(sp) != 3 || H5Sget_simple_extent_dims(sp, dims, NULL) < 0 ||
         dims[0] != n_tokens || dims[1] != m->n_layers || dims[2] != m->n_experts) {
-        rc = mtr_fail(MTR_EFORMAT, "%s: /%s is not (%llu, %u, %u)", s->path, MTR_D_LOGITS,
-                      (unsigned long long)n_tokens, m->n_layers, m->n_experts);
+        rc = mtr_fail(MTR_EFORMAT, "%s: /%s has shape (%llu, %llu, %llu), the attributes say (n_tokens %llu, "
+                      "n_layers %u, n_experts %u)", s->path, MTR_D_LOGITS, (unsigned long long)dims[0],
+                      (unsigned long long)dims[1], (unsigned long long)dims[2], (unsigned long long)n_tokens,
+                      m->n_layers, m->n_experts);
         goto close_d;
     }
     dcpl = H5Dget_create_plist(d);

@@ -1,4 +1,4 @@
-/* steer.c — steering files (traces/STEERING.md, DESIGN.md §4): the in-memory description, its HDF5 file and
+/* steer.c — steering files (traces/STEERING.md, docs/ARCHITECTURE.md §4): the in-memory description, its HDF5 file and
  * JSON twin, validation on load, application to router logits, and the EasySteer / flat-matrix exports. */
 #include <errno.h>
 #include <math.h>
@@ -763,29 +763,51 @@ void mtr_steer_apply(const mtr_steer *s, uint32_t layer, float *z, uint64_t *rng
 
 /* ---- exports ---------------------------------------------------------------------------------------------- */
 
+/* EasySteer's moe_router modes (ZJU-REAL/EasySteer-vllm-v1, vllm/steer_vectors/algorithms/moe_router.py):
+ * "soft" adds lambda * z.std(dim=-1) — torch's default std, Bessel-corrected (divisor n - 1) — to the listed
+ * experts; "activate" / "deactivate" set them to max / min of log_softmax(z) +/- epsilon (a per-token shift of
+ * z, so the same routing as max(z) + eps / min(z) - eps here). moetrace's soft rule multiplies the population std
+ * (divisor n), so the exported lambda is coef * sqrt((n - 1) / n): the same z'. */
 int mtr_steer_export_easysteer(const mtr_steer *s, const char *path, bool *lossy)
 {
     int rc = mtr_steer_validate(s);
     if (rc) return rc;
-    if (lossy) *lossy = s->op == MTR_STEER_SOFT || s->op == MTR_STEER_BIAS || s->eps_mode == MTR_STEER_EPS_GAUSSIAN;
+    if (s->op == MTR_STEER_BIAS)
+        return mtr_fail(MTR_EINVAL, "%s: op bias (z + b) has no EasySteer moe_router mode (soft adds lambda * std(z), "
+                                    "activate/deactivate force experts in or out)", path);
+    bool soft = s->op == MTR_STEER_SOFT;
+    double std_ratio = sqrt(((double)s->n_experts - 1.0) / (double)s->n_experts);
+    if (lossy) *lossy = !soft && s->eps_mode == MTR_STEER_EPS_GAUSSIAN;
     json_t *root = json_object(), *cfg = json_object();
-    for (uint32_t t = 0; t < s->n_target; t++) {
+    for (uint32_t t = 0; t < s->n_target && !rc; t++) {
         uint32_t l = s->target_layers[t];
         json_t *pos = json_array(), *neg = json_array();
+        float c0 = 0.0f;
         for (size_t i = 0; i < s->n_sel; i++) {
             if (s->experts[i].layer != l) continue;
             float c = s->coef[(size_t)l * s->n_experts + s->experts[i].expert];
-            json_array_append_new(c > 0.0f ? pos : neg, json_integer(s->experts[i].expert));
+            if (soft && c0 != 0.0f && c != c0)
+                rc = mtr_fail(MTR_EINVAL, "%s: MoE layer %u has soft coefficients %g and %g: EasySteer's soft mode "
+                                          "takes one lambda per layer", path, l, (double)c0, (double)c);
+            if (c0 == 0.0f) c0 = c;
+            json_array_append_new(soft || c > 0.0f ? pos : neg, json_integer(s->experts[i].expert));
         }
         json_t *lc = json_object();
-        if (json_array_size(pos) && json_array_size(neg)) {
+        if (soft && json_array_size(pos)) {
+            json_object_set_new(lc, "mode", json_string("soft"));
+            json_object_set_new(lc, "expert_ids", pos);
+            json_object_set_new(lc, "lambda", json_real((double)c0 * std_ratio));
+            json_decref(neg);
+        } else if (json_array_size(pos) && json_array_size(neg)) {
             json_object_set_new(lc, "mode", json_string("activate"));
             json_object_set_new(lc, "activate_ids", pos);
             json_object_set_new(lc, "deactivate_ids", neg);
+            json_object_set_new(lc, "epsilon", json_real(s->eps));
         } else if (json_array_size(pos) || json_array_size(neg)) {
             bool act = json_array_size(pos) > 0;
             json_object_set_new(lc, "mode", json_string(act ? "activate" : "deactivate"));
             json_object_set_new(lc, "expert_ids", act ? pos : neg);
+            json_object_set_new(lc, "epsilon", json_real(s->eps));
             json_decref(act ? neg : pos);
         } else {
             json_decref(pos);
@@ -797,8 +819,33 @@ int mtr_steer_export_easysteer(const mtr_steer *s, const char *path, bool *lossy
         snprintf(key, sizeof key, "%d", s->layer_index[l]);
         json_object_set_new(cfg, key, lc);
     }
+    if (rc) {
+        json_decref(cfg);
+        json_decref(root);
+        return rc;
+    }
     json_object_set_new(root, "layer_configs", cfg);
-    return dump_json(root, path, JSON_INDENT(2));
+    /* ignored by EasySteer's loader (it reads layer_configs only): where the file came from */
+    json_t *m = json_object();
+    json_object_set_new(m, "source", json_string("moetrace steering file (traces/STEERING.md), EasySteer export"));
+    json_object_set_new(m, "name", json_string(s->name));
+    json_object_set_new(m, "model_id", json_string(s->model_id));
+    json_object_set_new(m, "op", json_string(mtr_steer_op_name(s->op)));
+    json_object_set_new(m, "layer_keys", json_string("0-based decoder layers (layer_index of the MoE layers)"));
+    if (soft) {
+        json_object_set_new(m, "lambda", json_real(s->lambda));
+        json_object_set_new(m, "lambda_conversion",
+                            json_string("moetrace adds lambda * population std(z); EasySteer's soft mode multiplies "
+                                        "torch.std (divisor n-1): exported lambda = lambda * sqrt((n_experts-1)/n_experts)"));
+    } else {
+        json_object_set_new(m, "eps_mode", json_string(mtr_steer_eps_name(s->eps_mode)));
+        json_object_set_new(m, "eps", json_real(s->eps));
+        if (s->eps_mode == MTR_STEER_EPS_GAUSSIAN)
+            json_object_set_new(m, "epsilon_note", json_string("moetrace draws |eps| ~ |N(0, eps^2)| per forced expert "
+                                                               "and token; EasySteer takes a fixed epsilon: eps written"));
+    }
+    json_object_set_new(root, "moetrace", m);
+    return dump_json(root, path, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
 }
 
 int mtr_steer_export_flat(const mtr_steer *s, const char *bin_path, const char *json_path)

@@ -565,7 +565,10 @@ fail:
 
 /* ---- resume ---- */
 
-static int read_shard_ids(mtr_writer *w, const char *path, uint64_t *n_seq, uint64_t *n_tok)
+/* The seq_ids of a finished shard into w->done, with what its manifest entry holds: counts, seq_id range and the
+ * stored bytes of the logits. */
+static int read_shard_ids(mtr_writer *w, const char *path, uint64_t *n_seq, uint64_t *n_tok, uint64_t *seq_min,
+                          uint64_t *seq_max, uint64_t *stored)
 {
     int rc = 0;
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -577,9 +580,22 @@ static int read_shard_ids(mtr_writer *w, const char *path, uint64_t *n_seq, uint
     if (n < 0 || (n > 0 && !ids)) rc = mtr_fail(MTR_EFORMAT, "%s: /%s missing", path, MTR_D_SEQ_ID);
     else if (n > 0 && H5Dread(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids) < 0)
         rc = mtr_fail(MTR_EFORMAT, "%s: cannot read /%s", path, MTR_D_SEQ_ID);
-    for (hssize_t i = 0; !rc && i < n; i++)
+    *seq_min = n > 0 ? UINT64_MAX : 0;
+    *seq_max = 0;
+    for (hssize_t i = 0; !rc && i < n; i++) {
         if (idset_add(&w->done, ids[i])) rc = mtr_fail(MTR_ENOMEM, "out of memory");
+        if (ids[i] < *seq_min) *seq_min = ids[i];
+        if (ids[i] > *seq_max) *seq_max = ids[i];
+    }
     if (!rc) rc = mtr_h5_get_u64(f, MTR_A_N_TOKENS, n_tok, path);
+    *stored = 0;
+    if (!rc && H5Lexists(f, MTR_D_LOGITS, H5P_DEFAULT) > 0) {
+        hid_t z = H5Dopen2(f, MTR_D_LOGITS, H5P_DEFAULT);
+        if (z >= 0) {
+            *stored = H5Dget_storage_size(z);
+            H5Dclose(z);
+        }
+    }
     *n_seq = n > 0 ? (uint64_t)n : 0;
     free(ids);
     if (sp >= 0) H5Sclose(sp);
@@ -632,15 +648,17 @@ static int resume_run(mtr_writer *w)
             continue;
         }
         if (tail[0] != '\0') continue;
-        uint64_t ns = 0, nt = 0;
-        if ((rc = read_shard_ids(w, path, &ns, &nt))) break;
+        uint64_t ns = 0, nt = 0, smin = 0, smax = 0, stored = 0;
+        if ((rc = read_shard_ids(w, path, &ns, &nt, &smin, &smax, &stored))) break;
         if (!manifest_lists(shards, de->d_name)) {
             /* finished and renamed, but the writer died before the manifest said so: adopt it */
             struct stat st;
             if (stat(path, &st) != 0) st.st_size = 0;
-            json_array_append_new(shards, json_pack("{s:s, s:I, s:I, s:I, s:I}", "file", de->d_name, "n_sequences",
-                                                    (json_int_t)ns, "n_tokens", (json_int_t)nt, "stored_bytes",
-                                                    (json_int_t)0, "file_bytes", (json_int_t)st.st_size));
+            json_array_append_new(shards, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "file", de->d_name,
+                                                    "n_sequences", (json_int_t)ns, "n_tokens", (json_int_t)nt,
+                                                    "stored_bytes", (json_int_t)stored, "file_bytes",
+                                                    (json_int_t)st.st_size, "seq_id_min", (json_int_t)smin,
+                                                    "seq_id_max", (json_int_t)smax));
             json_int_t a = json_integer_value(json_object_get(w->manifest, "n_sequences"));
             json_int_t b = json_integer_value(json_object_get(w->manifest, "n_tokens"));
             json_object_set_new(w->manifest, "n_sequences", json_integer(a + (json_int_t)ns));

@@ -142,7 +142,7 @@ static double run_ingest_file(const char *path, const char *dir, mtr_ingest_resu
     double t = now() - t0;
     close(fd);
     if (rc) {
-        fprintf(stderr, "bench: ingest: %s\n", mtr_ingest_errmsg());
+        fprintf(stderr, "bench: ingest: %s\n", mtr_errmsg());
         return -1;
     }
     return t;
@@ -164,7 +164,7 @@ static double run_ingest(const stream *s, const char *dir, mtr_ingest_result *re
     pthread_join(th, NULL);
     double t = now() - t0;
     if (rc) {
-        fprintf(stderr, "bench: ingest: %s\n", mtr_ingest_errmsg());
+        fprintf(stderr, "bench: ingest: %s\n", mtr_errmsg());
         return -1;
     }
     return t;

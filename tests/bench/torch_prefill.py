@@ -3,8 +3,13 @@ the whole model) with the reference forward of tests/models/ref_moe.py, eager to
 f32 checkpoint shaped as Qwen3-MoE (default), Phi-3.5-MoE (--arch phimoe) or DeepSeek-V2-Lite (--arch
 deepseek_v2) that it creates on first use in the directory given (a git-ignored cache):
 
-    /usr/bin/python3 tests/bench/torch_prefill.py DIR [--arch qwen3_moe|phimoe|deepseek_v2] [--threads N] [--repeat R]
-                     [--batch B] [--tokens T] [--seed S] [--ids FILE] [--head all|last|none]
+    /usr/bin/python3 tests/bench/torch_prefill.py DIR [--arch qwen3_moe|gpt_oss|phimoe|deepseek_v2] [--threads N]
+                     [--repeat R] [--batch B] [--tokens T] [--seed S] [--ids FILE] [--head all|last|none]
+                     [--dtype f32|bf16]
+
+--arch gpt_oss makes a GPT-OSS-shaped checkpoint instead (MXFP4 experts, the published layout; dense tensors f32,
+or bf16 with --dtype bf16 and no torch_dtype in config.json, as published); the reference dequantises the experts
+once at load, as transformers does without the triton kernels, and runs only the selected experts.
 
 DIR gets config.json, three safetensors shards + index, tokenizer.json/tokenizer_config.json (byte level, no
 merges) and prefill_ids.txt: B lines of T space-separated ids (seeded), the sequences timed, for the C bench
@@ -146,22 +151,70 @@ DEEPSEEK_CONFIG = {
     "v_head_dim": 64,
     "vocab_size": 32000,
 }
-CONFIGS = {"qwen3_moe": BENCH_CONFIG, "phimoe": PHIMOE_CONFIG, "deepseek_v2": DEEPSEEK_CONFIG}
 SHARD_BYTES = 300 << 20
 
+# GPT-OSS shape, scaled down: 8 layers alternating sliding (128) / full attention, hidden 768, 12 query / 4
+# key-value heads of 64 with sinks, 32 experts of 512 in MXFP4, top-4, YaRN as published (factor 32, truncate false)
+GPTOSS_CONFIG = {
+    "architectures": ["GptOssForCausalLM"],
+    "attention_bias": True,
+    "attention_dropout": 0.0,
+    "eos_token_id": 258,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 768,
+    "initial_context_length": 4096,
+    "intermediate_size": 512,
+    "layer_types": ["sliding_attention", "full_attention"] * 4,
+    "max_position_embeddings": 131072,
+    "model_type": "gpt_oss",
+    "num_attention_heads": 12,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 8,
+    "num_key_value_heads": 4,
+    "num_local_experts": 32,
+    "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                       "model.embed_tokens", "lm_head"], "quant_method": "mxfp4"},
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                     "rope_type": "yarn", "truncate": False},
+    "rope_theta": 150000,
+    "sliding_window": 128,
+    "swiglu_limit": 7.0,
+    "tie_word_embeddings": False,
+    "transformers_version": "4.55.0.dev0",
+    "use_cache": True,
+    "vocab_size": 8192,
+}
+CONFIGS = {"qwen3_moe": BENCH_CONFIG, "gpt_oss": GPTOSS_CONFIG, "phimoe": PHIMOE_CONFIG,
+           "deepseek_v2": DEEPSEEK_CONFIG}
 
-def make_checkpoint(d, seed, config=BENCH_CONFIG):
+
+def make_checkpoint(d, seed, arch="qwen3_moe", dtype="f32"):
     """Random weights (std as a trained model's order of magnitude; router wider so routing is not uniform)."""
     import torch
     import make_tiny
     import ref_moe
     import safetensors_io
+    config = dict(CONFIGS[arch])
+    if arch == "gpt_oss" and dtype == "f32":
+        config["torch_dtype"] = "float32"
+    elif arch != "gpt_oss" and dtype == "bf16":
+        config["torch_dtype"] = "bfloat16"
     cfg = ref_moe.Config(config)
     g = torch.Generator().manual_seed(seed)
     w = {}
     for name, shape in sorted(ref_moe.expected_tensors(cfg).items()):
         fan_in = shape[-1]
-        if name.endswith("norm.weight"):
+        if name.endswith("_blocks"):
+            t = torch.randint(0, 256, shape, generator=g).to(torch.uint8)
+        elif name.endswith("_scales"):  # 2^-6 .. 2^-4 times e2m1 codes (rms ~2.9): std ~ 1 / sqrt(fan_in)
+            t = torch.randint(121, 124, shape, generator=g).to(torch.uint8)
+        elif name.endswith(("_bias", ".bias", "sinks")):
+            t = 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith("router.weight"):
+            t = torch.randn(shape, generator=g) * (2.0 / fan_in ** 0.5)
+        elif name.endswith("norm.weight"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
         elif name.endswith((".mlp.gate.weight", ".block_sparse_moe.gate.weight")):
             t = torch.randn(shape, generator=g) * (2.0 / fan_in ** 0.5)
@@ -169,7 +222,7 @@ def make_checkpoint(d, seed, config=BENCH_CONFIG):
             t = torch.randn(shape, generator=g)
         else:
             t = torch.randn(shape, generator=g) * (1.0 / fan_in ** 0.5)
-        w[name] = t
+        w[name] = t.to(torch.bfloat16) if dtype == "bf16" and t.is_floating_point() else t
     tmp = d.rstrip("/") + f".partial{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -199,6 +252,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--ids", help="ids file (default DIR/prefill_ids.txt); created from --seed if missing")
     ap.add_argument("--head", choices=("all", "last", "none"), default="all")
+    ap.add_argument("--dtype", choices=("f32", "bf16"), default="f32", help="of a checkpoint made here")
+    ap.add_argument("--make-only", action="store_true", help="make the checkpoint and the ids, time nothing")
     a = ap.parse_args()
     if a.threads < 1 or a.repeat < 1 or a.batch < 1 or a.tokens < 1:
         ap.error("--threads, --repeat, --batch and --tokens must be positive")
@@ -216,7 +271,7 @@ def main():
 
     if not os.path.exists(os.path.join(a.dir, "config.json")):
         t0 = time.time()
-        make_checkpoint(a.dir, a.seed, CONFIGS[a.arch])
+        make_checkpoint(a.dir, a.seed, a.arch, a.dtype)
         print(f"torch_prefill: made {a.dir} in {time.time() - t0:.1f} s", file=sys.stderr)
     ids_path = a.ids or os.path.join(a.dir, "prefill_ids.txt")
     if not os.path.exists(ids_path):
@@ -232,6 +287,8 @@ def main():
         sys.exit(f"torch_prefill: {ids_path}: the sequences differ in length (a batch needs equal lengths)")
     ids = torch.tensor(rows, dtype=torch.int64)
     B, T = ids.shape
+    if a.make_only:
+        return 0
 
     model = ref_moe.MoeModel(a.dir)
     params = sum(t.numel() for t in model.w.values())

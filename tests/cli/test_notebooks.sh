@@ -1,15 +1,16 @@
 # The figure notebooks (notebooks/): the committed notebooks carry no outputs; on a small synthetic results set
-# (synth -> reduce -> stats band/correlate/experts/steer) the numbers notebooks/moetrace_figures.py plots equal
-# the TSV and JSON files they come from; notebooks/run.sh executes every notebook headless on /usr/bin/python3
-# and writes each figure as a valid, non-blank PNG and a PDF. Skipped (one "ok ... # skip") only when
-# matplotlib or Jupyter is not installed for $PY.
+# (synth -> reduce -> stats band/correlate/experts/overlap/steer/effect, every step on the band of band.txt) the
+# numbers notebooks/moetrace_figures.py plots equal the TSV and JSON files they come from, every figure shows the
+# one band, and stats outputs made with another band are refused; notebooks/run.sh executes every notebook
+# headless on /usr/bin/python3 and writes each figure as a valid, non-blank PNG and a PDF. Skipped (one
+# "ok ... # skip") only when matplotlib or Jupyter is not installed for $PY.
 . "$TESTS/cli/lib.sh"
 export HDF5_PLUGIN_PATH="$LIB/plugin"
 top=$(cd "$TESTS/.." && pwd)
 NB="$top/notebooks"
 S="$BIN/moetrace-stats"
 FIGS="fig1_divergence fig2_pairwise fig3_entropy_jaccard fig4_alignment_accuracy fig5_task_experts
-fig6_specialisation fig7_steering"
+fig6_specialisation fig7_steering fig8_divergence_accuracy fig9_layer_correlation fig10_overlap fig11_effects"
 
 # ---- committed notebooks: no outputs, no execution counts (plain JSON, needs no Jupyter) ---------------------
 cat >"$WORK/nb_clean.py" <<'EOF'
@@ -29,7 +30,7 @@ print("; ".join(bad))
 sys.exit(1 if bad else 0)
 EOF
 set -- "$NB"/[0-9]*.ipynb
-if [ -f "$1" ] && [ $# -ge 7 ]; then ok "notebooks: $# figure notebooks"; else not_ok "notebooks" "want 7 notebooks/NN_*.ipynb, found $#"; fi
+if [ -f "$1" ] && [ $# -ge 11 ]; then ok "notebooks: $# figure notebooks"; else not_ok "notebooks" "want 11 notebooks/NN_*.ipynb, found $#"; fi
 args=""
 for f in "$NB"/*.ipynb; do [ -f "$f" ] && args="$args notebooks/$(basename "$f")=$f"; done
 # shellcheck disable=SC2086
@@ -58,12 +59,38 @@ if "$BIN/moetrace-capture" synth --out "$R/run" --layers 8 --experts 16 --top-k 
     --langs eng_Latn:1,fra_Latn:0.9,zho_Hans:0.6,hin_Deva:0.4,bam_Latn:0.1 --datasets flores,math --quiet &&
     "$BIN/moetrace-reduce" "$R/run" -o "$R/tables" -q &&
     "$S" band --tables "$R/tables" --band detect >"$R/band.txt" &&
-    "$S" correlate --tables "$R/tables" --accuracy "$R/run/accuracy.tsv" --band 3-6 --json >"$R/correlate.json" &&
-    "$S" experts --tables "$R/tables" --dataset math --tau 0.2 --band 3-6 >"$R/experts.tsv" &&
-    "$S" steer --tables "$R/tables" --dataset math --tau 0.2 --band 3-6 --model-id synthetic/moe-L8-E16 --top-k 2 \
+    "$S" correlate --tables "$R/tables" --accuracy "$R/run/accuracy.tsv" --band "$R/band.txt" --json >"$R/correlate.json" &&
+    "$S" experts --tables "$R/tables" --dataset math --tau 0.2 --band "$R/band.txt" >"$R/experts.tsv" &&
+    "$S" overlap --tables "$R/tables" --dataset math --band "$R/band.txt" --taus 0.02,0.05,0.1,0.2,0.3,0.4 \
+        >"$R/overlap.tsv" &&
+    "$S" steer --tables "$R/tables" --dataset math --tau 0.2 --band "$R/band.txt" --model-id synthetic/moe-L8-E16 --top-k 2 \
         --out "$R/steer" >/dev/null 2>"$WORK/err"
-then ok "small results set: synth -> reduce -> stats"
+then ok "small results set: synth -> reduce -> stats, one band file"
 else not_ok "small results set" "$(head -c 300 "$WORK/err")"; exit 1; fi
+
+# Steered accuracies: the synthetic set has no model to run under a steering file, so they are made up here
+# (fixed gains per intervention and language); the demo gets them from the engine (capture run --mode score
+# --steer). What the effects figure reads is the real layout: effects/NAME.json = moetrace-stats effect --json
+# --steer steer/NAME.h5, one per steering file.
+mkdir -p "$R/effects" "$WORK/steered"
+"$PY" - "$R/run/accuracy.tsv" "$WORK/steered" <<'PYEOF'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if not l.startswith("#")]
+gain = {"task": [0.004, 0.012, 0.02, 0.031, 0.045], "outside_band": [-0.01, -0.02, 0.0, -0.03, -0.015],
+        "multilingual": [0.0, -0.012, -0.02, -0.01, -0.04], "random": [0.002, -0.004, 0.0, 0.006, -0.003],
+        "deactivate": [-0.002, -0.03, -0.05, -0.04, -0.06]}
+for name, g in gain.items():
+    with open(f"{sys.argv[2]}/{name}.tsv", "w") as f:
+        f.write("#lang\ttask\tmetric\tvalue\tn\n")
+        for r, d in zip(rows, g):
+            f.write(f"{r[0]}\t{r[1]}\t{r[2]}\t{float(r[3]) + d:.6f}\t{r[4]}\n")
+PYEOF
+n_eff=0
+for n in task outside_band multilingual random deactivate; do
+    "$S" effect --baseline "$R/run/accuracy.tsv" --steered "$WORK/steered/$n.tsv" --steer "$R/steer/$n.h5" --json \
+        >"$R/effects/$n.json" 2>>"$WORK/err" && n_eff=$((n_eff + 1))
+done
+[ "$n_eff" -eq 5 ] && ok "effects/NAME.json for the selection and 4 controls" || not_ok "effects" "$n_eff of 5: $(head -c 300 "$WORK/err")"
 
 # ---- the module's numbers are the files' numbers ---------------------------------------------------------
 cat >"$WORK/nb_numbers.py" <<'EOF'
@@ -203,6 +230,110 @@ img = np.asarray(images(mf.fig_steering(res))["coef"])
 check("fig7: coefficient image = steer/task.f32", img.shape == flat.shape and np.array_equal(img.astype("<f4"), flat)
       and np.count_nonzero(flat) > 0)
 
+# one band everywhere: every shaded band, fig5's band lines and fig4's axis are band.txt's
+def spans(fig):
+    out = []
+    for ax in fig.axes:
+        for p in ax.patches:
+            if p.get_gid() == "band":
+                xs = np.asarray(p.get_xy())[:, 0]
+                out.append((float(xs.min()), float(xs.max())))
+    return out
+
+want_span = (band.first - 0.5, band.last + 0.5)
+for name in ("fig1_divergence", "fig3_entropy_jaccard", "fig6_specialisation", "fig8_divergence_accuracy",
+             "fig9_layer_correlation"):
+    sp = spans(getattr(mf, mf.FIGURES[name][0])(res))
+    check(f"{name}: shades the band of band.txt", len(sp) >= 1 and all(s == want_span for s in sp), f"{sp} vs {want_span}")
+f5 = mf.fig_task_experts(res)
+hl = sorted(float(l.get_ydata()[0]) for ax in f5.axes for l in ax.get_lines() if l.get_linestyle() == "--" and len(l.get_ydata()))
+check("fig5: band lines at band.txt's band", hl == [band.first - 0.5, band.last + 0.5], f"{hl}")
+xl = " ".join(ax.get_xlabel() for ax in mf.fig_alignment_accuracy(res).axes)
+check("fig4: the band of band.txt", f"layers {band.first}-{band.last}" in xl, xl)
+
+# fig 8: curves coloured by accuracy (RdYlGn over the accuracies' range), a colour bar
+fig = mf.fig_divergence_accuracy(res)
+got = lines(fig)
+task = c["results"][0]["task"]
+accs = {g: acc[(g, task)] for g in div if (g, task) in acc}
+lo, hi = min(accs.values()), max(accs.values())
+import matplotlib
+cmap = matplotlib.colormaps["RdYlGn"]
+ok8 = set(got) == set(div) and all(list(got[g].get_ydata()) == [div[g][l] for l in sorted(div[g])] for g in div)
+ok8c = all(np.allclose(matplotlib.colors.to_rgba(got[g].get_color()), cmap((accs[g] - lo) / (hi - lo))) for g in accs)
+check("fig8: one line per language, the values of div_from_en.tsv", ok8, f"{sorted(got)}")
+check("fig8: each line coloured by its accuracy (RdYlGn, min..max)", ok8c and len(accs) == len(div))
+cbar = [ax for ax in fig.axes if ax.get_ylabel() == f"accuracy ({task})"]
+check("fig8: a colour bar labelled with the task's accuracy", len(cbar) == 1 and
+      np.allclose(cbar[0].get_ylim(), (lo, hi)), [ax.get_ylabel() for ax in fig.axes])
+
+# fig 9: per-layer r and its CI = correlate.json
+got = lines(mf.fig_layer_correlation(res))
+for t in c["results"]:
+    k = t["task"]
+    ls = [r["layer"] for r in t["layers"]]
+    nan = lambda v: float("nan") if v is None else v
+    for key, vals in (("r", [nan(r["pearson"]["r"]) for r in t["layers"]]),
+                      ("ci_lo", [nan(r["pearson"]["ci"][0]) for r in t["layers"]]),
+                      ("ci_hi", [nan(r["pearson"]["ci"][1]) for r in t["layers"]]),
+                      ("rho", [nan(r["spearman"]["r"]) for r in t["layers"]])):
+        l = got.get(f"{key}:{k}")
+        check(f"fig9 ({k}): {key} per layer = correlate.json", l is not None and list(l.get_xdata()) == ls and
+              np.allclose(l.get_ydata(), vals, rtol=0, atol=0, equal_nan=True), f"{l and list(l.get_ydata())} vs {vals}")
+    bl = got.get(f"band:{k}")
+    check(f"fig9 ({k}): band-mean r over the band", bl is not None and list(bl.get_ydata()) == [t["band_mean"]["pearson"]["r"]] * 2
+          and list(bl.get_xdata()) == list(want_span))
+
+# fig 10: counts per tau = overlap.tsv
+ov = rows(os.path.join(R, "overlap.tsv"))
+got = lines(mf.fig_overlap(res))
+for col in ("n_task", "n_multilingual", "n_overlap"):
+    l = got.get(col)
+    check(f"fig10: {col} by tau = overlap.tsv", l is not None and list(l.get_xdata()) == [float(r["tau"]) for r in ov]
+          and list(l.get_ydata()) == [float(r[col]) for r in ov], f"{l and list(l.get_ydata())}")
+check("fig10: overlap data not trivial", max(float(r["n_task"]) for r in ov) > 0 and max(float(r["n_multilingual"]) for r in ov) > 0)
+
+# fig 11: per-language gains and means with CIs = effects/NAME.json
+fig = mf.fig_effects(res)
+names = ["task", "outside_band", "multilingual", "random", "deactivate"]
+for n in names:
+    e = json.load(open(os.path.join(R, "effects", f"{n}.json")))["rows"][0]
+    per = [x["gain"] for x in e["per_lang"] if x["lang"] != "eng_Latn"]
+    bars = [p.get_height() for ax in fig.axes for p in ax.patches if p.get_gid() == f"gain:{n}"]
+    check(f"fig11: {n}: one bar per language, the gains of effects/{n}.json", bars == per and len(per) == 4, f"{bars} vs {per}")
+    m = [l for ax in fig.axes for l in ax.get_lines() if l.get_gid() == f"mean:{n}"]
+    ci = [col for ax in fig.axes for col in ax.collections if col.get_gid() == f"ci:{n}"]
+    seg = np.asarray(ci[0].get_segments()[0])[:, 1].tolist() if ci else []
+    check(f"fig11: {n}: mean gain and its CI", len(m) == 1 and list(m[0].get_ydata()) == [e["gain"]] and
+          np.allclose(sorted(seg), e["gain_ci"], rtol=0, atol=1e-15), f"{seg} vs {e['gain_ci']}")
+check("fig11: the order is the selection, then the controls", mf.intervention_effects(res)["names"] == names)
+
+# another band anywhere is refused, not drawn
+import shutil, subprocess
+mis = os.path.join(R, "..", "mismatch")
+shutil.copytree(R, mis, symlinks=True, ignore=shutil.ignore_patterns("figs", "env-figs"))
+other = f"{band.first}-{band.last + 1}" if band.last < L else f"{band.first - 1}-{band.last}"
+S = os.environ["STATS"]
+subprocess.run([S, "correlate", "--tables", os.path.join(mis, "tables"), "--accuracy", os.path.join(mis, "run", "accuracy.tsv"),
+                "--band", other, "--json"], stdout=open(os.path.join(mis, "correlate.json"), "w"), check=True)
+subprocess.run([S, "overlap", "--tables", os.path.join(mis, "tables"), "--dataset", "math", "--band", other],
+               stdout=open(os.path.join(mis, "overlap.tsv"), "w"), check=True)
+rm = mf.Results(mis, os.path.join(mis, "figs"))
+for fn in ("fig_alignment_accuracy", "fig_layer_correlation", "fig_overlap"):
+    try:
+        getattr(mf, fn)(rm)
+        check(f"{fn}: stats made with band {other} refused", False, "drawn")
+    except mf.BandMismatch as ex:
+        check(f"{fn}: stats made with band {other} refused", f"band {other}" in str(ex) and "band.txt" in str(ex), str(ex))
+ej = json.load(open(os.path.join(mis, "effects", "task.json")))
+ej["rows"][0]["layers"] = "1-2"
+json.dump(ej, open(os.path.join(mis, "effects", "task.json"), "w"))
+try:
+    mf.fig_effects(rm)
+    check("fig_effects: a selection steered outside the band refused", False, "drawn")
+except mf.BandMismatch as ex:
+    check("fig_effects: a selection steered outside the band refused", "task" in str(ex), str(ex))
+
 # a results directory with only the tables: the figures that need stats outputs are skipped, not failed
 bare = os.path.join(R, "..", "bare")
 os.makedirs(bare, exist_ok=True)
@@ -210,12 +341,13 @@ if not os.path.exists(os.path.join(bare, "tables")):
     os.symlink(T, os.path.join(bare, "tables"))
 rb = mf.Results(bare, os.path.join(bare, "figs"))
 done = {n: mf.draw(rb, n, show=False) for n in mf.FIGURES}
-check("tables only: correlate, steering figures skipped, the others drawn",
-      done["fig4_alignment_accuracy"] is None and done["fig7_steering"] is None
+check("tables only: correlate, accuracy, overlap, steering, effects figures skipped, the others drawn",
+      all(done[n] is None for n in ("fig4_alignment_accuracy", "fig7_steering", "fig8_divergence_accuracy",
+                                    "fig9_layer_correlation", "fig10_overlap", "fig11_effects"))
       and all(done[n] for n in ("fig1_divergence", "fig2_pairwise", "fig3_entropy_jaccard", "fig5_task_experts",
                                 "fig6_specialisation")), {k: bool(v) for k, v in done.items()})
 EOF
-if "$PY" "$WORK/nb_numbers.py" "$NB" "$R" >"$WORK/numbers.out" 2>"$WORK/numbers.err"; then
+if STATS="$S" "$PY" "$WORK/nb_numbers.py" "$NB" "$R" >"$WORK/numbers.out" 2>"$WORK/numbers.err"; then
     grep -E '^(not )?ok ' "$WORK/numbers.out"
 else
     grep -E '^(not )?ok ' "$WORK/numbers.out"
@@ -286,7 +418,7 @@ print("; ".join(bad))
 sys.exit(1 if bad else 0)
 EOF
 set -- "$WORK/executed"/[0-9]*.ipynb
-if [ -f "$1" ] && [ $# -ge 7 ] && out=$("$PY" "$WORK/nb_executed.py" "$@" 2>&1); then ok "executed notebooks show their figure, no errors"
+if [ -f "$1" ] && [ $# -ge 11 ] && out=$("$PY" "$WORK/nb_executed.py" "$@" 2>&1); then ok "executed notebooks show their figure, no errors"
 else not_ok "executed notebooks show their figure, no errors" "$# executed; ${out:-}"; fi
 cp "$1" "$WORK/dirty.ipynb"
 expect_exit 1 "check-clean rejects a notebook with outputs" "$PY" "$NB/moetrace_figures.py" check-clean "$WORK/dirty.ipynb"

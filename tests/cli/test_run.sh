@@ -18,7 +18,7 @@ expect_err_line "without --model: one line" "are required"
 expect_exit 1 "run bad --mode" "$CAP" run --model "$Q" --corpus "$CORPUS" --out "$WORK/x" --mode train
 expect_exit 1 "run bad --layers" "$CAP" run --model "$Q" --corpus "$CORPUS" --out "$WORK/x" --layers 0-9
 expect_err_line "bad --layers: one line" "1-based MoE layers"
-expect_exit 3 "run model dir without config" "$CAP" run --model "$WORK" --corpus "$CORPUS" --out "$WORK/x"
+expect_exit 2 "run model dir without config" "$CAP" run --model "$WORK" --corpus "$CORPUS" --out "$WORK/x"
 expect_err_line "missing config: names config.json" "config.json"
 printf '{"unit_id": "1", "lang": "en", "dataset": "d"}\n' >"$WORK/bad.jsonl"
 expect_exit 2 "run corpus item without text" "$CAP" run --model "$Q" --corpus "$WORK/bad.jsonl" --out "$WORK/x"

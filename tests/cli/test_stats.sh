@@ -43,6 +43,33 @@ if cmp -s "$WORK/c.json" "$WORK/c2.json"; then ok "correlate is reproducible fro
 if ! cmp -s "$WORK/c.json" "$WORK/c3.json"; then ok "another seed gives other CIs"; else not_ok "another seed gives other CIs" "identical"; fi
 if "$PY" "$ORACLE" correlate "$tab" "$acc" "$WORK/c3.json" >/dev/null 2>&1; then ok "seed 9 matches the oracle too"; else not_ok "seed 9 matches the oracle too" "mismatch"; fi
 
+expect_exit 0 "correlate (TSV) for the p methods" "$S" correlate --tables "$tab" --accuracy "$acc" --band 4-13
+expect_out "8 languages: Spearman p and permutation p exact (columns)" "^model	math	band	8	.*	exact	exact$"
+expect_out "8 languages: the verdict names the exact method" "^# verdict: .*Spearman rho = .*\(exact: all 40320 orderings\)"
+
+# five languages in perfect order: rho = -1, whose exact two-sided p is 2/120 (the t approximation says ~1e-24)
+"$BIN/moetrace-capture" synth --out "$WORK/run5" --layers 8 --experts 16 --top-k 2 --units 6 --seed 5 --band 3-6 \
+    --langs eng_Latn:1,fra_Latn:0.9,deu_Latn:0.7,zho_Hans:0.6,hin_Deva:0.4,bam_Latn:0.1 --datasets flores,math \
+    --quiet && "$BIN/moetrace-reduce" "$WORK/run5" -o "$WORK/tab5" -q || not_ok "synth 5 languages" "failed"
+expect_exit 0 "correlate, 5 languages" "$S" correlate --tables "$WORK/tab5" --accuracy "$WORK/run5/accuracy.tsv" --band 3-6
+expect_out "5 languages, rho = -1: Spearman p = 2/120, exact" "^model	math	band	5	.*	-1\.000000	0\.0166667	.*	exact	exact$"
+expect_out "5 languages: the verdict says exact and warns about the bootstrap CI" \
+    "^# verdict: .*Spearman rho = -1\.000, p = 0\.0167 \(exact: all 120 orderings\); 5 languages; .*bootstrap CI is unreliable"
+if grep -q 'e-2[0-9]' "$WORK/out"; then not_ok "5 languages: no t-approximation p of 1e-20 or so" "$(grep 'e-2' "$WORK/out" | head -c 200)"
+else ok "5 languages: no t-approximation p of 1e-20 or so"; fi
+"$S" correlate --tables "$WORK/tab5" --accuracy "$WORK/run5/accuracy.tsv" --band 3-6 --json >"$WORK/c5.json"
+if "$PY" "$ORACLE" correlate "$WORK/tab5" "$WORK/run5/accuracy.tsv" "$WORK/c5.json" >"$WORK/oracle" 2>&1; then ok "5 languages: exact p-values match a brute-force enumeration"
+else not_ok "5 languages: exact p-values match a brute-force enumeration" "$(head -c 400 "$WORK/oracle")"; fi
+# more than 10 languages: Spearman's p is scipy's t approximation, permutations are sampled (seeded)
+"$BIN/moetrace-capture" synth --out "$WORK/run12" --layers 6 --experts 16 --top-k 2 --units 4 --seed 11 --band 2-5 \
+    --langs eng_Latn:1,fra_Latn:0.95,deu_Latn:0.9,spa_Latn:0.85,ita_Latn:0.8,por_Latn:0.7,zho_Hans:0.6,jpn_Jpan:0.55,hin_Deva:0.45,ben_Beng:0.35,swh_Latn:0.3,yor_Latn:0.2,bam_Latn:0.1 \
+    --datasets flores,math --quiet && "$BIN/moetrace-reduce" "$WORK/run12" -o "$WORK/tab12" -q || not_ok "synth 12 languages" "failed"
+"$S" correlate --tables "$WORK/tab12" --accuracy "$WORK/run12/accuracy.tsv" --band 2-5 --permutations 2000 --bootstrap 2000 --json >"$WORK/c12.json"
+if "$PY" -c 'import json,sys; b=json.load(open(sys.argv[1]))["results"][0]["band_mean"]; assert b["spearman"]["p_method"] == "t" and b["spearman"]["p_perm_method"] == "monte-carlo" and b["spearman"]["n_perm"] == 2000, b' "$WORK/c12.json" 2>"$WORK/py" &&
+    "$PY" "$ORACLE" correlate "$WORK/tab12" "$WORK/run12/accuracy.tsv" "$WORK/c12.json" >"$WORK/oracle" 2>&1
+then ok "12 languages: t approximation and seeded permutations match scipy/numpy"
+else not_ok "12 languages: t approximation and seeded permutations match scipy/numpy" "$(cat "$WORK/py" "$WORK/oracle" | head -c 400)"; fi
+
 # lm-evaluation-harness input: belebele_<flores> tasks with acc,none
 "$PY" - "$acc" "$WORK/lmeval.json" <<'PYEOF'
 import json, sys
@@ -76,6 +103,21 @@ assert b["detected"] and abs(b["first"] - 5) <= 1 and abs(b["last"] - 19) <= 1, 
 assert all(w[l - 1] >= 0.75 for l in range(b["first"], b["last"] + 1)), (b, w)
 ' "$WORK/out" "$run24/truth.json" 2>"$WORK/py"
 then ok "band detection recovers planted 5-19 of 24 (edges: shared >= 0.75)"; else not_ok "band detection recovers planted 5-19 of 24 (edges: shared >= 0.75)" "$(tail -c 300 "$WORK/py")"; fi
+
+# one band for every step: --band FILE takes the band of a moetrace-stats output (band.txt, band --json, ...)
+"$S" band --tables "$tab" --band detect >"$WORK/band.txt"
+"$S" band --tables "$tab" --band 5-11 --json >"$WORK/band.json"
+expect_exit 0 "correlate --band band.txt" "$S" correlate --tables "$tab" --accuracy "$acc" --band "$WORK/band.txt"
+expect_out "--band band.txt: the band of band.txt, source named" "^# band: $planted .*from $WORK/band.txt: detected from the U-curve"
+expect_exit 0 "experts --band band.json" "$S" experts --tables "$tab" --dataset math --band "$WORK/band.json"
+expect_out "--band band.json: its band" "^# band: 5-11 .*from $WORK/band.json"
+expect_exit 1 "--band with a missing file: exit 1" "$S" experts --tables "$tab" --dataset math --band "$WORK/no-band.txt"
+expect_err_line "--band missing file: one line" "no-band.txt: not A-B, detect or a readable band file"
+expect_exit 2 "--band with a file holding no band: exit 2" "$S" experts --tables "$tab" --dataset math --band "$acc"
+expect_err_line "--band file without a band: one line naming it" "accuracy.tsv: no band in it"
+printf '# band: 3-40 (1-based, inclusive): made up\n' >"$WORK/band40.txt"
+expect_exit 2 "--band file with a band outside the layers: exit 2" "$S" experts --tables "$tab" --dataset math --band "$WORK/band40.txt"
+expect_err_line "--band file outside the layers: one line" "band40.txt: band 3-40: .* <= 16"
 
 # ---- experts and overlap ---------------------------------------------------------------------------------
 expect_exit 0 "experts --json" "$S" experts --tables "$tab" --dataset math --profile synthetic-l16-e32 --tau 0.2 --json
@@ -121,7 +163,8 @@ j = json.load(open(f"{d}/task.json"))
 assert j["experts"] == ex.tolist() and np.allclose(np.array(j["coef"]), coef) and j["op"] == "soft"
 es = json.load(open(f"{d}/task.easysteer.json"))["layer_configs"]
 assert {(int(k), e) for k, v in es.items() for e in v["expert_ids"]} == {(int(l), int(e)) for l, e in ex}
-assert all(v["mode"] == "activate" for v in es.values())
+# soft steering is exported as EasySteer's soft mode, lambda rescaled from the population std to torch's n-1 std
+assert all(v["mode"] == "soft" and abs(v["lambda"] - 0.5 * (31 / 32) ** 0.5) < 1e-12 for v in es.values()), es
 flat = np.fromfile(f"{d}/task.f32", dtype="<f4").reshape(16, 32)
 side = json.load(open(f"{d}/task.f32.json"))
 assert side["shape"] == [16, 32] and side["dtype"] == "float32" and np.array_equal(flat, coef)
@@ -140,6 +183,12 @@ print("ok")
 PYEOF
 then ok "steering files: h5py reads the selection, twin and exports agree, controls are matched"
 else not_ok "steering files: h5py reads the selection, twin and exports agree, controls are matched" "$(tail -c 400 "$WORK/py")"; fi
+# EasySteer exports: the schema EasySteer documents, and its rule (run with torch) routes as moetrace's does
+ES="$TESTS/stats/easysteer_check.py"
+if out=$("$PY" "$ES" --self-test 2>&1); then ok "EasySteer schema check refuses broken configs"; else not_ok "EasySteer schema check refuses broken configs" "$out"; fi
+if out=$(OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 "$PY" "$ES" "$st" task outside_band multilingual random deactivate 2>&1)
+then ok "EasySteer exports (soft, deactivate = negative lambda): schema and routing"
+else not_ok "EasySteer exports (soft, deactivate = negative lambda): schema and routing" "$(printf '%s' "$out" | tail -c 400)"; fi
 "$S" steer --tables "$tab" --dataset math --profile synthetic-l16-e32 --tau 0.2 --op soft --out "$WORK/steer2" >/dev/null
 if cmp -s "$st/random.h5" "$WORK/steer2/random.h5" || cmp -s "$st/random.json" "$WORK/steer2/random.json"
 then ok "random control reproducible from the seed"; else not_ok "random control reproducible from the seed" "differs"; fi
@@ -157,6 +206,15 @@ es = json.load(open(sys.argv[1] + "/deactivate.easysteer.json"))["layer_configs"
 assert all(v["mode"] == "deactivate" for v in es.values())
 ' "$WORK/steer3" 2>"$WORK/py"; then ok "hard: at most top-k forced per layer, deactivate is op off"
 else not_ok "hard: at most top-k forced per layer, deactivate is op off" "$(tail -c 300 "$WORK/py")"; fi
+
+if out=$(OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 "$PY" "$ES" "$WORK/steer3" task deactivate 2>&1)
+then ok "EasySteer exports (hard with fixed eps, off): activate/deactivate with epsilon, schema and routing"
+else not_ok "EasySteer exports (hard with fixed eps, off): schema and routing" "$(printf '%s' "$out" | tail -c 400)"; fi
+expect_exit 0 "steer --op bias (--lambda is the bias)" "$S" steer --tables "$tab" --dataset math --profile synthetic-l16-e32 \
+    --tau 0.2 --op bias --lambda 1.5 --controls random --out "$WORK/steer4"
+expect_out "bias: the value added is printed" "^task	bias	1\.5	20	"
+if [ -f "$WORK/steer4/task.h5" ] && [ ! -e "$WORK/steer4/task.easysteer.json" ] && grep -q "no EasySteer moe_router mode" "$WORK/err"
+then ok "bias: no EasySteer export (EasySteer has no additive mode), said once"; else not_ok "bias: no EasySteer export" "$(cat "$WORK/err")"; fi
 
 # ---- effect ----------------------------------------------------------------------------------------------
 "$PY" - "$acc" "$WORK/base.tsv" "$WORK/steered.tsv" <<'PYEOF'

@@ -1,4 +1,4 @@
-/* fuzz_ingest.c — libFuzzer target for the ingest stream decoder (capture/ingest.c, traces/INGEST.md): arbitrary
+/* fuzz_ingest.c — libFuzzer target for the ingest stream decoder (capture/ingest/ingest.c, traces/INGEST.md): arbitrary
  * bytes must decode to sequences and a clean end or a pinned error, never a crash, a read past the input or an
  * allocation sized by unchecked numbers (frames are capped at 16 MiB here, as --buffer caps them in ingest). */
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* fuzz_safetensors.c — libFuzzer target for the safetensors reader (capture/safetensors.c): arbitrary bytes as a
+/* fuzz_safetensors.c — libFuzzer target for the safetensors reader (capture/engine/safetensors.c): arbitrary bytes as a
  * checkpoint file must open with every tensor inside the file, or fail with a pinned error; never a crash, a read
  * past the mapping or an allocation sized by unchecked header numbers. The input goes through a memfd so the
  * reader maps it exactly as it maps a file on disk. */

@@ -26,7 +26,7 @@ static mtr_tok *get(size_t i)
         const char *dir = getenv("FUZZ_TOKENIZER_DIR") ? getenv("FUZZ_TOKENIZER_DIR") : FUZZ_TOKENIZER_DIR;
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         if (mtr_tok_load(&toks[i], path) != 0) {
-            fprintf(stderr, "cannot load %s: %s\n", path, mtr_tok_errmsg());
+            fprintf(stderr, "cannot load %s: %s\n", path, mtr_errmsg());
             abort();
         }
     }

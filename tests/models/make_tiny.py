@@ -256,6 +256,49 @@ def qwen2_moe_config(**over):
     return dict(sorted(c.items()))
 
 
+def gpt_oss_config(**over):
+    """As the published gpt-oss config.json (no torch_dtype, MXFP4 quantization_config, yarn with truncate false,
+    max_position_embeddings / original = factor = 32, alternating layer_types), scaled down."""
+    c = {
+        "architectures": ["GptOssForCausalLM"],
+        "attention_bias": True,
+        "attention_dropout": 0.0,
+        "eos_token_id": EOS,
+        "experts_per_token": 4,
+        "head_dim": 16,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initial_context_length": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 32,
+        "layer_types": ["sliding_attention", "full_attention"] * 2,
+        "max_position_embeddings": 2048,
+        "model_type": "gpt_oss",
+        "num_attention_heads": 4,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 4,
+        "num_key_value_heads": 2,
+        "num_local_experts": 8,
+        "output_router_logits": False,
+        "pad_token_id": BOS,
+        "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                           "model.embed_tokens", "lm_head"], "quant_method": "mxfp4"},
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 64,
+                         "rope_type": "yarn", "truncate": False},
+        "rope_theta": 150000,
+        "router_aux_loss_coef": 0.9,
+        "sliding_window": 8,
+        "swiglu_limit": 7.0,
+        "tie_word_embeddings": False,
+        "transformers_version": "4.55.0.dev0",
+        "use_cache": True,
+        "vocab_size": VOCAB,
+    }
+    c.update(over)
+    return dict(sorted(c.items()))
+
+
 def phimoe_config(**over):
     """PhimoeConfig as save_pretrained writes it (Phi-3.5-MoE's keys: LayerNorm, biases, LongRoPE with short/long
     factors and mscales, sparsemixer's router_jitter_noise). LongRoPE's original length (12) lies inside the
@@ -382,6 +425,9 @@ def model_specs():
         "mixtral_llama3": dict(config=mixtral_config(
             num_hidden_layers=2, sliding_window=None, rope_theta=10000.0, max_position_embeddings=512,
             intermediate_size=16, rope_scaling=llama3), seed=None, shards=1),
+        # MXFP4 experts; f32 dense tensors, then the published form: bf16 and no torch_dtype in config.json
+        "gpt_oss": dict(config=gpt_oss_config(torch_dtype="float32"), seed=None, shards=2),
+        "gpt_oss_bf16": dict(config=gpt_oss_config(), seed=None, shards=2, same_weights_as="gpt_oss"),
         "phimoe": dict(config=phimoe_config(), seed=None, shards=1),
         "phimoe_bf16": dict(config=phimoe_config(torch_dtype="bfloat16"), seed=None, shards=1,
                             same_weights_as="phimoe"),
@@ -413,15 +459,15 @@ assert [len(p) for p in PROMPTS] == [1, 7, 23], [len(p) for p in PROMPTS]
 # ---- weights ---------------------------------------------------------------------------------------------------------
 
 def make_weights(cfg, seed, gate_std=1.0):
-    """f32 weights for every tensor of the config, drawn in name order from one seeded generator. gate_std: the
-    router's (sigmoid scores need logits of a few units, not tens)."""
+    """f32 weights for every tensor of the config, drawn in name order from one seeded generator (MXFP4 blocks and
+    scales as uint8). gate_std: the router's (sigmoid scores need logits of a few units, not tens)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in sorted(ref_moe.expected_tensors(cfg).items()):
         leaf = name.rsplit(".", 2)[-2]
         if name.endswith("e_score_correction_bias"):
             t = 0.05 * torch.randn(shape, generator=g)
-        elif name.endswith(".bias"):  # attention, LM head and (phimoe) LayerNorm biases
+        elif name.endswith("_blocks"):  # every e2m1 code pair
             t = 0.1 * torch.randn(shape, generator=g)
         elif name.endswith("norm.weight") or leaf.endswith("layernorm") or leaf in ("q_norm", "k_norm", "norm"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
@@ -541,7 +587,7 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
         for seed in range(1000, 1000 + seed_tries):
             w32 = make_weights(cfg, seed, spec.get("gate_std", 1.0))
             score = float("inf")
-            variants = [(cfgd, w32)] + [(model_specs()[n]["config"], {k: v.to(torch.bfloat16) for k, v in w32.items()})
+            variants = [(cfgd, w32)] + [(model_specs()[n]["config"], cast_weights(w32, torch.bfloat16))
                                         for n in twins]
             for cd, w in variants:
                 m = _model_from(cd, w)
@@ -559,7 +605,7 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
                 break
         _, seed, w32 = best
     weights_cache[name] = (seed, w32)
-    w = {k: v.to(cfg.dtype) for k, v in w32.items()}
+    w = cast_weights(w32, cfg.dtype)
     d = os.path.join(outdir, name)
     if os.path.exists(d):
         shutil.rmtree(d)
@@ -601,6 +647,11 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
     rep.update(seed=seed, params=sum(v.numel() for v in w.values()),
                bytes=sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)))
     return rep
+
+
+def cast_weights(w, dtype):
+    """The floating-point tensors in dtype; the MXFP4 uint8 tensors as they are."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in w.items()}
 
 
 def _model_from(cfgd, w):

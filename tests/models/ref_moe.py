@@ -1,10 +1,11 @@
-"""ref_moe.py — the PyTorch reference forward the native engine (capture/model*.c) is tested and benchmarked
-against: Hugging Face MoE checkpoints (qwen3_moe, olmoe, mixtral, qwen2_moe, phimoe, deepseek_v2; config.json +
-model.safetensors or shards + index, tensor names as on the Hub) run with the arithmetic of the transformers eager
-modeling code, in the model's dtype (f32, or bf16/f16 with the f32 upcasts transformers does: RMSNorm, rotary
-tables, attention softmax, router softmax). Written from the transformers modeling files (modeling_qwen3_moe.py,
-modeling_olmoe.py, modeling_mixtral.py, modeling_qwen2_moe.py, modeling_phimoe.py, modeling_deepseek_v2.py,
-modeling_rope_utils.py); attention is the eager path.
+"""ref_moe.py — the PyTorch reference forward the native engine (capture/engine/model*.c) is tested and benchmarked
+against: Hugging Face MoE checkpoints (qwen3_moe, olmoe, mixtral, qwen2_moe, gpt_oss, phimoe, deepseek_v2;
+config.json + model.safetensors or shards + index, tensor names as on the Hub) run with the arithmetic of the
+transformers eager modeling code, in the model's dtype (f32, or bf16/f16 with the f32 upcasts transformers does:
+RMSNorm, rotary tables, attention softmax, router softmax). Written from the transformers modeling files
+(modeling_qwen3_moe.py, modeling_olmoe.py, modeling_mixtral.py, modeling_qwen2_moe.py, modeling_gpt_oss.py with
+integrations/mxfp4.py, modeling_phimoe.py, modeling_deepseek_v2.py, modeling_rope_utils.py); attention is the eager
+path. gpt_oss is GptOssModel (below), which MoeModel(dir) returns for that model_type.
 
 deepseek_v2: multi-head latent attention (optional q low-rank path with its RMSNorm, keys and values from the
 RMS-normalised latent of kv_a_proj_with_mqa, interleaved rotary embedding on the rope part of each query and on
@@ -24,7 +25,7 @@ against original_max_position_embeddings; a generation whose length crosses it r
 (PhimoeForCausalLM.prepare_inputs_for_generation drops the cache there), which generate() here does at every
 step anyway. (transformers 4.4x-4.5x took the long factors whenever max_position_embeddings exceeds the original.)
 
-Router steering (DESIGN.md §4, traces/STEERING.md) is applied to the raw gate outputs before softmax/top-k with
+Router steering (docs/ARCHITECTURE.md §4, traces/STEERING.md) is applied to the raw gate outputs before softmax/top-k with
 the arithmetic of mtr_steer_apply (fixed eps; gaussian eps is not reproduced here).
 
 Run from anywhere with /usr/bin/python3 (Debian's torch):  ref_moe.py DIR [ids ...]  prints logits and routing.
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_io  # noqa: E402
 
-ARCHS = ("qwen3_moe", "olmoe", "mixtral", "qwen2_moe", "phimoe", "deepseek_v2")
+ARCHS = ("qwen3_moe", "olmoe", "mixtral", "qwen2_moe", "gpt_oss", "phimoe", "deepseek_v2")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -57,7 +58,9 @@ class Config:
             raise ValueError(f"model_type {mt!r} is not one of {ARCHS}")
         self.model_type = mt
         g = d.get
-        self.dtype_name = g("torch_dtype") or g("dtype") or "float32"
+        # gpt_oss: the published config.json names no dtype; the tensors are bf16 (GptOssModel takes theirs)
+        self.dtype_implicit = not (g("torch_dtype") or g("dtype"))
+        self.dtype_name = g("torch_dtype") or g("dtype") or ("bfloat16" if mt == "gpt_oss" else "float32")
         if self.dtype_name not in TORCH_DTYPES:
             raise ValueError(f"torch_dtype {self.dtype_name!r} is not supported")
         self.dtype = TORCH_DTYPES[self.dtype_name]
@@ -72,8 +75,8 @@ class Config:
             self.head_dim = g("qk_rope_head_dim", 64)
         else:
             self.head_dim = g("head_dim") or self.hidden_size // self.n_heads
-        self.rms_eps = g("rms_norm_eps", 1e-5 if mt in ("olmoe", "mixtral", "phimoe") else 1e-6)
-        self.rope_theta = float(g("rope_theta", 1e6 if mt in ("mixtral", "phimoe") else 10000.0))
+        self.rms_eps = g("rms_norm_eps", 1e-5 if mt in ("olmoe", "mixtral", "gpt_oss", "phimoe") else 1e-6)
+        self.rope_theta = float(g("rope_theta", {"mixtral": 1e6, "phimoe": 1e6, "gpt_oss": 150000.0}.get(mt, 10000.0)))
         self.rope_scaling = g("rope_scaling")
         self.max_pos = g("max_position_embeddings", 4096)
         self.partial_rotary_factor = g("partial_rotary_factor", 1.0)
@@ -129,6 +132,13 @@ class Config:
             self.norm_topk_prob = bool(g("norm_topk_prob", False))
             self.qkv_bias = self.o_bias = bool(g("attention_bias", False))
             self.clip_qkv = g("clip_qkv")
+        elif mt == "gpt_oss":
+            self.n_experts = d["num_local_experts"]
+            self.moe_inter = d["intermediate_size"]
+            self.norm_topk_prob = False  # softmax over the top-k logits: sums to 1 by construction
+            self.qkv_bias = self.o_bias = bool(g("attention_bias", True))
+            self.swiglu_alpha = float(g("swiglu_alpha", 1.702))
+            self.swiglu_limit = float(g("swiglu_limit", 7.0))
         else:
             self.n_experts = d["num_experts"]
             self.moe_inter = d["moe_intermediate_size"]
@@ -160,6 +170,10 @@ class Config:
             types = g("layer_types") or [
                 "sliding_attention" if (i + 1) % 2 and i < g("max_window_layers", 28) else "full_attention"
                 for i in range(self.n_layers)]
+            self.window = [sw if t == "sliding_attention" else None for t in types]
+        elif mt == "gpt_oss" and sw:  # GptOssConfig: sliding on even (0-based) layers unless layer_types says
+            types = g("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention"
+                                         for i in range(self.n_layers)]
             self.window = [sw if t == "sliding_attention" else None for t in types]
 
     @classmethod
@@ -285,7 +299,7 @@ def rotate_half(x):
 # ---- steering ---------------------------------------------------------------------------------------------------
 
 class Steering:
-    """A router intervention (DESIGN.md §4): coef (n_moe_layers, n_experts) float32, op soft|hard|off|bias,
+    """A router intervention (docs/ARCHITECTURE.md §4): coef (n_moe_layers, n_experts) float32, op soft|hard|off|bias,
     fixed eps. Layers are 0-based MoE layer indices, as in steering files."""
 
     def __init__(self, op, coef, lam=0.0, eps=0.01, eps_mode="fixed", name="", model_id="", layer_index=None,
@@ -377,6 +391,8 @@ class Steering:
 
 def expected_tensors(cfg):
     """name -> shape of every tensor a checkpoint of this config holds, as on the Hub."""
+    if cfg.model_type == "gpt_oss":
+        return gptoss_expected_tensors(cfg)
     H, hd, nh, nkv, E = cfg.hidden_size, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.n_experts
     t = {"model.embed_tokens.weight": (cfg.vocab_size, H), "model.norm.weight": (H,)}
     if cfg.layernorm:
@@ -570,6 +586,11 @@ class Ops:
 
 class MoeModel:
     """A checkpoint directory loaded for the reference forward. weights: the tensors, in the stored dtype."""
+
+    def __new__(cls, directory, *args, **kwargs):
+        if cls is MoeModel and Config.load(directory).model_type == "gpt_oss":
+            cls = GptOssModel
+        return super().__new__(cls)
 
     def __init__(self, directory, weights=None, native_kernels=False):
         self.dir = directory
@@ -813,6 +834,154 @@ class MoeModel:
             seq.append(nxt)
             new.append(nxt)
         return new
+
+
+# ---- gpt_oss (modeling_gpt_oss.py, integrations/mxfp4.py) --------------------------------------------------------
+
+FP4_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def gptoss_expected_tensors(cfg):
+    """name -> shape of a gpt_oss checkpoint as published: dense tensors in the model dtype, experts in MXFP4
+    (*_blocks (E, rows, cols/32, 16) and *_scales (E, rows, cols/32), U8) with their biases in the model dtype."""
+    H, hd, nh, nkv, E, I = cfg.hidden_size, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.n_experts, cfg.moe_inter
+    t = {"model.embed_tokens.weight": (cfg.vocab_size, H), "model.norm.weight": (H,)}
+    if not cfg.tie:
+        t["lm_head.weight"] = (cfg.vocab_size, H)
+    for i in range(cfg.n_layers):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (H,)
+        t[p + "post_attention_layernorm.weight"] = (H,)
+        a = p + "self_attn."
+        for n, rows, cols in (("q_proj", nh * hd, H), ("k_proj", nkv * hd, H), ("v_proj", nkv * hd, H),
+                              ("o_proj", H, nh * hd)):
+            t[a + n + ".weight"] = (rows, cols)
+            if (n == "o_proj" and cfg.o_bias) or (n != "o_proj" and cfg.qkv_bias):
+                t[a + n + ".bias"] = (rows,)
+        t[a + "sinks"] = (nh,)
+        m = p + "mlp."
+        t[m + "router.weight"] = (E, H)
+        t[m + "router.bias"] = (E,)
+        for n, rows, cols in (("gate_up_proj", 2 * I, H), ("down_proj", H, I)):
+            t[m + f"experts.{n}_blocks"] = (E, rows, cols // 32, 16)
+            t[m + f"experts.{n}_scales"] = (E, rows, cols // 32)
+            t[m + f"experts.{n}_bias"] = (E, rows)
+    return t
+
+
+def mxfp4_dequantize(blocks, scales):
+    """(E, rows, cols) float32 of MXFP4 blocks (E, rows, G, 16) u8 and scales (E, rows, G) u8 as
+    convert_moe_packed_tensors reads them: the low nibble of each byte is the even element, the high nibble the odd
+    one, each e2m1 code times 2**(scale - 127) (exact in float32 and in bfloat16)."""
+    lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
+    b = blocks.to(torch.int64)
+    vals = torch.stack((lut[b & 0x0F], lut[b >> 4]), dim=-1).reshape(*blocks.shape[:-1], 32)
+    vals = torch.ldexp(vals, (scales.to(torch.int32) - 127)[..., None].to(torch.float32))
+    return vals.reshape(blocks.shape[0], blocks.shape[1], -1)
+
+
+class GptOssModel(MoeModel):
+    """gpt_oss with the arithmetic of GptOssForCausalLM in eval mode, after transformers dequantised the MXFP4
+    experts (on a machine without the triton kernels, as on CPU): gate_up_proj (E, H, 2I) with gate/up interleaved
+    in the last dimension, down_proj (E, I, H). Differences from the other architectures: RMSNorm weight kept in
+    f32 (one rounding of weight * x), q/k/v/o biases, per-head sink logits in the attention softmax (with the
+    maximum subtracted in the model dtype), sliding window on the layers layer_types names, a router Linear with
+    bias whose top-k logits are softmaxed (in the model dtype), experts x @ W + b with the clamped SwiGLU
+    (gate <= limit, |up| <= limit, (up + 1) * gate * sigmoid(alpha * gate)). The eval path weighs every expert's
+    output by a routing score that is zero off the top-k and sums over the experts; here only the selected experts
+    run (the others add exact zeros) and the sum is accumulated in f32 in expert order, rounded once."""
+
+    def __init__(self, directory, weights=None, native_kernels=False):
+        self.dir = directory
+        self.cfg = cfg = Config.load(directory)
+        w = safetensors_io.load_checkpoint(directory) if weights is None else weights
+        if cfg.dtype_implicit and "model.embed_tokens.weight" in w:
+            cfg.dtype = w["model.embed_tokens.weight"].dtype
+            cfg.dtype_name = {v: k for k, v in TORCH_DTYPES.items()}[cfg.dtype]
+        self.ops = Ops(cfg.dtype, False)
+        want = expected_tensors(cfg)
+        missing = sorted(set(want) - set(w))
+        extra = sorted(set(w) - set(want))
+        if missing or extra:
+            raise ValueError(f"{directory}: missing tensors {missing[:4]}, unexpected {extra[:4]}")
+        for k, shape in want.items():
+            if tuple(w[k].shape) != tuple(shape):
+                raise ValueError(f"{directory}: {k} has shape {tuple(w[k].shape)}, expected {shape}")
+            dt = torch.uint8 if k.endswith(("_blocks", "_scales")) else cfg.dtype
+            if w[k].dtype != dt:
+                raise ValueError(f"{directory}: {k} is {w[k].dtype}, expected {dt}")
+        self.w = dict(w)
+        for i in range(cfg.n_layers):
+            e = f"model.layers.{i}.mlp.experts."
+            for n in ("gate_up_proj", "down_proj"):  # the nn.Parameter layouts (E, in, out)
+                dq = mxfp4_dequantize(w[e + n + "_blocks"], w[e + n + "_scales"])
+                self.w[e + n] = dq.transpose(1, 2).contiguous().to(cfg.dtype)
+
+    def norm(self, x, prefix):
+        """GptOssRMSNorm: (weight * x_normalised).to(dtype) with the weight kept in f32: one rounding."""
+        wt = self.w[prefix + ".weight"]
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.cfg.rms_eps)
+        return (wt.float() * h).to(x.dtype)
+
+    def attention(self, i, x, cos, sin, mask):
+        cfg, w, op = self.cfg, self.w, self.ops
+        B, T, _ = x.shape
+        a = f"model.layers.{i}.self_attn."
+        nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        q = op.linear(x, w[a + "q_proj.weight"], w.get(a + "q_proj.bias")).view(B, T, nh, hd).transpose(1, 2)
+        k = op.linear(x, w[a + "k_proj.weight"], w.get(a + "k_proj.bias")).view(B, T, nkv, hd).transpose(1, 2)
+        v = op.linear(x, w[a + "v_proj.weight"], w.get(a + "v_proj.bias")).view(B, T, nkv, hd).transpose(1, 2)
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = (q * c) + (rotate_half(q) * s)
+        k = (k * c) + (rotate_half(k) * s)
+        rep = nh // nkv
+        if rep > 1:
+            k = k[:, :, None].expand(B, nkv, rep, T, hd).reshape(B, nh, T, hd)
+            v = v[:, :, None].expand(B, nkv, rep, T, hd).reshape(B, nh, T, hd)
+        att = op.matmul(q, k.transpose(2, 3)) * (hd ** -0.5)
+        att = att + mask
+        sinks = w[a + "sinks"].reshape(1, -1, 1, 1).expand(B, -1, T, 1).to(att.dtype)
+        comb = torch.cat([att, sinks], dim=-1)
+        comb = comb - comb.max(dim=-1, keepdim=True).values
+        probs = F.softmax(comb.float(), dim=-1).to(comb.dtype)[..., :-1]  # the sink column dropped
+        o = op.matmul(probs, v).transpose(1, 2).contiguous().reshape(B, T, nh * hd)
+        return op.linear(o, w[a + "o_proj.weight"], w.get(a + "o_proj.bias"))
+
+    def route(self, z, moe_idx, steer):
+        """GptOssTopKRouter: top-k of the (steered) logits, ties to the lower index, softmax over those k."""
+        zr = steer.apply(z, moe_idx) if steer is not None else z
+        order = torch.sort(zr.float(), dim=-1, descending=True, stable=True)[1][:, :self.cfg.top_k]
+        top = torch.gather(zr.float(), 1, order)
+        return F.softmax(top, dim=1).to(z.dtype), order, zr
+
+    def moe(self, i, x, moe_idx, steer, rec):
+        cfg, w, op = self.cfg, self.w, self.ops
+        B, T, H = x.shape
+        dt = x.dtype
+        x2 = x.reshape(-1, H)
+        m = f"model.layers.{i}.mlp."
+        z = op.linear(x2, w[m + "router.weight"], w[m + "router.bias"])  # raw router logits, bias included
+        wts, sel, zr = self.route(z, moe_idx, steer)
+        rec.append({"router": z, "routed_on": zr, "selected": sel, "weights": wts})
+        acc = torch.zeros(x2.shape, dtype=torch.float32)
+        mask = F.one_hot(sel, num_classes=cfg.n_experts).permute(2, 1, 0)  # (E, K, N)
+        hit = (mask.sum(dim=(-1, -2)) > 0).nonzero(as_tuple=True)[0].tolist()
+        alpha, limit = cfg.swiglu_alpha, cfg.swiglu_limit
+        e_ = m + "experts."
+        for e in hit:
+            slot, tok = torch.where(mask[e])
+            # every elementwise step in the model dtype, as the eager code computes it
+            gu = (op.matmul(x2[tok], w[e_ + "gate_up_proj"][e]).float() + w[e_ + "gate_up_proj_bias"][e].float()).to(dt)
+            gate, up = gu[..., ::2], gu[..., 1::2]
+            gate = gate.clamp(min=None, max=limit)
+            up = up.clamp(min=-limit, max=limit)
+            sg = torch.sigmoid((gate.float() * alpha).to(dt).float()).to(dt)
+            glu = (gate.float() * sg.float()).to(dt)
+            h = ((up.float() + 1).to(dt).float() * glu.float()).to(dt)
+            y = (op.matmul(h, w[e_ + "down_proj"][e]).float() + w[e_ + "down_proj_bias"][e].float()).to(dt)
+            acc.index_add_(0, tok, (y.float() * wts[tok, slot, None].float()).to(dt).float())
+        return acc.to(dt).reshape(B, T, H)
 
 
 def main(argv):

@@ -5,11 +5,14 @@
       recompute every layer's and the band mean's Pearson r / p, Spearman rho / p (scipy.stats), the bootstrap CIs
       and permutation p-values (numpy's MT19937 with the legacy seeding GSL's mt19937 also uses, indices drawn as
       gsl_rng_uniform_int does, shuffles as gsl_ran_shuffle does) and compare with the JSON of `correlate --json`.
+      Up to 10 languages the permutation p-values and Spearman's p are exact: a brute-force enumeration of all n!
+      orderings (itertools, numpy), independent of the C walk; above, scipy's t-based p and the seeded shuffles.
   oracle.py effect BASE_TSV STEERED_TSV EFFECT_JSON [english]
       recompute the mean gain, its paired bootstrap CI and the sign test of `effect --json`.
 
 Prints "ok" or one line per mismatch and exits 1.
 """
+import itertools
 import json
 import math
 import sys
@@ -18,6 +21,7 @@ import numpy as np
 from scipy import stats
 
 PERM_TOL = 1e-12
+EXACT_MAX_N = 10
 
 
 class Gsl:
@@ -105,26 +109,50 @@ def percentile_ci(v, level):
     return float(lo), float(hi)
 
 
+def exact_perm_p(x, y):
+    """Two-sided exact permutation p of Pearson r and Spearman rho: every one of the n! orderings of y, each r
+    recomputed from scratch (numpy), |r_perm| >= |r| - 1e-12 counted; chunks of 50000 orderings."""
+    n = len(x)
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    ap, asr = abs(pearson(x, y)) - PERM_TOL, abs(pearson(rx, ry)) - PERM_TOL
+    hp = hs = total = 0
+    it = itertools.permutations(range(n))
+    while True:
+        P = np.array(list(itertools.islice(it, 50000)), dtype=np.int64)
+        if len(P) == 0:
+            break
+        hp += int((np.abs(pearson_rows(np.tile(x, (len(P), 1)), y[P])) >= ap).sum())
+        hs += int((np.abs(pearson_rows(np.tile(rx, (len(P), 1)), ry[P])) >= asr).sum())
+        total += len(P)
+    assert total == math.factorial(n)
+    return hp / total, hs / total, total
+
+
 def correlate(x, y, seed, n_boot, n_perm, level, perms):
     n = len(x)
     rx, ry = stats.rankdata(x), stats.rankdata(y)
     out = {"pearson": {}, "spearman": {}}
     pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
-    out["pearson"].update(r=float(pr.statistic), p=float(pr.pvalue))
-    out["spearman"].update(r=float(sr.statistic), p=float(sr.pvalue))
+    out["pearson"].update(r=float(pr.statistic), p=float(pr.pvalue), p_method="t")
+    out["spearman"].update(r=float(sr.statistic), p=float(sr.pvalue), p_method="t")
     idx = Gsl(seed).indices(n, n_boot * n).reshape(n_boot, n)
     gx, gy = x[idx], y[idx]
     bp = pearson_rows(gx, gy)
     bs = pearson_rows(rank_rows(gx), rank_rows(gy))
     out["pearson"]["ci"] = percentile_ci(bp[~np.isnan(bp)], level)
     out["spearman"]["ci"] = percentile_ci(bs[~np.isnan(bs)], level)
+    if n <= EXACT_MAX_N:
+        pp, ps, total = exact_perm_p(x, y)
+        out["pearson"].update(p_perm=pp, p_perm_method="exact", n_perm=total)
+        out["spearman"].update(p=ps, p_method="exact", p_perm=ps, p_perm_method="exact", n_perm=total)
+        return out
     ap = abs(pearson(x, y)) - PERM_TOL
     asr = abs(pearson(rx, ry)) - PERM_TOL
     P = np.array(perms)
     hp = int((np.abs(pearson_rows(np.tile(x, (len(P), 1)), y[P])) >= ap).sum())
     hs = int((np.abs(pearson_rows(np.tile(rx, (len(P), 1)), ry[P])) >= asr).sum())
-    out["pearson"]["p_perm"] = (hp + 1) / (n_perm + 1)
-    out["spearman"]["p_perm"] = (hs + 1) / (n_perm + 1)
+    out["pearson"].update(p_perm=(hp + 1) / (n_perm + 1), p_perm_method="monte-carlo", n_perm=n_perm)
+    out["spearman"].update(p_perm=(hs + 1) / (n_perm + 1), p_perm_method="monte-carlo", n_perm=n_perm)
     return out
 
 
@@ -161,7 +189,7 @@ def check_correlate(tables, acc_path, out_path, english):
     for task in res["results"]:
         langs = task["languages"]
         y = np.array([acc[(g, task["task"])] for g in langs])
-        perms = permutations(len(langs), seed + 1, npm)
+        perms = permutations(len(langs), seed + 1, npm) if len(langs) > EXACT_MAX_N else None
         layers = task["layers"] + [task["band_mean"]]
         for row in layers:
             if row["layer"] == "band":
@@ -177,6 +205,10 @@ def check_correlate(tables, acc_path, out_path, english):
                 for name, g, w in checks:
                     if not close(g, w):
                         bad.append(f"{task['task']} layer {row['layer']} {k} {name}: got {g}, scipy/numpy {w}")
+                for name in ("p_method", "p_perm_method", "n_perm"):
+                    if got.get(name) != want[k][name]:
+                        bad.append(f"{task['task']} layer {row['layer']} {k} {name}: got {got.get(name)}, "
+                                   f"want {want[k][name]}")
     return bad
 
 

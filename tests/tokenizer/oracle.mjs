@@ -3,6 +3,8 @@
 // @huggingface/jinja (the Jinja engine of transformers.js; the copy bundled in @lenml/tokenizers cannot parse
 // Qwen3's template) with the variables apply_chat_template passes, then encoded without special tokens.
 // Usage: node oracle.mjs NODE_MODULES MODEL TEXTS.jsonl ids|chat > out.jsonl
+//   MODEL: a @lenml/tokenizer-MODEL package (qwen3, gptoss, ...), or a directory (a path holding a '/') with
+//   tokenizer.json and tokenizer_config.json
 //   ids:  {"ids": [...]} per text (add_special_tokens=false), or {"error": "..."}
 //   chat: {"rendered": "...", "ids": [...]} per text as one user turn, add_generation_prompt=false,
 //         enable_thinking=false
@@ -13,7 +15,7 @@ import {createRequire} from 'module';
 const [nm, model, textsPath, mode] = process.argv.slice(2);
 const require = createRequire(path.join(nm, 'x.js'));
 const {TokenizerLoader} = require('@lenml/tokenizers');
-const dir = path.join(nm, '@lenml', 'tokenizer-' + model, 'models');
+const dir = model.includes('/') ? model : path.join(nm, '@lenml', 'tokenizer-' + model, 'models');
 const tjson = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8'));
 const tcfg = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'));
 const tok = TokenizerLoader.fromPreTrained({tokenizerJSON: tjson, tokenizerConfig: tcfg});

@@ -10,7 +10,7 @@
 #define CORPUS_OK(expr)                                                                               \
     do {                                                                                              \
         int cp_rc_ = (expr);                                                                          \
-        ck_assert_msg(cp_rc_ == 0, "%s -> %s: %s", #expr, mtr_strerror(cp_rc_), mtr_corpus_errmsg()); \
+        ck_assert_msg(cp_rc_ == 0, "%s -> %s: %s", #expr, mtr_strerror(cp_rc_), mtr_errmsg()); \
     } while (0)
 
 static char tmp[4096];
@@ -40,7 +40,7 @@ static const char *sub(char *buf, size_t cap, const char *name)
 /* the error detail names the file and the line ("name:line:") */
 static void expect_error(int rc, int want, const char *name, size_t line, const char *what)
 {
-    const char *m = mtr_corpus_errmsg();
+    const char *m = mtr_errmsg();
     char at[256];
     snprintf(at, sizeof at, "%s:%zu:", name, line);
     ck_assert_msg(rc == want, "rc %d (%s), want %d: %s", rc, mtr_strerror(rc), want, m);
@@ -146,16 +146,16 @@ START_TEST(filters)
     o.langs = "fr,de";
     o.require_lang = "en,eng_Latn";
     ck_assert_int_eq(mtr_corpus_load(&c, p, &o), MTR_ENOTFOUND);
-    ck_assert(strstr(mtr_corpus_errmsg(), "f.jsonl") && strstr(mtr_corpus_errmsg(), "en,eng_Latn"));
+    ck_assert(strstr(mtr_errmsg(), "f.jsonl") && strstr(mtr_errmsg(), "en,eng_Latn"));
     /* a filter naming a language no item has */
     o = (mtr_corpus_opts)MTR_CORPUS_OPTS_INIT;
     o.langs = "en,xx";
     ck_assert_int_eq(mtr_corpus_load(&c, p, &o), MTR_ENOTFOUND);
-    ck_assert(strstr(mtr_corpus_errmsg(), "\"xx\""));
+    ck_assert(strstr(mtr_errmsg(), "\"xx\""));
     o.langs = NULL;
     o.datasets = "zz";
     ck_assert_int_eq(mtr_corpus_load(&c, p, &o), MTR_ENOTFOUND);
-    ck_assert(strstr(mtr_corpus_errmsg(), "\"zz\""));
+    ck_assert(strstr(mtr_errmsg(), "\"zz\""));
     ck_assert_ptr_null(c);
 }
 END_TEST
@@ -203,7 +203,7 @@ START_TEST(flores_dir)
     o.require_lang = NULL;
     o.langs = "deu_Latn,spa_Latn";
     ck_assert_int_eq(mtr_corpus_load(&c, d, &o), MTR_ENOTFOUND);
-    ck_assert(strstr(mtr_corpus_errmsg(), "spa_Latn") != NULL);
+    ck_assert(strstr(mtr_errmsg(), "spa_Latn") != NULL);
     o.langs = NULL;
     o.format = MTR_CORPUS_JSONL; /* a directory is only FLORES */
     ck_assert_int_eq(mtr_corpus_load(&c, d, &o), MTR_EINVAL);
@@ -211,7 +211,7 @@ START_TEST(flores_dir)
     /* two files of one language */
     put(p, sizeof p, "devtest/eng_Latn.dev", "a\nb\nc\n", 0);
     ck_assert_int_eq(mtr_corpus_load(&c, d, NULL), MTR_EFORMAT);
-    ck_assert(strstr(mtr_corpus_errmsg(), "eng_Latn.dev") && strstr(mtr_corpus_errmsg(), "eng_Latn.devtest"));
+    ck_assert(strstr(mtr_errmsg(), "eng_Latn.dev") && strstr(mtr_errmsg(), "eng_Latn.devtest"));
     ck_assert_ptr_null(c);
 }
 END_TEST
@@ -224,7 +224,7 @@ START_TEST(flores_errors)
     put(p, sizeof p, "ragged/fr.txt", "a\nb\n", 0);
     mtr_corpus *c = NULL;
     expect_error(mtr_corpus_load(&c, d, NULL), MTR_EFORMAT, "ragged/fr.txt", 3, "2 lines");
-    ck_assert(strstr(mtr_corpus_errmsg(), "en.txt has 3") != NULL);
+    ck_assert(strstr(mtr_errmsg(), "en.txt has 3") != NULL);
     ck_assert_ptr_null(c);
 
     sub(d, sizeof d, "blank");
@@ -238,7 +238,7 @@ START_TEST(flores_errors)
     sub(d, sizeof d, "nolang");
     put(p, sizeof p, "nolang/README", "x\n", 0);
     ck_assert_int_eq(mtr_corpus_load(&c, d, NULL), MTR_EFORMAT);
-    ck_assert(strstr(mtr_corpus_errmsg(), "nolang") != NULL);
+    ck_assert(strstr(mtr_errmsg(), "nolang") != NULL);
     snprintf(p, sizeof p, "%s/missing", tmp);
     ck_assert_int_eq(mtr_corpus_load(&c, p, NULL), MTR_ENOTFOUND);
 }
@@ -352,7 +352,7 @@ START_TEST(jsonl_errors)
     expect_error(mtr_corpus_load(&c, p, NULL), MTR_EFORMAT, "cut.jsonl", 1, "invalid UTF-8");
     snprintf(p, sizeof p, "%s/none.jsonl", tmp);
     ck_assert_int_eq(mtr_corpus_load(&c, p, NULL), MTR_ENOTFOUND);
-    ck_assert(strstr(mtr_corpus_errmsg(), "none.jsonl") != NULL);
+    ck_assert(strstr(mtr_errmsg(), "none.jsonl") != NULL);
 }
 END_TEST
 
@@ -424,7 +424,7 @@ START_TEST(mc_belebele_raw)
         0);
     mtr_corpus_opts o = MTR_CORPUS_OPTS_INIT;
     ck_assert_int_eq(mtr_mc_load(&s, p, &o), MTR_EFORMAT);
-    ck_assert(strstr(mtr_corpus_errmsg(), "gmmlu.jsonl:1: missing \"lang\""));
+    ck_assert(strstr(mtr_errmsg(), "gmmlu.jsonl:1: missing \"lang\""));
     o.lang = "sw";
     o.dataset = "global_mmlu";
     CORPUS_OK(mtr_mc_load(&s, p, &o));
@@ -657,7 +657,7 @@ START_TEST(prompts_default_file)
     ck_assert_int_eq(mtr_prompts_kind(p, "mmlu"), MTR_PROMPT_MC);
     ck_assert_int_eq(mtr_prompts_kind(p, "mgsm"), MTR_PROMPT_GEN);
     ck_assert_int_eq(mtr_prompts_kind(p, "nope"), MTR_ENOTFOUND);
-    ck_assert(strstr(mtr_corpus_errmsg(), "nope") != NULL);
+    ck_assert(strstr(mtr_errmsg(), "nope") != NULL);
 
     static const char *const ch4[] = {"a1", "a2", "a3", "a4"};
     mtr_mc_item it = mc_item("The passage.", ch4, 4);
@@ -682,12 +682,12 @@ START_TEST(prompts_default_file)
     /* belebele needs a passage and four choices */
     it = mc_item(NULL, ch4, 4);
     ck_assert_int_eq(mtr_prompt_render_mc(&r, p, "belebele", &it), MTR_EINVAL);
-    ck_assert(strstr(mtr_corpus_errmsg(), "\"belebele\"") && strstr(mtr_corpus_errmsg(), "set.jsonl:3") &&
-              strstr(mtr_corpus_errmsg(), "{passage}"));
+    ck_assert(strstr(mtr_errmsg(), "\"belebele\"") && strstr(mtr_errmsg(), "set.jsonl:3") &&
+              strstr(mtr_errmsg(), "{passage}"));
     ck_assert_ptr_null(r.prompt);
     it = mc_item("P", ch3, 3);
     ck_assert_int_eq(mtr_prompt_render_mc(&r, p, "belebele", &it), MTR_EINVAL);
-    ck_assert(strstr(mtr_corpus_errmsg(), "{choice_3}") != NULL);
+    ck_assert(strstr(mtr_errmsg(), "{choice_3}") != NULL);
     ck_assert_int_eq(mtr_prompt_render_mc(&r, p, "mgsm", &it), MTR_EINVAL);
     ck_assert_int_eq(mtr_prompt_render_mc(&r, p, "absent", &it), MTR_ENOTFOUND);
 

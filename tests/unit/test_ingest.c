@@ -182,9 +182,9 @@ static void corrupt(size_t at, const void *val, size_t n, int want_rc, uint64_t 
     memcpy(b.data + at, val, n);
     uint64_t got = 0, bad = 0;
     int rc = decode_all(&b, &got, &bad);
-    ck_assert_msg(rc == want_rc, "patch at %zu: rc %d (%s), wanted %d", at, rc, mtr_ingest_errmsg(), want_rc);
+    ck_assert_msg(rc == want_rc, "patch at %zu: rc %d (%s), wanted %d", at, rc, mtr_errmsg(), want_rc);
     ck_assert_uint_eq(got, want_seqs);
-    if (needle) ck_assert_msg(strstr(mtr_ingest_errmsg(), needle), "message: %s", mtr_ingest_errmsg());
+    if (needle) ck_assert_msg(strstr(mtr_errmsg(), needle), "message: %s", mtr_errmsg());
     free(b.data);
 }
 
@@ -240,7 +240,7 @@ START_TEST(malformed)
     ck_assert_uint_eq(at, b.len - 24);
     b.len -= 24; /* no end frame at all */
     ck_assert_int_eq(decode_all(&b, &n, &at), MTR_ETRUNCATED);
-    ck_assert_msg(strstr(mtr_ingest_errmsg(), "without an end frame"), "%s", mtr_ingest_errmsg());
+    ck_assert_msg(strstr(mtr_errmsg(), "without an end frame"), "%s", mtr_errmsg());
     ck_assert_uint_eq(at, b.len);
     free(b.data);
 }
@@ -369,7 +369,7 @@ START_TEST(pipeline_bad_frame_keeps_earlier)
     ck_assert_uint_eq(res.bad_offset, bad);
     char want[64];
     snprintf(want, sizeof want, "byte %zu:", bad);
-    ck_assert_msg(strstr(mtr_ingest_errmsg(), want), "%s", mtr_ingest_errmsg());
+    ck_assert_msg(strstr(mtr_errmsg(), want), "%s", mtr_errmsg());
     check_run(out, 0, 5);
     /* truncated in the middle of sequence 3's logits */
     buf c = stream(5);
@@ -466,7 +466,7 @@ START_TEST(fuzz_corpus_replay)
         int rc = decode_all(&b, &n, NULL);
         ck_assert_msg(rc == 0 || rc == MTR_EFORMAT || rc == MTR_ETRUNCATED || rc == MTR_EVERSION, "%s: rc %d", path, rc);
         ck_assert_msg((rc == 0) == (strncmp(de->d_name, "valid", 5) == 0), "%s: rc %d (%s)", path, rc,
-                      mtr_ingest_errmsg());
+                      mtr_errmsg());
         n_ok += rc == 0;
         n_files++;
         free(b.data);

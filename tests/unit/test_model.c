@@ -564,6 +564,42 @@ static void expect_st_error(const char *header, size_t data, long hlen, int code
                   "message '%s' lacks the file or '%s'", mtr_errmsg(), needle);
 }
 
+/* MXFP4 rows (gpt_oss experts) against the format decoded from its bits: e2m1 = sign, 2 exponent bits, 1 mantissa
+ * bit; low nibble first; times 2^(scale - 127), including the extreme scales (subnormal results, infinity) */
+START_TEST(test_mxfp4_rows)
+{
+    enum { R = 5, C = 96, NB = C / 32 };
+    uint8_t blocks[R * NB * 16], scales[R * NB];
+    uint64_t st = 12345;
+    for (size_t i = 0; i < sizeof blocks; i++) blocks[i] = (uint8_t)((st = st * 6364136223846793005ull + 1) >> 56);
+    for (size_t i = 0; i < sizeof scales; i++) scales[i] = (uint8_t)(110 + 3 * i);
+    scales[0] = 0;
+    scales[1] = 1;
+    scales[2] = 254;
+    scales[3] = 255;
+    mtr_mat W = {blocks, MTR_DTYPE_F32, R, C, scales};
+    for (uint32_t r0 = 0; r0 < R; r0++) {
+        uint32_t n = R - r0;
+        float *got = tu_guarded((size_t)n * C * sizeof(float));
+        mtr_mxfp4_rows(got, &W, r0, n);
+        ck_assert(tu_guard_ok(got, (size_t)n * C * sizeof(float)));
+        for (uint32_t r = 0; r < n; r++)
+            for (uint32_t c = 0; c < C; c++) {
+                uint32_t g = (r0 + r) * NB + c / 32, k = c % 32;
+                unsigned nib = k % 2 ? blocks[g * 16 + k / 2] >> 4 : blocks[g * 16 + k / 2] & 15u;
+                int ex = (int)(nib >> 1 & 3u), man = (int)(nib & 1u);
+                double mag = ex == 0 ? 0.5 * man : ldexp(1.0 + 0.5 * man, ex - 1);
+                /* in f32 as torch.ldexp computes it (x * 2^e): scale 255 (NaN in the MX spec) gives 0 * inf = NaN
+                 * and +-inf, as transformers' dequantiser does */
+                float w = (float)(nib & 8u ? -mag : mag) * ldexpf(1.f, (int)scales[g] - 127), v = got[(size_t)r * C + c];
+                ck_assert_msg(v == w || (isnan(v) && isnan(w)), "row %u col %u: %g, want %g", r0 + r, c, v, w);
+                ck_assert_msg(!signbit(v) == !signbit(w) || isnan(w), "row %u col %u: sign", r0 + r, c);
+            }
+        free(got);
+    }
+}
+END_TEST
+
 START_TEST(test_safetensors_errors)
 {
     tu_tmpdir(tmp, sizeof tmp, "st");
@@ -686,6 +722,7 @@ int main(void)
     tcase_add_test(c, test_sparsemixer_dtype);
     tcase_add_test(c, test_threads_identical);
     tcase_add_test(c, test_safetensors_errors);
+    tcase_add_test(c, test_mxfp4_rows);
     tcase_add_test(c, test_model_mismatch);
     tcase_add_test(c, test_safetensors_seeds);
     suite_add_tcase(s, c);

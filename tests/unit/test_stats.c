@@ -10,7 +10,7 @@
 #define SOK(expr)                                                                                          \
     do {                                                                                                   \
         int s_rc_ = (expr);                                                                                \
-        ck_assert_msg(s_rc_ == 0, "%s -> %s: %s", #expr, mtr_strerror(s_rc_), mtr_stats_errmsg());         \
+        ck_assert_msg(s_rc_ == 0, "%s -> %s: %s", #expr, mtr_strerror(s_rc_), mtr_errmsg());         \
     } while (0)
 
 static void write_file(const char *path, const char *text)
@@ -69,14 +69,14 @@ START_TEST(test_corr_errors)
 {
     double r;
     const double c[] = {1, 1, 1, 1}, v[] = {1, 2, 3, 4}, nanv[] = {1, NAN, 3, 4};
-    ck_assert_int_eq(mtr_stats_pearson(&r, v, 1, v, 1, 2), MTR_EINVAL);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "at least 3"));
-    ck_assert_int_eq(mtr_stats_pearson(&r, c, 1, v, 1, 4), MTR_EINVAL);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "constant"));
-    ck_assert_int_eq(mtr_stats_spearman(&r, nanv, 1, v, 1, 4), MTR_EINVAL);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "finite"));
+    ck_assert_int_eq(mtr_stats_pearson(&r, v, 1, v, 1, 2), MTR_EDATA);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "at least 3"));
+    ck_assert_int_eq(mtr_stats_pearson(&r, c, 1, v, 1, 4), MTR_EDATA);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "constant"));
+    ck_assert_int_eq(mtr_stats_spearman(&r, nanv, 1, v, 1, 4), MTR_EDATA);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "finite"));
     mtr_corr_result res;
-    ck_assert_int_eq(mtr_stats_correlate(&res, v, 1, nanv, 1, 4, NULL), MTR_EINVAL);
+    ck_assert_int_eq(mtr_stats_correlate(&res, v, 1, nanv, 1, 4, NULL), MTR_EDATA);
 }
 END_TEST
 
@@ -101,6 +101,129 @@ START_TEST(test_correlate_seeded)
 }
 END_TEST
 
+/* next lexicographic permutation of a (n); false after the last */
+static bool next_perm(size_t *a, size_t n)
+{
+    size_t i = n - 1;
+    while (i > 0 && a[i - 1] >= a[i]) i--;
+    if (i == 0) return false;
+    size_t j = n - 1;
+    while (a[j] <= a[i - 1]) j--;
+    size_t t = a[i - 1];
+    a[i - 1] = a[j];
+    a[j] = t;
+    for (size_t k = i, m = n - 1; k < m; k++, m--) {
+        t = a[k];
+        a[k] = a[m];
+        a[m] = t;
+    }
+    return true;
+}
+
+/* textbook Pearson r, two passes */
+static double naive_r(const double *x, const double *y, size_t n)
+{
+    double mx = 0, my = 0, sxy = 0, sxx = 0, syy = 0;
+    for (size_t i = 0; i < n; i++) mx += x[i], my += y[i];
+    mx /= (double)n;
+    my /= (double)n;
+    for (size_t i = 0; i < n; i++) {
+        sxy += (x[i] - mx) * (y[i] - my);
+        sxx += (x[i] - mx) * (x[i] - mx);
+        syy += (y[i] - my) * (y[i] - my);
+    }
+    return sxy / sqrt(sxx * syy);
+}
+
+/* brute force: every ordering of y, r recomputed from scratch (ranks by counting, ties averaged) */
+static void brute_perm_p(double *pp, double *ps, const double *x, const double *y, size_t n)
+{
+    double rx[16], ry[16], py[16], pry[16];
+    size_t a[16];
+    for (size_t i = 0; i < n; i++) {
+        double lx = 0, ex = 0, ly = 0, ey = 0;
+        for (size_t j = 0; j < n; j++) {
+            lx += x[j] < x[i], ex += x[j] == x[i];
+            ly += y[j] < y[i], ey += y[j] == y[i];
+        }
+        rx[i] = lx + (ex + 1) / 2;
+        ry[i] = ly + (ey + 1) / 2;
+        a[i] = i;
+    }
+    double r0 = fabs(naive_r(x, y, n)), s0 = fabs(naive_r(rx, ry, n));
+    size_t hp = 0, hs = 0, total = 0;
+    do {
+        for (size_t i = 0; i < n; i++) py[i] = y[a[i]], pry[i] = ry[a[i]];
+        hp += fabs(naive_r(x, py, n)) >= r0 - 1e-12;
+        hs += fabs(naive_r(rx, pry, n)) >= s0 - 1e-12;
+        total++;
+    } while (next_perm(a, n));
+    *pp = (double)hp / (double)total;
+    *ps = (double)hs / (double)total;
+}
+
+START_TEST(test_spearman_exact_small_n)
+{
+    /* 5 languages, perfectly reversed order: rho = -1; of the 120 orderings of y, 2 reach |rho| = 1 */
+    const double x[] = {0.11, 0.25, 0.31, 0.47, 0.52}, y[] = {0.9, 0.8, 0.62, 0.41, 0.33};
+    mtr_corr_result c;
+    mtr_corr_opts o = MTR_CORR_OPTS_INIT;
+    o.n_boot = 500;
+    SOK(mtr_stats_correlate(&c, x, 1, y, 1, 5, &o));
+    NEAR(c.spearman.r, -1.0, 1e-15);
+    NEAR(c.spearman.p, 2.0 / 120.0, 1e-15);
+    ck_assert_int_eq(c.spearman.p_method, MTR_P_EXACT);
+    ck_assert_str_eq(mtr_stats_p_method_name(c.spearman.p_method), "exact");
+    NEAR(c.spearman.p_perm, 2.0 / 120.0, 1e-15);
+    ck_assert_int_eq(c.spearman.p_perm_method, MTR_P_EXACT);
+    ck_assert_uint_eq(c.spearman.n_perm_used, 120);
+    ck_assert_int_eq(c.pearson.p_method, MTR_P_T); /* Pearson's p stays the t-test */
+    double tp;
+    SOK(mtr_stats_corr_pvalue(&tp, c.spearman.r, 5)); /* what the t approximation says: 0 */
+    ck_assert(tp < 1e-10);
+    /* the same through the direct call; n! reported */
+    double pp, ps, bp, bs;
+    uint64_t np = 0;
+    SOK(mtr_stats_perm_exact(&pp, &ps, &np, x, 1, y, 1, 5));
+    ck_assert_uint_eq(np, 120);
+    NEAR(ps, 2.0 / 120.0, 1e-15);
+    brute_perm_p(&bp, &bs, x, y, 5);
+    NEAR(pp, bp, 0);
+    NEAR(ps, bs, 0);
+    /* random inputs at n = 6..8 (with ties at n = 8) against the brute force */
+    uint64_t st = 12345;
+    for (size_t n = 6; n <= 8; n++)
+        for (int rep = 0; rep < 3; rep++) {
+            double xr[8], yr[8];
+            for (size_t i = 0; i < n; i++) {
+                st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+                xr[i] = (double)(st >> 40) / 16777216.0;
+                st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+                yr[i] = 0.3 * xr[i] + (double)(st >> 40) / 16777216.0;
+                if (n == 8 && i % 3 == 2) yr[i] = yr[i - 1]; /* ties in y */
+            }
+            SOK(mtr_stats_perm_exact(&pp, &ps, &np, xr, 1, yr, 1, n));
+            brute_perm_p(&bp, &bs, xr, yr, n);
+            ck_assert_msg(pp == bp && ps == bs, "n=%zu rep %d: exact %.17g %.17g, brute %.17g %.17g", n, rep, pp, ps,
+                          bp, bs);
+            SOK(mtr_stats_correlate(&c, xr, 1, yr, 1, n, &o));
+            ck_assert(c.spearman.p == ps && c.pearson.p_perm == pp && c.spearman.p_method == MTR_P_EXACT);
+        }
+    /* above 10 observations: t approximation and sampled permutations, and no enumeration */
+    double x11[11], y11[11];
+    for (int i = 0; i < 11; i++) x11[i] = i, y11[i] = (i * 7) % 11;
+    o.n_perm = 1000;
+    SOK(mtr_stats_correlate(&c, x11, 1, y11, 1, 11, &o));
+    ck_assert_int_eq(c.spearman.p_method, MTR_P_T);
+    ck_assert_int_eq(c.spearman.p_perm_method, MTR_P_MONTE_CARLO);
+    ck_assert_uint_eq(c.spearman.n_perm_used, 1000);
+    SOK(mtr_stats_corr_pvalue(&tp, c.spearman.r, 11));
+    NEAR(c.spearman.p, tp, 0);
+    ck_assert_int_eq(mtr_stats_perm_exact(&pp, &ps, NULL, x11, 1, y11, 1, 11), MTR_EINVAL);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "at most 10!"));
+}
+END_TEST
+
 START_TEST(test_sign_bootstrap_mean)
 {
     double p;
@@ -118,7 +241,7 @@ START_TEST(test_sign_bootstrap_mean)
     SOK(mtr_stats_bootstrap_mean(&m2, &lo2, &hi2, d, 1, 6, 5, 5000, 0.95));
     NEAR(m, 0.0108333333333333, 1e-12);
     ck_assert(lo == lo2 && hi == hi2 && lo < m && m < hi && lo >= -0.01 && hi <= 0.03);
-    ck_assert_int_eq(mtr_stats_bootstrap_mean(&m, &lo, &hi, d, 1, 1, 5, 100, 0.95), MTR_EINVAL);
+    ck_assert_int_eq(mtr_stats_bootstrap_mean(&m, &lo, &hi, d, 1, 1, 5, 100, 0.95), MTR_EDATA);
 }
 END_TEST
 
@@ -138,7 +261,7 @@ START_TEST(test_band)
     SOK(mtr_band_detect(&b, g, 1, 8, 0.2));
     ck_assert_uint_eq(b.first, 5);
     ck_assert_uint_eq(b.last, 7);
-    ck_assert_int_eq(mtr_band_detect(&b, g, 1, 2, 0.2), MTR_EINVAL);
+    ck_assert_int_eq(mtr_band_detect(&b, g, 1, 2, 0.2), MTR_EDATA);
     ck_assert_int_eq(mtr_band_detect(&b, g, 1, 8, 1.5), MTR_EINVAL);
     SOK(mtr_band_parse(&b, "8-35", 48));
     ck_assert_uint_eq(b.first, 8);
@@ -188,7 +311,7 @@ START_TEST(test_langs)
     SOK(mtr_langs_normalize(&c, langs, "bambara"));
     ck_assert_str_eq(c, "bam_Latn");
     ck_assert_int_eq(mtr_langs_normalize(&c, langs, "xx"), MTR_ENOTFOUND);
-    ck_assert_str_eq(mtr_stats_errmsg(), "unknown language code 'xx'");
+    ck_assert_str_eq(mtr_errmsg(), "unknown language code 'xx'");
     /* the shipped table loads and knows the paper's languages */
     mtr_langs *real = NULL;
     if (mtr_langs_load(&real, "config/languages.tsv") == 0) {
@@ -217,13 +340,13 @@ START_TEST(test_accuracy_tsv)
     mtr_accuracy_free(a);
     write_file(p, "#lang\ttask\tmetric\tvalue\tn\nen\tmath\tacc\tnan\t1\n");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), ":2: NaN accuracy for eng_Latn"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), ":2: NaN accuracy for eng_Latn"));
     write_file(p, "#lang\ttask\tmetric\tvalue\tn\nqq_Qqqq\tmath\tacc\t0.5\t1\n");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "unknown language code 'qq_Qqqq'"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "unknown language code 'qq_Qqqq'"));
     write_file(p, "#lang\ttask\tmetric\tvalue\tn\nen\tmath\tacc\t0.5\t1\nen\tmath\tacc\t0.6\t1\n");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "twice"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "twice"));
 }
 END_TEST
 
@@ -239,7 +362,7 @@ START_TEST(test_accuracy_lmeval)
                   " \"global_mmlu_full_zh_anatomy\": {\"acc,none\": 0.7},"
                   " \"my_task_bm\": {\"acc,none\": 0.3}, \"mgsm_direct\": {\"acc,none\": 0.1}}}");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "results.my_task_bm: no language"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "results.my_task_bm: no language"));
     write_file(m, "#task\tlang\tlabel\nmy_task_bm\tbm\tmy_task\n");
     mtr_acc_opts o = MTR_ACC_OPTS_INIT;
     o.task_map = m;
@@ -260,7 +383,7 @@ START_TEST(test_accuracy_lmeval)
     mtr_accuracy_free(a);
     write_file(p, "{\"accuracy\": [{\"lang\": \"fr\", \"task\": \"t\", \"value\": 0.5}, {\"lang\": \"en\", \"task\": \"t\", \"value\": null}]}");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "NaN accuracy"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "NaN accuracy"));
 }
 END_TEST
 
@@ -361,16 +484,16 @@ START_TEST(test_tables_errors)
     snprintf(p, sizeof p, "%s/div_from_en.tsv", dir);
     write_file(p, "#lang\tlayer\tdiv\tn_pairs\nfra_Latn\t0\t0.3\t5\n");
     ck_assert_int_eq(mtr_tables_open(&t, dir), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "layers are 1-based"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "layers are 1-based"));
     write_file(p, "#lang\tlayer\tdiv\tn_pairs\nfra_Latn\t1\t0.3\t5\nfra_Latn\t1\t0.3\t5\n");
     ck_assert_int_eq(mtr_tables_open(&t, dir), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), ":3: duplicate row"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), ":3: duplicate row"));
     write_file(p, "#lang\tlayer\tdiv\tn_pairs\nfra_Latn\t1\t0.3\n");
     ck_assert_int_eq(mtr_tables_open(&t, dir), MTR_EFORMAT);
     snprintf(p, sizeof p, "%s/tables.h5", dir);
     write_file(p, "x");
     ck_assert_int_eq(mtr_tables_open(&t, p), MTR_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(mtr_stats_errmsg(), "not an HDF5 file"));
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "not an HDF5 file"));
 }
 END_TEST
 
@@ -414,6 +537,7 @@ static Suite *suite(void)
     tcase_add_test(c, test_stride);
     tcase_add_test(c, test_corr_errors);
     tcase_add_test(c, test_correlate_seeded);
+    tcase_add_test(c, test_spearman_exact_small_n);
     tcase_add_test(c, test_sign_bootstrap_mean);
     tcase_add_test(c, test_band);
     suite_add_tcase(s, c);

@@ -6,6 +6,8 @@
 #include "mtr_steer.h"
 #include "testutil.h"
 
+#define NEAR_EPS(a, b) ck_assert_msg(fabs((a) - (b)) < 1e-18 + 1e-12 * fabs(b), "%s = %.17g, want %.17g", #a, (double)(a), (double)(b))
+
 static char dir[256];
 
 static void setup(void) { tu_tmpdir(dir, sizeof dir, "steer"); }
@@ -245,7 +247,35 @@ START_TEST(test_exports)
     ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(l5, "expert_ids"), 0)), 1);
     ck_assert_str_eq(json_string_value(json_object_get(l9, "mode")), "deactivate");
     ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(l9, "expert_ids"), 0)), 6);
+    NEAR_EPS(json_real_value(json_object_get(l9, "epsilon")), 1e-6);
     json_decref(j);
+    /* soft: EasySteer's soft mode with lambda rescaled to torch's n-1 std (E = 8); one lambda per layer */
+    mtr_steer *so = make(MTR_STEER_SOFT);
+    TU_OK(mtr_steer_export_easysteer(so, es, &lossy));
+    ck_assert(!lossy);
+    j = json_load_file(es, 0, NULL);
+    json_t *l3 = json_object_get(json_object_get(j, "layer_configs"), "3");
+    ck_assert_str_eq(json_string_value(json_object_get(l3, "mode")), "soft");
+    ck_assert_uint_eq(json_array_size(json_object_get(l3, "expert_ids")), 2);
+    ck_assert(fabs(json_real_value(json_object_get(l3, "lambda")) - 0.5 * sqrt(7.0 / 8.0)) < 1e-15);
+    ck_assert(json_object_get(l3, "epsilon") == NULL);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "moetrace"), "op")), "soft");
+    json_decref(j);
+    TU_OK(mtr_steer_add(so, 3, 7, 0.25, NAN)); /* a second lambda in layer 3 */
+    ck_assert_int_eq(mtr_steer_export_easysteer(so, es, &lossy), MTR_EINVAL);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "one lambda per layer"));
+    mtr_steer_destroy(so);
+    /* hard with a fixed eps is expressible exactly; bias is not at all */
+    s->eps_mode = MTR_STEER_EPS_FIXED;
+    s->eps = 0.01;
+    TU_OK(mtr_steer_export_easysteer(s, es, &lossy));
+    ck_assert(!lossy);
+    mtr_steer *bi = NULL;
+    TU_OK(mtr_steer_create(&bi, "x", 6, 8, 2, MTR_STEER_BIAS));
+    TU_OK(mtr_steer_add(bi, 1, 1, 0.75, 0));
+    ck_assert_int_eq(mtr_steer_export_easysteer(bi, es, &lossy), MTR_EINVAL);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "bias"));
+    mtr_steer_destroy(bi);
     TU_OK(mtr_steer_export_flat(s, fb, fj));
     FILE *f = fopen(fb, "rb");
     unsigned char buf[6 * 8 * 4 + 1];

@@ -13,7 +13,7 @@
 #define TOK_OK(expr)                                                                               \
     do {                                                                                           \
         int tk_rc_ = (expr);                                                                       \
-        ck_assert_msg(tk_rc_ == 0, "%s -> %s: %s", #expr, mtr_strerror(tk_rc_), mtr_tok_errmsg()); \
+        ck_assert_msg(tk_rc_ == 0, "%s -> %s: %s", #expr, mtr_strerror(tk_rc_), mtr_errmsg()); \
     } while (0)
 
 static mtr_tok *load(const char *path)
@@ -165,7 +165,7 @@ START_TEST(errors)
     mtr_tok *t = NULL;
     ck_assert_int_eq(mtr_tok_load(&t, "/nonexistent/dir"), MTR_ENOTFOUND);
     ck_assert_ptr_null(t);
-    ck_assert(strstr(mtr_tok_errmsg(), "/nonexistent/dir") != NULL);
+    ck_assert(strstr(mtr_errmsg(), "/nonexistent/dir") != NULL);
     static const char *const bad[] = {
         "", "[]", "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}",
         "{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}",
@@ -177,13 +177,13 @@ START_TEST(errors)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int rc = mtr_tok_load_buffers(&t, bad[i], strlen(bad[i]), NULL, 0);
         ck_assert_msg(rc == MTR_EFORMAT && t == NULL, "bad[%zu] -> %d", i, rc);
-        ck_assert(mtr_tok_errmsg()[0] != '\0');
+        ck_assert(mtr_errmsg()[0] != '\0');
     }
     t = load("tests/tokenizer/fixtures/bytelevel-nomerges");
     mtr_tok_ids ids = MTR_TOK_IDS_INIT;
     TOK_OK(mtr_tok_encode(&ids, t, "ok", 2, 0));
     ck_assert_int_eq(mtr_tok_encode(&ids, t, "ab\xff", 3, MTR_TOK_ADD_SPECIAL), MTR_EINVAL);
-    ck_assert_str_eq(mtr_tok_errmsg(), "invalid UTF-8 at byte 2");
+    ck_assert_str_eq(mtr_errmsg(), "invalid UTF-8 at byte 2");
     ck_assert_uint_eq(ids.n, 2); /* unchanged on error */
     ck_assert_int_eq(mtr_tok_encode(&ids, t, "\xed\xa0\x80", 3, 0), MTR_EINVAL); /* surrogate */
     ck_assert_int_eq(mtr_tok_encode(&ids, t, "\xc0\xaf", 2, 0), MTR_EINVAL);     /* overlong */
@@ -231,11 +231,24 @@ START_TEST(jinja_subset)
     expect_render("{% macro tag(x) %}<{{ x }}>{% endmacro %}{{ tag('a') }}{% for i in range(3) %}{% if i == 1 %}{% continue %}"
                   "{% endif %}{{ i }}{% endfor %}{{ {'k': [1, 2]} | tojson }}",
                   "<a>02{\"k\": [1, 2]}", false, -1);
+    /* macro parameter defaults (seeing the parameters before them), keyword arguments, recursion, as the gpt-oss
+     * (harmony) template uses them; strftime_now, pinned by MTR_TEMPLATE_NOW (2024-06-01 12:00 UTC) */
+    expect_render("{% macro t(x, sep='-', n=x|length, null=false) %}{{ x }}{{ sep }}{{ n }}{% if null %}?{% endif %}"
+                  "{% endmacro %}{{ t('ab') }}|{{ t('ab', '+') }}|{{ t('ab', null=true) }}|{{ t('abc', n=9, sep=':') }}",
+                  "ab-2|ab+2|ab-2?|abc:9", false, -1);
+    expect_render("{% macro d(k) %}{% if k > 0 %}({{ d(k - 1) }}){% else %}.{% endif %}{% endmacro %}{{ d(3) }}",
+                  "(((.)))", false, -1);
+    setenv("MTR_TEMPLATE_NOW", "1717243200", 1);
+    expect_render("{{ 'date: ' + strftime_now('%Y-%m') }}", "date: 2024-06", false, -1);
+    unsetenv("MTR_TEMPLATE_NOW");
     char *out = NULL;
     mtr_tok_message one = {"user", "x"};
+    ck_assert_int_eq(mtr_tok_render_template(&out, "{{ strftime_now() }}", &one, 1, NULL, NULL, NULL), MTR_EFORMAT);
+    ck_assert_int_eq(mtr_tok_render_template(&out, "{% macro m(a=) %}{% endmacro %}", &one, 1, NULL, NULL, NULL),
+                     MTR_EFORMAT);
     ck_assert_int_eq(mtr_tok_render_template(&out, "{% if x %}", &one, 1, NULL, NULL, NULL), MTR_EFORMAT);
     ck_assert_int_eq(mtr_tok_render_template(&out, "{{ raise_exception('nope') }}", &one, 1, NULL, NULL, NULL), MTR_EFORMAT);
-    ck_assert(strstr(mtr_tok_errmsg(), "nope") != NULL);
+    ck_assert(strstr(mtr_errmsg(), "nope") != NULL);
     ck_assert_int_eq(mtr_tok_render_template(&out, "{% filter upper %}x{% endfilter %}", &one, 1, NULL, NULL, NULL), MTR_EFORMAT);
     ck_assert_ptr_null(out);
 }
@@ -287,8 +300,8 @@ static void str_bad(const char *lit, size_t litlen, size_t at)
     bool d;
     ck_assert_msg(js_str(lit, litlen, o, &n, &d) == MTR_EFORMAT, "%s accepted", lit);
     snprintf(want, sizeof want, "byte %zu: ", at);
-    ck_assert_msg(strncmp(mtr_tok_errmsg(), "t.json: line 1, ", 16) == 0 && strstr(mtr_tok_errmsg(), want),
-                  "%s: %s (want %s)", lit, mtr_tok_errmsg(), want);
+    ck_assert_msg(strncmp(mtr_errmsg(), "t.json: line 1, ", 16) == 0 && strstr(mtr_errmsg(), want),
+                  "%s: %s (want %s)", lit, mtr_errmsg(), want);
 }
 #define STR_BAD(lit, at) str_bad(lit, sizeof lit - 1, at)
 
@@ -343,7 +356,7 @@ START_TEST(json_scanner_strings)
     tk_buf scratch = {0};
     const char *p;
     ck_assert_int_eq(tk_js_string(&s, &scratch, &p, &n), MTR_EFORMAT);
-    ck_assert_str_eq(mtr_tok_errmsg(), "t.json: line 3, byte 7: invalid escape '\\q'");
+    ck_assert_str_eq(mtr_errmsg(), "t.json: line 3, byte 7: invalid escape '\\q'");
     tk_buf_free(&scratch);
 }
 END_TEST
@@ -407,7 +420,7 @@ START_TEST(json_scanner_numbers_and_structure)
     TOK_OK(tk_js_next(&s, ']', &more));
     ck_assert(!more && s.i == 4);
     ck_assert_int_eq(tk_js_next(&s, ']', &more), MTR_EFORMAT);
-    ck_assert_str_eq(mtr_tok_errmsg(), "t.json: line 1, byte 4: ',' or ']' expected");
+    ck_assert_str_eq(mtr_errmsg(), "t.json: line 1, byte 4: ',' or ']' expected");
 }
 END_TEST
 
@@ -417,9 +430,9 @@ static void expect_same_load(const char *json, size_t len, const char *cfg, size
     mtr_tok *a = NULL, *b = NULL;
     int ra = mtr_tok_load_buffers(&a, json, len, cfg, clen);
     char msg[512];
-    snprintf(msg, sizeof msg, "%s", mtr_tok_errmsg());
+    snprintf(msg, sizeof msg, "%s", mtr_errmsg());
     int rb = tk_load_buffers(&b, json, len, cfg, clen, true);
-    ck_assert_msg(ra == 0 && rb == 0, "%s: %d %s / %d %s", what, ra, msg, rb, mtr_tok_errmsg());
+    ck_assert_msg(ra == 0 && rb == 0, "%s: %d %s / %d %s", what, ra, msg, rb, mtr_errmsg());
     char why[256] = "";
     ck_assert_msg(tok_tables_equal(a, b, why, sizeof why), "%s: %s", what, why);
     ck_assert_uint_gt(mtr_tok_vocab_size(a), 0);
@@ -448,7 +461,7 @@ static void expect_bad_doc(const char *json, const char *at)
     mtr_tok *t = NULL;
     int rc = mtr_tok_load_buffers(&t, json, strlen(json), NULL, 0);
     ck_assert_msg(rc == MTR_EFORMAT && !t, "accepted: %s", json);
-    if (at) ck_assert_msg(strstr(mtr_tok_errmsg(), at), "%s: '%s' lacks '%s'", json, mtr_tok_errmsg(), at);
+    if (at) ck_assert_msg(strstr(mtr_errmsg(), at), "%s: '%s' lacks '%s'", json, mtr_errmsg(), at);
     ck_assert_int_eq(tk_load_buffers(&t, json, strlen(json), NULL, 0, true), MTR_EFORMAT);
 }
 
@@ -487,7 +500,7 @@ START_TEST(json_scanner_documents)
         mtr_tok *a = NULL, *b = NULL;
         int ra = mtr_tok_load_buffers(&a, docs[i], strlen(docs[i]), NULL, 0);
         int rb = tk_load_buffers(&b, docs[i], strlen(docs[i]), NULL, 0, true);
-        ck_assert_msg(ra == rb, "doc %zu: %d vs %d (%s)", i, ra, rb, mtr_tok_errmsg());
+        ck_assert_msg(ra == rb, "doc %zu: %d vs %d (%s)", i, ra, rb, mtr_errmsg());
         char why[256] = "";
         ck_assert_msg(!a || tok_tables_equal(a, b, why, sizeof why), "doc %zu: %s", i, why);
         mtr_tok_destroy(a);

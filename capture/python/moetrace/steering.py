@@ -1,4 +1,4 @@
-"""steering.py — apply a moetrace steering file (DESIGN.md §4, traces/mtr_steer.h) to the router logits of a
+"""steering.py — apply a moetrace steering file (docs/ARCHITECTURE.md §4, traces/mtr_steer.h) to the router logits of a
 PyTorch model, with the same arithmetic as the native engine's mtr_steer_apply:
 
   soft  z_e += coef_e * std(z)      (population std over the experts, in float64, rounded to the logits' dtype)
