@@ -468,6 +468,19 @@ def make_weights(cfg, seed, gate_std=1.0):
         if name.endswith("e_score_correction_bias"):
             t = 0.05 * torch.randn(shape, generator=g)
         elif name.endswith("_blocks"):  # every e2m1 code pair
+            t = torch.randint(0, 256, shape, generator=g).to(torch.uint8)
+        elif name.endswith("_scales"):
+            # e8m0 exponents 2^-4 .. 2^-2 for gate_up (gate and up spread past the SwiGLU clamp of 7 now and then),
+            # 2^-8 .. 2^-6 for down
+            lo = 123 if "gate_up" in name else 119
+            t = torch.randint(lo, lo + 3, shape, generator=g).to(torch.uint8)
+        elif name.endswith("sinks"):
+            t = 1.0 * torch.randn(shape, generator=g)
+        elif name.endswith("_bias"):
+            t = 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith("router.weight"):
+            t = 0.5 * torch.randn(shape, generator=g)  # hidden 64: logits spread as the gates' below
+        elif name.endswith(".bias"):  # attention, LM head and (phimoe) LayerNorm biases
             t = 0.1 * torch.randn(shape, generator=g)
         elif name.endswith("norm.weight") or leaf.endswith("layernorm") or leaf in ("q_norm", "k_norm", "norm"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
