@@ -265,8 +265,7 @@ int cmd_ingest(int argc, char **argv)
             errorf(cmd, "%s: %s (%llu earlier sequences kept in %s)", where, mtr_errmsg(),
                    (unsigned long long)res.n_written, out);
         else
-            errorf(cmd, "%s: %s", rc == MTR_EIO || rc == MTR_EHDF5 || rc == MTR_EEXIST || rc == MTR_EMISMATCH ? out : where,
-                   *mtr_errmsg() ? mtr_errmsg() : mtr_strerror(rc));
+            mtr_cli_fail(cmd, rc, rc == MTR_EIO || rc == MTR_EHDF5 || rc == MTR_EEXIST || rc == MTR_EMISMATCH ? out : where);
     } else if (!quiet) {
         char b[32];
         format_bytes(b, sizeof b, res.bytes_read);

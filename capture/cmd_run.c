@@ -41,7 +41,7 @@ void run_help(void)
            "  --format F             force the corpus format: jsonl, tsv, flores\n"
            "  --dataset NAME         dataset name for items without one\n"
            "  --langs A,B,...        only these languages\n"
-           "  --limit N              at most N items\n"
+           "  --limit N              at most N items (a capture packs its forwards as a run without --limit does)\n"
            "  --chat, --no-chat      pass each text as one user turn through the chat template (capture default:\n"
            "                         on when the tokenizer has a template; score / generate default: off)\n"
            "  --thinking on|off      enable_thinking passed to the chat template (default: left undefined)\n"
@@ -52,7 +52,8 @@ void run_help(void)
            "Output:\n"
            "  --out DIR              capture: run directory; score / generate: results directory (required)\n"
            "  --trace RUN            score / generate: also record the routing of prompts (and generated tokens)\n"
-           "  --resume               continue a capture run: items already stored are skipped\n"
+           "  --resume               continue a capture run: items already stored are skipped; with the same corpus,\n"
+           "                         --batch and --max-tokens the run equals an uninterrupted one bit for bit\n"
            "  --store logits|topk|both  what the trace stores (default logits)\n"
            "  --dtype bf16|f16|f32   stored logits dtype (default bf16)\n"
            "  --layers LIST          MoE layers to record, 1-based, e.g. 1-4,10 (default all)\n"
@@ -132,8 +133,7 @@ typedef struct {
 
 static int fail_lib(const char *what, int rc)
 {
-    errorf(CMD, "%s%s%s", what ? what : "", what ? ": " : "", mtr_errmsg()[0] ? mtr_errmsg() : mtr_strerror(rc));
-    return exit_code_for(rc);
+    return mtr_cli_fail(CMD, rc, what);
 }
 
 /* "1-4,10" (1-based, inclusive) into a sorted mask over n layers. */
@@ -270,18 +270,27 @@ static int open_writer(engine *e, const char *dir, bool resume)
 /* ---- capture --------------------------------------------------------------------------------------------- */
 
 /* Items shorter than --batch are packed into one forward (each attends only within itself) until the batch is
- * full; longer ones run alone in --batch chunks. */
+ * full; longer ones run alone in --batch chunks. A sequence's numbers depend on the forward it shares (the sgemm
+ * shapes, the tokens each expert gets), so the batches are a function of the corpus alone: packed from item 0
+ * in order, whatever a resume has already stored (a batch with nothing left to record is skipped, one with some
+ * is run whole and only those recorded) and whatever --limit cuts (the items after it complete the last batch
+ * as a run without --limit has it, unrecorded). Gaussian steering eps restarts per forward from its first item
+ * (mtr_eval_steer_restart). Then a resumed or limited capture equals an uninterrupted one. */
 typedef struct {
     size_t item;
     uint32_t start, len;
+    bool rec; /* to be recorded (not stored yet, within --limit) */
 } packed_item;
 
 static int flush_packed(engine *e, const mtr_corpus *corpus, const packed_item *pk, size_t n_pk,
                         const int32_t *ids, const uint8_t *roles, uint32_t *lens, uint64_t *written)
 {
-    if (n_pk == 0) return 0;
+    bool any = false;
+    for (size_t q = 0; q < n_pk; q++) any |= pk[q].rec;
+    if (!any) return 0;
     uint32_t total = pk[n_pk - 1].start + pk[n_pk - 1].len;
     int rc;
+    mtr_eval_steer_restart(e->ev, pk[0].item);
     if (n_pk == 1) rc = prefill(e, ids, total, true, 0);
     else {
         for (size_t q = 0; q < n_pk; q++) lens[q] = pk[q].len;
@@ -289,6 +298,7 @@ static int flush_packed(engine *e, const mtr_corpus *corpus, const packed_item *
     }
     if (rc) return fail_lib(e->o.corpus, rc);
     for (size_t q = 0; q < n_pk; q++) {
+        if (!pk[q].rec) continue;
         const mtr_corpus_item *it = mtr_corpus_get(corpus, pk[q].item);
         if ((rc = record_at(e, pk[q].start, pk[q].item, it->unit_id, it->lang, it->dataset, ids + pk[q].start,
                             roles + pk[q].start, pk[q].len)))
@@ -301,6 +311,8 @@ static int flush_packed(engine *e, const mtr_corpus *corpus, const packed_item *
 static int run_capture(engine *e, const mtr_corpus *corpus, json_t *summary)
 {
     size_t n = mtr_corpus_count(corpus);
+    /* the corpus holds up to --batch items past --limit, read only to complete the last batch */
+    const size_t n_rec = e->o.limit && e->o.limit < n ? (size_t)e->o.limit : n;
     mtr_tok_ids ids = MTR_TOK_IDS_INIT;
     uint8_t *roles = NULL;
     const uint32_t B = e->o.batch;
@@ -317,44 +329,52 @@ static int run_capture(engine *e, const mtr_corpus *corpus, json_t *summary)
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
+        if (i >= n_rec && n_pk == 0) break; /* past --limit with no batch to complete */
         const mtr_corpus_item *it = mtr_corpus_get(corpus, i);
-        if (mtr_writer_has_seq(e->w, i)) {
-            skipped++;
-            continue;
-        }
+        const bool stored = i < n_rec && mtr_writer_has_seq(e->w, i), rec = i < n_rec && !stored;
+        if (stored) skipped++;
         if ((rc = tokenize_item(e, &ids, &roles, it->text, it->messages, it->n_messages, false))) {
+            if (i >= n_rec) { /* a run without --limit would stop here: so does the batch */
+                rc = 0;
+                break;
+            }
             errorf(CMD, "%s: item %zu (line %zu): %s", e->o.corpus, i + 1, it->line, mtr_errmsg());
             rc = exit_code_for(rc);
             goto done;
         }
         uint32_t T = ids.n > e->o.max_tokens ? e->o.max_tokens : (uint32_t)ids.n;
-        if (T < ids.n) e->n_truncated++;
+        if (T < ids.n && rec) e->n_truncated++;
         if (T == 0) continue;
         if (used + T > B) {
             if ((rc = flush_packed(e, corpus, pk, n_pk, pids, proles, lens, &written))) goto done;
             n_pk = 0;
             used = 0;
+            if (i >= n_rec) break;
         }
         if (T > B) { /* alone, in chunks */
-            if ((rc = prefill(e, ids.ids, T, true, 0))) {
-                rc = fail_lib(e->o.corpus, rc);
-                goto done;
+            if (i >= n_rec) break;
+            if (rec) {
+                mtr_eval_steer_restart(e->ev, i);
+                if ((rc = prefill(e, ids.ids, T, true, 0))) {
+                    rc = fail_lib(e->o.corpus, rc);
+                    goto done;
+                }
+                if ((rc = record(e, i, it->unit_id, it->lang, it->dataset, ids.ids, roles, T))) {
+                    rc = fail_lib(e->o.out, rc);
+                    goto done;
+                }
+                written++;
             }
-            if ((rc = record(e, i, it->unit_id, it->lang, it->dataset, ids.ids, roles, T))) {
-                rc = fail_lib(e->o.out, rc);
-                goto done;
-            }
-            written++;
         } else {
             memcpy(pids + used, ids.ids, T * sizeof *pids);
             memcpy(proles + used, roles, T);
-            pk[n_pk++] = (packed_item){i, used, T};
+            pk[n_pk++] = (packed_item){i, used, T, rec};
             used += T;
         }
-        progress(e, i + 1, n, false);
+        if (i < n_rec) progress(e, i + 1, n_rec, false);
     }
     if ((rc = flush_packed(e, corpus, pk, n_pk, pids, proles, lens, &written))) goto done;
-    progress(e, n, n, true);
+    progress(e, n_rec, n_rec, true);
     json_object_set_new(summary, "items_written", json_integer((json_int_t)written));
     json_object_set_new(summary, "items_skipped_resume", json_integer((json_int_t)skipped));
 done:
@@ -600,6 +620,8 @@ int cmd_run(int argc, char **argv)
     co.dataset = o->dataset;
     co.langs = o->langs;
     co.max_items = (size_t)o->limit;
+    /* a capture reads up to --batch items past --limit, to pack its last forward as a run without --limit does */
+    if (o->mode == MODE_CAPTURE && o->limit && o->limit < SIZE_MAX - o->batch) co.max_items += o->batch;
     if (o->mode == MODE_CAPTURE) rc = mtr_corpus_load(&corpus, o->corpus, &co);
     else if (o->mode == MODE_SCORE) rc = mtr_mc_load(&mc, o->corpus, &co);
     else rc = mtr_gen_load(&gen, o->corpus, &co);

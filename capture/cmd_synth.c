@@ -20,7 +20,9 @@ void synth_help(void)
            "logits for any --threads.\n"
            "\n"
            "Shape:\n"
-           "  --out RUN              run directory to create (required; must not hold a run)\n"
+           "  --out RUN              run directory to create (required; must not hold a run, unless --resume)\n"
+           "  --resume               continue the run in RUN (killed, or stopped by a full disk) with the same\n"
+           "                         parameters: the sequences of its finished shards are kept, the rest generated\n"
            "  --layers L             MoE layers (default 16)\n"
            "  --experts E            experts per layer (default 32)\n"
            "  --top-k K              experts selected per token (default 4)\n"
@@ -68,7 +70,7 @@ enum {
     S_OUT, S_LAYERS, S_EXPERTS, S_TOPK, S_LANGS, S_DATASETS, S_UNITS, S_LEN_MEAN, S_LEN_MIN, S_LEN_MAX,
     S_TARGET_BYTES, S_BAND, S_TASK_EXPERTS, S_LANG_EXPERTS, S_SEED, S_SCALE, S_NOISE, S_SEQ_NOISE, S_TASK_BOOST,
     S_ACC_NOISE, S_DTYPE, S_STORE, S_SHARD_BYTES, S_MODEL_ID, S_RUN_ID, S_THREADS, S_QUIET, S_PROGRESS,
-    S_NO_PROGRESS, S_JSON, S_HELP, S_VERSION
+    S_NO_PROGRESS, S_JSON, S_HELP, S_VERSION, S_RESUME
 };
 
 static const cli_option synth_options[] = {
@@ -104,6 +106,7 @@ static const cli_option synth_options[] = {
     {"json", S_JSON, false},
     {"help", S_HELP, false},
     {"version", S_VERSION, false},
+    {"resume", S_RESUME, false},
 };
 
 typedef struct {
@@ -143,6 +146,7 @@ static int print_json_summary(const mtr_synth_opts *o, const mtr_synth_result *r
     json_object_set_new(j, "raw_bytes", json_integer((json_int_t)r->raw_bytes));
     json_object_set_new(j, "stored_bytes", json_integer((json_int_t)r->stored_bytes));
     json_object_set_new(j, "n_shards", json_integer(r->n_shards));
+    json_object_set_new(j, "n_skipped", json_integer((json_int_t)r->n_skipped));
     json_object_set_new(j, "band", band);
     band = NULL;
     json_object_set_new(j, "seconds", json_real(seconds));
@@ -263,6 +267,7 @@ int cmd_synth(int argc, char **argv)
         case S_PROGRESS: progress = 1; break;
         case S_NO_PROGRESS: progress = 0; break;
         case S_JSON: json = true; break;
+        case S_RESUME: o.resume = true; break;
         case S_HELP: synth_help(); return EXIT_OK;
         case S_VERSION: print_version(); return EXIT_OK;
         default: break;

@@ -23,6 +23,10 @@ static int push_row(mtr_accuracy *a, size_t *cap, const char *lang, const char *
     if (!isfinite(value))
         return mtr_fail(MTR_EFORMAT, "%s: %s accuracy for %s %s", where, isnan(value) ? "NaN" : "infinite",
                               lang, task);
+    /* a fraction: a percentage (or a typo) would change every correlation without a word */
+    if (value < 0 || value > 1)
+        return mtr_fail(MTR_EFORMAT, "%s: accuracy %g for %s %s is outside [0, 1]%s", where, value, lang, task,
+                              value > 1 && value <= 100 ? " (a percentage? give fractions)" : "");
     if (strlen(task) >= sizeof a->rows[0].task || strlen(metric) >= sizeof a->rows[0].metric)
         return mtr_fail(MTR_EFORMAT, "%s: task or metric name too long", where);
     for (size_t i = 0; i < a->n; i++)

@@ -286,6 +286,45 @@ done:
     return rc;
 }
 
+/* The layer count of the model the tables were made from, from reduce's provenance line "model: ID (L layers, ...";
+ * 0 if no file says. */
+static uint32_t declared_layers(mtr_tsv *const *f)
+{
+    for (int k = 0; k < T_COUNT; k++)
+        for (size_t i = 0; f[k] && i < f[k]->n_prov; i++) {
+            const char *m = strstr(f[k]->prov[i], "model: "), *q = m ? strchr(m, '(') : NULL;
+            unsigned n = 0;
+            if (q && sscanf(q, "(%u layers", &n) == 1 && n >= 1 && n <= MTR_MAX_LAYERS) return n;
+        }
+    return 0;
+}
+
+/* Missing rows are bad data (they would move the band and the correlations without a word): every language of
+ * the per-layer tables has a row for every layer, and the layers are the model's when the provenance names it. */
+static int check_complete(const mtr_tables *t, mtr_tsv *const *f, const char *dir)
+{
+    uint32_t want = declared_layers(f);
+    if (want && want != t->n_layers)
+        return mtr_fail(MTR_EFORMAT, "%s: the tables hold layers 1..%u but the model has %u (rows missing?)", dir,
+                              t->n_layers, want);
+    const double *a[2] = {t->div_en, t->entropy};
+    for (int k = 0; k < 2; k++) {
+        if (!a[k]) continue;
+        for (size_t g = 0; g < t->n_langs; g++) {
+            const double *row = a[k] + g * t->n_layers;
+            uint32_t have = 0, gap = 0;
+            for (uint32_t l = t->n_layers; l-- > 0;) {
+                if (isnan(row[l])) gap = l + 1;
+                else have++;
+            }
+            if (have && have < t->n_layers)
+                return mtr_fail(MTR_EFORMAT, "%s: no row for %s layer %u (of 1..%u)", f[k]->path, t->langs[g],
+                                      gap, t->n_layers);
+        }
+    }
+    return 0;
+}
+
 static int tables_load_dir(mtr_tables *t, const char *dir)
 {
     int rc = 0;
@@ -407,6 +446,7 @@ static int tables_load_dir(mtr_tables *t, const char *dir)
                 goto out_free;
             }
         }
+    rc = check_complete(t, f, dir);
 out_free:
     for (int k = 0; k < T_COUNT; k++) mtr_tsv_free(f[k]);
     return rc;

@@ -31,10 +31,19 @@ void mtr_cli_error(const char *verb, const char *fmt, ...)
     fputc('\n', stderr);
 }
 
+bool mtr_cli_names(const char *detail, const char *what)
+{
+    if (!detail || !what || !*what) return false;
+    size_t n = strlen(what);
+    if (strncmp(detail, what, n) != 0) return false;
+    if (what[n - 1] == '/') return true;
+    return detail[n] == '\0' || detail[n] == ':' || detail[n] == ' ' || detail[n] == '/';
+}
+
 int mtr_cli_fail(const char *verb, int err, const char *what)
 {
     const char *detail = mtr_errmsg()[0] ? mtr_errmsg() : mtr_strerror(err);
-    if (what && *what)
+    if (what && *what && !mtr_cli_names(detail, what))
         mtr_cli_error(verb, "%s: %s", what, detail);
     else
         mtr_cli_error(verb, "%s", detail);

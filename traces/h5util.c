@@ -95,6 +95,7 @@ int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *fi
     int rc = 0;
     hid_t a = H5I_INVALID_HID, ft = H5I_INVALID_HID, mt = H5I_INVALID_HID, sp = H5I_INVALID_HID;
     *out = NULL;
+    if ((rc = mtr_h5_check_attrs(obj, file))) return rc;
     if (H5Aexists(obj, name) <= 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", file, name);
     a = H5Aopen(obj, name, H5P_DEFAULT);
     if (a < 0) return mtr_fail(MTR_EFORMAT, "%s: cannot open attribute '%s'", file, name);
@@ -106,6 +107,7 @@ int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *fi
     }
     if (H5Tis_variable_str(ft) > 0) {
         char *v = NULL;
+        if ((rc = mtr_h5_check_vlen_attr(obj, name, file))) goto close_attr;
         mt = vlen_str_type();
         if (H5Aread(a, mt, &v) < 0 || !v) {
             rc = mtr_fail(MTR_EFORMAT, "%s: cannot read attribute '%s'", file, name);
@@ -146,7 +148,8 @@ int mtr_h5_get_str(hid_t obj, const char *name, char *buf, size_t cap, const cha
 
 static int read_numeric(hid_t obj, const char *name, hid_t mtype, void *out, size_t n, const char *file)
 {
-    int rc = 0;
+    int rc = mtr_h5_check_attrs(obj, file);
+    if (rc) return rc;
     if (H5Aexists(obj, name) <= 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", file, name);
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
     hid_t sp = a >= 0 ? H5Aget_space(a) : H5I_INVALID_HID;
@@ -381,19 +384,21 @@ json_t *mtr_model_to_json(const mtr_model_info *m)
     return j;
 }
 
-int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const char *what)
+int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const char *what, const char *ref)
 {
     if (a->n_layers != b->n_layers || a->n_experts != b->n_experts || a->top_k != b->top_k)
-        return mtr_fail(MTR_EMISMATCH, "%s: model dimensions (%u layers, %u experts, top-%u) differ from (%u, %u, %u)",
-                        what, b->n_layers, b->n_experts, b->top_k, a->n_layers, a->n_experts, a->top_k);
+        return mtr_fail(MTR_EMISMATCH,
+                        "%s: model dimensions (%u layers, %u experts, top-%u) differ from (%u, %u, %u) of %s", what,
+                        b->n_layers, b->n_experts, b->top_k, a->n_layers, a->n_experts, a->top_k, ref);
     if (strcmp(a->model_id, b->model_id) != 0)
-        return mtr_fail(MTR_EMISMATCH, "%s: model '%s' differs from '%s'", what, b->model_id, a->model_id);
+        return mtr_fail(MTR_EMISMATCH, "%s: model '%s' differs from '%s' of %s", what, b->model_id, a->model_id, ref);
     if (a->score_fn != b->score_fn || a->renormalize != b->renormalize ||
         (a->selection_bias == NULL) != (b->selection_bias == NULL) || a->sparsemixer_eps != b->sparsemixer_eps)
-        return mtr_fail(MTR_EMISMATCH, "%s: router semantics differ", what);
+        return mtr_fail(MTR_EMISMATCH, "%s: router semantics (score_fn, renormalisation, selection bias, sparsemixer "
+                        "eps) differ from those of %s", what, ref);
     for (uint32_t l = 0; l < a->n_layers; l++)
         if (a->layer_index[l] != b->layer_index[l])
-            return mtr_fail(MTR_EMISMATCH, "%s: layer_index differs at MoE layer %u", what, l);
+            return mtr_fail(MTR_EMISMATCH, "%s: layer_index differs at MoE layer %u from that of %s", what, l, ref);
     return 0;
 }
 

@@ -26,6 +26,20 @@ int mtr_h5_get_u64(hid_t obj, const char *name, uint64_t *out, const char *file)
 int mtr_h5_get_i32v(hid_t obj, const char *name, int32_t *out, size_t n, const char *file);
 int mtr_h5_get_f64(hid_t obj, const char *name, double *out, const char *file);
 bool mtr_h5_has_attr(hid_t obj, const char *name);
+/* Before HDF5 reads a variable-length string from a file (h5heap.c): check that the global heap object it points
+ * to exists, has the string's length and lies in a well-formed collection (HDF5 1.10 crashes or hangs on a damaged
+ * one). For attribute `name` of obj, or the n elements of the contiguous string dataset dset (`name` for the
+ * message). 0 also when the file is not one the checks can read (then HDF5's own checks are all there is);
+ * MTR_ECORRUPT / MTR_EFORMAT / MTR_ETRUNCATED with detail naming `file`. */
+int mtr_h5_check_vlen_attr(hid_t obj, const char *name, const char *file);
+int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char *file);
+/* Before HDF5 decodes the attributes of obj (any attribute access does): every attribute message in its object
+ * header must hold its name, datatype, dataspace and value within the message. 0 also when unreadable here. */
+int mtr_h5_check_attrs(hid_t obj, const char *file);
+/* Before H5Dopen2(loc, name): the dataset's dataspace, datatype and layout messages must be plausible and
+ * within their messages, and so must its attribute messages (HDF5 1.10 decodes them unchecked). 0 if sound, or
+ * if there is no such object (the caller reports that), or when unreadable here. */
+int mtr_h5_check_object(hid_t loc, const char *name, const char *file);
 
 /* zstd chunk codec shared by the HDF5 filter and the direct-chunk paths. */
 size_t mtr_zstd_bound(size_t n);
@@ -51,8 +65,9 @@ int mtr_path_join(char *buf, size_t cap, const char *dir, const char *name);
 int mtr_read_model_attrs(hid_t file, mtr_model_info *m, float **selection_bias, const char *path);
 int mtr_write_model_attrs(hid_t file, const mtr_model_info *m);
 json_t *mtr_model_to_json(const mtr_model_info *m);
-/* 0 if a and b describe the same routing (ids, dims, semantics), else MTR_EMISMATCH with detail. */
-int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const char *what);
+/* 0 if a (read from ref) and b (read from what) describe the same routing (ids, dims, semantics), else
+ * MTR_EMISMATCH with a detail that blames what and names ref. */
+int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const char *what, const char *ref);
 
 
 #endif

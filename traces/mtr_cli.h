@@ -21,8 +21,12 @@ void mtr_cli_set_prog(const char *prog);
 /* One line on stderr: "program[ verb]: message" (verb may be NULL). */
 void mtr_cli_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Report a failed library call: "program[ verb]: [what: ]detail" where detail is mtr_errmsg() (or the code's
- * name when empty); returns mtr_exit_code(err). what may be NULL. */
+ * name when empty); returns mtr_exit_code(err). what may be NULL; it is left out when detail already starts with
+ * it (mtr_cli_names), so a path is never printed twice. */
 int mtr_cli_fail(const char *verb, int err, const char *what);
+/* Whether detail starts by naming what: what itself, followed by its end, ':', ' ' or '/' (a file inside the
+ * directory what). A caller adding what as context to such a detail would print it twice. */
+bool mtr_cli_names(const char *detail, const char *what);
 
 /* ---- options ---- */
 typedef struct {

@@ -31,6 +31,8 @@ typedef struct {
     int shuffle_bit, zstd_bit; /* position of each filter in the pipeline (-1 = absent) */
     size_t chunk_elems;
     uint32_t run;
+    char run_id[MTR_MAX_NAME]; /* root attributes, checked against the run's */
+    mtr_dtype root_dtype;
 } shard_rt;
 
 struct mtr_run {
@@ -48,6 +50,8 @@ struct mtr_run {
     size_t max_chunk_bytes; /* largest decoded chunk of any shard, in stored bytes */
     size_t max_raw_bytes;   /* largest stored chunk */
     mtr_decoder *serial;    /* decoder for the single-threaded convenience readers */
+    const json_t *man_model; /* while a run directory opens: its manifest's "model", which every shard must match */
+    const char *man_dir;     /* and that directory */
 };
 
 struct mtr_decoder {
@@ -84,16 +88,46 @@ static char *keep_string(mtr_run *r, char *s)
     return r->strings[r->n_strings++] = s;
 }
 
+/* H5Dopen2 once the dataset's header has been checked (mtr_h5_check_object); H5I_INVALID_HID with *rc set when
+ * it is damaged, or with *rc 0 when it is missing (the caller names what is missing). */
+static hid_t open_dataset(hid_t f, const char *name, const char *path, int *rc)
+{
+    *rc = 0;
+    if (H5Lexists(f, name, H5P_DEFAULT) <= 0 || (*rc = mtr_h5_check_object(f, name, path))) return H5I_INVALID_HID;
+    return H5Dopen2(f, name, H5P_DEFAULT);
+}
+
+/* The dataset's shape is exactly (d0, d1, d2) of the given rank (checked before anything sized by it is used) */
+static int check_shape(hid_t f, const char *name, int rank, uint64_t d0, uint64_t d1, uint64_t d2, const char *path)
+{
+    int rc = 0;
+    hid_t d = open_dataset(f, name, path, &rc);
+    if (rc) return rc;
+    hid_t sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+    hsize_t dims[3] = {0, 0, 0};
+    if (sp < 0 || H5Sget_simple_extent_ndims(sp) != rank || H5Sget_simple_extent_dims(sp, dims, NULL) < 0 ||
+        dims[0] != d0 || (rank > 1 && dims[1] != d1) || (rank > 2 && dims[2] != d2))
+        rc = rank == 1 ? mtr_fail(MTR_EFORMAT, "%s: /%s missing or not of %llu rows", path, name, (unsigned long long)d0)
+                       : mtr_fail(MTR_EFORMAT, "%s: /%s missing or not (%llu, %llu, %llu)", path, name,
+                                  (unsigned long long)d0, (unsigned long long)d1, (unsigned long long)d2);
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
+    return rc;
+}
+
 static int read_column(hid_t f, const char *name, hid_t mtype, void *out, uint64_t n, const char *path)
 {
     int rc = 0;
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t d = open_dataset(f, name, path, &rc);
+    if (rc) return rc;
     if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
     hid_t sp = H5Dget_space(d);
     hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
     if (np < 0 || (uint64_t)np != n)
         rc = mtr_fail(MTR_EFORMAT, "%s: /%s has %lld rows, expected %llu", path, name, (long long)np,
                       (unsigned long long)n);
+    else if (n > 0 && H5Tis_variable_str(mtype) > 0 && (rc = mtr_h5_check_vlen_dset(d, n, name, path)))
+        ; /* a damaged string heap: refused before HDF5 reads it */
     else if (n > 0 && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
         rc = mtr_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
     if (sp >= 0) H5Sclose(sp);
@@ -161,11 +195,17 @@ static int load_chunk_table(mtr_run *r, shard_rt *s, hid_t f, uint64_t n_tokens)
     const mtr_model_info *m = &r->model;
     char dt[16];
     if (H5Lexists(f, MTR_D_LOGITS, H5P_DEFAULT) <= 0) return 0; /* top-k only */
-    d = H5Dopen2(f, MTR_D_LOGITS, H5P_DEFAULT);
+    d = open_dataset(f, MTR_D_LOGITS, s->path, &rc);
+    if (rc) return rc;
     if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: cannot open /%s", s->path, MTR_D_LOGITS);
     if ((rc = mtr_h5_get_str(d, MTR_A_DTYPE, dt, sizeof dt, s->path))) goto close_d;
     if (mtr_dtype_parse(&s->dtype, dt)) {
         rc = mtr_fail(MTR_EFORMAT, "%s: /%s has unknown dtype '%s'", s->path, MTR_D_LOGITS, dt);
+        goto close_d;
+    }
+    if (s->dtype != s->root_dtype) { /* which one to believe is unknowable: the numbers would be a guess */
+        rc = mtr_fail(MTR_EFORMAT, "%s: /%s has dtype '%s' but the root stored_dtype '%s'", s->path, MTR_D_LOGITS, dt,
+                      mtr_dtype_name(s->root_dtype));
         goto close_d;
     }
     ft = H5Dget_type(d);
@@ -240,6 +280,29 @@ close_d:
     return rc;
 }
 
+/* A shard of a run directory must describe the model its manifest records; one that does not is blamed (compared
+ * only with the run's first shard, a bad first shard would have the good second one blamed). */
+static int check_manifest_model(const mtr_run *r, const mtr_model_info *m, const char *path)
+{
+    const json_t *j = r->man_model;
+    if (!json_is_object(j)) return 0;
+    const char *id = json_string_value(json_object_get(j, "model_id"));
+    const json_t *nl = json_object_get(j, "n_layers"), *ne = json_object_get(j, "n_experts"),
+                 *k = json_object_get(j, "top_k");
+    if (id && strcmp(id, m->model_id) != 0)
+        return mtr_fail(MTR_EMISMATCH, "%s: model '%s' is not the run's '%s' (%s/%s)", path, m->model_id, id,
+                        r->man_dir, MTR_MANIFEST_NAME);
+    if ((json_is_integer(nl) && json_integer_value(nl) != m->n_layers) ||
+        (json_is_integer(ne) && json_integer_value(ne) != m->n_experts) ||
+        (json_is_integer(k) && json_integer_value(k) != m->top_k))
+        return mtr_fail(MTR_EMISMATCH,
+                        "%s: model dimensions (%u layers, %u experts, top-%u) are not the run's (%lld, %lld, %lld) "
+                        "(%s/%s)", path, m->n_layers, m->n_experts, m->top_k, (long long)json_integer_value(nl),
+                        (long long)json_integer_value(ne), (long long)json_integer_value(k), r->man_dir,
+                        MTR_MANIFEST_NAME);
+    return 0;
+}
+
 static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned flags, bool first)
 {
     int rc = 0;
@@ -283,12 +346,16 @@ static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned
     mtr_model_info m;
     float *bias = NULL;
     if ((rc = mtr_read_model_attrs(f, &m, &bias, path))) goto close_f;
+    if ((rc = check_manifest_model(r, &m, path))) {
+        free(bias);
+        goto close_f;
+    }
     if (first) {
         r->model = m;
         r->selection_bias = bias;
         r->model.selection_bias = bias;
     } else {
-        rc = mtr_model_compare(&r->model, &m, path);
+        rc = mtr_model_compare(&r->model, &m, path, r->shards[0].path);
         free(bias);
         if (rc) goto close_f;
     }
@@ -305,12 +372,26 @@ static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned
     }
     s->info.n_sequences = nseq;
     s->info.n_tokens = ntok;
+    char dt[16];
+    if ((rc = mtr_h5_get_str(f, MTR_A_RUN_ID, s->run_id, sizeof s->run_id, path)) ||
+        (rc = mtr_h5_get_str(f, MTR_A_STORED_DTYPE, dt, sizeof dt, path)))
+        goto close_f;
+    if (mtr_dtype_parse(&s->root_dtype, dt)) {
+        rc = mtr_fail(MTR_EFORMAT, "%s: unknown stored_dtype '%s'", path, dt);
+        goto close_f;
+    }
     if ((rc = load_chunk_table(r, s, f, ntok))) goto close_f;
     s->info.has_topk = H5Lexists(f, MTR_D_TOPK_IDS, H5P_DEFAULT) > 0;
     if (!s->info.has_logits && !s->info.has_topk) {
         rc = mtr_fail(MTR_EFORMAT, "%s: holds neither /%s nor /%s", path, MTR_D_LOGITS, MTR_D_TOPK_IDS);
         goto close_f;
     }
+    /* the top-k columns are read on demand into (T, L, K) buffers; the sequence arrays below are sized by nseq */
+    if ((s->info.has_topk &&
+         ((rc = check_shape(f, MTR_D_TOPK_IDS, 3, ntok, r->model.n_layers, r->model.top_k, path)) ||
+          (rc = check_shape(f, MTR_D_TOPK_WEIGHTS, 3, ntok, r->model.n_layers, r->model.top_k, path)))) ||
+        (rc = check_shape(f, MTR_D_SEQ_ID, 1, nseq, 0, 0, path)))
+        goto close_f;
 
     /* sequences: read, then check that token ranges are inside the shard, ascending and disjoint */
     if (r->n_seqs + nseq > r->seq_cap) {
@@ -363,7 +444,8 @@ static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned
     /* token columns must match the token count (their contents are read on demand) */
     const char *tokcols[] = {MTR_D_TOKEN_ID, MTR_D_POSITION, MTR_D_ROLE};
     for (size_t c = 0; c < 3; c++) {
-        hid_t d = H5Dopen2(f, tokcols[c], H5P_DEFAULT);
+        hid_t d = open_dataset(f, tokcols[c], path, &rc);
+        if (rc) goto free_cols;
         hid_t sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
         hssize_t np2 = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
         if (sp >= 0) H5Sclose(sp);
@@ -439,6 +521,48 @@ static int is_dir(const char *path)
     return S_ISDIR(st.st_mode) ? 1 : 0;
 }
 
+static int cmp_seq_id(const void *a, const void *b)
+{
+    const mtr_seq_info *x = *(const mtr_seq_info *const *)a, *y = *(const mtr_seq_info *const *)b;
+    return x->seq_id < y->seq_id ? -1 : x->seq_id > y->seq_id ? 1 : (x->shard > y->shard) - (x->shard < y->shard);
+}
+
+/* seq_ids are unique within a run (FORMAT.md 1): the sequences from first_seq on, all of one run */
+static int check_unique_seq_ids(mtr_run *r, size_t first_seq, const char *dir)
+{
+    size_t n = r->n_seqs - first_seq;
+    if (n < 2) return 0;
+    const mtr_seq_info **v = malloc(n * sizeof *v);
+    if (!v) return mtr_fail(MTR_ENOMEM, "%s: out of memory", dir);
+    for (size_t i = 0; i < n; i++) v[i] = &r->seqs[first_seq + i];
+    qsort(v, n, sizeof *v, cmp_seq_id);
+    int rc = 0;
+    for (size_t i = 1; i < n && !rc; i++)
+        if (v[i]->seq_id == v[i - 1]->seq_id) {
+            const char *a = strrchr(r->shards[v[i - 1]->shard].path, '/'), *b = strrchr(r->shards[v[i]->shard].path, '/');
+            rc = mtr_fail(MTR_EDUP, "%s: seq_id %llu is in both %s and %s", dir, (unsigned long long)v[i]->seq_id,
+                          a ? a + 1 : r->shards[v[i - 1]->shard].path, b ? b + 1 : r->shards[v[i]->shard].path);
+        }
+    free(v);
+    return rc;
+}
+
+/* what a JSON value is, for a message: "a string", "missing", ... */
+static const char *json_kind(const json_t *v)
+{
+    if (!v) return "missing";
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
 static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigned flags)
 {
     json_t *man = NULL;
@@ -446,7 +570,8 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
     if (rc == MTR_ENOTFOUND) return mtr_fail(MTR_ENOTFOUND, "%s: not a run (no %s)", dir, MTR_MANIFEST_NAME);
     if (rc) return rc;
     const char *fmt = json_string_value(json_object_get(man, "format"));
-    json_int_t ver = json_integer_value(json_object_get(man, "format_version"));
+    const json_t *jver = json_object_get(man, "format_version");
+    json_int_t ver = json_integer_value(jver);
     json_t *shards = json_object_get(man, "shards");
     char path[4160];
     size_t i;
@@ -454,6 +579,11 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
     mtr_run_meta *meta = &r->metas[run_index];
     if (!fmt || strcmp(fmt, MTR_FORMAT_NAME) != 0) {
         rc = mtr_fail(MTR_EFORMAT, "%s/%s: not a moetrace manifest", dir, MTR_MANIFEST_NAME);
+        goto done;
+    }
+    if (!json_is_integer(jver)) {
+        rc = mtr_fail(MTR_EFORMAT, "%s/%s: format_version is %s, not an integer", dir, MTR_MANIFEST_NAME,
+                      json_kind(jver));
         goto done;
     }
     if (ver != MTR_FORMAT_VERSION) {
@@ -470,16 +600,50 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
         goto done;
     }
     meta->manifest_complete = json_is_true(json_object_get(man, "complete"));
+    const char *run_id = json_string_value(json_object_get(man, "run_id"));
+    const char *stored_dtype = json_string_value(json_object_get(man, "stored_dtype"));
+    size_t first_seq = r->n_seqs;
+    r->man_model = json_object_get(man, "model");
+    r->man_dir = dir;
     json_array_foreach(shards, i, s)
     {
         const char *file = json_string_value(json_object_get(s, "file"));
-        if (!file || strchr(file, '/') || (rc = mtr_path_join(path, sizeof path, dir, file))) {
-            rc = mtr_fail(MTR_EFORMAT, "%s/%s: bad shard entry %zu", dir, MTR_MANIFEST_NAME, i);
+        if (!file) {
+            rc = mtr_fail(MTR_EFORMAT, "%s/%s: shard entry %zu has no \"file\" string", dir, MTR_MANIFEST_NAME, i);
             goto done;
         }
+        /* a shard is a file in the run directory: a path out of it (or into another) is refused, never followed */
+        if (!*file || strchr(file, '/') || strcmp(file, ".") == 0 || strcmp(file, "..") == 0) {
+            rc = mtr_fail(MTR_EFORMAT, "%s/%s: shard entry %zu, \"%s\", is not a file name in the run directory "
+                          "(a shard path may not hold '/' or be '.' or '..')", dir, MTR_MANIFEST_NAME, i, file);
+            goto done;
+        }
+        if ((rc = mtr_path_join(path, sizeof path, dir, file))) {
+            rc = mtr_fail(MTR_EFORMAT, "%s/%s: shard entry %zu: the path of \"%s\" is too long", dir,
+                          MTR_MANIFEST_NAME, i, file);
+            goto done;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(file, json_string_value(json_object_get(json_array_get(shards, j), "file"))) == 0) {
+                rc = mtr_fail(MTR_EFORMAT, "%s: %s lists %s twice (entries %zu and %zu)", dir, MTR_MANIFEST_NAME,
+                              file, j, i);
+                goto done;
+            }
         if ((rc = open_shard(r, path, run_index, flags & ~MTR_OPEN_ALLOW_PARTIAL, r->n_shards == 0))) goto done;
+        const shard_rt *sh = &r->shards[r->n_shards - 1];
+        if (run_id && strcmp(sh->run_id, run_id) != 0) {
+            rc = mtr_fail(MTR_EMISMATCH, "%s: run_id '%s' is not the run's '%s' (%s): a shard of another run",
+                          path, sh->run_id, run_id, MTR_MANIFEST_NAME);
+            goto done;
+        }
+        if (stored_dtype && strcmp(mtr_dtype_name(sh->root_dtype), stored_dtype) != 0) {
+            rc = mtr_fail(MTR_EMISMATCH, "%s: stored_dtype '%s' is not the run's '%s' (%s)", path,
+                          mtr_dtype_name(sh->root_dtype), stored_dtype, MTR_MANIFEST_NAME);
+            goto done;
+        }
         if (i == 0 && (rc = meta_from_shard(r, run_index, path))) goto done;
     }
+    if ((rc = check_unique_seq_ids(r, first_seq, dir))) goto done;
     /* what else lies in the directory: unfinished shards and finished ones the manifest does not list */
     DIR *dp = opendir(dir);
     struct dirent *de;
@@ -498,6 +662,8 @@ static int open_run_dir(mtr_run *r, const char *dir, uint32_t run_index, unsigne
     }
     if (dp) closedir(dp);
 done:
+    r->man_model = NULL;
+    r->man_dir = NULL;
     json_decref(man);
     return rc;
 }
@@ -616,7 +782,8 @@ static int read_rows(hid_t f, const char *name, hid_t mtype, uint64_t row0, uint
                      const char *path)
 {
     int rc = 0;
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t d = open_dataset(f, name, path, &rc);
+    if (rc) return rc;
     if (d < 0) return mtr_fail(MTR_ENOTFOUND, "%s: /%s missing", path, name);
     hid_t fs = H5Dget_space(d);
     int rank = H5Sget_simple_extent_ndims(fs);

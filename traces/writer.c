@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -492,6 +493,30 @@ static int fsync_path(const char *path)
     return rc;
 }
 
+/* Give up the shard in progress after a write failed (disk full, I/O error). HDF5 1.10 cannot survive a failed
+ * H5Fclose: it frees the file but keeps its id, and its exit handler closes that id again and crashes. So the
+ * close must not fail: HDF5's descriptor is first pointed at an anonymous memory file, where the metadata still
+ * cached goes instead of the full disk. The .partial on disk is then incomplete and is removed (resume redoes its
+ * sequences anyway), which also gives its space back. */
+static void abandon_shard(mtr_writer *w)
+{
+    if (w->file < 0) return;
+    void *handle = NULL;
+    hid_t fapl = H5Fget_access_plist(w->file);
+    int mem = memfd_create("mtr-abandoned-shard", MFD_CLOEXEC);
+    /* the shard is created with the default (POSIX, sec2) driver, whose handle is the descriptor */
+    if (mem >= 0 && fapl >= 0 && H5Pget_driver(fapl) == H5FD_SEC2 &&
+        H5Fget_vfd_handle(w->file, H5P_DEFAULT, &handle) >= 0 && handle)
+        dup2(mem, *(int *)handle);
+    if (mem >= 0) close(mem);
+    if (fapl >= 0) H5Pclose(fapl);
+    if (w->d_logits >= 0) H5Dclose(w->d_logits);
+    w->d_logits = H5I_INVALID_HID;
+    H5Fclose(w->file);
+    w->file = H5I_INVALID_HID;
+    unlink(w->partial_path);
+}
+
 /* Write the remaining chunks and the /seq, /tok, top-k columns; close, fsync, rename; update the manifest. */
 static int finish_shard(mtr_writer *w)
 {
@@ -529,6 +554,12 @@ static int finish_shard(mtr_writer *w)
         goto fail;
     if (w->d_logits >= 0) H5Dclose(w->d_logits);
     w->d_logits = H5I_INVALID_HID;
+    /* everything written before the close, so that a full disk fails here, where the shard can still be
+     * abandoned safely, and not inside H5Fclose (see abandon_shard) */
+    if (H5Fflush(w->file, H5F_SCOPE_LOCAL) < 0) {
+        rc = mtr_fail(MTR_EIO, "%s: cannot write the shard's metadata", w->partial_path);
+        goto fail;
+    }
     if (H5Fclose(w->file) < 0) {
         w->file = H5I_INVALID_HID;
         rc = mtr_fail(MTR_EIO, "%s: cannot close shard", w->partial_path);
@@ -776,7 +807,7 @@ int mtr_writer_create(mtr_writer **out, const char *dir, const mtr_model_info *m
     mtr_path_join(mpath, sizeof mpath, dir, MTR_MANIFEST_NAME);
     if (access(mpath, F_OK) == 0) {
         if (!opts->resume) {
-            rc = mtr_fail(MTR_EEXIST, "%s: a run already exists here (resume it, or choose another directory)", dir);
+            rc = mtr_fail(MTR_EEXIST, "%s: a run already exists here (continue it with --resume, or choose another directory)", dir);
             goto fail;
         }
         if ((rc = resume_run(w))) goto fail;
@@ -932,8 +963,16 @@ int mtr_writer_close(mtr_writer *w)
 void mtr_writer_destroy(mtr_writer *w)
 {
     if (!w) return;
-    if (w->d_logits >= 0) H5Dclose(w->d_logits);
-    if (w->file >= 0) H5Fclose(w->file); /* left as *.partial: readers ignore it, resume removes it */
+    if (w->failed) {
+        abandon_shard(w);
+    } else {
+        /* left as *.partial: readers ignore it, resume removes it; it is closed only once its metadata is
+         * written, else abandoned (a failed H5Fclose crashes HDF5 1.10 at exit) */
+        if (w->d_logits >= 0) H5Dclose(w->d_logits);
+        w->d_logits = H5I_INVALID_HID;
+        if (w->file >= 0 && H5Fflush(w->file, H5F_SCOPE_LOCAL) < 0) abandon_shard(w);
+        if (w->file >= 0) H5Fclose(w->file);
+    }
     if (w->sync_fd >= 0) close(w->sync_fd);
     free_shard_vectors(w);
     pthread_mutex_lock(&w->mu);

@@ -122,6 +122,11 @@ int mtr_eval_tokenize(mtr_tok_ids *ids, uint8_t **roles, mtr_eval *ev, const cha
  * layer). Errors: MTR_EINVAL (sizes), the engine's. */
 int mtr_eval_prefill(mtr_eval *ev, const int32_t *ids, uint32_t n, bool want_router, uint32_t n_logits);
 
+/* Restart the gaussian-eps generators of the steering (opts.steer; nothing without it) at states fixed by the
+ * steering seed (opts.steer_seed when set) and stream alone, so what the next forwards draw does not depend on
+ * the forwards run before them: capture restarts them per forward with its first item's index as the stream. */
+void mtr_eval_steer_restart(mtr_eval *ev, uint64_t stream);
+
 /* Forward n_seqs short sequences packed in one forward (each from position 0, attending only within itself):
  * ids holds them back to back, lens (n_seqs) their lengths, summing to at most opts.batch. Their router rows are
  * kept in that order for mtr_eval_record (sequence q from row lens[0] + ... + lens[q-1]). Errors as

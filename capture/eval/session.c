@@ -117,6 +117,18 @@ void mtr_eval_destroy(mtr_eval *ev)
     free(ev);
 }
 
+void mtr_eval_steer_restart(mtr_eval *ev, uint64_t stream)
+{
+    if (!ev->steer_rng) return;
+    /* the stream through a 64-bit finaliser (murmur3's), so neighbouring streams start far apart */
+    uint64_t x = stream + 1;
+    x = (x ^ (x >> 33)) * 0xff51afd7ed558ccdULL;
+    x = (x ^ (x >> 33)) * 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    const uint64_t seed = (ev->o.steer_seed_set ? ev->o.steer_seed : ev->o.steer->seed) ^ x;
+    for (uint32_t l = 0; l < ev->cfg->n_moe_layers; l++) ev->steer_rng[l] = mtr_steer_layer_seed(seed, l);
+}
+
 const mtr_model_info *mtr_eval_info(const mtr_eval *ev) { return &ev->info; }
 
 void mtr_eval_set_writer(mtr_eval *ev, mtr_writer *w) { ev->w = w; }

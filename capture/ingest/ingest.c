@@ -931,11 +931,16 @@ int mtr_ingest_run(mtr_ingest_result *res, int fd, const char *dir, const mtr_in
     /* every sequence before the bad frame is kept: close the run cleanly */
     if (w) {
         mtr_writer_get_stats(w, &res->writer);
+        /* closing after a failed write fails too: the first error is the one to report */
+        char first[512];
+        snprintf(first, sizeof first, "%s", rc ? mtr_errmsg() : "");
         int crc = mtr_writer_close(w);
         w = NULL;
         if (crc && (!rc || res->bad_frame)) {
             rc = mtr_fail(crc, "closing the run: %s", mtr_errmsg());
             res->bad_frame = false;
+        } else if (crc) {
+            mtr_fail(rc, "%s", first);
         }
     }
 out_free:

@@ -958,6 +958,48 @@ done:
     return rc;
 }
 
+/* Resume: the run must have been made with the same parameters (its truth.json records them), or its finished
+ * shards and the sequences still to come would describe different planted models. A run killed before its
+ * truth.json was written has none to compare. */
+static int check_resume_params(const synth_model *m, const mtr_synth_opts *o, const char *model_id)
+{
+    char path[4096];
+    int rc = path_join(path, sizeof path, o->out_dir, MTR_SYNTH_TRUTH_NAME);
+    if (rc)
+        return rc;
+    if (access(path, F_OK) != 0)
+        return 0;
+    json_error_t jerr;
+    json_t *t = json_load_file(path, 0, &jerr);
+    if (!t)
+        return mtr_fail(MTR_EFORMAT, "%s:%d: invalid JSON: %s", path, jerr.line, jerr.text);
+    bool bad = false;
+    json_t *now = params_json(m, o, model_id, &bad), *then = json_object_get(t, "params");
+    if (bad) {
+        rc = mtr_fail(MTR_ENOMEM, "out of memory");
+    } else if (!json_is_object(then)) {
+        rc = mtr_fail(MTR_EFORMAT, "%s: no 'params' object", path);
+    } else {
+        const char *key;
+        json_t *v;
+        json_object_foreach(now, key, v)
+        {
+            if (json_equal(v, json_object_get(then, key)))
+                continue;
+            char *was = json_dumps(json_object_get(then, key), JSON_ENCODE_ANY | JSON_COMPACT);
+            char *is = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            rc = mtr_fail(MTR_EMISMATCH, "%s: the run was made with %s %s, not %s: resume with its parameters",
+                            path, key, was ? was : "(none)", is ? is : "?");
+            free(was);
+            free(is);
+            break;
+        }
+    }
+    json_decref(now);
+    json_decref(t);
+    return rc;
+}
+
 /* ---- the run --------------------------------------------------------------------------------------------- */
 
 static int max_threads(void)
@@ -1037,6 +1079,9 @@ int mtr_synth_run(const mtr_synth_opts *opts, mtr_synth_result *result)
     wo.run_id = o->run_id;
     wo.corpus_id = "synthetic";
     wo.capture_settings = settings_text;
+    wo.resume = o->resume;
+    if (o->resume && (rc = check_resume_params(&m, o, model_id)))
+        goto cleanup;
     rc = mtr_writer_create(&wr, o->out_dir, info, &wo);
     if (rc) {
         rc = synth_fail_lib(rc);
@@ -1072,12 +1117,17 @@ int mtr_synth_run(const mtr_synth_opts *opts, mtr_synth_result *result)
 
     const size_t G = m.n_langs;
     const uint64_t per_ds = (uint64_t)m.n_units * G;
-    uint64_t next = 0, raw_done = 0;
+    uint64_t next = 0, raw_done = 0, skipped = 0;
     char unit_id[32];
     while (next < m.n_seqs) {
         uint32_t nb = 0;
         uint64_t ntok = 0;
         while (next < m.n_seqs && nb < SYNTH_BATCH_SEQS_MAX) {
+            if (o->resume && mtr_writer_has_seq(wr, next)) { /* every sequence is its own stream: skip freely */
+                skipped++;
+                next++;
+                continue;
+            }
             synth_seq q;
             q.seq_id = next;
             q.d = (uint32_t)(next / per_ds);
@@ -1138,6 +1188,7 @@ int mtr_synth_run(const mtr_synth_opts *opts, mtr_synth_result *result)
         result->raw_bytes = st.raw_bytes;
         result->stored_bytes = st.stored_bytes;
         result->n_shards = st.n_shards;
+        result->n_skipped = skipped;
     }
 
 cleanup:

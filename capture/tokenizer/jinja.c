@@ -15,6 +15,9 @@
 
 #define MAX_DEPTH 200
 #define MAX_OUT ((size_t)1 << 28)
+/* rendering steps (expressions evaluated, statements run): chat templates over a conversation take thousands */
+#define MAX_STEPS 2000000L
+#define MAX_REPEAT ((size_t)100000) /* longest result of 'string' * n, in bytes */
 
 /* ---- template segments ----------------------------------------------------------------------------------- */
 
@@ -246,19 +249,39 @@ struct node {
     int line;
 };
 
+/* Iterative: a chain of operators is a tree as deep as it is long, which recursion would follow off the stack.
+ * The nodes still to free form a list threaded through `a` (each node is on one `a` chain, walked once). */
 static void node_free(node *n)
 {
-    if (!n) return;
-    free(n->name);
-    json_decref(n->lit);
-    node_free(n->a);
-    node_free(n->b);
-    node_free(n->c);
-    for (size_t i = 0; i < n->nkid; i++) node_free(n->kid[i]);
-    free(n->kid);
-    for (size_t i = 0; i < n->nparams; i++) free(n->params[i]);
-    free(n->params);
-    free(n);
+    node *todo = n;
+    while (todo) {
+        n = todo;
+        todo = n->a;
+        /* b, c and the kids go in front of the list: each with its own `a` chain, whose end is linked on */
+        node *kids[2] = {n->b, n->c};
+        for (size_t i = 0; i < 2; i++) {
+            node *k = kids[i];
+            if (!k) continue;
+            node *tail = k; /* k's own `a` chain ends somewhere: append the list there */
+            while (tail->a) tail = tail->a;
+            tail->a = todo;
+            todo = k;
+        }
+        for (size_t i = 0; i < n->nkid; i++) {
+            node *k = n->kid[i];
+            if (!k) continue;
+            node *tail = k;
+            while (tail->a) tail = tail->a;
+            tail->a = todo;
+            todo = k;
+        }
+        free(n->name);
+        json_decref(n->lit);
+        free(n->kid);
+        for (size_t i = 0; i < n->nparams; i++) free(n->params[i]);
+        free(n->params);
+        free(n);
+    }
 }
 
 static node *node_new(int kind, int line)
@@ -298,6 +321,7 @@ static char *dupn(const char *s, size_t n)
 typedef struct {
     toks ts;
     int err;
+    int depth; /* brackets and unary operators open around the token being parsed */
 } pstate;
 
 static tok *peek(pstate *p) { return &p->ts.v[p->ts.pos]; }
@@ -328,6 +352,19 @@ static node *perr(pstate *p, const char *what)
 
 static node *parse_expr(pstate *p);
 static node *parse_or(pstate *p);
+
+/* One more level of nesting (brackets, '-', 'not'): the parser recurses once per level, so a hostile template of
+ * thousands would run it off the stack. false (error set) past MAX_DEPTH. */
+static bool enter(pstate *p)
+{
+    if (++p->depth <= MAX_DEPTH) return true;
+    if (!p->err) {
+        tok *t = peek(p);
+        p->err = mtr_fail(MTR_EFORMAT, "template line %d: expression nested too deeply (more than %d levels) near '%s'",
+                         p->ts.line, MAX_DEPTH, t->kind == T_OP ? t->op : t->kind == T_END ? "end of tag" : "value");
+    }
+    return false;
+}
 
 static node *mk(pstate *p, int kind)
 {
@@ -498,8 +535,10 @@ static node *parse_filtered(pstate *p)
 static node *parse_unary(pstate *p)
 {
     if (accept_op(p, "-")) {
+        if (!enter(p)) return NULL;
         node *n = mk(p, N_NEG);
         if (n && !(n->a = parse_unary(p))) return node_free(n), NULL;
+        p->depth--;
         return n;
     }
     node *n = parse_filtered(p);
@@ -584,8 +623,10 @@ static node *parse_cmp(pstate *p)
 static node *parse_not(pstate *p)
 {
     if (accept_name(p, "not")) {
+        if (!enter(p)) return NULL;
         node *n = mk(p, N_NOT);
         if (n && !(n->a = parse_not(p))) return node_free(n), NULL;
+        p->depth--;
         return n;
     }
     return parse_cmp(p);
@@ -607,6 +648,7 @@ static node *parse_or(pstate *p)
 
 static node *parse_expr(pstate *p)
 {
+    if (!enter(p)) return NULL;
     node *n = parse_or(p);
     if (n && accept_name(p, "if")) {
         node *c = mk(p, N_COND);
@@ -614,8 +656,9 @@ static node *parse_expr(pstate *p)
         c->a = n;
         if (!(c->b = parse_or(p))) return node_free(c), NULL;
         if (accept_name(p, "else") && !(c->c = parse_expr(p))) return node_free(c), NULL;
-        return c;
+        n = c;
     }
+    p->depth--;
     return n;
 }
 
@@ -624,15 +667,17 @@ static node *parse_expr(pstate *p)
 typedef struct {
     segs ss;
     size_t pos;
+    int depth; /* blocks (if, for, macro) open around the segment being parsed */
 } sparser;
 
 /* Parse statements until one of the end keywords (NULL-terminated list) starts a tag; *stop gets its index */
 static int parse_body(sparser *sp, node *seq, const char *const *ends, int *stop, pstate *hold);
+static int parse_body_in(sparser *sp, node *seq, const char *const *ends, int *stop, pstate *hold);
 
 static int parse_stmt(sparser *sp, seg *sg, node *seq, const char *const *ends, int *stop, pstate *ps)
 {
     int rc;
-    pstate p = {{0}, 0};
+    pstate p = {{0}, 0, 0};
     if ((rc = lex(&p.ts, sg->s, sg->line))) goto done;
     tok *kw = peek(&p);
     if (kw->kind != T_NAME) {
@@ -654,7 +699,7 @@ static int parse_stmt(sparser *sp, seg *sg, node *seq, const char *const *ends, 
         for (;;) {
             static const char *const e[] = {"elif", "else", "endif", NULL};
             int which = -1;
-            pstate rest = {{0}, 0};
+            pstate rest = {{0}, 0, 0};
             if (!(cur->b = mk(&p, N_SEQ))) goto perr;
             if ((rc = parse_body(sp, cur->b, e, &which, &rest)) < 0) goto fail;
             if (which == 0) {
@@ -697,7 +742,7 @@ static int parse_stmt(sparser *sp, seg *sg, node *seq, const char *const *ends, 
         }
         static const char *const e[] = {"else", "endfor", NULL};
         int which = -1;
-        pstate rest = {{0}, 0};
+        pstate rest = {{0}, 0, 0};
         if (!(n->b = mk(&p, N_SEQ))) goto perr;
         if ((rc = parse_body(sp, n->b, e, &which, &rest)) < 0) goto fail;
         toks_free(&rest.ts);
@@ -746,7 +791,7 @@ static int parse_stmt(sparser *sp, seg *sg, node *seq, const char *const *ends, 
         }
         static const char *const e[] = {"endmacro", NULL};
         int which = -1;
-        pstate rest = {{0}, 0};
+        pstate rest = {{0}, 0, 0};
         if (!(n->b = mk(&p, N_SEQ))) goto perr;
         if ((rc = parse_body(sp, n->b, e, &which, &rest)) < 0) goto fail;
         toks_free(&rest.ts);
@@ -777,6 +822,19 @@ done:
 static int parse_body(sparser *sp, node *seq, const char *const *ends, int *stop, pstate *hold)
 {
     int rc;
+    /* each block recurses: a hostile template nesting thousands would run the parser off the stack */
+    if (sp->depth >= MAX_DEPTH)
+        return mtr_fail(MTR_EFORMAT, "template line %d: blocks nested too deeply (more than %d levels)",
+                       sp->pos ? sp->ss.v[sp->pos - 1].line : 1, MAX_DEPTH);
+    sp->depth++;
+    rc = parse_body_in(sp, seq, ends, stop, hold);
+    sp->depth--;
+    return rc;
+}
+
+static int parse_body_in(sparser *sp, node *seq, const char *const *ends, int *stop, pstate *hold)
+{
+    int rc;
     while (sp->pos < sp->ss.n) {
         seg *sg = &sp->ss.v[sp->pos++];
         if (sg->kind == SEG_TEXT) {
@@ -785,7 +843,7 @@ static int parse_body(sparser *sp, node *seq, const char *const *ends, int *stop
             t->lit = json_stringn(sg->s, sg->n);
             if ((rc = kid_push(seq, t))) return rc;
         } else if (sg->kind == SEG_EXPR) {
-            pstate p = {{0}, 0};
+            pstate p = {{0}, 0, 0};
             if ((rc = lex(&p.ts, sg->s, sg->line))) {
                 toks_free(&p.ts);
                 return rc;
@@ -819,6 +877,7 @@ typedef struct {
     json_t *macros; /* name -> pointer to node (as integer) */
     int depth;
     int flow;       /* 1 break, 2 continue */
+    long steps;     /* expressions evaluated and statements run, against MAX_STEPS */
 } renv;
 
 static int rerr(const node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1412,8 +1471,14 @@ static int eval_bin(renv *e, const node *n, json_t **out)
         *out = json_boolean(op[0] == '<' ? (op[1] ? c <= 0 : c < 0) : (op[1] ? c >= 0 : c > 0));
     } else if (!strcmp(op, "*") && json_is_string(l) && json_is_integer(r)) {
         tk_buf b = {0};
-        for (json_int_t i = 0; i < json_integer_value(r) && !rc && i < 100000; i++)
-            rc = tk_buf_put(&b, json_string_value(l), json_string_length(l));
+        size_t len = json_string_length(l);
+        json_int_t times = len ? json_integer_value(r) : 0;
+        if (times > 0 && (uint64_t)times > MAX_REPEAT / len) {
+            rc = rerr(n, "string repetition of %zu bytes x %lld is longer than %zu bytes", len, (long long)times,
+                      MAX_REPEAT);
+            goto done;
+        }
+        for (json_int_t i = 0; i < times && !rc; i++) rc = tk_buf_put(&b, json_string_value(l), len);
         if (!rc) *out = json_stringn(b.p ? b.p : "", b.n);
         tk_buf_free(&b);
     } else {
@@ -1431,6 +1496,7 @@ static int eval(renv *e, const node *n, json_t **out)
     int rc = 0;
     *out = NULL;
     if (e->depth > MAX_DEPTH) return rerr(n, "expression too deep");
+    if (++e->steps > MAX_STEPS) return rerr(n, "rendering takes more than %ld steps (a loop without end?)", MAX_STEPS);
     e->depth++;
     switch (n->kind) {
     case N_LIT: *out = n->lit ? json_incref(n->lit) : NULL; break;
@@ -1572,6 +1638,7 @@ done:
 static int exec(renv *e, const node *n)
 {
     int rc = 0;
+    if (++e->steps > MAX_STEPS) return rerr(n, "rendering takes more than %ld steps (a loop without end?)", MAX_STEPS);
     switch (n->kind) {
     case N_SEQ:
         for (size_t i = 0; i < n->nkid && !rc && !e->flow; i++) rc = exec(e, n->kid[i]);

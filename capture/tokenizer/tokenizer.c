@@ -435,7 +435,7 @@ static int load_model(mtr_tok *t, json_t *model, const char *doc, const tk_js_sp
     merge_batch mb = {.n = 0};
     vocab_batch vb = {.n = 0};
     int rc = 0;
-    if (!json_is_object(model)) return mtr_fail(MTR_EFORMAT, "tokenizer.json has no model");
+    if (!json_is_object(model)) return mtr_fail(MTR_EFORMAT, "tokenizer.json: no \"model\" object");
     const char *type = jstr(model, "type");
     if (type && strcmp(type, "BPE") != 0)
         return mtr_fail(MTR_EFORMAT, "model type '%.40s' is not supported (BPE only)", type);
@@ -890,7 +890,7 @@ static int load_json(mtr_tok *t, json_t *root, json_t *cfg, const char *doc, con
                      const tk_js_span *merges_sp)
 {
     int rc;
-    if (!json_is_object(root)) return mtr_fail(MTR_EFORMAT, "tokenizer.json is not a JSON object");
+    if (!json_is_object(root)) return mtr_fail(MTR_EFORMAT, "tokenizer.json: not a JSON object");
     if ((rc = load_normalizer(t, json_object_get(root, "normalizer"), 0))) return rc;
     if ((rc = load_pretok(t, json_object_get(root, "pre_tokenizer"), 0))) return rc;
     /* the model works on raw bytes when the byte-level mapping is the last pre-tokenizer step */
@@ -1003,10 +1003,13 @@ int mtr_tok_load(mtr_tok **out, const char *path)
     if (rc == MTR_ENOTFOUND) rc = 0;
     else if (rc) goto cleanup;
     if ((rc = mtr_tok_load_buffers(out, json, len, cfg, clen))) {
-        /* name the file in the detail */
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", mtr_errmsg());
-        mtr_fail(rc, "%s: %s", strstr(msg, "tokenizer_config.json") == msg ? dir : file, msg);
+        /* the detail names the file by its base name ("tokenizer.json: ..."): name it by its path, once */
+        const char *msg = mtr_errmsg(), *name = file;
+        if (strncmp(msg, "tokenizer_config.json", 21) == 0) name = cpath, msg += 21;
+        else if (strncmp(msg, "tokenizer.json", 14) == 0) msg += 14;
+        if (*msg == ':') msg++;
+        while (*msg == ' ') msg++;
+        mtr_fail(rc, "%s: %s", name, msg);
     }
 cleanup:
     free(json);

@@ -25,7 +25,6 @@ import sys
 import time
 
 import h5py
-import numpy as np
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bin", required=True)
@@ -41,9 +40,6 @@ PY = sys.executable
 MODEL = os.path.join(a.tests, "models", "tiny", "qwen3_moe")
 STREAM = os.path.join(a.tests, "python", "make_stream.py")
 rng = random.Random(a.seed)
-# a resumed native capture equals an uninterrupted one bit for bit (issue 16 item 10); until that holds, its
-# sequences written after a resume may differ by 2 bf16 ulps unless KILL_RESUME_EXACT=1
-RESUME_EXACT = os.environ.get("KILL_RESUME_EXACT") == "1"
 failures = 0
 
 
@@ -127,19 +123,9 @@ def manifest_problems(run, by_shard, closed, n_ref):
     return bad
 
 
-def near(a, b):
-    """Records equal but for stored bf16 logits within 2 ulps (the drift of a resumed native capture)."""
-    if a is None or b is None or a[:-1] != b[:-1] or len(a[-1]) != len(b[-1]):
-        return False
-    x, y = (np.frombuffer(v, np.uint16).astype(np.int32) for v in (a[-1], b[-1]))
-    x, y = (np.where(v & 0x8000, -(v & 0x7fff), v) for v in (x, y))
-    return bool(np.abs(x - y).max(initial=0) <= 2)
-
-
-def check_state(name, run, ref, closed, exact=None):
+def check_state(name, run, ref, closed):
     """Check a run after a kill (closed False) or after a normal end (closed True); returns the seq_ids kept.
-    exact: seq_ids that must be bit-exact when RESUME_EXACT is off (those finished before a resume); the others
-    may differ by 2 bf16 ulps, reported in the ok line."""
+    Every sequence, also those a resume wrote, must be bit-exact (a resumed capture equals an uninterrupted one)."""
     if not os.path.isdir(run):
         if closed:
             not_ok(name, "no run directory")
@@ -150,10 +136,6 @@ def check_state(name, run, ref, closed, exact=None):
         not_ok(name + ": finished shards read back", e)
         return set()
     wrong = [k for k, v in recs.items() if ref.get(k) != v]
-    drift = []
-    if exact is not None and not RESUME_EXACT:
-        drift = [k for k in wrong if k not in exact and near(recs[k], ref.get(k))]
-        wrong = [k for k in wrong if k not in drift]
     if dups:
         not_ok(name + ": no seq_id twice", "seq_ids %s in two finished shards" % dups[:5])
     if wrong:
@@ -175,8 +157,7 @@ def check_state(name, run, ref, closed, exact=None):
         not_ok(name + ": exactly the reference's sequences", "missing %s, extra %s" % (
             sorted(set(ref) - set(recs))[:8], sorted(set(recs) - set(ref))[:8]))
     if closed and not dups and not wrong and not bad and set(recs) == set(ref) and info.returncode == 0:
-        ok(name + ("" if not drift else " (%d sequences written by the resume differ by <= 2 bf16 ulps from the "
-                   "uninterrupted run: issue 16 item 10; KILL_RESUME_EXACT=1 fails on it)" % len(drift)))
+        ok(name)
     return set(recs)
 
 
@@ -201,7 +182,7 @@ def timed(cmd, **kw):
 points = []  # (writer, round, phase, delay, landed, sequences kept)
 
 
-def kill_rounds(kind, n, start, resume, ref, t_ref, exact_resume):
+def kill_rounds(kind, n, start, resume, ref, t_ref):
     """Rounds of: start killed at a random point, check; resume (killed too on odd rounds), check, finish; until
     n kills have landed on a running writer (at most 3n rounds)."""
     landed_total, i = 0, 0
@@ -218,16 +199,14 @@ def kill_rounds(kind, n, start, resume, ref, t_ref, exact_resume):
             d2 = round(rng.uniform(0.02, 0.9) * t_ref, 3)
             landed2, _ = resume(run, d2)
             landed_total += landed2
-            kept2 = check_state("%s kill %d, resume killed at %.3f s" % (kind, i, d2), run, ref, closed=not landed2,
-                                exact=None if exact_resume else kept)
+            kept2 = check_state("%s kill %d, resume killed at %.3f s" % (kind, i, d2), run, ref, closed=not landed2)
             points.append((kind, i, "resume", d2, landed2, len(kept2)))
         r = resume(run, None)
         if r[1] != 0:
             not_ok("%s round %d: resume" % (kind, i), "exit %s: %s" % (r[1], r[2] if len(r) > 2 else ""))
         else:
             check_state("%s round %d (kill at %.3f s): --resume ends with exactly the reference's %d sequences, "
-                        "bit-exact" % (kind, i, d, len(ref)), run, ref, closed=True,
-                        exact=None if exact_resume else kept)
+                        "bit-exact" % (kind, i, d, len(ref)), run, ref, closed=True)
         i += 1
     if landed_total < n:
         not_ok("%s kill points" % kind, "only %d of %d kills landed on a running writer" % (landed_total, n))
@@ -264,7 +243,7 @@ def native_resume(run, d):
     return False, r.returncode, r.stderr.strip()[:300]
 
 
-kill_rounds("native", n_native, native_start, native_resume, ref_native, t_ref, False)
+kill_rounds("native", n_native, native_start, native_resume, ref_native, t_ref)
 
 # ---- ingest -------------------------------------------------------------------------------------------------
 N_STREAM, SLOW = 150, 0.008
@@ -310,7 +289,7 @@ def ingest_resume(run, d):
     return False, r.returncode, r.stderr.strip()[:300]
 
 
-kill_rounds("ingest", n_ingest, ingest_start, ingest_resume, ref_ingest, t_ingest, True)
+kill_rounds("ingest", n_ingest, ingest_start, ingest_resume, ref_ingest, t_ingest)
 
 # ---- a reducer beside a running capture ---------------------------------------------------------------------
 run = os.path.join(a.work, "reduce-live")

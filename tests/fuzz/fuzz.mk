@@ -17,7 +17,7 @@ FZ_LIBS = $(shell pkg-config --libs $(HDF5_PC) libzstd jansson gsl openblas 2>/d
 
 # every target, the ones of capture/module.mk and a trace-reader target when its source is there
 FZ_ALL := fuzz_tokenizer_load fuzz_tokenizer_encode fuzz_ingest fuzz_safetensors fuzz_config fuzz_corpus \
-	fuzz_stats fuzz_steer $(if $(wildcard tests/fuzz/fuzz_trace.c),fuzz_trace)
+	fuzz_stats fuzz_steer fuzz_trace
 FUZZ_TARGETS ?= $(FZ_ALL)
 
 # the code each target here reaches, besides libmoetrace
@@ -27,6 +27,7 @@ FZ_SRC_fuzz_corpus := $(wildcard capture/corpus/*.c)
 FZ_SRC_fuzz_stats := stats/error.c stats/corr.c stats/tsv.c stats/lang.c stats/accuracy.c stats/profile.c \
 	stats/tables.c stats/band.c stats/select.c
 FZ_SRC_fuzz_steer :=
+FZ_SRC_fuzz_trace :=
 
 .PHONY: fuzz fuzz-build fuzz-list
 
@@ -54,7 +55,7 @@ define FZ_TARGET_RULE
 $(FZ_DIR)/$(1): $(FZ_DIR)/obj/tests/fuzz/$(1).o $(FZ_SRC_$(1):%.c=$(FZ_DIR)/obj/%.o) $(FZ_TRACE_SRC:%.c=$(FZ_DIR)/obj/%.o)
 	$(FZ_CC) $(FZ_SAN) -fsanitize=fuzzer -o $$@ $$^ $(FZ_LIBS) $(FZ_LIBS_$(1))
 endef
-$(foreach t,fuzz_config fuzz_corpus fuzz_stats fuzz_steer,$(eval $(call FZ_TARGET_RULE,$(t))))
+$(foreach t,fuzz_config fuzz_corpus fuzz_stats fuzz_steer fuzz_trace,$(eval $(call FZ_TARGET_RULE,$(t))))
 
 # make check builds the targets (not under SANITIZE or make asan check: they carry clang's sanitizers, which do
 # not mix with GCC's)

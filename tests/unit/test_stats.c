@@ -347,6 +347,15 @@ START_TEST(test_accuracy_tsv)
     write_file(p, "#lang\ttask\tmetric\tvalue\tn\nen\tmath\tacc\t0.5\t1\nen\tmath\tacc\t0.6\t1\n");
     ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
     ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "twice"));
+    /* an accuracy is a fraction: 7.5 (a percentage, or a typo) would move r silently */
+    write_file(p, "#lang\ttask\tmetric\tvalue\tn\nen\tmath\tacc\t0.5\t1\nfr\tmath\tacc\t7.5\t1\n");
+    ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), ":3: accuracy 7.5 for fra_Latn math is outside [0, 1]"));
+    write_file(p, "#lang\ttask\tmetric\tvalue\tn\nen\tmath\tacc\t-0.01\t1\n");
+    ck_assert_int_eq(mtr_accuracy_load(&a, p, langs, NULL), MTR_EFORMAT);
+    write_file(p, "#lang\ttask\tmetric\tvalue\tn\nen\tmath\tacc\t0\t1\nfr\tmath\tacc\t1\t1\n");
+    SOK(mtr_accuracy_load(&a, p, langs, NULL));
+    mtr_accuracy_free(a);
 }
 END_TEST
 
@@ -497,6 +506,38 @@ START_TEST(test_tables_errors)
 }
 END_TEST
 
+/* incomplete tables are bad data: a (language, layer) row, a layer of every language, or the last layers of the
+ * model the provenance names, missing from div_from_en.tsv, would move the band and the correlations silently */
+START_TEST(test_tables_incomplete)
+{
+    char p[512];
+    mtr_tables *t = NULL;
+    write_tables(dir);
+    snprintf(p, sizeof p, "%s/div_from_en.tsv", dir);
+    write_file(p, "#lang\tlayer\tdiv\tn_pairs\nfra_Latn\t1\t0.3\t5\nfra_Latn\t2\t0.1\t5\nfra_Latn\t3\t0.3\t5\n"
+                  "bam_Latn\t1\t0.5\t5\nbam_Latn\t3\t0.5\t5\n");
+    ck_assert_int_eq(mtr_tables_open(&t, dir), MTR_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "div_from_en.tsv: no row for bam_Latn layer 2"));
+    write_file(p, "#lang\tlayer\tdiv\tn_pairs\nfra_Latn\t1\t0.3\t5\nfra_Latn\t3\t0.3\t5\n"
+                  "bam_Latn\t1\t0.5\t5\nbam_Latn\t3\t0.5\t5\n");
+    ck_assert_int_eq(mtr_tables_open(&t, dir), MTR_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "no row for fra_Latn layer 2"));
+    /* the last layer gone from every table: only the model line of the provenance tells */
+    snprintf(p, sizeof p, "%s/freq.tsv", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/div_from_en.tsv", dir);
+    write_file(p, "# model: test/m (3 layers, 4 experts, top-2); weights: full\n#lang\tlayer\tdiv\tn_pairs\n"
+                  "fra_Latn\t1\t0.3\t5\nfra_Latn\t2\t0.3\t5\nbam_Latn\t1\t0.5\t5\nbam_Latn\t2\t0.5\t5\n");
+    ck_assert_int_eq(mtr_tables_open(&t, dir), MTR_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "layers 1..2 but the model has 3"));
+    write_file(p, "# model: test/m (2 layers, 4 experts, top-2); weights: full\n#lang\tlayer\tdiv\tn_pairs\n"
+                  "fra_Latn\t1\t0.3\t5\nfra_Latn\t2\t0.3\t5\nbam_Latn\t1\t0.5\t5\nbam_Latn\t2\t0.5\t5\n");
+    SOK(mtr_tables_open(&t, dir));
+    ck_assert_uint_eq(t->n_layers, 2);
+    mtr_tables_free(t);
+}
+END_TEST
+
 START_TEST(test_profile)
 {
     char p[512];
@@ -548,6 +589,7 @@ static Suite *suite(void)
     tcase_add_test(d, test_accuracy_lmeval);
     tcase_add_test(d, test_tables_and_selection);
     tcase_add_test(d, test_tables_errors);
+    tcase_add_test(d, test_tables_incomplete);
     tcase_add_test(d, test_profile);
     suite_add_tcase(s, d);
     return s;

@@ -254,6 +254,61 @@ START_TEST(jinja_subset)
 }
 END_TEST
 
+/* a template of `depth` nested `open`s around "1" and their `close`s: {{ ((((1)))) }} and the like */
+static char *nested(const char *pre, const char *open, const char *inner, const char *close, const char *post, int depth)
+{
+    size_t lo = strlen(open), lc = strlen(close);
+    char *s = malloc(strlen(pre) + strlen(inner) + strlen(post) + (size_t)depth * (lo + lc) + 1), *p = s;
+    p += sprintf(p, "%s", pre);
+    for (int i = 0; i < depth; i++) p += sprintf(p, "%s", open);
+    p += sprintf(p, "%s", inner);
+    for (int i = 0; i < depth; i++) p += sprintf(p, "%s", close);
+    sprintf(p, "%s", post);
+    return s;
+}
+
+static void expect_refused(const char *src, const char *why)
+{
+    char *out = NULL;
+    mtr_tok_message one = {"user", "x"};
+    int rc = mtr_tok_render_template(&out, src, &one, 1, NULL, NULL, NULL);
+    ck_assert_msg(rc == MTR_EFORMAT && strstr(mtr_errmsg(), why) && !strchr(mtr_errmsg(), '\n'),
+                  "template %.60s...: rc %d, message '%s', wanted '%s'", src, rc, mtr_errmsg(), why);
+    ck_assert_ptr_null(out);
+}
+
+/* hostile templates: nesting past the limit (30,000 deep overflowed the parser's stack), loops without end (nested
+ * range(100000) ran for minutes), string repetition past the limit (silently cut at 100,000) are refused with
+ * one line; the same shapes within the limits render */
+START_TEST(jinja_limits)
+{
+    static const char *const opens[][2] = {{"(", ")"}, {"[", "]"}, {"{'k': ", " }"}, {"-", ""}, {"not ", ""}};
+    for (size_t i = 0; i < sizeof opens / sizeof *opens; i++) {
+        char *s = nested("{{ ", opens[i][0], "1", opens[i][1], " }}", 30000);
+        expect_refused(s, "nested too deeply");
+        free(s);
+        s = nested("{{ ", opens[i][0], "1", opens[i][1], " }}", 20);
+        char *out = NULL;
+        mtr_tok_message one = {"user", "x"};
+        TOK_OK(mtr_tok_render_template(&out, s, &one, 1, NULL, NULL, NULL));
+        free(out);
+        free(s);
+    }
+    char *s = nested("", "{% if 1 %}", "x", "{% endif %}", "", 30000);
+    expect_refused(s, "nested too deeply");
+    free(s);
+    /* a chain of 30,000 operators is one deep tree: refused at rendering, freed without recursion */
+    s = nested("{{ 1", "", "", " + 1", " }}", 30000);
+    expect_refused(s, "too deep");
+    free(s);
+    expect_refused("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "steps");
+    expect_refused("{{ 'a' * 200000 }}", "repetition");
+    expect_refused("{{ 'abc' * 400000 }}", "repetition");
+    expect_render("{{ 'ab' * 3 }}|{{ 'a' * 0 }}|{{ 'a' * -2 }}|{{ ('x' * 100000)|length }}", "ababab|||100000", false, -1);
+    expect_render("{% for i in range(1000) %}{% for j in range(100) %}{% endfor %}{% endfor %}ok", "ok", false, -1);
+}
+END_TEST
+
 /* the fuzz targets, for the replay of their corpora and tok_tables_equal() */
 #define LLVMFuzzerTestOneInput fuzz_load_one
 #include "../fuzz/fuzz_tokenizer_load.c"
@@ -615,6 +670,7 @@ int main(void)
     tcase_add_test(tc, split_behaviours_and_suffix);
     tcase_add_test(tc, errors);
     tcase_add_test(tc, jinja_subset);
+    tcase_add_test(tc, jinja_limits);
     tcase_add_test(tc, fuzz_corpus_replay);
     tcase_add_test(tc, json_scanner_strings);
     tcase_add_test(tc, json_scanner_numbers_and_structure);
