@@ -63,6 +63,8 @@ $(OBJ)/capture/tokenizer/tokenizer_bpe.o $(OBJ)/capture/tokenizer/tokenizer_text
 $(OBJ)/capture/engine/model_forward.o: KERNEL_FLAGS := -O3
 # MXFP4 dequantisation runs inside every gpt_oss expert product
 $(OBJ)/capture/engine/model_gptoss.o: KERNEL_FLAGS := -O3
+# phimoe's LayerNorm and LongRoPE tables, deepseek_v2's latent attention
+$(OBJ)/capture/engine/model_phimoe.o $(OBJ)/capture/engine/model_deepseek.o: KERNEL_FLAGS := -O3
 # the f32 softmax / RMSNorm / SiLU loops: vectorised exp through libmvec (see the file's header)
 $(OBJ)/capture/engine/model_kernels.o: KERNEL_FLAGS := -O3 -ffast-math
 

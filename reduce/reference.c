@@ -57,7 +57,18 @@ static void ref_route(const mtr_model_info *m, uint32_t l, const double *z, uint
     for (uint32_t i = 0; i < K; i++) {
         if (m->score_fn == MTR_SCORE_TOPK_SOFTMAX)
             w[i] = exp(z[ids[i]] - mk) / sk;
-        else
+        else if (m->score_fn == MTR_SCORE_SPARSEMIXER) {
+            /* round i: softmax at the i-th largest logit t over the experts left whose relative gap
+             * (t - z_e) / max(|z_e|, t) is at most 2 eps */
+            double t = z[ids[i]], se = 0;
+            for (uint32_t e = 0; e < E; e++) {
+                bool earlier = false;
+                for (uint32_t j = 0; j < i; j++) earlier = earlier || ids[j] == e;
+                double gap = (t - z[e]) / fmax(fabs(z[e]), t);
+                if (!earlier && !(gap > 2 * m->sparsemixer_eps)) se += exp(z[e] - t);
+            }
+            w[i] = 1.0 / se;
+        } else
             w[i] = m->renormalize ? score[ids[i]] / tot : score[ids[i]];
     }
     free(score);

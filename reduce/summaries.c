@@ -98,6 +98,16 @@ static int set_u32_attr(hid_t obj, const char *name, uint32_t v)
     return rc;
 }
 
+static int set_f64_attr(hid_t obj, const char *name, double v)
+{
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, &v) < 0 ? MTR_EHDF5 : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(s);
+    return rc;
+}
+
 static int model_attrs(hid_t f, const mtr_model_info *m)
 {
     hsize_t n = m->n_layers;
@@ -106,7 +116,8 @@ static int model_attrs(hid_t f, const mtr_model_info *m)
              set_u32_attr(f, MTR_A_N_EXPERTS, m->n_experts) || set_u32_attr(f, MTR_A_TOP_K, m->top_k) ||
              set_str_attr(f, MTR_A_SCORE_FN, mtr_score_fn_name(m->score_fn)) ||
              set_u32_attr(f, MTR_A_RENORMALIZE, m->renormalize) || set_u32_attr(f, MTR_A_ROUTER_BIAS, m->router_bias) ||
-             set_u32_attr(f, MTR_A_SELECTION_BIAS, m->selection_bias != NULL);
+             set_u32_attr(f, MTR_A_SELECTION_BIAS, m->selection_bias != NULL) ||
+             (m->score_fn == MTR_SCORE_SPARSEMIXER && set_f64_attr(f, MTR_A_SPARSEMIXER_EPS, m->sparsemixer_eps));
     if (rc) return MTR_EHDF5;
     hid_t s = H5Screate_simple(1, &n, NULL);
     hid_t a = H5Acreate2(f, MTR_A_LAYER_INDEX, H5T_STD_I32LE, s, H5P_DEFAULT, H5P_DEFAULT);
@@ -116,9 +127,13 @@ static int model_attrs(hid_t f, const mtr_model_info *m)
     if (!rc && m->selection_bias) {
         hsize_t d2[2] = {m->n_layers, m->n_experts};
         s = H5Screate_simple(2, d2, NULL);
-        hid_t d = H5Dcreate2(f, MTR_D_SELECTION_BIAS, H5T_IEEE_F32LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        /* the dataset lives in the group "router", which a summaries file has no other use for */
+        hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+        H5Pset_create_intermediate_group(lcpl, 1);
+        hid_t d = H5Dcreate2(f, MTR_D_SELECTION_BIAS, H5T_IEEE_F32LE, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
         rc = d < 0 || H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, m->selection_bias) < 0 ? MTR_EHDF5 : 0;
         if (d >= 0) H5Dclose(d);
+        H5Pclose(lcpl);
         H5Sclose(s);
     }
     return rc;
@@ -424,6 +439,13 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
     if (mtr_score_fn_parse(&m->score_fn, sf)) {
         rc = mtr_fail(MTR_EFORMAT, "%s: unknown score_fn '%s'", path, sf);
         goto done;
+    }
+    if (m->score_fn == MTR_SCORE_SPARSEMIXER) {
+        hid_t a = H5Aexists(f, MTR_A_SPARSEMIXER_EPS) > 0 ? H5Aopen(f, MTR_A_SPARSEMIXER_EPS, H5P_DEFAULT) : H5I_INVALID_HID;
+        if (a < 0 || H5Aread(a, H5T_NATIVE_DOUBLE, &m->sparsemixer_eps) < 0)
+            rc = mtr_fail(MTR_EFORMAT, "%s: score_fn sparsemixer without a '%s'", path, MTR_A_SPARSEMIXER_EPS);
+        if (a >= 0) H5Aclose(a);
+        if (rc) goto done;
     }
     if ((rc = get_u32(f, MTR_A_RENORMALIZE, &u, path))) goto done;
     m->renormalize = u;

@@ -191,7 +191,7 @@ typedef struct {
     char model_id[MTR_MAX_NAME];
     char model_type[64];
     uint32_t n_layers, n_experts, top_k;
-    char score_fn[32];      /* softmax | sigmoid | topk_softmax (mtr_score_fn names) */
+    char score_fn[32];      /* softmax | sigmoid | topk_softmax | sparsemixer (mtr_score_fn names) */
     bool renormalize;
     bool router_bias;
     char routing[256];      /* free-text routing note */

@@ -110,8 +110,8 @@ int mtr_profile_load(mtr_profile *out, const char *name_or_path)
     }
     mtr_score_fn sf;
     if (out->score_fn[0] && mtr_score_fn_parse(&sf, out->score_fn) != 0) {
-        rc = mtr_fail(MTR_EFORMAT, "%s: router.score_fn '%s' is not softmax, sigmoid or topk_softmax", path,
-                            out->score_fn);
+        rc = mtr_fail(MTR_EFORMAT, "%s: router.score_fn '%s' is not softmax, sigmoid, topk_softmax or sparsemixer",
+                      path, out->score_fn);
         goto out_free;
     }
     json_t *band = json_object_get(root, "middle_band");

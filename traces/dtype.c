@@ -315,10 +315,34 @@ double mtr_softmax(float *p, const float *z, uint32_t n)
     return (double)mx + log(sum);
 }
 
+void mtr_sparsemixer(float *w, const float *z, uint32_t n, const uint16_t *ids, uint32_t k, double eps)
+{
+    /* PyTorch compares the f32 ratio with the Python float 2 eps cast to f32 */
+    const float lim = (float)(2.0 * eps);
+    for (uint32_t r = 0; r < k; r++) {
+        const float t = z[ids[r]]; /* the largest logit not chosen yet: the max of the masked row */
+        double sum = 0;
+        for (uint32_t e = 0; e < n; e++) {
+            bool chosen = false;
+            for (uint32_t q = 0; q < r; q++) chosen |= ids[q] == e;
+            /* masked when the relative gap exceeds 2 eps (a NaN ratio, 0 / 0, keeps the expert) */
+            if (chosen || (t - z[e]) / fmaxf(fabsf(z[e]), t) > lim) continue;
+            sum += expf(z[e] - t);
+        }
+        w[r] = (float)(1.0 / sum);
+    }
+}
+
 void mtr_route(const mtr_model_info *m, uint32_t layer, const float *z, uint16_t *ids, float *weights,
                float *scratch)
 {
     const uint32_t n = m->n_experts, k = m->top_k;
+    if (m->score_fn == MTR_SCORE_SPARSEMIXER) {
+        /* round r picks the largest logit left: the selection is the top-k of z (no selection bias here) */
+        mtr_topk(ids, z, n, k);
+        if (weights) mtr_sparsemixer(weights, z, n, ids, k, m->sparsemixer_eps);
+        return;
+    }
     const float *bias = m->selection_bias ? m->selection_bias + (size_t)layer * n : NULL;
     float w[MTR_MAX_TOPK];
     /* scratch holds the score function's output over all experts (softmax or sigmoid), or z for top-k-softmax */

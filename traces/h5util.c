@@ -89,6 +89,29 @@ herr_t mtr_h5_dread(hid_t d, hid_t mtype, hid_t mspace, hid_t fspace, void *out)
     return st;
 }
 
+int mtr_h5_set_f64(hid_t obj, const char *name, double v)
+{
+    hid_t s = H5Screate(H5S_SCALAR);
+    int rc = write_attr(obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, s, &v);
+    H5Sclose(s);
+    return rc;
+}
+
+int mtr_h5_get_f64(hid_t obj, const char *name, double *out, const char *file)
+{
+    int rc = mtr_h5_check_attrs(obj, file);
+    if (rc) return rc;
+    if (H5Aexists(obj, name) <= 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", file, name);
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t sp = a >= 0 ? H5Aget_space(a) : H5I_INVALID_HID;
+    rc = a < 0 || sp < 0 || H5Sget_simple_extent_npoints(sp) != 1 || H5Aread(a, H5T_NATIVE_DOUBLE, out) < 0
+                 ? mtr_fail(MTR_EFORMAT, "%s: attribute '%s' is not one number", file, name)
+                 : 0;
+    if (sp >= 0) H5Sclose(sp);
+    if (a >= 0) H5Aclose(a);
+    return rc;
+}
+
 bool mtr_h5_has_attr(hid_t obj, const char *name) { return H5Aexists(obj, name) > 0; }
 
 int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *file)
@@ -274,6 +297,12 @@ int mtr_model_info_check(const mtr_model_info *m)
     if (m->n_decoder_layers < m->n_layers)
         return mtr_fail(MTR_EINVAL, "n_decoder_layers %u < n_layers %u", m->n_decoder_layers, m->n_layers);
     if ((unsigned)m->score_fn >= MTR_SCORE_FN_COUNT) return mtr_fail(MTR_EINVAL, "unknown score function");
+    if (m->score_fn == MTR_SCORE_SPARSEMIXER) {
+        if (!(m->sparsemixer_eps >= 0 && m->sparsemixer_eps < 1))
+            return mtr_fail(MTR_EINVAL, "sparsemixer_eps %g outside [0, 1)", m->sparsemixer_eps);
+        if (m->renormalize || m->selection_bias)
+            return mtr_fail(MTR_EINVAL, "sparsemixer weights are neither renormalised nor given a selection bias");
+    }
     for (uint32_t l = 0; l < m->n_layers; l++) {
         if (m->layer_index[l] < 0 || (uint32_t)m->layer_index[l] >= m->n_decoder_layers)
             return mtr_fail(MTR_EINVAL, "layer_index[%u] = %d outside 0..%u", l, m->layer_index[l],
@@ -296,6 +325,8 @@ int mtr_write_model_attrs(hid_t f, const mtr_model_info *m)
         (rc = mtr_h5_set_u32(f, MTR_A_RENORMALIZE, m->renormalize)) ||
         (rc = mtr_h5_set_u32(f, MTR_A_ROUTER_BIAS, m->router_bias)) ||
         (rc = mtr_h5_set_u32(f, MTR_A_SELECTION_BIAS, m->selection_bias != NULL)))
+        return rc;
+    if (m->score_fn == MTR_SCORE_SPARSEMIXER && (rc = mtr_h5_set_f64(f, MTR_A_SPARSEMIXER_EPS, m->sparsemixer_eps)))
         return rc;
     return 0;
 }
@@ -336,6 +367,8 @@ int mtr_read_model_attrs(hid_t f, mtr_model_info *m, float **selection_bias, con
     if ((rc = get_u32_attr(f, MTR_A_ROUTER_BIAS, &u, path))) return rc;
     m->router_bias = u != 0;
     if ((rc = get_u32_attr(f, MTR_A_SELECTION_BIAS, &has_sel, path))) return rc;
+    if (m->score_fn == MTR_SCORE_SPARSEMIXER && (rc = mtr_h5_get_f64(f, MTR_A_SPARSEMIXER_EPS, &m->sparsemixer_eps, path)))
+        return rc;
     if ((rc = mtr_model_info_check(m))) return mtr_fail(MTR_EFORMAT, "%s: %s", path, mtr_errmsg());
     if (has_sel) {
         size_t n = (size_t)m->n_layers * m->n_experts;
@@ -364,12 +397,15 @@ json_t *mtr_model_to_json(const mtr_model_info *m)
 {
     json_t *li = json_array();
     for (uint32_t l = 0; l < m->n_layers; l++) json_array_append_new(li, json_integer(m->layer_index[l]));
-    return json_pack("{s:s, s:s, s:i, s:i, s:o, s:i, s:i, s:{s:s, s:b, s:b, s:b}}", "model_id", m->model_id,
-                     "model_type", m->model_type, "n_layers", (json_int_t)m->n_layers, "n_decoder_layers",
-                     (json_int_t)m->n_decoder_layers, "layer_index", li, "n_experts", (json_int_t)m->n_experts,
-                     "top_k", (json_int_t)m->top_k, "router", "score_fn", mtr_score_fn_name(m->score_fn),
-                     "renormalize", m->renormalize, "router_bias", m->router_bias, "selection_bias",
-                     m->selection_bias != NULL);
+    json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:o, s:i, s:i, s:{s:s, s:b, s:b, s:b}}", "model_id", m->model_id,
+                          "model_type", m->model_type, "n_layers", (json_int_t)m->n_layers, "n_decoder_layers",
+                          (json_int_t)m->n_decoder_layers, "layer_index", li, "n_experts", (json_int_t)m->n_experts,
+                          "top_k", (json_int_t)m->top_k, "router", "score_fn", mtr_score_fn_name(m->score_fn),
+                          "renormalize", m->renormalize, "router_bias", m->router_bias, "selection_bias",
+                          m->selection_bias != NULL);
+    if (j && m->score_fn == MTR_SCORE_SPARSEMIXER)
+        json_object_set_new(json_object_get(j, "router"), MTR_A_SPARSEMIXER_EPS, json_real(m->sparsemixer_eps));
+    return j;
 }
 
 int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const char *what, const char *ref)
@@ -381,9 +417,9 @@ int mtr_model_compare(const mtr_model_info *a, const mtr_model_info *b, const ch
     if (strcmp(a->model_id, b->model_id) != 0)
         return mtr_fail(MTR_EMISMATCH, "%s: model '%s' differs from '%s' of %s", what, b->model_id, a->model_id, ref);
     if (a->score_fn != b->score_fn || a->renormalize != b->renormalize ||
-        (a->selection_bias == NULL) != (b->selection_bias == NULL))
-        return mtr_fail(MTR_EMISMATCH, "%s: router semantics (score_fn, renormalisation, selection bias) differ from "
-                        "those of %s", what, ref);
+        (a->selection_bias == NULL) != (b->selection_bias == NULL) || a->sparsemixer_eps != b->sparsemixer_eps)
+        return mtr_fail(MTR_EMISMATCH, "%s: router semantics (score_fn, renormalisation, selection bias, sparsemixer "
+                        "eps) differ from those of %s", what, ref);
     for (uint32_t l = 0; l < a->n_layers; l++)
         if (a->layer_index[l] != b->layer_index[l])
             return mtr_fail(MTR_EMISMATCH, "%s: layer_index differs at MoE layer %u from that of %s", what, l, ref);

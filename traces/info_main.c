@@ -283,9 +283,12 @@ int main(int argc, char **argv)
                                                   "n_decoder_layers", (json_int_t)m->n_decoder_layers, "layer_index",
                                                   li, "n_experts", (json_int_t)m->n_experts, "top_k",
                                                   (json_int_t)m->top_k));
-        json_object_set_new(o, "router", json_pack("{s:s, s:b, s:b, s:b}", "score_fn", mtr_score_fn_name(m->score_fn),
-                                                   "renormalize", m->renormalize, "router_bias", m->router_bias,
-                                                   "selection_bias", m->selection_bias != NULL));
+        json_t *router = json_pack("{s:s, s:b, s:b, s:b}", "score_fn", mtr_score_fn_name(m->score_fn),
+                                   "renormalize", m->renormalize, "router_bias", m->router_bias, "selection_bias",
+                                   m->selection_bias != NULL);
+        if (m->score_fn == MTR_SCORE_SPARSEMIXER)
+            json_object_set_new(router, MTR_A_SPARSEMIXER_EPS, json_real(m->sparsemixer_eps));
+        json_object_set_new(o, "router", router);
         json_object_set_new(o, "stored", json_pack("{s:s, s:s}", "what", mtr_stored_name(meta0->stored), "dtype",
                                                    mtr_dtype_name(meta0->stored_dtype)));
         json_object_set_new(o, "runs", runs);
@@ -315,7 +318,9 @@ int main(int argc, char **argv)
         }
         printf("\nmodel      %s (%s): %u MoE layers of %u decoder layers, %u experts, top-%u\n", m->model_id,
                m->model_type[0] ? m->model_type : "?", m->n_layers, m->n_decoder_layers, m->n_experts, m->top_k);
-        printf("router     %s%s; router bias %s; selection-only bias %s\n", mtr_score_fn_name(m->score_fn),
+        char smx[64] = "";
+        if (m->score_fn == MTR_SCORE_SPARSEMIXER) snprintf(smx, sizeof smx, " (eps %g)", m->sparsemixer_eps);
+        printf("router     %s%s%s; router bias %s; selection-only bias %s\n", mtr_score_fn_name(m->score_fn), smx,
                m->renormalize ? ", top-k weights renormalised" : ", no renormalisation",
                m->router_bias ? "yes (included in logits)" : "no", m->selection_bias ? "yes (stored)" : "no");
         printf("stored     %s as %s", mtr_stored_name(meta0->stored), mtr_dtype_name(meta0->stored_dtype));

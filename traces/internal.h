@@ -17,12 +17,14 @@ int mtr_h5_set_str(hid_t obj, const char *name, const char *value);
 int mtr_h5_set_u32(hid_t obj, const char *name, uint32_t v);
 int mtr_h5_set_u64(hid_t obj, const char *name, uint64_t v);
 int mtr_h5_set_i32v(hid_t obj, const char *name, const int32_t *v, size_t n);
+int mtr_h5_set_f64(hid_t obj, const char *name, double v);
 /* Read a string attribute into buf (truncated to cap-1); MTR_EFORMAT if missing or not a string. */
 int mtr_h5_get_str(hid_t obj, const char *name, char *buf, size_t cap, const char *file);
 /* Read a string attribute of any length; *out is malloc'd. */
 int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *file);
 int mtr_h5_get_u64(hid_t obj, const char *name, uint64_t *out, const char *file);
 int mtr_h5_get_i32v(hid_t obj, const char *name, int32_t *out, size_t n, const char *file);
+int mtr_h5_get_f64(hid_t obj, const char *name, double *out, const char *file);
 bool mtr_h5_has_attr(hid_t obj, const char *name);
 /* Before HDF5 reads a variable-length string from a file (h5heap.c): check that the global heap object it points
  * to exists, has the string's length and lies in a well-formed collection (HDF5 1.10 crashes or hangs on a damaged

@@ -126,6 +126,7 @@ typedef struct {
     bool renormalize;              /* top-k weights renormalised to sum 1 */
     bool router_bias;              /* the gate Linear has a bias (included in stored logits) */
     const float *selection_bias;   /* (n_layers, n_experts) selection-only bias, or NULL; borrowed */
+    double sparsemixer_eps;        /* score_fn sparsemixer: its jitter eps (router_jitter_noise); 0 otherwise */
 } mtr_model_info;
 
 /* Fill defaults: softmax, no renormalisation, identity layer map for n_layers. */
@@ -141,9 +142,15 @@ MTR_API int mtr_model_info_read(mtr_model_info *out, float **selection_bias, con
 /* Route one token at one MoE layer as the model does: ids (top_k) = the selection, in descending order of the
  * selection score (the score function's output plus the selection-only bias where the model has one; ties go to
  * the lower expert index; NaN never beats a number); weights (top_k, may be NULL) = the weights the model applies
- * (score_fn, renormalize). z: (n_experts) raw logits; scratch: (n_experts) floats. */
+ * (score_fn, renormalize; for sparsemixer its own weights, mtr_sparsemixer, with sparsemixer_eps). z: (n_experts)
+ * raw logits; scratch: (n_experts) floats. */
 MTR_API void mtr_route(const mtr_model_info *m, uint32_t layer, const float *z, uint16_t *ids, float *weights,
                float *scratch);
+/* Sparsemixer's routing weights in its inference form (PhiMoE, FORMAT.md 2.2): w (k) for the experts ids (k), the
+ * k largest logits of z (n) in descending order (ties to the lower index, as mtr_topk gives them). Round r keeps,
+ * of the experts not chosen in rounds before it, those whose relative gap (z[ids[r]] - z_e) / max(|z_e|,
+ * z[ids[r]]) is not above 2 eps and takes the softmax over them at ids[r]. f32 arithmetic as PyTorch's in f32. */
+MTR_API void mtr_sparsemixer(float *w, const float *z, uint32_t n, const uint16_t *ids, uint32_t k, double eps);
 /* The k largest of score (n) by partial selection: ids (k) in descending order, ties to the lower index, NaN
  * ranked below every number. k <= MTR_MAX_TOPK. */
 MTR_API void mtr_topk(uint16_t *ids, const float *score, uint32_t n, uint32_t k);

@@ -9,7 +9,7 @@
 
 #define MTR_FORMAT_NAME "moetrace"
 #define MTR_FORMAT_VERSION 1 /* bumped only for structural changes (FORMAT.md, "Versioning") */
-#define MTR_FORMAT_MINOR 0   /* new optional metadata; readers accept any minor of their major */
+#define MTR_FORMAT_MINOR 1   /* new optional metadata; readers accept any minor of their major */
 
 #define MTR_ZSTD_FILTER_ID 32015      /* registered HDF5 filter id for zstd (cd_values[0] = level) */
 #define MTR_ZSTD_DEFAULT_LEVEL 1
@@ -40,6 +40,7 @@
 #define MTR_A_RENORMALIZE "renormalize"
 #define MTR_A_ROUTER_BIAS "router_bias"
 #define MTR_A_SELECTION_BIAS "selection_bias"
+#define MTR_A_SPARSEMIXER_EPS "sparsemixer_eps" /* format 1.1: present iff score_fn is sparsemixer */
 #define MTR_A_STORED_DTYPE "stored_dtype"
 #define MTR_A_STORED "stored"
 #define MTR_A_STEERING "steering"
@@ -80,7 +81,8 @@
 #define MTR_SCORE_FN_LIST(X)                 \
     X(MTR_SCORE_SOFTMAX, "softmax")          \
     X(MTR_SCORE_SIGMOID, "sigmoid")          \
-    X(MTR_SCORE_TOPK_SOFTMAX, "topk_softmax")
+    X(MTR_SCORE_TOPK_SOFTMAX, "topk_softmax") \
+    X(MTR_SCORE_SPARSEMIXER, "sparsemixer")
 
 #define MTR_ROLE_LIST(X)                  \
     X(MTR_ROLE_TEMPLATE, "template")      \

@@ -87,6 +87,7 @@ static int parse_rope(mtr_model_config *c, cfg_reader *r)
     const char *t = json_string_value(jt);
     if (!t) return mtr_fail(MTR_EFORMAT, "%s: rope_scaling has no \"rope_type\"", r->path);
     if (strcmp(t, "default") == 0) return r->rc;
+    if (strcmp(t, "longrope") == 0) return mtr_longrope_config(c, rs, r->root, r->path);
     c->rope_factor = get_num(rs, r, "factor", NAN, true);
     if (!isfinite(c->rope_factor) && !r->rc)
         r->rc = mtr_fail(MTR_EFORMAT, "%s: rope_scaling \"%s\" needs a positive \"factor\"", r->path, t);
@@ -123,7 +124,7 @@ static int parse_rope(mtr_model_config *c, cfg_reader *r)
             r->rc = mtr_fail(MTR_EFORMAT, "%s: rope_scaling llama3 needs low_freq_factor < high_freq_factor", r->path);
     } else
         return mtr_fail(MTR_EFORMAT, "%s: rope_scaling type \"%s\" is not supported (default, linear, dynamic, "
-                        "yarn, llama3)", r->path, t);
+                        "yarn, llama3, longrope)", r->path, t);
     return r->rc;
 }
 
@@ -157,7 +158,7 @@ static int parse_config(mtr_model_config *c, const char *dir)
         if (strcmp(mt, arch_names[i]) == 0) arch = i;
     if (arch < 0) {
         rc = mtr_fail(MTR_EFORMAT, "%s: model_type \"%s\" is not supported (qwen3_moe, olmoe, mixtral, qwen2_moe, "
-                      "gpt_oss)",
+                      "gpt_oss, phimoe, deepseek_v2)",
                       path, mt);
         goto done;
     }
@@ -233,6 +234,12 @@ static int parse_config(mtr_model_config *c, const char *dir)
         c->dtype_implicit = !json_object_get(root, "torch_dtype") && !json_object_get(root, "dtype");
         if (!r.rc) r.rc = mtr_gptoss_config(c, root, path);
         break;
+    case MTR_ARCH_PHIMOE:
+        if (!r.rc) r.rc = mtr_phimoe_config(c, root, path);
+        break;
+    case MTR_ARCH_DEEPSEEK_V2:
+        if (!r.rc) r.rc = mtr_deepseek_config(c, root, path);
+        break;
     default: break;
     }
 parsed:
@@ -260,7 +267,9 @@ parsed:
         rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", path);
         goto done;
     }
-    for (uint32_t l = 0; l < c->n_layers; l++) c->is_moe[l] = (l + 1) % sparse_step == 0;
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        c->is_moe[l] = c->arch == MTR_ARCH_DEEPSEEK_V2 ? l >= c->first_k_dense_replace && l % c->moe_layer_freq == 0
+                                                       : (l + 1) % sparse_step == 0;
     if (mlp_only && !json_is_null(mlp_only)) {
         if (!json_is_array(mlp_only)) {
             rc = mtr_fail(MTR_EFORMAT, "%s: \"mlp_only_layers\" is not a list", path);
@@ -366,7 +375,7 @@ static const mtr_st_tensor *find_tensor(binder *b, const char *name, uint32_t d0
     }
     mtr_dtype want = b->m->cfg.dtype;
     mtr_st_dtype sd = want == MTR_DTYPE_F32 ? MTR_ST_F32 : want == MTR_DTYPE_BF16 ? MTR_ST_BF16 : MTR_ST_F16;
-    if (t->dtype != sd) {
+    if (t->dtype != sd && !(b->f32_ok && t->dtype == MTR_ST_F32)) {
         b->rc = mtr_fail(MTR_EMISMATCH, "%s: tensor '%s' is %s but config.json says torch_dtype %s",
                          mtr_st_file_path(b->m->st, t->file), name, mtr_st_dtype_name(t->dtype),
                          mtr_dtype_name(want));
@@ -405,6 +414,19 @@ mtr_mat mtr_bind_mat(mtr_binder *b, const char *name, uint32_t rows, uint32_t co
 
 float *mtr_bind_vec(mtr_binder *b, const char *name, uint32_t n) { return bind_vec(b, name, n); }
 
+float *mtr_bind_vec_f32(mtr_binder *b, const char *name, uint32_t n)
+{
+    b->f32_ok = true;
+    float *v = bind_vec(b, name, n);
+    b->f32_ok = false;
+    return v;
+}
+
+void mtr_bind_nomem(mtr_binder *b)
+{
+    if (!b->rc) b->rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", b->dir);
+}
+
 static void bind_layer(binder *b, uint32_t l)
 {
     mtr_model *m = b->m;
@@ -415,6 +437,14 @@ static void bind_layer(binder *b, uint32_t l)
 #define NAME(...) (snprintf(n, sizeof n, __VA_ARGS__), n)
     L->in_norm = bind_vec(b, NAME("model.layers.%u.input_layernorm.weight", l), H);
     L->post_norm = bind_vec(b, NAME("model.layers.%u.post_attention_layernorm.weight", l), H);
+    if (c->norm_bias) {
+        L->in_norm_b = bind_vec(b, NAME("model.layers.%u.input_layernorm.bias", l), H);
+        L->post_norm_b = bind_vec(b, NAME("model.layers.%u.post_attention_layernorm.bias", l), H);
+    }
+    if (c->arch == MTR_ARCH_DEEPSEEK_V2) { /* multi-head latent attention: tensors of its own */
+        mtr_deepseek_bind_attention(b, m, l);
+        goto ffn;
+    }
     L->q = bind_mat(b, NAME("model.layers.%u.self_attn.q_proj.weight", l), qd, H);
     L->k = bind_mat(b, NAME("model.layers.%u.self_attn.k_proj.weight", l), kd, H);
     L->v = bind_mat(b, NAME("model.layers.%u.self_attn.v_proj.weight", l), kd, H);
@@ -432,6 +462,7 @@ static void bind_layer(binder *b, uint32_t l)
         L->q_norm = bind_vec(b, NAME("model.layers.%u.self_attn.q_norm.weight", l), qd);
         L->k_norm = bind_vec(b, NAME("model.layers.%u.self_attn.k_norm.weight", l), kd);
     }
+ffn:
     L->moe = c->is_moe[l];
     L->moe_index = -1;
     L->window = !c->is_sliding || c->is_sliding[l] ? c->sliding_window : 0;
@@ -439,7 +470,8 @@ static void bind_layer(binder *b, uint32_t l)
         mtr_gptoss_bind_layer(b, l);
         return;
     }
-    const char *blk = c->arch == MTR_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp";
+    const bool mix = c->arch == MTR_ARCH_MIXTRAL || c->arch == MTR_ARCH_PHIMOE; /* block_sparse_moe, w1/w3/w2 */
+    const char *blk = mix ? "block_sparse_moe" : "mlp";
     if (!L->moe) {
         L->gate = bind_mat(b, NAME("model.layers.%u.mlp.gate_proj.weight", l), c->intermediate_size, H);
         L->up = bind_mat(b, NAME("model.layers.%u.mlp.up_proj.weight", l), c->intermediate_size, H);
@@ -456,7 +488,6 @@ static void bind_layer(binder *b, uint32_t l)
         if (!b->rc) b->rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", b->dir);
         return;
     }
-    bool mix = c->arch == MTR_ARCH_MIXTRAL;
     for (uint32_t e = 0; e < E && !b->rc; e++) {
         L->e_gate[e] = bind_mat(b, NAME("model.layers.%u.%s.experts.%u.%s.weight", l, blk, e, mix ? "w1" : "gate_proj"),
                                 I, H);
@@ -475,6 +506,7 @@ static void bind_layer(binder *b, uint32_t l)
         else if (t && !b->rc) b->rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", b->dir);
         L->has_mlp = true;
     }
+    if (c->arch == MTR_ARCH_DEEPSEEK_V2) mtr_deepseek_bind_moe(b, m, l);
 #undef NAME
 }
 
@@ -496,6 +528,9 @@ static void free_layer(mtr_layer *L)
     free(L->router_bias);
     free(L->e_gu_bias);
     free(L->e_down_bias);
+    free(L->in_norm_b);
+    free(L->post_norm_b);
+    mtr_deepseek_free_layer(L);
 }
 
 int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
@@ -517,9 +552,11 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
         rc = mtr_fail(MTR_ENOMEM, "%s: out of memory", dir);
         goto fail;
     }
-    binder b = {m, dir, 0, 0};
+    binder b = {m, dir, 0, 0, false};
     m->embed = bind_mat(&b, "model.embed_tokens.weight", c->vocab_size, c->hidden_size);
     m->final_norm = bind_vec(&b, "model.norm.weight", c->hidden_size);
+    if (c->norm_bias) m->final_norm_b = bind_vec(&b, "model.norm.bias", c->hidden_size);
+    if (c->lm_head_bias) m->lm_head_b = bind_vec(&b, "lm_head.bias", c->vocab_size);
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
         /* some tied checkpoints still store the copy: check it, count it as used, not as parameters */
@@ -548,6 +585,7 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
     }
     for (size_t i = 0; i < mtr_st_count(m->st); i++) m->weight_bytes += mtr_st_get(m->st, i)->nbytes;
     rope_frequencies(m);
+    if (c->rope_type == MTR_ROPE_LONGROPE && (rc = mtr_longrope_frequencies(m))) goto fail;
     for (uint32_t k = 0, l = 0; l < c->n_layers; l++)
         if (c->is_moe[l]) m->layers[l].moe_index = (int32_t)k++;
     mtr_model_info_init(&m->info, c->name_or_path, c->model_type, c->n_moe_layers, c->n_experts, c->top_k);
@@ -560,6 +598,8 @@ int mtr_model_load(mtr_model **out, const char *dir, const mtr_model_opts *opts)
         m->info.score_fn = MTR_SCORE_TOPK_SOFTMAX;
         m->info.router_bias = true;
     }
+    if (c->arch == MTR_ARCH_PHIMOE) mtr_phimoe_info(m);
+    if (c->arch == MTR_ARCH_DEEPSEEK_V2) mtr_deepseek_info(m);
     *out = m;
     return 0;
 fail:
@@ -578,6 +618,12 @@ void mtr_model_destroy(mtr_model *m)
     free(m->cfg.is_moe);
     free(m->cfg.moe_layer_index);
     free(m->cfg.is_sliding);
+    free(m->final_norm_b);
+    free(m->lm_head_b);
+    free(m->inv_freq_long);
+    free(m->selection_bias);
+    free(m->cfg.rope_short_factor);
+    free(m->cfg.rope_long_factor);
     mtr_st_close(m->st);
     free(m);
 }

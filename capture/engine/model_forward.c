@@ -46,6 +46,10 @@ struct mtr_session {
     uint64_t bytes;          /* everything allocated for the session */
     float **sbuf;            /* (nt) attention scratch: scores (Q_BLOCK * group, max_tokens), stacked q and out */
     mtr_forward_stats st;
+    int32_t *hist;           /* (max_tokens) ids of the cached positions (LongRoPE recomputes them) */
+    bool rope_long;          /* LongRoPE: the cached keys were rotated with the long factors */
+    int rope_force;          /* LongRoPE: -1, or 0/1 = short/long while recomputing the cache */
+    mtr_mla_state *mla;      /* deepseek_v2: latent attention's cache and scratch, or NULL */
 };
 
 /* ---- dtype emulation ------------------------------------------------------------------------------------- */
@@ -156,6 +160,8 @@ static void linear(mtr_session *s, float *Y, const float *X, uint32_t n, const m
     }
 }
 
+void mtr_session_linear(mtr_session *s, float *Y, const float *X, uint32_t n, const mtr_mat *W) { linear(s, Y, X, n, W); }
+
 static void add_bias(float *Y, const float *b, uint32_t n, uint32_t d)
 {
     if (!b) return;
@@ -197,6 +203,14 @@ static void hidden_norm(const mtr_model *m, float *out, const float *in, const f
 }
 
 static inline float silu(float x) { return x / (1.f + expf(-x)); }
+
+/* the decoder's norms: RMSNorm as hidden_norm, or LayerNorm with bias (phimoe) */
+static void norm(const mtr_model *m, float *out, const float *in, const float *w, const float *b)
+{
+    const mtr_model_config *c = &m->cfg;
+    if (c->norm_bias) mtr_layernorm(out, in, w, b, c->hidden_size, c->rms_eps, c->dtype);
+    else hidden_norm(m, out, in, w);
+}
 
 /* ---- sessions -------------------------------------------------------------------------------------------- */
 
@@ -258,6 +272,10 @@ int mtr_session_create(mtr_session **out, const mtr_model *m, uint32_t max_token
     ALLOC(s->rope_cos, B * c->head_dim / 2);
     ALLOC(s->rope_sin, B * c->head_dim / 2);
     ALLOC(s->route_scratch, (size_t)s->nt * E);
+    ALLOC(s->hist, max_tokens);
+    s->rope_force = -1;
+    if (c->arch == MTR_ARCH_DEEPSEEK_V2 && mtr_mla_state_create(&s->mla, m, max_tokens, max_batch, s->nt, &s->bytes))
+        goto nomem;
     ALLOC(s->wbuf, s->nt);
     ALLOC(s->sbuf, s->nt);
     uint32_t maxcols = H > c->moe_intermediate_size ? (uint32_t)H : c->moe_intermediate_size;
@@ -293,6 +311,8 @@ void mtr_session_destroy(mtr_session *s)
     free(s->slot_tok);
     free(s->tok_slot);
     free(s->order);
+    free(s->hist);
+    mtr_mla_state_destroy(s->mla);
     for (int t = 0; t < s->nt; t++) {
         if (s->wbuf) free(s->wbuf[t]);
         if (s->sbuf) free(s->sbuf[t]);
@@ -329,6 +349,10 @@ static void rope_tables(mtr_session *s, uint32_t n)
     const uint32_t half = c->head_dim / 2;
     float dyn[2048]; /* head_dim <= 4096 (config.json is checked) */
     const float *inv = m->inv_freq;
+    if (c->rope_type == MTR_ROPE_LONGROPE) {
+        mtr_longrope_tables(m, s->rope_cos, s->rope_sin, s->pos, s->key0, n, s->rope_force);
+        return;
+    }
     uint32_t seq_len = 0;
     for (uint32_t t = 0; t < n; t++) seq_len = s->pos[t] + 1 > seq_len ? s->pos[t] + 1 : seq_len;
     if (c->rope_type == MTR_ROPE_DYNAMIC && seq_len > c->rope_orig_max_pos) {
@@ -516,7 +540,8 @@ static void route(mtr_session *s, uint32_t l, uint32_t n, const mtr_forward_io *
     const uint32_t E = c->n_experts, K = c->top_k, ml = (uint32_t)L->moe_index;
     linear(s, s->rl, s->x, n, &L->router);
     add_bias(s->rl, L->router_bias, n, E);
-    round_buf(s->rl, (size_t)n * E, c->dtype);
+    if (c->arch != MTR_ARCH_DEEPSEEK_V2) /* DeepSeek's gate computes in f32 whatever the model dtype */
+        round_buf(s->rl, (size_t)n * E, c->dtype);
     /* the raw gate outputs are what a trace stores (FORMAT.md 2.2); the model routes on the steered ones */
     if (io->router)
         for (uint32_t t = 0; t < n; t++)
@@ -525,8 +550,17 @@ static void route(mtr_session *s, uint32_t l, uint32_t n, const mtr_forward_io *
         for (uint32_t t = 0; t < n; t++)
             mtr_steer_apply(io->steer, ml, s->rl + (size_t)t * E, io->steer_rng ? &io->steer_rng[ml] : NULL);
     for (uint32_t t = 0; t < n; t++) {
-        mtr_route(&m->info, ml, s->rl + (size_t)t * E, s->sel + (size_t)t * K, s->selw + (size_t)t * K,
-                  s->route_scratch);
+        if (c->arch == MTR_ARCH_DEEPSEEK_V2) { /* its f32 weights multiply the expert outputs unrounded */
+            mtr_deepseek_route(m, ml, s->rl + (size_t)t * E, s->sel + (size_t)t * K, s->selw + (size_t)t * K,
+                               s->route_scratch);
+            continue;
+        }
+        if (c->arch == MTR_ARCH_PHIMOE)
+            mtr_phimoe_route(m, ml, s->rl + (size_t)t * E, io->steer, s->sel + (size_t)t * K, s->selw + (size_t)t * K,
+                             s->route_scratch);
+        else
+            mtr_route(&m->info, ml, s->rl + (size_t)t * E, s->sel + (size_t)t * K, s->selw + (size_t)t * K,
+                      s->route_scratch);
         for (uint32_t j = 0; j < K; j++) s->selw[(size_t)t * K + j] = round_dt(s->selw[(size_t)t * K + j], c->dtype);
     }
 }
@@ -628,9 +662,10 @@ static void moe(mtr_session *s, uint32_t l, uint32_t n)
         }
         if (L->e_down_bias) round_buf(o, H, dt);
     }
-    if (L->has_mlp) { /* qwen2_moe shared expert, gated by sigmoid(x . w) */
+    if (L->has_mlp) { /* qwen2_moe shared expert, gated by sigmoid(x . w); deepseek_v2's shared experts, added */
         dense_mlp(s, s->ye, s->x, n, &L->gate, &L->up, &L->down);
-        for (uint32_t t = 0; t < n; t++) {
+        if (!L->shared_gate) add_round(s->tmp, s->ye, (size_t)n * H, dt);
+        for (uint32_t t = 0; t < n && L->shared_gate; t++) {
             const float *x = s->x + (size_t)t * H;
             float z = 0;
             for (uint32_t d = 0; d < H; d++) z += x[d] * L->shared_gate[d];
@@ -644,6 +679,28 @@ static void moe(mtr_session *s, uint32_t l, uint32_t n)
 }
 
 /* ---- the forward ----------------------------------------------------------------------------------------- */
+
+/* LongRoPE rotates every position by the factors of the forward's whole length: when a forward takes the
+ * sequence across original_max_position_embeddings (either way, after a truncation), the cached keys were rotated
+ * for the other side and are recomputed from the kept ids, as transformers' generate() drops its cache there. */
+static int longrope_sync(mtr_session *s, uint32_t n, const mtr_forward_io *io)
+{
+    const bool want = (double)(s->len + n) > s->m->cfg.rope_orig_max_pos;
+    int rc = 0;
+    if (s->len > 0 && want != s->rope_long) {
+        const uint32_t keep = s->len;
+        mtr_forward_io rio = MTR_FORWARD_IO_INIT;
+        rio.steer = io->steer;
+        rio.steer_rng = io->steer_rng;
+        s->len = 0;
+        s->rope_force = want;
+        for (uint32_t at = 0; at < keep && !rc; at += s->max_batch)
+            rc = mtr_model_forward(s, s->hist + at, keep - at < s->max_batch ? keep - at : s->max_batch, &rio);
+        s->rope_force = -1;
+    }
+    s->rope_long = want;
+    return rc;
+}
 
 int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_forward_io *io_in)
 {
@@ -669,6 +726,11 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
                             c->vocab_size);
     /* positions, visible key ranges and attention query blocks (never across a sequence boundary) */
     const bool packed = io.n_seqs > 1;
+    if (c->rope_type == MTR_ROPE_LONGROPE && !packed && s->rope_force < 0) {
+        int rc = longrope_sync(s, n, &io);
+        if (rc) return rc;
+    }
+    if (!packed) memmove(s->hist + s->len, ids, n * sizeof *ids);
     if (packed) {
         if (s->len != 0) return mtr_fail(MTR_EINVAL, "forward: a packed batch needs an empty session");
         uint64_t total = 0;
@@ -714,12 +776,12 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
     for (uint32_t l = 0; l < stop; l++) {
         const mtr_layer *L = &m->layers[l];
         double ta = omp_get_wtime();
-        for (uint32_t t = 0; t < n; t++)
-            hidden_norm(m, s->x + (size_t)t * H, s->h + (size_t)t * H, L->in_norm);
-        attention(s, l, n);
+        for (uint32_t t = 0; t < n; t++) norm(m, s->x + (size_t)t * H, s->h + (size_t)t * H, L->in_norm, L->in_norm_b);
+        if (s->mla) mtr_mla_attention(s, m, s->mla, l, n, s->x, s->tmp, s->pos, s->len, s->tasks, s->n_qblocks);
+        else attention(s, l, n);
         add_round(s->h, s->tmp, (size_t)n * H, dt);
         for (uint32_t t = 0; t < n; t++)
-            hidden_norm(m, s->x + (size_t)t * H, s->h + (size_t)t * H, L->post_norm);
+            norm(m, s->x + (size_t)t * H, s->h + (size_t)t * H, L->post_norm, L->post_norm_b);
         double tm = omp_get_wtime();
         s->st.t_attention += tm - ta;
         if (L->moe) {
@@ -741,8 +803,9 @@ int mtr_model_forward(mtr_session *s, const int32_t *ids, uint32_t n, const mtr_
         double th = omp_get_wtime();
         uint32_t first = n - io.n_logits;
         for (uint32_t t = 0; t < io.n_logits; t++)
-            hidden_norm(m, s->x + (size_t)t * H, s->h + (size_t)(first + t) * H, m->final_norm);
+            norm(m, s->x + (size_t)t * H, s->h + (size_t)(first + t) * H, m->final_norm, m->final_norm_b);
         linear(s, io.logits, s->x, io.n_logits, &m->lm_head);
+        add_bias(io.logits, m->lm_head_b, io.n_logits, c->vocab_size);
         round_buf(io.logits, (size_t)io.n_logits * c->vocab_size, dt);
         s->st.t_head += omp_get_wtime() - th;
     }

@@ -8,7 +8,7 @@
  * outputs, residual sums), so the router logits captured are the gate outputs in the model's dtype.
  *
  * Architectures (model_type): qwen3_moe, olmoe, mixtral, qwen2_moe, gpt_oss (MXFP4 experts dequantised a weight
- * block at a time into the same scratch) — faithful to the transformers modeling code.
+ * block at a time into the same scratch), phimoe, deepseek_v2 — faithful to the transformers modeling code.
  *
  * Conventions as libmoetrace (traces/moetrace.h): 0 or a negative mtr_err; the one-line detail is mtr_errmsg()
  * and names the file and what is wrong. Nothing prints or exits. A model is immutable after loading and may be
@@ -87,13 +87,22 @@ const char *mtr_st_dtype_name(mtr_st_dtype d);
     X(MTR_ARCH_OLMOE, "olmoe")            \
     X(MTR_ARCH_MIXTRAL, "mixtral")        \
     X(MTR_ARCH_QWEN2_MOE, "qwen2_moe")    \
-    X(MTR_ARCH_GPT_OSS, "gpt_oss")
+    X(MTR_ARCH_GPT_OSS, "gpt_oss")        \
+    X(MTR_ARCH_PHIMOE, "phimoe")          \
+    X(MTR_ARCH_DEEPSEEK_V2, "deepseek_v2")
 
 #define MTR_X_ENUM(name, str) name,
 typedef enum { MTR_ARCH_LIST(MTR_X_ENUM) MTR_ARCH_COUNT } mtr_arch;
 #undef MTR_X_ENUM
 
-typedef enum { MTR_ROPE_DEFAULT, MTR_ROPE_LINEAR, MTR_ROPE_DYNAMIC, MTR_ROPE_YARN, MTR_ROPE_LLAMA3 } mtr_rope_type;
+typedef enum {
+    MTR_ROPE_DEFAULT,
+    MTR_ROPE_LINEAR,
+    MTR_ROPE_DYNAMIC,
+    MTR_ROPE_YARN,
+    MTR_ROPE_LLAMA3,
+    MTR_ROPE_LONGROPE /* short/long factors and mscales by the forward's length vs rope_orig_max_pos */
+} mtr_rope_type;
 
 typedef struct {
     mtr_arch arch;
@@ -128,6 +137,22 @@ typedef struct {
                                    all of them when sliding_window > 0 */
     float swiglu_alpha, swiglu_limit; /* gpt_oss experts' clamped SwiGLU */
     bool dtype_implicit;        /* config.json names no dtype: that of the stored tensors (gpt_oss) */
+    /* phimoe */
+    bool norm_bias;             /* LayerNorm with bias in place of RMSNorm (decoder and final norms) */
+    bool lm_head_bias;          /* lm_head.bias */
+    double router_jitter;       /* sparsemixer's eps (router_jitter_noise) */
+    float *rope_short_factor, *rope_long_factor; /* longrope: (head_dim / 2) */
+    double rope_short_mscale, rope_long_mscale;  /* longrope: cos/sin scale of short and long forwards */
+    /* deepseek_v2: multi-head latent attention (head_dim is qk_rope_head_dim, the rotary part) */
+    uint32_t q_lora_rank;       /* 0: q_proj, else q_a_proj -> RMSNorm -> q_b_proj */
+    uint32_t kv_lora_rank, qk_nope_head_dim, v_head_dim;
+    double attn_scale;          /* softmax scale: (nope + rope)^-0.5, times YaRN's mscale(mscale_all_dim)^2 */
+    uint32_t n_shared_experts;  /* ungated shared MLP of n x moe_intermediate_size; 0 = none */
+    uint32_t first_k_dense_replace, moe_layer_freq;
+    uint32_t n_group, topk_group;
+    uint32_t topk_method;       /* 0 greedy, 1 group_limited_greedy, 2 noaux_tc */
+    bool score_sigmoid;         /* scoring_func sigmoid (else softmax) */
+    double routed_scaling_factor;
 } mtr_model_config;
 
 /* ---- model ----------------------------------------------------------------------------------------------- */

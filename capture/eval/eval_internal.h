@@ -16,6 +16,8 @@ struct mtr_eval {
     uint64_t *steer_rng;       /* (n_moe_layers) gaussian-eps generator states; NULL without steering */
     mtr_model_info info;       /* the recorded layers */
     uint32_t *rec;             /* (info.n_layers) recorded MoE layer -> engine MoE layer */
+    float *sel_bias;           /* (info.n_layers, n_experts) the recorded layers' selection bias when not every
+                                  layer is recorded and the model has one, else NULL */
     mtr_writer *w;             /* borrowed, or NULL */
     float *router;             /* (max_tokens + 1, n_moe_layers, n_experts) */
     uint32_t router_rows;      /* rows of router the last prefill filled */

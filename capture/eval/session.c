@@ -74,6 +74,13 @@ int mtr_eval_create(mtr_eval **out, const mtr_model *model, mtr_tok *tok, const 
             goto fail;
         }
         ev->info.n_layers = k;
+        if (ev->info.selection_bias) { /* the recorded layers' rows of the model's selection-only bias */
+            if (!(ev->sel_bias = malloc((size_t)k * E * sizeof *ev->sel_bias))) goto oom;
+            for (uint32_t i = 0; i < k; i++)
+                memcpy(ev->sel_bias + (size_t)i * E, ev->info.selection_bias + (size_t)ev->rec[i] * E,
+                       E * sizeof(float));
+            ev->info.selection_bias = ev->sel_bias;
+        }
     } else
         for (uint32_t l = 0; l < L; l++) ev->rec[l] = l;
     if (o.steer) {
@@ -103,6 +110,7 @@ void mtr_eval_destroy(mtr_eval *ev)
     mtr_session_destroy(ev->sess);
     free(ev->steer_rng);
     free(ev->rec);
+    free(ev->sel_bias);
     free(ev->router);
     free(ev->rec_buf);
     free(ev->logits);

@@ -127,6 +127,8 @@ int mtr_ingest_encode_header(void **out, size_t *len, const mtr_model_info *m, c
     json_object_set_new(root, "renormalize", json_boolean(m->renormalize));
     json_object_set_new(root, "router_bias", json_boolean(m->router_bias));
     json_object_set_new(root, "selection_bias", sb);
+    if (m->score_fn == MTR_SCORE_SPARSEMIXER)
+        json_object_set_new(root, MTR_A_SPARSEMIXER_EPS, json_real(m->sparsemixer_eps));
     if (x->has_logits_dtype) json_object_set_new(root, "logits_dtype", json_string(mtr_dtype_name(x->logits_dtype)));
     if (x->producer) json_object_set_new(root, "producer", json_string(x->producer));
     if (x->producer_version) json_object_set_new(root, "producer_version", json_string(x->producer_version));
@@ -298,8 +300,17 @@ static int parse_header_json(mtr_ingest_header *h, const char *text, size_t n)
     }
     json_t *sf = json_object_get(root, "score_fn");
     if (sf && (!json_is_string(sf) || mtr_score_fn_parse(&m->score_fn, json_string_value(sf)))) {
-        rc = mtr_fail(MTR_EFORMAT, "header: 'score_fn' must be softmax, sigmoid or topk_softmax");
+        rc = mtr_fail(MTR_EFORMAT, "header: 'score_fn' must be softmax, sigmoid, topk_softmax or sparsemixer");
         goto out_free;
+    }
+    if (m->score_fn == MTR_SCORE_SPARSEMIXER) {
+        json_t *eps = json_object_get(root, MTR_A_SPARSEMIXER_EPS);
+        if (!json_is_number(eps) || !(json_number_value(eps) >= 0 && json_number_value(eps) < 1)) {
+            rc = mtr_fail(MTR_EFORMAT, "header: score_fn sparsemixer needs '%s', a number in [0, 1)",
+                          MTR_A_SPARSEMIXER_EPS);
+            goto out_free;
+        }
+        m->sparsemixer_eps = json_number_value(eps);
     }
     if ((rc = j_bool(&m->renormalize, root, "renormalize")) || (rc = j_bool(&m->router_bias, root, "router_bias")))
         goto out_free;

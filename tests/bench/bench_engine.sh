@@ -1,6 +1,6 @@
 # The native engine against PyTorch (Debian's torch, eager, the reference model of tests/models/ref_moe.py) on the
-# same random Qwen3-MoE-shaped f32 checkpoint (~150M parameters, made once in the git-ignored tests/.cache) and the
-# same token ids: prefill tokens/s at 1 and 2 threads, target >= 1.5x the peer for prefill as Hugging Face
+# same random f32 checkpoint (~150M parameters, made once in the git-ignored tests/.cache) and the same token ids,
+# per architecture (MTR_BENCH_ARCHS, default: the Qwen3-MoE, Phi-3.5-MoE and DeepSeek-V2-Lite shapes): prefill tokens/s at 1 and 2 threads, target >= 1.5x the peer for prefill as Hugging Face
 # generate() runs it (its first forward passes logits_to_keep=1: the prompt to the next-token logits); the same
 # with the logits of every position (a plain forward, as scoring needs) is reported; achieved GFLOP/s against the
 # sgemm peak measured in the same process, and what writing the trace adds to a router capture run of several
@@ -14,11 +14,17 @@ if ! $PY -c 'import torch' 2>/dev/null; then
     exit 0
 fi
 REPEAT=${MTR_BENCH_REPEAT:-3}
+ARCHS=${MTR_BENCH_ARCHS:-qwen3_moe phimoe deepseek_v2}
 status=0
 val() { sed -n "s/.*$1=\([0-9.e+-]*\).*/\1/p" | head -n 1; }
 med() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # head=last is prefill as generate() and serving engines run it (prompt -> next-token logits; the target);
 # head=all also computes the logits of every position, as a Hugging Face forward does
+for arch in $ARCHS; do
+  AC=$CACHE
+  [ "$arch" = qwen3_moe ] || AC=$CACHE-$arch
+  mkdir -p "$AC"
+  echo "arch=$arch checkpoint $AC"
 for t in 1 2; do
   for head in last all; do
     # rounds alternate the peer and the engine, so load that comes and goes on a shared machine hits both alike;
@@ -26,11 +32,11 @@ for t in 1 2; do
     : >"$DATA/torch.$t" && : >"$DATA/eng.$t"
     r=0
     while [ $r -lt "$REPEAT" ]; do
-        torch_line=$(OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t $PY tests/bench/torch_prefill.py "$CACHE" --threads "$t" \
-            --repeat 1 --head "$head") || { echo "bench_engine: torch peer failed"; exit 1; }
+        torch_line=$(OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t $PY tests/bench/torch_prefill.py "$AC" --arch "$arch" \
+            --threads "$t" --repeat 1 --head "$head") || { echo "bench_engine: torch peer failed"; exit 1; }
         echo "$torch_line" >>"$DATA/torch.$t"
         rm -rf "$DATA"/run-*
-        OPENBLAS_NUM_THREADS=1 "$TOOLS/engine_prefill" "$CACHE" "$CACHE/prefill_ids.txt" "$t" 1 "$DATA" "$head" \
+        OPENBLAS_NUM_THREADS=1 "$TOOLS/engine_prefill" "$AC" "$AC/prefill_ids.txt" "$t" 1 "$DATA" "$head" \
             >>"$DATA/eng.$t" || { echo "bench_engine: engine failed"; exit 1; }
         r=$((r + 1))
     done
@@ -51,17 +57,19 @@ for t in 1 2; do
         [ "$met" = met ] || status=1
         target="(target >= 1.5x: $met)"
     else target="(reported)"; fi
-    echo "threads=$t head=$head params=$params prefill engine $et tokens/s vs torch $tt tokens/s (medians of $REPEAT alternating rounds) = ${r}x $target"
+    echo "arch=$arch threads=$t head=$head params=$params prefill engine $et tokens/s vs torch $tt tokens/s (medians of $REPEAT alternating rounds) = ${r}x $target"
     echo "threads=$t head=$head engine ${gf} GFLOP/s = $(awk -v a="$gf" -v b="$pk" 'BEGIN { printf "%.0f", 100 * a / b }')% of the sgemm peak ${pk} GFLOP/s (medians)"
     if [ "$head" = last ]; then
         tmet=$(awk -v c="$tc" 'BEGIN { print (c <= 0.05) ? "met" : "MISSED" }')
         [ "$tmet" = met ] || status=1
-        echo "threads=$t writing the trace adds $(awk -v c="$tc" 'BEGIN { printf "%.1f", 100 * c }')% to a router capture of $tb batches (median; target <= 5%: $tmet); the writer's own calls (create, append, close with fsync) take $(awk -v c="$tw" 'BEGIN { printf "%.2f", 100 * c }')% of it"
+        echo "arch=$arch threads=$t writing the trace adds $(awk -v c="$tc" 'BEGIN { printf "%.1f", 100 * c }')% to a router capture of $tb batches (median; target <= 5%: $tmet); the writer's own calls (create, append, close with fsync) take $(awk -v c="$tw" 'BEGIN { printf "%.2f", 100 * c }')% of it"
     fi
   done
 done
+done
 # memory: peak RSS of a prefill against the mapped checkpoint plus the session's own allocations, for the f32
 # checkpoint and a bf16 copy of it (a bf16 model must not be widened to f32 as a whole); target <= 1.2x
+case " $ARCHS " in *" qwen3_moe "*) ;; *) echo "bench_engine: memory: skipped (qwen3_moe not benchmarked)"; rm -rf "$DATA"; exit $status ;; esac
 BF="$CACHE-bf16"
 if [ ! -f "$BF/model.safetensors" ]; then
     mkdir -p "$BF"

@@ -1,9 +1,11 @@
 """torch_prefill.py — the PyTorch peer of the engine benchmark: times prefill (a batch of token sequences through
 the whole model) with the reference forward of tests/models/ref_moe.py, eager torch under no_grad, on a random
-Qwen3-MoE-shaped f32 checkpoint that it creates on first use in the directory given (a git-ignored cache):
+f32 checkpoint shaped as Qwen3-MoE (default), Phi-3.5-MoE (--arch phimoe) or DeepSeek-V2-Lite (--arch
+deepseek_v2) that it creates on first use in the directory given (a git-ignored cache):
 
-    /usr/bin/python3 tests/bench/torch_prefill.py DIR [--threads N] [--repeat R] [--batch B] [--tokens T]
-                     [--seed S] [--ids FILE] [--head all|last|none] [--arch qwen3_moe|gpt_oss] [--dtype f32|bf16]
+    /usr/bin/python3 tests/bench/torch_prefill.py DIR [--arch qwen3_moe|gpt_oss|phimoe|deepseek_v2] [--threads N]
+                     [--repeat R] [--batch B] [--tokens T] [--seed S] [--ids FILE] [--head all|last|none]
+                     [--dtype f32|bf16]
 
 --arch gpt_oss makes a GPT-OSS-shaped checkpoint instead (MXFP4 experts, the published layout; dense tensors f32,
 or bf16 with --dtype bf16 and no torch_dtype in config.json, as published); the reference dequantises the experts
@@ -64,6 +66,91 @@ BENCH_CONFIG = {
     "use_sliding_window": False,
     "vocab_size": 32000,
 }
+# Phi-3.5-MoE shape, scaled down as above: 16 experts of 256 (top-2: as many active expert parameters per token as
+# the Qwen3 shape's 4 of 128), LayerNorm, biases, LongRoPE (256-token prompts stay short of the original 4096)
+PHIMOE_CONFIG = {
+    "architectures": ["PhimoeForCausalLM"],
+    "attention_bias": True,
+    "attention_dropout": 0.0,
+    "bos_token_id": 256,
+    "eos_token_id": 258,
+    "hidden_act": "silu",
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "input_jitter_noise": 0.01,
+    "intermediate_size": 256,
+    "lm_head_bias": True,
+    "max_position_embeddings": 131072,
+    "model_type": "phimoe",
+    "num_attention_heads": 12,
+    "num_experts_per_tok": 2,
+    "num_hidden_layers": 12,
+    "num_key_value_heads": 4,
+    "num_local_experts": 16,
+    "original_max_position_embeddings": 4096,
+    "output_router_logits": False,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {"long_factor": [1.0 + 0.5 * i for i in range(32)], "long_mscale": 1.243163121016122,
+                     "original_max_position_embeddings": 4096, "rope_type": "longrope",
+                     "short_factor": [1.0 + 0.02 * i for i in range(32)], "short_mscale": 1.243163121016122,
+                     "type": "longrope"},
+    "rope_theta": 10000.0,
+    "router_aux_loss_coef": 0.0,
+    "router_jitter_noise": 0.01,
+    "sliding_window": 131072,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "transformers_version": "4.51.0",
+    "use_cache": True,
+    "vocab_size": 32064,
+}
+# DeepSeek-V2-Lite's shape, scaled down as above: latent attention (kv_lora 256, no q low rank, nope 64 + rope 32,
+# v 64), a dense first layer, 32 routed experts of 128 (top-4) and 2 shared, greedy softmax routing, YaRN
+DEEPSEEK_CONFIG = {
+    "architectures": ["DeepseekV2ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 256,
+    "eos_token_id": 258,
+    "first_k_dense_replace": 1,
+    "head_dim": 32,
+    "hidden_act": "silu",
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 2048,
+    "kv_lora_rank": 256,
+    "max_position_embeddings": 163840,
+    "mlp_bias": False,
+    "model_type": "deepseek_v2",
+    "moe_intermediate_size": 128,
+    "moe_layer_freq": 1,
+    "n_group": 1,
+    "n_routed_experts": 32,
+    "n_shared_experts": 2,
+    "norm_topk_prob": False,
+    "num_attention_heads": 12,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 12,
+    "num_key_value_heads": 12,
+    "pretraining_tp": 1,
+    "q_lora_rank": None,
+    "qk_nope_head_dim": 64,
+    "qk_rope_head_dim": 32,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                     "original_max_position_embeddings": 4096, "type": "yarn"},
+    "rope_theta": 10000.0,
+    "routed_scaling_factor": 1.0,
+    "scoring_func": "softmax",
+    "tie_word_embeddings": False,
+    "topk_group": 1,
+    "topk_method": "greedy",
+    "torch_dtype": "float32",
+    "transformers_version": "4.51.0",
+    "use_cache": True,
+    "v_head_dim": 64,
+    "vocab_size": 32000,
+}
 SHARD_BYTES = 300 << 20
 
 # GPT-OSS shape, scaled down: 8 layers alternating sliding (128) / full attention, hidden 768, 12 query / 4
@@ -99,6 +186,8 @@ GPTOSS_CONFIG = {
     "use_cache": True,
     "vocab_size": 8192,
 }
+CONFIGS = {"qwen3_moe": BENCH_CONFIG, "gpt_oss": GPTOSS_CONFIG, "phimoe": PHIMOE_CONFIG,
+           "deepseek_v2": DEEPSEEK_CONFIG}
 
 
 def make_checkpoint(d, seed, arch="qwen3_moe", dtype="f32"):
@@ -107,9 +196,11 @@ def make_checkpoint(d, seed, arch="qwen3_moe", dtype="f32"):
     import make_tiny
     import ref_moe
     import safetensors_io
-    config = dict(BENCH_CONFIG) if arch == "qwen3_moe" else dict(GPTOSS_CONFIG)
+    config = dict(CONFIGS[arch])
     if arch == "gpt_oss" and dtype == "f32":
         config["torch_dtype"] = "float32"
+    elif arch != "gpt_oss" and dtype == "bf16":
+        config["torch_dtype"] = "bfloat16"
     cfg = ref_moe.Config(config)
     g = torch.Generator().manual_seed(seed)
     w = {}
@@ -125,7 +216,7 @@ def make_checkpoint(d, seed, arch="qwen3_moe", dtype="f32"):
             t = torch.randn(shape, generator=g) * (2.0 / fan_in ** 0.5)
         elif name.endswith("norm.weight"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
-        elif name.endswith("mlp.gate.weight"):
+        elif name.endswith((".mlp.gate.weight", ".block_sparse_moe.gate.weight")):
             t = torch.randn(shape, generator=g) * (2.0 / fan_in ** 0.5)
         elif name == "model.embed_tokens.weight":
             t = torch.randn(shape, generator=g)
@@ -153,6 +244,7 @@ def make_checkpoint(d, seed, arch="qwen3_moe", dtype="f32"):
 def main():
     ap = argparse.ArgumentParser(description="time prefill of the PyTorch reference MoE forward")
     ap.add_argument("dir")
+    ap.add_argument("--arch", choices=sorted(CONFIGS), default="qwen3_moe", help="shape of a checkpoint made in DIR")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
@@ -160,8 +252,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--ids", help="ids file (default DIR/prefill_ids.txt); created from --seed if missing")
     ap.add_argument("--head", choices=("all", "last", "none"), default="all")
-    ap.add_argument("--arch", choices=("qwen3_moe", "gpt_oss"), default="qwen3_moe")
-    ap.add_argument("--dtype", choices=("f32", "bf16"), default="f32", help="of a checkpoint made here (gpt_oss)")
+    ap.add_argument("--dtype", choices=("f32", "bf16"), default="f32", help="of a checkpoint made here")
     ap.add_argument("--make-only", action="store_true", help="make the checkpoint and the ids, time nothing")
     a = ap.parse_args()
     if a.threads < 1 or a.repeat < 1 or a.batch < 1 or a.tokens < 1:
@@ -218,7 +309,8 @@ def main():
     times.sort()
     med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
     print(f"torch_prefill tokens_per_s={B * T / med:.1f} seconds={med:.4f} threads={a.threads} params={params} "
-          f"batch={B}x{T} head={a.head} repeat={a.repeat} torch={torch.__version__} dtype={model.cfg.dtype_name}")
+          f"batch={B}x{T} head={a.head} repeat={a.repeat} torch={torch.__version__} dtype={model.cfg.dtype_name} "
+          f"model_type={model.cfg.model_type}")
     return 0
 
 

@@ -319,3 +319,138 @@ for f in "$WORK"/st8/*.h5; do
     else not_ok "steers the engine: $(basename "$f")" "$(cat "$WORK/err")"; fi
 done
 if [ "$nfiles" -ge 4 ]; then ok "stats wrote $nfiles steering files"; else not_ok "stats steering files" "$nfiles"; fi
+
+# phimoe (Phi-3.5-MoE: LayerNorm, biases, LongRoPE, sparsemixer) end to end: capture -> the trace records
+# sparsemixer with its eps -> logits equal the reference -> moetrace-reduce with the model's own weights (checked
+# against an independent NumPy sparsemixer and the serial reference) -> moetrace-stats band and correlate
+PH="$M/phimoe"
+PL=eng_Latn,fra_Latn,deu_Latn,rus_Cyrl,zho_Hans
+expect_exit 0 "phimoe: capture 5 languages" "$CAP" run --model "$PH" --corpus "$CORPUS" --langs "$PL" --limit 40 \
+    --out "$WORK/ph" --dtype f32 --no-sync --quiet
+expect_exit 0 "phimoe: run is valid (info --deep)" "$BIN/moetrace-info" --deep "$WORK/ph"
+expect_exit 0 "phimoe: info --json" "$BIN/moetrace-info" --json "$WORK/ph"
+expect_out "phimoe: the trace records sparsemixer" '"score_fn": "sparsemixer"'
+expect_out "phimoe: with the config's jitter eps" '"sparsemixer_eps": 0.1[0-9]*,?$'
+expect_exit 0 "phimoe: reduce --weights topk" "$BIN/moetrace-reduce" "$WORK/ph" -o "$WORK/pht" --weights topk -q
+expect_exit 0 "phimoe: serial reference --weights topk" "$BIN/moetrace-reduce" reference "$WORK/ph" \
+    -o "$WORK/phref.h5" --weights topk -q
+if [ $have_torch -eq 1 ]; then
+    out=$($PY - "$WORK/ph" "$PH" "$TESTS/models" "$WORK/pht/summaries.h5" "$WORK/phref.h5" <<'EOF' 2>&1
+import glob, sys, h5py, numpy as np
+sys.path.insert(0, sys.argv[3])
+from ref_moe import MoeModel
+m = MoeModel(sys.argv[2])
+eps = m.cfg.sparsemixer_eps
+def sparsemixer(z):  # (E,) float64 -> weights (E,), zero outside the two chosen experts
+    w, done = np.zeros_like(z), []
+    for e in np.argsort(-z, kind="stable")[:2]:
+        keep = [j for j in range(len(z)) if j not in done and not (z[e] - z[j]) / max(abs(z[j]), z[e]) > 2 * eps]
+        w[e] = 1.0 / np.exp(z[keep] - z[e]).sum()
+        done.append(e)
+    return w
+worst, n, q = 0.0, 0, {}
+for shard in sorted(glob.glob(sys.argv[1] + "/shard-*.h5")):
+    with h5py.File(shard, "r") as f:
+        ids, z = f["tok/token_id"][:], f["router/logits"][:].astype(np.float64)
+        for sid, o, c in zip(f["seq/seq_id"][:], f["seq/token_offset"][:], f["seq/n_tokens"][:]):
+            _, routers = m.forward([int(t) for t in ids[o:o + c]])
+            ref = np.stack([r.float().numpy() for r in routers], 1)
+            worst = max(worst, float(np.abs(z[o:o + c] - ref).max() / np.abs(ref).max()))
+            q[int(sid)] = np.mean([[sparsemixer(z[t, l]) for l in range(z.shape[1])] for t in range(o, o + c)], 0)
+            n += 1
+errs = []
+for path in sys.argv[4:]:
+    with h5py.File(path, "r") as s:
+        got = dict(zip(s["seq/seq_id"][:].tolist(), s["importance"][:]))
+        errs.append(max(float(np.abs(got[k] - v).max()) for k, v in q.items()))
+sums = np.array([v.sum(-1) for v in q.values()])
+print(n, worst, errs[0], errs[1], bool((sums < 1.999).any() and (sums > 1.0).all()))
+EOF
+)
+    set -- $out
+    if [ "${1:-0}" -eq 40 ] && $PY -c "import sys; sys.exit(0 if float('${2:-1}') <= 1e-4 else 1)" 2>/dev/null; then
+        ok "phimoe: captured router logits equal the reference (max rel err $2)"
+    else not_ok "phimoe: captured logits vs reference" "$out"; fi
+    if $PY -c "import sys; sys.exit(0 if max(float('${3:-1}'), float('${4:-1}')) <= 1e-6 else 1)" 2>/dev/null; then
+        ok "phimoe: --weights topk importance = NumPy sparsemixer (optimised $3, reference $4)"
+    else not_ok "phimoe: sparsemixer importance" "$out"; fi
+    if [ "${5:-}" = True ]; then ok "phimoe: sparsemixer weights are neither a softmax nor renormalised (sums in (1, 2))"
+    else not_ok "phimoe: sparsemixer weight sums" "$out"; fi
+fi
+n_div=$(grep -vc '^#' "$WORK/pht/div_from_en.tsv" 2>/dev/null)
+if [ "$n_div" -eq 12 ]; then ok "phimoe: div_from_en: 4 languages x 3 layers"; else not_ok "phimoe: div_from_en rows" "$n_div"; fi
+expect_exit 0 "phimoe: stats band" "$BIN/moetrace-stats" band --tables "$WORK/pht" --band detect
+expect_out "phimoe: band lists the 3 MoE layers" '^3	'
+# a multiple-choice set whose items differ per language (passages from the corpus), so accuracy varies
+$PY - "$CORPUS" "$WORK/phmc.jsonl" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+with open(sys.argv[2], "w", encoding="utf-8") as f:
+    for lang in ("eng_Latn", "fra_Latn", "deu_Latn", "rus_Cyrl", "zho_Hans"):
+        for i, r in enumerate([r for r in rows if r["lang"] == lang][:8]):
+            words = r["text"].split() or [r["text"]]
+            choices = [words[j % len(words)][:12] for j in (0, 3, 5, 8)]
+            f.write(json.dumps({"unit_id": f"{i}", "lang": lang, "dataset": "mc", "passage": r["text"][:80],
+                                "question": "?", "choices": choices, "answer": (i * 7 + len(lang)) % 4},
+                               ensure_ascii=False) + "\n")
+PYEOF
+expect_exit 0 "phimoe: score (5 languages)" "$CAP" run --mode score --model "$PH" --corpus "$WORK/phmc.jsonl" \
+    --out "$WORK/phs" --no-sync --quiet
+expect_exit 0 "phimoe: stats correlate" "$BIN/moetrace-stats" correlate --tables "$WORK/pht" \
+    --accuracy "$WORK/phs/accuracy.tsv" --band 1-3 --bootstrap 200 --permutations 200
+expect_out "phimoe: correlate gives its verdict" '^# verdict: '
+
+# deepseek_v2 (latent attention, shared experts, DeepSeek's router) end to end: the trace stores the raw f32 gate
+# logits (as the reference computes them) and, for noaux_tc, the selection-only correction bias of every MoE layer
+# (of the recorded ones with --layers), which moetrace-reduce carries into its summaries
+for ds in deepseek_v2 deepseek_v2_noaux; do
+    expect_exit 0 "$ds: capture" "$CAP" run --model "$M/$ds" --corpus "$CORPUS" --langs eng_Latn,fra_Latn,zho_Hans \
+        --limit 12 --out "$WORK/$ds" --dtype f32 --no-sync --quiet
+    expect_exit 0 "$ds: run is valid (info --deep)" "$BIN/moetrace-info" --deep "$WORK/$ds"
+    expect_exit 0 "$ds: reduce" "$BIN/moetrace-reduce" "$WORK/$ds" -o "$WORK/$ds-t" -q
+    if [ $have_torch -eq 1 ]; then
+        out=$($PY - "$WORK/$ds" "$M/$ds" "$TESTS/models" <<'EOF' 2>&1
+import glob, sys, h5py, numpy as np
+sys.path.insert(0, sys.argv[3])
+from ref_moe import MoeModel
+m = MoeModel(sys.argv[2])
+worst, n, bias_ok = 0.0, 0, True
+for shard in sorted(glob.glob(sys.argv[1] + "/shard-*.h5")):
+    with h5py.File(shard, "r") as f:
+        ids, z = f["tok/token_id"][:], f["router/logits"][:]
+        for o, c in zip(f["seq/token_offset"][:], f["seq/n_tokens"][:]):
+            _, routers = m.forward([int(t) for t in ids[o:o + c]])
+            ref = np.stack([r.float().numpy() for r in routers], 1)
+            worst = max(worst, float(np.abs(z[o:o + c] - ref).max() / np.abs(ref).max()))
+            n += 1
+        want = [m.w[f"model.layers.{l}.mlp.gate.e_score_correction_bias"].numpy() for l in m.cfg.moe_layers] \
+            if m.cfg.topk_method == "noaux_tc" else None
+        has = bool(f.attrs["selection_bias"])
+        bias_ok &= (has and np.array_equal(f["router/selection_bias"][:], np.stack(want))) if want else not has
+        bias_ok &= f.attrs["score_fn"] == m.cfg.scoring and bool(f.attrs["renormalize"]) == m.cfg.norm_topk_prob
+print(n, worst, bias_ok)
+EOF
+)
+        set -- $out
+        if [ "${1:-0}" -eq 12 ] && $PY -c "import sys; sys.exit(0 if float('${2:-1}') <= 1e-4 else 1)" 2>/dev/null; then
+            ok "$ds: captured f32 router logits equal the reference (max rel err $2)"
+        else not_ok "$ds: captured logits vs reference" "$out"; fi
+        if [ "${3:-}" = True ]; then ok "$ds: score function, renormalisation and correction bias recorded"
+        else not_ok "$ds: routing description" "$out"; fi
+    fi
+done
+expect_exit 0 "deepseek_v2_noaux: capture --layers 2" "$CAP" run --model "$M/deepseek_v2_noaux" --corpus "$CORPUS" \
+    --langs eng_Latn --limit 2 --out "$WORK/dsl" --no-sync --quiet --layers 2
+if [ $have_torch -eq 1 ]; then
+    same=$($PY - "$WORK/dsl" "$M/deepseek_v2_noaux" "$TESTS/models" <<'EOF' 2>&1
+import glob, sys, h5py, numpy as np
+sys.path.insert(0, sys.argv[3])
+import safetensors_io
+w = safetensors_io.load_checkpoint(sys.argv[2], numpy=True)
+f = h5py.File(sorted(glob.glob(sys.argv[1] + "/shard-*.h5"))[0], "r")
+print(np.array_equal(f["router/selection_bias"][:], w["model.layers.1.mlp.gate.e_score_correction_bias"][None]))
+EOF
+)
+    if [ "$same" = True ]; then ok "deepseek_v2_noaux: --layers 2 stores that layer's correction bias"
+    else not_ok "deepseek_v2_noaux: --layers bias" "$same"; fi
+fi

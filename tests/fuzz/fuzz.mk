@@ -42,7 +42,8 @@ fuzz: fuzz-build
 	@FUZZ=$(abspath $(FZ_DIR)) sh tests/fuzz/run.sh long $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # clang 14 has no _Float16 on x86-64: the engine's f16 rounding goes through __fp16 and compiler-rt's conversions
-$(FZ_DIR)/obj/capture/engine/model_forward.o $(FZ_DIR)/obj/capture/engine/model_gptoss.o: FZ_EXTRA := -D_Float16=__fp16
+$(FZ_DIR)/obj/capture/engine/model_forward.o $(FZ_DIR)/obj/capture/engine/model_gptoss.o \
+	$(FZ_DIR)/obj/capture/engine/model_phimoe.o $(FZ_DIR)/obj/capture/engine/model_deepseek.o: FZ_EXTRA := -D_Float16=__fp16
 FZ_LIBS_fuzz_config = $(shell $(FZ_CC) -print-libgcc-file-name -rtlib=compiler-rt 2>/dev/null)
 
 $(FZ_DIR)/obj/%.o: %.c | $(DEPS_STAMP)

@@ -299,6 +299,105 @@ def gpt_oss_config(**over):
     return dict(sorted(c.items()))
 
 
+def phimoe_config(**over):
+    """PhimoeConfig as save_pretrained writes it (Phi-3.5-MoE's keys: LayerNorm, biases, LongRoPE with short/long
+    factors and mscales, sparsemixer's router_jitter_noise). LongRoPE's original length (12) lies inside the
+    golden prompts and generations, so both factor sets and the recomputation at the crossing are exercised; the
+    jitter eps is larger than Phi-3.5-MoE's 0.01 so sparsemixer's second and later kept experts carry weight."""
+    rs = {"long_factor": [1.0, 1.1, 1.4, 2.0, 3.5, 6.0, 10.0, 16.0], "long_mscale": 1.19,
+          "original_max_position_embeddings": 12, "rope_type": "longrope",
+          "short_factor": [1.0, 1.02, 1.05, 1.1, 1.2, 1.3, 1.5, 1.8], "short_mscale": 1.05, "type": "longrope"}
+    c = {
+        "architectures": ["PhimoeForCausalLM"],
+        "attention_bias": True,
+        "attention_dropout": 0.0,
+        "bos_token_id": BOS,
+        "eos_token_id": EOS,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "input_jitter_noise": 0.01,
+        "intermediate_size": 32,
+        "lm_head_bias": True,
+        "max_position_embeddings": 48,
+        "model_type": "phimoe",
+        "num_attention_heads": 2,
+        "num_experts_per_tok": 2,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 1,
+        "num_local_experts": 8,
+        "original_max_position_embeddings": 12,
+        "output_router_logits": False,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": rs,
+        "rope_theta": 10000.0,
+        "router_aux_loss_coef": 0.0,
+        "router_jitter_noise": 0.1,
+        "sliding_window": 20,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": "4.51.0",
+        "use_cache": True,
+        "vocab_size": VOCAB,
+    }
+    c.update(over)
+    return dict(sorted(c.items()))
+
+
+def deepseek_v2_config(**over):
+    """DeepseekV2Config as save_pretrained writes it, with the keys DeepSeek's own configs add (scoring_func,
+    moe_layer_freq): multi-head latent attention without the q low-rank path, v_head_dim unlike qk_nope_head_dim,
+    a dense first layer, one shared expert, group-limited greedy routing (4 groups, 2 kept), softmax scores scaled by
+    routed_scaling_factor 2.5, YaRN with mscale_all_dim (the softmax scale's factor) unlike mscale."""
+    c = {
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": BOS,
+        "eos_token_id": EOS,
+        "first_k_dense_replace": 1,
+        "head_dim": 8,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 48,
+        "kv_lora_rank": 16,
+        "max_position_embeddings": 64,
+        "mlp_bias": False,
+        "model_type": "deepseek_v2",
+        "moe_intermediate_size": 16,
+        "moe_layer_freq": 1,
+        "n_group": 4,
+        "n_routed_experts": 8,
+        "n_shared_experts": 1,
+        "norm_topk_prob": False,
+        "num_attention_heads": 2,
+        "num_experts_per_tok": 2,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 2,
+        "pretraining_tp": 1,
+        "q_lora_rank": None,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 4.0, "mscale": 1.0, "mscale_all_dim": 0.8,
+                         "original_max_position_embeddings": 16, "rope_type": "yarn", "type": "yarn"},
+        "rope_theta": 10000.0,
+        "routed_scaling_factor": 2.5,
+        "scoring_func": "softmax",
+        "tie_word_embeddings": False,
+        "topk_group": 2,
+        "topk_method": "group_limited_greedy",
+        "torch_dtype": "float32",
+        "transformers_version": "4.51.0",
+        "use_cache": True,
+        "v_head_dim": 12,
+        "vocab_size": VOCAB,
+    }
+    c.update(over)
+    return dict(sorted(c.items()))
+
+
 def model_specs():
     """name -> (config, seed, shards, steering specs). Steering: {op: {moe_layer: {expert: coef}}}; the last MoE
     layer is written -1."""
@@ -329,6 +428,16 @@ def model_specs():
         # MXFP4 experts; f32 dense tensors, then the published form: bf16 and no torch_dtype in config.json
         "gpt_oss": dict(config=gpt_oss_config(torch_dtype="float32"), seed=None, shards=2),
         "gpt_oss_bf16": dict(config=gpt_oss_config(), seed=None, shards=2, same_weights_as="gpt_oss"),
+        "phimoe": dict(config=phimoe_config(), seed=None, shards=1),
+        "phimoe_bf16": dict(config=phimoe_config(torch_dtype="bfloat16"), seed=None, shards=1,
+                            same_weights_as="phimoe"),
+        "deepseek_v2": dict(config=deepseek_v2_config(), seed=None, shards=1),
+        # DeepSeek-V3's router in a deepseek_v2 config: sigmoid scores, e_score_correction_bias for the choice
+        # only, groups scored by their best two, renormalised then scaled; q through the low-rank path; biases
+        "deepseek_v2_noaux": dict(config=deepseek_v2_config(
+            attention_bias=True, first_k_dense_replace=0, num_hidden_layers=2, q_lora_rank=24, n_shared_experts=2,
+            topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, rope_scaling=None),
+            seed=None, shards=1, gate_std=0.25),
     }
 
 
@@ -349,14 +458,16 @@ assert [len(p) for p in PROMPTS] == [1, 7, 23], [len(p) for p in PROMPTS]
 
 # ---- weights ---------------------------------------------------------------------------------------------------------
 
-def make_weights(cfg, seed):
+def make_weights(cfg, seed, gate_std=1.0):
     """f32 weights for every tensor of the config, drawn in name order from one seeded generator (MXFP4 blocks and
-    scales as uint8)."""
+    scales as uint8). gate_std: the router's (sigmoid scores need logits of a few units, not tens)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in sorted(ref_moe.expected_tensors(cfg).items()):
         leaf = name.rsplit(".", 2)[-2]
-        if name.endswith("_blocks"):  # every e2m1 code pair
+        if name.endswith("e_score_correction_bias"):
+            t = 0.05 * torch.randn(shape, generator=g)
+        elif name.endswith("_blocks"):  # every e2m1 code pair
             t = torch.randint(0, 256, shape, generator=g).to(torch.uint8)
         elif name.endswith("_scales"):
             # e8m0 exponents 2^-4 .. 2^-2 for gate_up (gate and up spread past the SwiGLU clamp of 7 now and then),
@@ -369,16 +480,16 @@ def make_weights(cfg, seed):
             t = 0.1 * torch.randn(shape, generator=g)
         elif name.endswith("router.weight"):
             t = 0.5 * torch.randn(shape, generator=g)  # hidden 64: logits spread as the gates' below
+        elif name.endswith(".bias"):  # attention, LM head and (phimoe) LayerNorm biases
+            t = 0.1 * torch.randn(shape, generator=g)
         elif name.endswith("norm.weight") or leaf.endswith("layernorm") or leaf in ("q_norm", "k_norm", "norm"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
-        elif name.endswith(".bias"):
-            t = 0.1 * torch.randn(shape, generator=g)
         elif leaf == "embed_tokens":
             t = 0.5 * torch.randn(shape, generator=g)
         elif leaf == "shared_expert_gate":
             t = 0.5 * torch.randn(shape, generator=g)
         elif leaf == "gate":
-            t = 1.0 * torch.randn(shape, generator=g)  # wide router logits: top-k not decided by rounding
+            t = gate_std * torch.randn(shape, generator=g)  # wide router logits: top-k not decided by rounding
         elif name == "lm_head.weight":
             t = 0.3 * torch.randn(shape, generator=g)
         else:
@@ -405,10 +516,38 @@ def margins(model, ids, n_prompt, steer=None):
     k = model.cfg.top_k
     rm = float("inf")
     for r in out["moe"]:
-        z = torch.sort(r["routed_on"].float(), dim=-1, descending=True)[0]
-        rm = min(rm, float((z[:, k - 1] - z[:, k]).min()))
+        # what the choice is made on: the logits, or DeepSeek's masked choice scores and its group scores (in
+        # units of 0.009 logits: probabilities and sigmoids are some 100 times narrower)
+        sc = 90.0 if "choice" in r else 1.0
+        z = torch.sort(r.get("choice", r["routed_on"]).float(), dim=-1, descending=True)[0]
+        rm = min(rm, sc * float((z[:, k - 1] - z[:, k]).min()))
+        if r.get("groups") is not None:
+            tg = model.cfg.topk_group
+            gs = torch.sort(r["groups"].float(), dim=-1, descending=True)[0]
+            rm = min(rm, sc * float((gs[:, tg - 1] - gs[:, tg]).min()))
     lg = torch.sort(out["logits"][0, n_prompt - 1:-1].float(), dim=-1, descending=True)[0]
     return rm, (lg[:, 0] - lg[:, 1])
+
+
+def mask_margin(model, ids, steer=None):
+    """sparsemixer: the smallest distance of a relative gap (t - z_e) / max(|z_e|, t) from its mask threshold
+    2 eps, over tokens, MoE layers, both rounds and the experts still in the round (inf for other routers), so
+    that rounding does not decide which experts share a weight."""
+    eps = model.cfg.sparsemixer_eps
+    if eps is None:
+        return float("inf")
+    out = model.forward_full(ids, steer)
+    best = float("inf")
+    for r in out["moe"]:
+        z = r["routed_on"].double()
+        chosen = torch.zeros_like(z, dtype=torch.bool)
+        for rnd in range(model.cfg.top_k):
+            t = z.masked_fill(chosen, float("-inf")).max(dim=-1, keepdim=True)[0]
+            gap = (t - z) / torch.maximum(z.abs(), t)
+            d = (gap - 2 * eps).abs().masked_fill(chosen, float("inf"))
+            best = min(best, float(d.min()))
+            chosen |= z == t
+    return best
 
 
 def goldens(model, cfg, steers):
@@ -423,6 +562,7 @@ def goldens(model, cfg, steers):
         rm, lm = margins(model, prompt + gen, len(prompt), steer)
         key = "router_margin" if steer is None else "router_margin_steered"
         rep[key] = min(rep[key], rm)
+        rep["mask_margin"] = min(rep.get("mask_margin", float("inf")), mask_margin(model, prompt + gen, steer))
         rep["logit_margin"] = min(rep["logit_margin"], float(lm.min()))
         t["generate_margin" + sfx] = lm
         t["logits" + sfx] = out["logits"][0].float()
@@ -458,7 +598,7 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
         twins = [n for n, s in model_specs().items() if s.get("same_weights_as") == name]
         best = None
         for seed in range(1000, 1000 + seed_tries):
-            w32 = make_weights(cfg, seed)
+            w32 = make_weights(cfg, seed, spec.get("gate_std", 1.0))
             score = float("inf")
             variants = [(cfgd, w32)] + [(model_specs()[n]["config"], cast_weights(w32, torch.bfloat16))
                                         for n in twins]
@@ -467,9 +607,11 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
                 bf16 = m.cfg.dtype == torch.bfloat16
                 for st in [None] + [steering_for(m.cfg, op, name) for op in STEER]:
                     for p in (PROMPTS if st is None else PROMPTS[2:]):
-                        rm, lm = margins(m, p + m.generate(p, N_GEN, st), len(p), st)
+                        gen = m.generate(p, N_GEN, st)
+                        rm, lm = margins(m, p + gen, len(p), st)
                         # (hard steering itself leaves a gap of eps = 0.01 above the original maximum)
-                        score = min(score, rm / 0.009, float(lm.min()) / (0.03 if bf16 else 0.005))
+                        score = min(score, rm / 0.009, float(lm.min()) / (0.03 if bf16 else 0.005),
+                                    mask_margin(m, p + gen, st) / 0.002)
             if best is None or score > best[0]:
                 best = (score, seed, w32)
             if score >= 1.0:
@@ -510,6 +652,8 @@ def build(name, spec, outdir, weights_cache, seed_tries=64):
                  "min_router_margin": f"{rep['router_margin']:.6g}",
                  "min_router_margin_steered": f"{rep['router_margin_steered']:.6g}",
                  "min_greedy_margin": f"{rep['logit_margin']:.6g}",
+                 **({"min_sparsemixer_mask_margin": f"{rep['mask_margin']:.6g}"}
+                    if cfg.sparsemixer_eps is not None else {}),
                  "arithmetic": "transformers eager; bf16/f16 products and SiLU in f32, rounded once (ref_moe.Ops)",
                  "producer": "tests/models/make_tiny.py (ref_moe.py, eager arithmetic, no KV cache)"})
     safetensors_io.save_file(t, os.path.join(d, "golden.safetensors"), metadata=meta)

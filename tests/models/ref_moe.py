@@ -1,10 +1,29 @@
-"""ref_moe.py — the PyTorch reference forward the native engine (capture/model*.c) is tested and benchmarked
-against: Hugging Face MoE checkpoints (qwen3_moe, olmoe, mixtral, qwen2_moe, gpt_oss; config.json + model.safetensors or
-shards + index, tensor names as on the Hub) run with the arithmetic of the transformers eager modeling code,
-in the model's dtype (f32, or bf16/f16 with the f32 upcasts transformers does: RMSNorm, rotary tables, attention
-softmax, router softmax). Written from the transformers modeling files (modeling_qwen3_moe.py, modeling_olmoe.py,
-modeling_mixtral.py, modeling_qwen2_moe.py, modeling_gpt_oss.py with integrations/mxfp4.py, modeling_rope_utils.py);
-attention is the eager path. gpt_oss is GptOssModel (below), which MoeModel(dir) returns for that model_type.
+"""ref_moe.py — the PyTorch reference forward the native engine (capture/engine/model*.c) is tested and benchmarked
+against: Hugging Face MoE checkpoints (qwen3_moe, olmoe, mixtral, qwen2_moe, gpt_oss, phimoe, deepseek_v2;
+config.json + model.safetensors or shards + index, tensor names as on the Hub) run with the arithmetic of the
+transformers eager modeling code, in the model's dtype (f32, or bf16/f16 with the f32 upcasts transformers does:
+RMSNorm, rotary tables, attention softmax, router softmax). Written from the transformers modeling files
+(modeling_qwen3_moe.py, modeling_olmoe.py, modeling_mixtral.py, modeling_qwen2_moe.py, modeling_gpt_oss.py with
+integrations/mxfp4.py, modeling_phimoe.py, modeling_deepseek_v2.py, modeling_rope_utils.py); attention is the eager
+path. gpt_oss is GptOssModel (below), which MoeModel(dir) returns for that model_type.
+
+deepseek_v2: multi-head latent attention (optional q low-rank path with its RMSNorm, keys and values from the
+RMS-normalised latent of kv_a_proj_with_mqa, interleaved rotary embedding on the rope part of each query and on
+the shared key, computed in f32 complex arithmetic), dense layers before first_k_dense_replace (and off
+moe_layer_freq), shared experts added ungated, and DeepSeek's router on f32 gate logits: softmax or sigmoid
+scores, greedy / group_limited_greedy (groups scored by their best expert) / noaux_tc (scores plus
+e_score_correction_bias for the choice only, groups scored by their best two), experts outside the chosen groups
+masked to 0, weights the unbiased scores, renormalised if norm_topk_prob, times routed_scaling_factor, kept in f32
+when they multiply the expert outputs. The softmax scale is (nope + rope)^-0.5 times YaRN's
+mscale(factor, mscale_all_dim)^2, as DeepSeek's code and transformers' deepseek_v3 have it (transformers'
+deepseek_v2 leaves that factor out).
+
+phimoe (Phi-3.5-MoE): LayerNorm with bias, q/k/v/o biases (attention_bias), LM-head bias (lm_head_bias), LongRoPE
+and sparsemixer routing (below). LongRoPE follows the current transformers code and Microsoft's original: the
+short or long factors and short_mscale or long_mscale by the length of the forward (the largest position + 1)
+against original_max_position_embeddings; a generation whose length crosses it recomputes the whole sequence
+(PhimoeForCausalLM.prepare_inputs_for_generation drops the cache there), which generate() here does at every
+step anyway. (transformers 4.4x-4.5x took the long factors whenever max_position_embeddings exceeds the original.)
 
 Router steering (docs/ARCHITECTURE.md §4, traces/STEERING.md) is applied to the raw gate outputs before softmax/top-k with
 the arithmetic of mtr_steer_apply (fixed eps; gaussian eps is not reproduced here).
@@ -23,7 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_io  # noqa: E402
 
-ARCHS = ("qwen3_moe", "olmoe", "mixtral", "qwen2_moe", "gpt_oss")
+ARCHS = ("qwen3_moe", "olmoe", "mixtral", "qwen2_moe", "gpt_oss", "phimoe", "deepseek_v2")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -52,10 +71,12 @@ class Config:
         self.n_kv_heads = g("num_key_value_heads") or self.n_heads
         if mt == "olmoe":  # OlmoeAttention: head_dim = hidden_size // num_heads, whatever the config says
             self.head_dim = self.hidden_size // self.n_heads
+        elif mt == "deepseek_v2":  # DeepseekV2Config: head_dim is the rotary part
+            self.head_dim = g("qk_rope_head_dim", 64)
         else:
             self.head_dim = g("head_dim") or self.hidden_size // self.n_heads
-        self.rms_eps = g("rms_norm_eps", 1e-5 if mt in ("olmoe", "mixtral", "gpt_oss") else 1e-6)
-        self.rope_theta = float(g("rope_theta", {"mixtral": 1e6, "gpt_oss": 150000.0}.get(mt, 10000.0)))
+        self.rms_eps = g("rms_norm_eps", 1e-5 if mt in ("olmoe", "mixtral", "gpt_oss", "phimoe") else 1e-6)
+        self.rope_theta = float(g("rope_theta", {"mixtral": 1e6, "phimoe": 1e6, "gpt_oss": 150000.0}.get(mt, 10000.0)))
         self.rope_scaling = g("rope_scaling")
         self.max_pos = g("max_position_embeddings", 4096)
         self.partial_rotary_factor = g("partial_rotary_factor", 1.0)
@@ -65,7 +86,42 @@ class Config:
         self.qkv_bias = self.o_bias = False
         self.shared_inter = 0
         self.intermediate_size = g("intermediate_size")
-        if mt == "mixtral":
+        self.layernorm = self.lm_head_bias = False  # LayerNorm with bias instead of RMSNorm; LM-head bias
+        self.sparsemixer_eps = None                  # phimoe: sparsemixer's jitter eps
+        self.orig_max_pos = g("original_max_position_embeddings")
+        self.mla = False
+        if mt == "deepseek_v2":
+            self.mla = True
+            self.n_experts = g("n_routed_experts", 64)
+            self.moe_inter = g("moe_intermediate_size", 1407)
+            self.intermediate_size = g("intermediate_size", 11008)
+            self.n_shared = g("n_shared_experts", 2) or 0
+            self.q_lora_rank = g("q_lora_rank", 1536)
+            self.kv_lora_rank = g("kv_lora_rank", 512)
+            self.qk_nope = g("qk_nope_head_dim", 128)
+            self.v_head_dim = g("v_head_dim", 128)
+            self.qkv_bias, self.o_bias = False, bool(g("attention_bias", False))
+            self.norm_topk_prob = bool(g("norm_topk_prob", False))
+            self.topk_method = g("topk_method") or "greedy"
+            self.n_group = g("n_group") or 1
+            self.topk_group = g("topk_group") or 1
+            self.scoring = g("scoring_func") or "softmax"
+            self.routed_scaling = float(g("routed_scaling_factor", 1.0))
+            self.attn_scale = (self.qk_nope + self.head_dim) ** -0.5
+            rs = g("rope_scaling") or {}
+            if rs.get("mscale_all_dim") and rs.get("factor", 1) > 1:
+                self.attn_scale *= _get_mscale(rs["factor"], rs["mscale_all_dim"]) ** 2
+        elif mt == "phimoe":
+            self.n_experts = g("num_local_experts", 16)
+            self.moe_inter = g("intermediate_size", 6400)
+            self.norm_topk_prob = False
+            self.qkv_bias = self.o_bias = bool(g("attention_bias", False))
+            self.layernorm = True
+            self.lm_head_bias = bool(g("lm_head_bias", False))
+            self.sparsemixer_eps = float(g("router_jitter_noise", 0.01))
+            if self.top_k != 2:
+                raise ValueError("phimoe: sparsemixer routes exactly 2 experts (num_experts_per_tok 2)")
+        elif mt == "mixtral":
             self.n_experts = d["num_local_experts"]
             self.moe_inter = d["intermediate_size"]
             self.norm_topk_prob = True  # MixtralSparseMoeBlock always renormalises the top-k weights
@@ -97,13 +153,16 @@ class Config:
             only = g("mlp_only_layers") or []
             step = g("decoder_sparse_step", 1)
             self.is_moe = [(i not in only) and self.n_experts > 0 and (i + 1) % step == 0 for i in range(self.n_layers)]
+        elif mt == "deepseek_v2":
+            k, f = g("first_k_dense_replace", 0), g("moe_layer_freq", 1)
+            self.is_moe = [i >= k and i % f == 0 for i in range(self.n_layers)]
         else:
             self.is_moe = [True] * self.n_layers
         self.moe_layers = [i for i, m in enumerate(self.is_moe) if m]
         # sliding window per layer (None: full causal attention)
         sw = g("sliding_window")
         self.window = [None] * self.n_layers
-        if mt == "mixtral" and sw:
+        if mt in ("mixtral", "phimoe") and sw:
             self.window = [sw] * self.n_layers
         elif mt == "qwen3_moe" and g("use_sliding_window", False) and sw:
             self.window = [sw] * self.n_layers
@@ -129,9 +188,29 @@ def _get_mscale(scale, mscale=1.0):
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
+def longrope_parameters(cfg, rs, seq_len):
+    """LongRoPE (_compute_longrope_parameters, PhimoeRotaryEmbedding.forward): the long factors and long_mscale when
+    the forward's length exceeds original_max_position_embeddings, else the short ones; without an mscale the
+    attention factor (given, or sqrt(1 + ln(factor) / ln(original)) with factor = max_position / original)."""
+    base = cfg.rope_theta
+    dim = int(cfg.head_dim * cfg.partial_rotary_factor)
+    orig = rs.get("original_max_position_embeddings") or cfg.orig_max_pos or cfg.max_pos
+    long = seq_len is not None and seq_len > orig
+    ext = torch.tensor(rs["long_factor" if long else "short_factor"], dtype=torch.float32)
+    shape = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv = 1.0 / (ext * base ** shape)
+    mscale = rs.get("long_mscale" if long else "short_mscale")
+    if mscale is None:
+        mscale = rs.get("attention_factor")
+        if mscale is None:
+            factor = rs.get("factor") or cfg.max_pos / orig
+            mscale = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    return inv, float(mscale)
+
+
 def rope_parameters(cfg, seq_len=None):
     """(inv_freq f32 (dim/2,), attention_scaling) as ROPE_INIT_FUNCTIONS computes them for this config.
-    seq_len: the current sequence length, used only by "dynamic"."""
+    seq_len: the current sequence length, used by "dynamic" and "longrope"."""
     rs = cfg.rope_scaling or {}
     rtype = rs.get("rope_type", rs.get("type", "default")) if rs else "default"
     base = cfg.rope_theta
@@ -143,6 +222,8 @@ def rope_parameters(cfg, seq_len=None):
 
     if rtype == "default":
         return default(), 1.0
+    if rtype == "longrope":
+        return longrope_parameters(cfg, rs, seq_len)
     factor = rs["factor"]
     if rtype == "linear":
         return default() / factor, 1.0
@@ -314,13 +395,23 @@ def expected_tensors(cfg):
         return gptoss_expected_tensors(cfg)
     H, hd, nh, nkv, E = cfg.hidden_size, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.n_experts
     t = {"model.embed_tokens.weight": (cfg.vocab_size, H), "model.norm.weight": (H,)}
+    if cfg.layernorm:
+        t["model.norm.bias"] = (H,)
     if not cfg.tie:
         t["lm_head.weight"] = (cfg.vocab_size, H)
+    if cfg.lm_head_bias:
+        t["lm_head.bias"] = (cfg.vocab_size,)
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = (H,)
         t[p + "post_attention_layernorm.weight"] = (H,)
+        if cfg.layernorm:
+            t[p + "input_layernorm.bias"] = (H,)
+            t[p + "post_attention_layernorm.bias"] = (H,)
         a = p + "self_attn."
+        if cfg.mla:
+            _mla_tensors(t, cfg, i)
+            continue
         t[a + "q_proj.weight"] = (nh * hd, H)
         t[a + "k_proj.weight"] = (nkv * hd, H)
         t[a + "v_proj.weight"] = (nkv * hd, H)
@@ -335,7 +426,7 @@ def expected_tensors(cfg):
         elif cfg.model_type == "olmoe":
             t[a + "q_norm.weight"] = (nh * hd,)
             t[a + "k_norm.weight"] = (nkv * hd,)
-        if cfg.model_type == "mixtral":
+        if cfg.model_type in ("mixtral", "phimoe"):
             m = p + "block_sparse_moe."
             t[m + "gate.weight"] = (E, H)
             for e in range(E):
@@ -362,6 +453,77 @@ def expected_tensors(cfg):
     return t
 
 
+def _mla_tensors(t, cfg, i):
+    """deepseek_v2's tensors of layer i beyond the norms (attention, MLP or experts, shared experts, bias)."""
+    H, nh, E = cfg.hidden_size, cfg.n_heads, cfg.n_experts
+    qkd, rd = cfg.qk_nope + cfg.head_dim, cfg.head_dim
+    a = f"model.layers.{i}.self_attn."
+    if cfg.q_lora_rank:
+        t[a + "q_a_proj.weight"] = (cfg.q_lora_rank, H)
+        if cfg.o_bias:
+            t[a + "q_a_proj.bias"] = (cfg.q_lora_rank,)
+        t[a + "q_a_layernorm.weight"] = (cfg.q_lora_rank,)
+        t[a + "q_b_proj.weight"] = (nh * qkd, cfg.q_lora_rank)
+    else:
+        t[a + "q_proj.weight"] = (nh * qkd, H)
+    t[a + "kv_a_proj_with_mqa.weight"] = (cfg.kv_lora_rank + rd, H)
+    if cfg.o_bias:
+        t[a + "kv_a_proj_with_mqa.bias"] = (cfg.kv_lora_rank + rd,)
+        t[a + "o_proj.bias"] = (H,)
+    t[a + "kv_a_layernorm.weight"] = (cfg.kv_lora_rank,)
+    t[a + "kv_b_proj.weight"] = (nh * (cfg.qk_nope + cfg.v_head_dim), cfg.kv_lora_rank)
+    t[a + "o_proj.weight"] = (H, nh * cfg.v_head_dim)
+    m = f"model.layers.{i}.mlp."
+    if not cfg.is_moe[i]:
+        t[m + "gate_proj.weight"] = (cfg.intermediate_size, H)
+        t[m + "up_proj.weight"] = (cfg.intermediate_size, H)
+        t[m + "down_proj.weight"] = (H, cfg.intermediate_size)
+        return
+    t[m + "gate.weight"] = (E, H)
+    if cfg.topk_method == "noaux_tc":
+        t[m + "gate.e_score_correction_bias"] = (E,)
+    for e in range(E):
+        t[m + f"experts.{e}.gate_proj.weight"] = (cfg.moe_inter, H)
+        t[m + f"experts.{e}.up_proj.weight"] = (cfg.moe_inter, H)
+        t[m + f"experts.{e}.down_proj.weight"] = (H, cfg.moe_inter)
+    if cfg.n_shared:
+        S = cfg.moe_inter * cfg.n_shared
+        t[m + "shared_experts.gate_proj.weight"] = (S, H)
+        t[m + "shared_experts.up_proj.weight"] = (S, H)
+        t[m + "shared_experts.down_proj.weight"] = (H, S)
+
+
+def apply_rotary_emb(x, freqs_cis):
+    """modeling_deepseek_v2.apply_rotary_emb for one tensor (..., T, rope): pairs (2i, 2i + 1) as complex numbers
+    times freqs_cis (T, rope / 2), in f32, cast back to x's dtype."""
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(xc * freqs_cis).flatten(-2).type_as(x)
+
+
+def deepseek_route(cfg, zr, bias):
+    """DeepSeek's router on the f32 logits routed on zr (N, E): (weights (N, K) f32, experts (N, K), the masked
+    choice scores (N, E), the group scores (N, G) or None). Sorting is stable (ties to the lower index)."""
+    N, E = zr.shape
+    scores = torch.sigmoid(zr) if cfg.scoring == "sigmoid" else F.softmax(zr, dim=-1, dtype=torch.float32)
+    choice = scores + bias[None] if cfg.topk_method == "noaux_tc" else scores
+    groups = None
+    if cfg.topk_method in ("group_limited_greedy", "noaux_tc") and cfg.n_group > 1:
+        gv = choice.view(N, cfg.n_group, -1)
+        if cfg.topk_method == "noaux_tc":
+            groups = torch.sort(gv, dim=-1, descending=True, stable=True)[0][..., :2].sum(-1)
+        else:
+            groups = gv.max(dim=-1).values
+        gidx = torch.sort(groups, dim=-1, descending=True, stable=True)[1][:, :cfg.topk_group]
+        gmask = torch.zeros_like(groups).scatter_(1, gidx, 1)
+        smask = gmask.unsqueeze(-1).expand(N, cfg.n_group, E // cfg.n_group).reshape(N, -1)
+        choice = choice.masked_fill(~smask.bool(), 0.0)
+    order = torch.sort(choice, dim=-1, descending=True, stable=True)[1][:, :cfg.top_k]
+    w = scores.gather(1, order)
+    if cfg.top_k > 1 and cfg.norm_topk_prob:
+        w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+    return w * cfg.routed_scaling, order, choice, groups
+
+
 def rms_norm(x, w, eps):
     """RMSNorm as transformers: statistics in f32, normalised value cast back, then weight * value."""
     dt = x.dtype
@@ -369,6 +531,32 @@ def rms_norm(x, w, eps):
     var = h.pow(2).mean(-1, keepdim=True)
     h = h * torch.rsqrt(var + eps)
     return w * h.to(dt)
+
+
+def layer_norm(x, w, b, eps, up):
+    """nn.LayerNorm with weight and bias; for bf16/f16 (up) computed in f32 and rounded once, as the CPU and CUDA
+    kernels do."""
+    if up:
+        return F.layer_norm(x.float(), x.shape[-1:], w.float(), b.float(), eps).to(x.dtype)
+    return F.layer_norm(x, x.shape[-1:], w, b, eps)
+
+
+def sparsemixer(scores, jitter_eps, top_k=2):
+    """modeling_phimoe.sparsemixer with training=False: (multipliers (N, k), experts (N, k)) in the dtype of scores,
+    its element-wise arithmetic as torch does it in that dtype. Round r masks, among the experts not chosen yet,
+    those whose relative gap to the round's maximum exceeds 2 eps and takes the softmax at the maximum."""
+    mult, sel = [], []
+    masked_scores = scores
+    for _ in range(top_k):
+        with torch.no_grad():
+            thr, ind = masked_scores.max(dim=-1, keepdim=True)
+            factor = scores.abs().clamp(min=thr)
+            mask = ((thr - scores) / factor) > (2 * jitter_eps)
+        gates = torch.softmax(masked_scores.masked_fill(mask, float("-inf")), dim=-1)
+        mult.append(gates.gather(dim=-1, index=ind))
+        sel.append(ind)
+        masked_scores = torch.scatter(masked_scores, -1, ind, float("-inf"))
+    return torch.cat(mult, dim=-1), torch.cat(sel, dim=-1)
 
 
 class Ops:
@@ -423,6 +611,58 @@ class MoeModel:
 
     # -- blocks --
 
+    def attention_mla(self, i, x, freqs, mask):
+        """deepseek_v2's multi-head latent attention; freqs: (B, T, rope / 2) complex f32 (times the attention
+        factor)."""
+        cfg, w, op = self.cfg, self.w, self.ops
+        B, T, _ = x.shape
+        a = f"model.layers.{i}.self_attn."
+        nh, nope, rd, vd = cfg.n_heads, cfg.qk_nope, cfg.head_dim, cfg.v_head_dim
+        if cfg.q_lora_rank:
+            qa = op.linear(x, w[a + "q_a_proj.weight"], w.get(a + "q_a_proj.bias"))
+            q = op.linear(rms_norm(qa, w[a + "q_a_layernorm.weight"], 1e-6), w[a + "q_b_proj.weight"])
+        else:
+            q = op.linear(x, w[a + "q_proj.weight"])
+        q = q.view(B, T, nh, nope + rd).transpose(1, 2)
+        q_nope, q_pe = torch.split(q, [nope, rd], dim=-1)
+        ckv = op.linear(x, w[a + "kv_a_proj_with_mqa.weight"], w.get(a + "kv_a_proj_with_mqa.bias"))
+        k_lat, k_pe = torch.split(ckv, [cfg.kv_lora_rank, rd], dim=-1)
+        kv = op.linear(rms_norm(k_lat, w[a + "kv_a_layernorm.weight"], 1e-6), w[a + "kv_b_proj.weight"])
+        kv = kv.view(B, T, nh, nope + vd).transpose(1, 2)
+        k_nope, v = torch.split(kv, [nope, vd], dim=-1)
+        k_pe = k_pe.view(B, 1, T, rd)
+        fc = freqs.unsqueeze(1)
+        q_pe, k_pe = apply_rotary_emb(q_pe, fc), apply_rotary_emb(k_pe, fc)
+        q = torch.cat((q_nope, q_pe), dim=-1)
+        k = torch.cat((k_nope, k_pe.expand(B, nh, T, rd)), dim=-1)
+        att = op.matmul(q, k.transpose(2, 3)) * cfg.attn_scale
+        att = att + mask
+        att = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
+        o = op.matmul(att, v).transpose(1, 2).contiguous().reshape(B, T, nh * vd)
+        return op.linear(o, w[a + "o_proj.weight"], w.get(a + "o_proj.bias"))
+
+    def moe_deepseek(self, i, x2, moe_idx, steer, rec):
+        """deepseek_v2's MoE block on x2 (N, H): f32 router, experts weighted by f32 weights, shared experts."""
+        cfg, w = self.cfg, self.w
+        m = f"model.layers.{i}.mlp."
+        z = F.linear(x2.float(), w[m + "gate.weight"].float())  # DeepSeek's gate: f32 whatever the dtype
+        zr = steer.apply(z, moe_idx) if steer is not None else z
+        bias = w.get(m + "gate.e_score_correction_bias")
+        wts, sel, choice, groups = deepseek_route(cfg, zr, None if bias is None else bias.float())
+        rec.append({"router": z, "routed_on": zr, "selected": sel, "weights": wts, "choice": choice,
+                    "groups": groups})
+        out = torch.zeros_like(x2)
+        mask = F.one_hot(sel, num_classes=cfg.n_experts).permute(2, 1, 0)
+        for e in (mask.sum(dim=(-1, -2)) > 0).nonzero(as_tuple=True)[0].tolist():
+            slot, tok = torch.where(mask[e])
+            ex = m + f"experts.{e}."
+            y = self.ops.gated_mlp(x2[tok], *(w[ex + n + ".weight"] for n in ("gate_proj", "up_proj", "down_proj")))
+            out.index_add_(0, tok, (y * wts[tok, slot, None]).to(x2.dtype))
+        if cfg.n_shared:
+            se = m + "shared_experts."
+            out = out + self.ops.gated_mlp(x2, *(w[se + n + ".weight"] for n in ("gate_proj", "up_proj", "down_proj")))
+        return out
+
     def attention(self, i, x, cos, sin, mask):
         cfg, w = self.cfg, self.w
         B, T, _ = x.shape
@@ -462,6 +702,10 @@ class MoeModel:
         Softmax in f32 over all experts, top-k (ties: lower expert index), renormalised if the model does."""
         cfg = self.cfg
         zr = steer.apply(z, moe_idx) if steer is not None else z
+        if cfg.sparsemixer_eps is not None:
+            # in the dtype of the logits routed on: the model's, or f32 for steered logits
+            wts, order = sparsemixer(zr, cfg.sparsemixer_eps, cfg.top_k)
+            return wts.to(z.dtype), order, zr
         p = F.softmax(zr, dim=1, dtype=torch.float32)
         order = torch.sort(p, dim=-1, descending=True, stable=True)[1][:, :cfg.top_k]
         wts = torch.gather(p, 1, order)
@@ -473,7 +717,9 @@ class MoeModel:
         cfg, w = self.cfg, self.w
         B, T, H = x.shape
         x2 = x.reshape(-1, H)
-        if cfg.model_type == "mixtral":
+        if cfg.mla:
+            return self.moe_deepseek(i, x2, moe_idx, steer, rec).reshape(B, T, H)
+        if cfg.model_type in ("mixtral", "phimoe"):
             m = f"model.layers.{i}.block_sparse_moe."
             names = ("w1", "w3", "w2")
         else:
@@ -504,8 +750,13 @@ class MoeModel:
         w = self.w
         return self.ops.gated_mlp(x, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
 
-    def norm(self, x, w):
-        return rms_norm(x, w, self.cfg.rms_eps)
+    def norm(self, x, prefix):
+        """The decoder's norm at prefix (input_layernorm, post_attention_layernorm, model.norm): RMSNorm, or
+        LayerNorm with bias (phimoe)."""
+        w, cfg = self.w, self.cfg
+        if cfg.layernorm:
+            return layer_norm(x, w[prefix + ".weight"], w[prefix + ".bias"], cfg.rms_eps, self.ops.up)
+        return rms_norm(x, w[prefix + ".weight"], cfg.rms_eps)
 
     def causal_mask(self, T, window, dtype):
         q = torch.arange(T)[:, None]
@@ -535,6 +786,10 @@ class MoeModel:
         x = F.embedding(ids, w["model.embed_tokens.weight"])
         pos = torch.arange(T, dtype=torch.int64)[None].expand(B, T)
         cos, sin = rope_tables(cfg, pos, cfg.dtype)
+        if cfg.mla:  # torch.polar(1, pos * inv_freq) times the attention factor, complex f32
+            inv, af = rope_parameters(cfg, T)
+            ang = pos[:, :, None].float() * inv[None, None, :].float()
+            freqs = torch.polar(torch.ones_like(ang), ang) * af
         masks = {}
         rec = []
         for i in range(cfg.n_layers):
@@ -542,20 +797,21 @@ class MoeModel:
             if win not in masks:
                 masks[win] = self.causal_mask(T, win, cfg.dtype)
             p = f"model.layers.{i}."
-            h = self.norm(x, w[p + "input_layernorm.weight"])
-            x = x + self.attention(i, h, cos, sin, masks[win])
-            h = self.norm(x, w[p + "post_attention_layernorm.weight"])
+            h = self.norm(x, p + "input_layernorm")
+            x = x + (self.attention_mla(i, h, freqs, masks[win]) if cfg.mla else
+                     self.attention(i, h, cos, sin, masks[win]))
+            h = self.norm(x, p + "post_attention_layernorm")
             if cfg.is_moe[i]:
                 x = x + self.moe(i, h, len(rec), steer, rec)
             else:
                 x = x + self.dense(i, h)
             if stop_after_last_moe and i == cfg.moe_layers[-1]:
                 return {"logits": None, "moe": rec}
-        x = self.norm(x, w["model.norm.weight"])
+        x = self.norm(x, "model.norm")
         if logits_positions is not None:
             x = x[:, logits_positions]
         head = w["model.embed_tokens.weight"] if cfg.tie else w["lm_head.weight"]
-        return {"logits": self.ops.linear(x, head), "moe": rec}
+        return {"logits": self.ops.linear(x, head, w.get("lm_head.bias")), "moe": rec}
 
     def forward(self, ids, steer=None):
         """logits (T, V) and the list of raw router logits (T, E) per MoE layer, in the model dtype, for a 1-D id
@@ -661,8 +917,9 @@ class GptOssModel(MoeModel):
                 dq = mxfp4_dequantize(w[e + n + "_blocks"], w[e + n + "_scales"])
                 self.w[e + n] = dq.transpose(1, 2).contiguous().to(cfg.dtype)
 
-    def norm(self, x, wt):
+    def norm(self, x, prefix):
         """GptOssRMSNorm: (weight * x_normalised).to(dtype) with the weight kept in f32: one rounding."""
+        wt = self.w[prefix + ".weight"]
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.cfg.rms_eps)
         return (wt.float() * h).to(x.dtype)

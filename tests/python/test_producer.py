@@ -110,7 +110,10 @@ for arch in ARCHS:
         assert list(attrs["layer_index"]) == [i for i, _ in blocks], attrs["layer_index"]
         assert attrs["n_experts"] == 8 and attrs["top_k"] == 2 and attrs["model_type"] == arch
         assert attrs["router_bias"] == (arch == "gpt_oss"), "router_bias"
-        assert attrs["score_fn"] == ("topk_softmax" if arch == "gpt_oss" else "softmax"), attrs["score_fn"]
+        want = {"gpt_oss": "topk_softmax", "phimoe": "sparsemixer"}.get(arch, "softmax")
+        assert attrs["score_fn"] == want, attrs["score_fn"]
+        if arch == "phimoe":  # PhimoeConfig's default router_jitter_noise (the tiny config does not set it)
+            assert attrs["sparsemixer_eps"] == 0.01 and not attrs["renormalize"], dict(attrs)
         settings = json.loads(attrs["capture_settings"])
         assert settings["ingest"]["producer"] == "moetrace-python", settings
 

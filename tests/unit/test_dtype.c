@@ -225,6 +225,49 @@ START_TEST(route_semantics)
 }
 END_TEST
 
+/* sparsemixer (PhiMoE's inference routing): the top-2 logits; each weight the softmax at the round's maximum over
+ * the experts within a relative gap of 2 eps of it, the first round's expert excluded from the second */
+START_TEST(route_sparsemixer)
+{
+    mtr_model_info m;
+    float scratch[5], w[2];
+    uint16_t ids[2];
+    mtr_model_info_init(&m, "t", "phimoe", 1, 5, 2);
+    m.score_fn = MTR_SCORE_SPARSEMIXER;
+    m.sparsemixer_eps = 0.01;
+    ck_assert_int_eq(mtr_model_info_check(&m), 0);
+    float z[5] = {1.0f, 0.99f, 0.985f, -2.0f, 0.96f};
+    mtr_route(&m, 0, z, ids, w, scratch);
+    ck_assert_uint_eq(ids[0], 0);
+    ck_assert_uint_eq(ids[1], 1);
+    /* round 1 keeps 0.99 (gap 0.01) and 0.985 (0.015), masks 0.96 (0.04) and -2 */
+    ck_assert_double_eq_tol(w[0], 1.0 / (1.0 + exp(0.99 - 1.0) + exp(0.985 - 1.0)), 1e-6);
+    /* round 2 at 0.99: 0.985 kept (0.005), 0.96 masked (0.0303); expert 0 gone though its gap is negative */
+    ck_assert_double_eq_tol(w[1], 1.0 / (1.0 + exp(0.985 - 0.99)), 1e-6);
+    /* negative logits: the divisor is |z_e| (>= the negative maximum) */
+    float zn[5] = {-1.0f, -1.01f, -3.0f, -1.5f, -4.0f};
+    mtr_route(&m, 0, zn, ids, w, scratch);
+    ck_assert_uint_eq(ids[0], 0);
+    ck_assert_uint_eq(ids[1], 1);
+    ck_assert_double_eq_tol(w[0], 1.0 / (1.0 + exp(-0.01)), 1e-6);
+    ck_assert_double_eq_tol(w[1], 1.0, 1e-7); /* -1.5: gap 0.49 / 1.5 */
+    /* eps 0: only exact ties share the weight */
+    m.sparsemixer_eps = 0;
+    float zt[5] = {2.0f, 2.0f, 1.0f, 0.0f, 2.0f};
+    mtr_route(&m, 0, zt, ids, w, scratch);
+    ck_assert_uint_eq(ids[0], 0);
+    ck_assert_uint_eq(ids[1], 1);
+    ck_assert_double_eq_tol(w[0], 1.0 / 3.0, 1e-7);
+    ck_assert_double_eq_tol(w[1], 0.5, 1e-7);
+    /* renormalisation or a selection bias make no sense for it */
+    m.renormalize = true;
+    ck_assert_int_eq(mtr_model_info_check(&m), MTR_EINVAL);
+    m.renormalize = false;
+    m.sparsemixer_eps = -0.1;
+    ck_assert_int_eq(mtr_model_info_check(&m), MTR_EINVAL);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("dtype");
@@ -239,6 +282,7 @@ static Suite *suite(void)
     tcase_add_test(tc, nonfinite_scan);
     tcase_add_test(tc, topk_selection_rule);
     tcase_add_test(tc, route_semantics);
+    tcase_add_test(tc, route_sparsemixer);
     suite_add_tcase(s, tc);
     return s;
 }

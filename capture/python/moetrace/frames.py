@@ -29,7 +29,8 @@ def _pad8(n):
 def encode_header(model, logits_dtype=None, producer="moetrace-python", producer_version=None, corpus_id=None,
                   capture_settings=None, steering=None):
     """Stream prelude + header. model: dict with model_id, model_type, n_layers, n_decoder_layers, layer_index,
-    n_experts, top_k, score_fn, renormalize, router_bias, selection_bias (None or (L, E) numbers)."""
+    n_experts, top_k, score_fn, renormalize, router_bias, selection_bias (None or (L, E) numbers), and with
+    score_fn "sparsemixer" its sparsemixer_eps."""
     from . import __version__
     h = {k: model[k] for k in ("model_id", "model_type", "n_layers", "n_experts", "top_k")}
     h["n_decoder_layers"] = int(model.get("n_decoder_layers", model["n_layers"]))
@@ -39,6 +40,8 @@ def encode_header(model, logits_dtype=None, producer="moetrace-python", producer
     h["router_bias"] = bool(model.get("router_bias", False))
     sb = model.get("selection_bias")
     h["selection_bias"] = None if sb is None else np.asarray(sb, dtype=np.float64).tolist()
+    if h["score_fn"] == "sparsemixer":
+        h["sparsemixer_eps"] = float(model["sparsemixer_eps"])
     if logits_dtype:
         h["logits_dtype"] = logits_dtype
     h["producer"] = producer

@@ -18,7 +18,8 @@ class Arch:
     model_type: str
     pattern: str                  # regex over module names; group 1 = decoder layer index
     kind: str = "linear"          # "linear" | "router"
-    score_fn: str = "softmax"     # softmax | sigmoid | topk_softmax
+    score_fn: str = "softmax"     # softmax | sigmoid | topk_softmax | sparsemixer
+    jitter_attr: str = "router_jitter_noise"  # sparsemixer: the config attribute holding its eps (default 0.01)
     renormalize: object = False   # bool, or the config attribute that says it
     router_bias: bool = False
     top_k_attrs: tuple = ("num_experts_per_tok", "experts_per_token", "moe_topk")
@@ -56,8 +57,9 @@ register(Arch("qwen2_moe", _MLP_GATE, renormalize="norm_topk_prob"))
 register(Arch("qwen3_moe", _MLP_GATE, renormalize="norm_topk_prob"))
 register(Arch("olmoe", _MLP_GATE, renormalize="norm_topk_prob"))
 register(Arch("mixtral", _SPARSE_GATE, renormalize=True))
-register(Arch("phimoe", _SPARSE_GATE, renormalize=False,
-              notes="PhiMoE routes with sparsemixer; softmax without renormalisation is the closest declared rule"))
+register(Arch("phimoe", _SPARSE_GATE, score_fn="sparsemixer", renormalize=False,
+              notes="PhiMoE's sparsemixer top-2 (FORMAT.md 2.2); its eps is config.router_jitter_noise; the gate "
+                    "Linear's output is the logits, so steering acts before sparsemixer"))
 register(Arch("gpt_oss", r"(?:^|\.)layers\.(\d+)\.mlp\.router$", kind="router", score_fn="topk_softmax",
               renormalize=False, router_bias=True, route=_gpt_oss_route))
 
@@ -102,7 +104,7 @@ def describe(model, arch, routers, model_id=None, top_k=None):
     n_dec = getattr(cfg, "num_hidden_layers", None) if cfg is not None else None
     layers = [l for l, _, _ in routers]
     has_bias = arch.router_bias or getattr(routers[0][2], "bias", None) is not None
-    return {
+    d = {
         "model_id": model_id or getattr(cfg, "_name_or_path", "") or arch.model_type,
         "model_type": arch.model_type,
         "n_layers": len(routers),
@@ -115,3 +117,7 @@ def describe(model, arch, routers, model_id=None, top_k=None):
         "router_bias": bool(has_bias),
         "selection_bias": None,
     }
+    if arch.score_fn == "sparsemixer":
+        eps = getattr(cfg, arch.jitter_attr, None) if cfg is not None else None
+        d["sparsemixer_eps"] = float(0.01 if eps is None else eps)  # PhimoeConfig's default
+    return d
