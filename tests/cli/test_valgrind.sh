@@ -39,3 +39,10 @@ vg "capture run (tiny qwen3_moe, steered)" "$BIN/moetrace-capture" run --model "
     --corpus "$TESTS/data/udhr-mini.jsonl" --limit 3 --out cap --shard-bytes 8K --quiet \
     --steer "$TESTS/models/tiny/qwen3_moe/steer_hard.json"
 vg "info of the capture" "$BIN/moetrace-info" --deep cap
+# the other engines: Phi-3.5-MoE (sparsemixer, LongRoPE), GPT-OSS (MXFP4 experts, sinks, sliding window, two
+# shards) and DeepSeek-V2 (latent attention, shared experts, group-limited routing), each steered soft
+for arch in phimoe gpt_oss deepseek_v2; do
+    vg "capture run (tiny $arch, steered soft)" "$BIN/moetrace-capture" run --model "$TESTS/models/tiny/$arch" \
+        --corpus "$TESTS/data/udhr-mini.jsonl" --limit 2 --out "cap-$arch" --shard-bytes 8K --quiet \
+        --steer "$TESTS/models/tiny/$arch/steer_soft.json"
+done
