@@ -469,6 +469,8 @@ int mtr_h5_check_object(hid_t loc, const char *name, const char *file)
     /* the header is loaded but its messages are not decoded: that is what the walk checks first */
     if (H5Oget_info_by_name2(loc, name, &oi, H5O_INFO_BASIC, H5P_DEFAULT) >= 0)
         rc = walk_header(&r, r.base + oi.addr, NULL, NULL, NULL);
+    else /* raw_open's 1 (opened) is not a verdict */
+        rc = mtr_fail(MTR_EFORMAT, "%s: cannot find the header of /%s (damaged link or object header)", file, name);
     raw_close(&r);
     return rc;
 }

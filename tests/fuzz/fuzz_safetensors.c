@@ -2,7 +2,9 @@
  * checkpoint file must open with every tensor inside the file, or fail with a pinned error; never a crash, a read
  * past the mapping or an allocation sized by unchecked header numbers. The input goes through a memfd so the
  * reader maps it exactly as it maps a file on disk. */
-#define _GNU_SOURCE
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memfd_create */
+#endif
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
