@@ -206,10 +206,19 @@ static int record(engine *e, uint64_t seq, const char *unit, const char *lang, c
     return record_at(e, 0, seq, unit, lang, dataset, ids, roles, n);
 }
 
+/* a path as recorded in the run: absolute when it resolves, so a resume from another directory names the same file */
+static json_t *path_json(const char *path)
+{
+    char *abs = realpath(path, NULL);
+    json_t *j = json_string(abs ? abs : path);
+    free(abs);
+    return j;
+}
+
 static json_t *steer_json(const mtr_steer *s, const char *path)
 {
     json_t *j = json_object();
-    json_object_set_new(j, "file", json_string(path));
+    json_object_set_new(j, "file", path_json(path));
     json_object_set_new(j, "name", json_string(s->name));
     json_object_set_new(j, "op", json_string(mtr_steer_op_name(s->op)));
     json_object_set_new(j, "lambda", json_real(s->lambda));
@@ -242,10 +251,18 @@ static int open_writer(engine *e, const char *dir, bool resume)
     wo.producer = "moetrace-capture run";
     json_t *cs = json_object();
     json_object_set_new(cs, "mode", json_string(e->o.mode == MODE_CAPTURE ? "capture" : e->o.mode == MODE_SCORE ? "score" : "generate"));
-    json_object_set_new(cs, "model_dir", json_string(e->o.model_dir));
-    json_object_set_new(cs, "corpus", json_string(e->o.corpus));
+    /* everything that decides what is stored (a resume must match it: mtr_writer_opts.capture_settings); not
+     * --limit (a limited run is resumed to the end) nor --threads (the bits do not depend on it) */
+    json_object_set_new(cs, "model_dir", path_json(e->o.model_dir));
+    json_object_set_new(cs, "corpus", path_json(e->o.corpus));
+    json_object_set_new(cs, "format", json_string(e->o.format ? e->o.format : "auto"));
+    json_object_set_new(cs, "dataset", e->o.dataset ? json_string(e->o.dataset) : json_null());
+    json_object_set_new(cs, "langs", e->o.langs ? json_string(e->o.langs) : json_null());
     json_object_set_new(cs, "chat", e->o.chat == -1 ? json_string("auto") : json_boolean(e->o.chat));
+    json_object_set_new(cs, "thinking", e->o.thinking == -1 ? json_null() : json_boolean(e->o.thinking));
     json_object_set_new(cs, "max_tokens", json_integer(e->o.max_tokens));
+    json_object_set_new(cs, "batch", json_integer(e->o.batch));
+    json_object_set_new(cs, "steer_seed", e->o.have_seed ? json_integer((json_int_t)e->o.seed) : json_null());
     json_object_set_new(cs, "model_dtype", json_string(mtr_dtype_name(e->cfg->dtype)));
     json_object_set_new(cs, "engine", json_string("moetrace native"));
     char *cs_text = json_dumps(cs, JSON_COMPACT | JSON_SORT_KEYS);

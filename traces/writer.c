@@ -643,6 +643,46 @@ static bool manifest_lists(json_t *shards, const char *name)
     return false;
 }
 
+/* a value as a message shows it: compact JSON, long ones cut */
+static void json_brief(char *buf, size_t n, const json_t *v)
+{
+    char *t = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS) : NULL;
+    if (!t) {
+        snprintf(buf, n, "%s", v ? "?" : "absent");
+        return;
+    }
+    if (strlen(t) >= n && n > 4) snprintf(buf, n, "%.*s...", (int)(n - 4), t);
+    else snprintf(buf, n, "%s", t);
+    free(t);
+}
+
+/* A resumed run continues the same capture: what the run was started with under `key` in run.json (capture
+ * settings, steering) must equal what the resuming writer was given, or the run would mix sequences made two ways.
+ * The message names the first member that differs. */
+static int resume_same(mtr_writer *w, const char *key, const char *text, const char *what)
+{
+    json_t *now = NULL;
+    int rc = parse_json_text(&now, text, what);
+    if (rc) return rc;
+    const json_t *then = json_object_get(w->manifest, key);
+    if (!json_equal(now, then)) {
+        const char *name = NULL, *k;
+        json_t *v;
+        char a[96], b[96];
+        if (json_is_object(now) && json_is_object(then)) {
+            json_object_foreach(now, k, v) if (!json_equal(v, json_object_get(then, k))) { name = k; break; }
+            if (!name) json_object_foreach((json_t *)then, k, v) if (!json_object_get(now, k)) { name = k; break; }
+        }
+        json_brief(a, sizeof a, name ? json_object_get(then, name) : then);
+        json_brief(b, sizeof b, name ? json_object_get(now, name) : now);
+        rc = mtr_fail(MTR_EMISMATCH, "%s: resumed with other %s than the run was started with: %s%s%s %s in the run, "
+                                     "%s now (resume with the run's, or start a new run)",
+                      w->dir, what, name ? "'" : "", name ? name : "", name ? "'" : "", a, b);
+    }
+    json_decref(now);
+    return rc;
+}
+
 static int resume_run(mtr_writer *w)
 {
     int rc = mtr_manifest_load(&w->manifest, w->dir);
@@ -657,6 +697,9 @@ static int resume_run(mtr_writer *w)
         return mtr_fail(MTR_EMISMATCH, "%s: run stores %s, resume asked for %s", w->dir, dt ? dt : "?",
                         mtr_dtype_name(w->opts.stored_dtype));
     if (!json_is_array(shards)) return mtr_fail(MTR_EFORMAT, "%s: manifest has no shard list", w->dir);
+    if ((rc = resume_same(w, "capture_settings", w->capture_settings, "capture settings")) ||
+        (rc = resume_same(w, "steering", w->steering, "steering")))
+        return rc;
     const char *rid = json_string_value(json_object_get(w->manifest, "run_id"));
     if (rid) {
         free(w->run_id);

@@ -218,8 +218,21 @@ wait "$pid" 2>/dev/null
 # every finished shard counts, also one renamed just before the kill but not yet in the manifest (resume adopts
 # it; moetrace-info lists it apart as an orphan)
 stored_before=$($PY -c 'import glob, h5py, sys; print(sum(len(h5py.File(f, "r")["seq/seq_id"]) for f in glob.glob(sys.argv[1] + "/shard-*.h5")))' "$WORK/r8" 2>/dev/null || echo 0)
-expect_exit 0 "resume after SIGKILL" "$CAP" run --model "$Q" --corpus "$WORK/big.jsonl" --out "$WORK/r8" --resume \
-    --shard-bytes 64K --json
+# a resume must be given what decides the stored bits (here --batch); anything else is refused before a shard is
+# touched, naming the setting
+expect_exit 2 "resume with another --batch refused" "$CAP" run --model "$Q" --corpus "$WORK/big.jsonl" \
+    --out "$WORK/r8" --resume --batch 32 --shard-bytes 64K --quiet
+expect_err_line "resume with another --batch: names the setting and both values" "'batch' 64 in the run, 32 now"
+expect_exit 2 "resume with steering the run did not have refused" "$CAP" run --model "$Q" --corpus "$WORK/big.jsonl" \
+    --out "$WORK/r8" --resume --batch 64 --shard-bytes 64K --quiet --steer "$Q/steer_hard.json"
+expect_err_line "resume with other steering: says so" "resumed with other steering than the run was started with"
+expect_exit 2 "resume with --langs the run did not have refused" "$CAP" run --model "$Q" --corpus "$WORK/big.jsonl" \
+    --out "$WORK/r8" --resume --batch 64 --langs eng_Latn --shard-bytes 64K --quiet
+expect_err_line "resume with --langs: names it" "'langs' null in the run, \"eng_Latn\" now"
+# the same files by a relative path from another directory are the same settings (paths are recorded resolved)
+expect_exit 0 "resume after SIGKILL (relative paths, another directory)" sh -c 'cd "$1" && shift && exec "$@"' sh \
+    "$(dirname "$WORK")" "$CAP" run --model "$Q" --corpus "$(basename "$WORK")/big.jsonl" --out "$WORK/r8" --resume \
+    --batch 64 --shard-bytes 64K --json
 skipped=$(sed -n 's/.*"items_skipped_resume": *\([0-9]*\).*/\1/p' "$WORK/out")
 if [ -n "$skipped" ] && [ "$skipped" -eq "${stored_before:-0}" ]; then
     ok "resume kept the $skipped sequences finished before the kill"
