@@ -193,7 +193,8 @@ typedef struct {
 typedef struct mtr_writer mtr_writer;
 
 /* Create a run in directory dir (made if missing). Fails with MTR_EEXIST if dir already holds a manifest, unless
- * opts->resume: then the model must match the manifest (MTR_EMISMATCH), finished shards are kept, leftover
+ * opts->resume: then the model, the stored dtype, opts->capture_settings and opts->steering must equal the
+ * manifest's (MTR_EMISMATCH, naming the first setting that differs), finished shards are kept, leftover
  * *.partial files are removed, and finished shards missing from the manifest (a kill between rename and manifest
  * update) are adopted. The model description is copied. */
 MTR_API int mtr_writer_create(mtr_writer **out, const char *dir, const mtr_model_info *model, const mtr_writer_opts *opts);
