@@ -342,6 +342,33 @@ static int bad_vocab(const char *key, size_t klen)
     return mtr_fail(MTR_EFORMAT, "vocab entry '%.*s' has no valid id", (int)(klen > 40 ? 40 : klen), key);
 }
 
+/* The scanner met key with no valid id at byte vat. A later duplicate of key replaces the value (jansson keeps
+ * the last one), so the rest of the vocabulary is searched for it: then the whole-document path decides
+ * (TK_JS_WHOLE), else the entry is refused with its place. */
+static int bad_vocab_at(tk_js *s, size_t vat, const char *key, size_t klen)
+{
+    char *bad = malloc(klen + 1);
+    tk_buf kb = {0};
+    size_t count, depth;
+    bool more = true;
+    int rc = 0;
+    if (!bad) return mtr_fail(MTR_ENOMEM, "out of memory");
+    memcpy(bad, key, klen);
+    s->i = vat;
+    if (tk_js_skip(s, &count, &depth) || tk_js_next(s, '}', &more)) rc = TK_JS_WHOLE;
+    while (!rc && more) {
+        const char *k;
+        size_t kn;
+        if (tk_js_string(s, &kb, &k, &kn) || tk_js_expect(s, ':') || tk_js_skip(s, &count, &depth) ||
+            (kn == klen && memcmp(k, bad, klen) == 0) || tk_js_next(s, '}', &more))
+            rc = TK_JS_WHOLE;
+    }
+    if (!rc) rc = tk_js_fail(s, vat, "vocab entry '%.*s' has no valid id", (int)(klen > 40 ? 40 : klen), bad);
+    tk_buf_free(&kb);
+    free(bad);
+    return rc;
+}
+
 /* model.vocab straight from the document: {"token": id, ...} */
 static int scan_vocab(mtr_tok *t, vocab_batch *vb, const char *doc, const tk_js_span *sp)
 {
@@ -372,7 +399,7 @@ static int scan_vocab(mtr_tok *t, vocab_batch *vb, const char *doc, const tk_js_
             is_int = false;
         }
         if (!is_int || id < 0 || id >= MAX_IDS) {
-            rc = tk_js_fail(&s, vat, "vocab entry '%.*s' has no valid id", (int)(klen > 40 ? 40 : klen), key);
+            rc = bad_vocab_at(&s, vat, key, klen);
             goto done;
         }
         if ((rc = vocab_add(t, vb, key, klen, (int32_t)id))) goto done;
@@ -467,7 +494,7 @@ static int load_model(mtr_tok *t, json_t *model, const char *doc, const tk_js_sp
             if (rc) break;
         }
     }
-    rc = rc ? vocab_fail(t, &vb, rc) : vocab_flush(t, &vb);
+    rc = rc == TK_JS_WHOLE ? rc : rc ? vocab_fail(t, &vb, rc) : vocab_flush(t, &vb);
     if (rc) goto done;
     const char *unk = jstr(model, "unk_token");
     m->unk_id = unk ? tk_strmap_get(&t->tok_index, unk, strlen(unk)) : -1;

@@ -546,6 +546,11 @@ START_TEST(json_scanner_documents)
         /* duplicate vocabulary keys: jansson's meaning (last value, first position) through the jansson path */
         "{\"model\": {\"vocab\": {\"a\": 0, \"b\": 1, \"a\": 2, \"ab\": 3}, \"merges\": [\"a b\"]}}",
         "{\"model\": {\"vocab\": {\"a\": 0, \"\\u0061\": 1}}}",
+        /* a value with no valid id replaced by a later duplicate: jansson keeps the last, valid one */
+        "{\"model\": {\"vocab\": {\"a\": 0, \"b\": 1.5, \"ab\": 2, \"b\": 1}, \"merges\": [\"a b\"]}}",
+        "{\"model\": {\"vocab\": {\"b\": [1, {\"x\": 2}], \"\\u0062\": 1}}}",
+        /* ... and a valid one replaced by a later invalid one */
+        "{\"model\": {\"vocab\": {\"b\": 1, \"b\": -1}}}",
         /* byte-level: vocab keys become raw bytes */
         "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"model\": {\"vocab\": {\"\\u0120\": 0, \"a\": 1, \"\\u0120a\": 2,"
         " \"\xc3\xa9\": 3}, \"merges\": [\"\\u0120 a\"]}}",
@@ -578,6 +583,8 @@ START_TEST(json_scanner_documents)
     expect_bad_doc("{\"model\": {\"vocab\": {\"a\\u0000\": 0}}}", "NUL byte in object key");
     expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 1.0}}}", "byte 26: vocab entry 'a' has no valid id");
     expect_bad_doc("{\"model\": {\"vocab\": {\"a\": \"0\"}}}", "byte 26: vocab entry 'a' has no valid id");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 1.0, \"b\": 2, \"aa\": 3}}}", "byte 26: vocab entry 'a' has no valid id");
+    expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 1.0, \"b\": 2, \"a\": true}}}", "vocab entry 'a' has no valid id");
     expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [[\"a\", \"b\", \"c\"]]}}", "byte 49: merge 0 is neither");
     expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": [[\"a\", \"b\"]]}}", "uses a token outside");
     expect_bad_doc("{\"model\": {\"vocab\": {\"a\": 0, \"aa\": 1}, \"merges\": [\"a a\", ]}}", "line 1, byte 57: merge 1 is neither");
