@@ -107,37 +107,50 @@ float mtr_f16_to_f32(uint16_t h)
     return u2f(sign | ((e + 112u) << 23) | (m << 13));
 }
 
+/* Loads through memcpy: src may sit at any byte offset of a mapped file (a safetensors tensor need not be
+ * aligned); the compiler turns these into plain (vector) loads. */
+static inline uint16_t ld16(const unsigned char *p, size_t i)
+{
+    uint16_t v;
+    memcpy(&v, p + 2 * i, 2);
+    return v;
+}
+
+static inline uint32_t ld32(const unsigned char *p, size_t i)
+{
+    uint32_t v;
+    memcpy(&v, p + 4 * i, 4);
+    return v;
+}
+
 void mtr_convert(void *dst, mtr_dtype dst_t, const void *src, mtr_dtype src_t, size_t n)
 {
+    const unsigned char *s = src;
     if (dst_t == src_t) {
         memcpy(dst, src, n * mtr_dtype_size(dst_t));
         return;
     }
     if (src_t == MTR_DTYPE_F32) {
-        const float *s = src;
         uint16_t *d = dst;
-        const uint32_t *u = src;
         if (dst_t == MTR_DTYPE_BF16)
-            for (size_t i = 0; i < n; i++) d[i] = bf16_bits(u[i]);
+            for (size_t i = 0; i < n; i++) d[i] = bf16_bits(ld32(s, i));
         else
-            for (size_t i = 0; i < n; i++) d[i] = mtr_f32_to_f16(s[i]);
+            for (size_t i = 0; i < n; i++) d[i] = mtr_f32_to_f16(u2f(ld32(s, i)));
         return;
     }
     if (dst_t == MTR_DTYPE_F32) {
-        const uint16_t *s = src;
         float *d = dst;
         uint32_t *o = dst;
         if (src_t == MTR_DTYPE_BF16)
-            for (size_t i = 0; i < n; i++) o[i] = (uint32_t)s[i] << 16;
+            for (size_t i = 0; i < n; i++) o[i] = (uint32_t)ld16(s, i) << 16;
         else
-            for (size_t i = 0; i < n; i++) d[i] = mtr_f16_to_f32(s[i]);
+            for (size_t i = 0; i < n; i++) d[i] = mtr_f16_to_f32(ld16(s, i));
         return;
     }
     /* bf16 <-> f16 goes through f32 (exact widening, one rounding) */
-    const uint16_t *s = src;
     uint16_t *d = dst;
     for (size_t i = 0; i < n; i++) {
-        float x = src_t == MTR_DTYPE_BF16 ? mtr_bf16_to_f32(s[i]) : mtr_f16_to_f32(s[i]);
+        float x = src_t == MTR_DTYPE_BF16 ? mtr_bf16_to_f32(ld16(s, i)) : mtr_f16_to_f32(ld16(s, i));
         d[i] = dst_t == MTR_DTYPE_BF16 ? mtr_f32_to_bf16(x) : mtr_f32_to_f16(x);
     }
 }

@@ -386,11 +386,33 @@ static const mtr_st_tensor *find_tensor(binder *b, const char *name, uint32_t d0
     return t;
 }
 
+/* Matrices are read in place from the mapping, as arrays of their dtype. A tensor at an offset that is not a
+ * multiple of its element size (safetensors does not require alignment; its own writer aligns) is copied once
+ * into aligned memory the model owns. */
+static const void *aligned_data(binder *b, const mtr_st_tensor *t)
+{
+    size_t esz = t->n_elems ? (size_t)(t->nbytes / t->n_elems) : 1;
+    if (esz <= 1 || (uintptr_t)t->data % esz == 0) return t->data;
+    mtr_model *m = b->m;
+    void **grown = realloc(m->copies, (m->n_copies + 1) * sizeof *grown);
+    size_t sz = ((size_t)t->nbytes + 63) & ~(size_t)63;
+    void *c = grown ? aligned_alloc(64, sz ? sz : 64) : NULL;
+    if (grown) m->copies = grown;
+    if (!c) {
+        b->rc = mtr_fail(MTR_ENOMEM, "%s: out of memory copying tensor '%s'", b->dir, t->name);
+        return NULL;
+    }
+    memcpy(c, t->data, (size_t)t->nbytes);
+    m->copies[m->n_copies++] = c;
+    return c;
+}
+
 static mtr_mat bind_mat(binder *b, const char *name, uint32_t rows, uint32_t cols)
 {
     mtr_mat w = {0};
     const mtr_st_tensor *t = find_tensor(b, name, rows, cols, 2);
-    if (t) w = (mtr_mat){t->data, b->m->cfg.dtype, rows, cols, NULL};
+    const void *data = t ? aligned_data(b, t) : NULL;
+    if (data) w = (mtr_mat){data, b->m->cfg.dtype, rows, cols, NULL};
     return w;
 }
 
@@ -622,6 +644,8 @@ void mtr_model_destroy(mtr_model *m)
     free(m->lm_head_b);
     free(m->inv_freq_long);
     free(m->selection_bias);
+    for (size_t i = 0; i < m->n_copies; i++) free(m->copies[i]);
+    free(m->copies);
     free(m->cfg.rope_short_factor);
     free(m->cfg.rope_long_factor);
     mtr_st_close(m->st);

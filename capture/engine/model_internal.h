@@ -65,6 +65,8 @@ struct mtr_model {
     float *lm_head_b;                  /* (vocab) lm_head.bias (phimoe lm_head_bias), or NULL */
     float *inv_freq_long;              /* longrope: (head_dim / 2) the long factors' frequencies; inv_freq the short */
     float *selection_bias;             /* deepseek_v2 noaux_tc: (n_moe_layers, n_experts) e_score_correction_bias */
+    void **copies;                     /* aligned copies of weights stored at offsets their dtype cannot be read at */
+    size_t n_copies;
 };
 
 /* Binding checkpoint tensors to a model (model.c): the first error is kept in rc (later calls do nothing), every

@@ -54,7 +54,8 @@ typedef struct {
     uint32_t ndim;
     uint64_t shape[MTR_ST_MAX_DIMS]; /* (ndim) */
     uint64_t n_elems;
-    const void *data;              /* inside the read-only mapping; 8-byte alignment is not guaranteed */
+    const void *data;              /* inside the read-only mapping; aligned to its element size only when the
+                                      file aligns it (mtr_st_to_f32 reads any offset) */
     uint64_t nbytes;
     uint32_t file;                 /* index of the shard file */
 } mtr_st_tensor;
