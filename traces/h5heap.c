@@ -1,4 +1,5 @@
-/* h5heap.c — checks the global heap objects that variable-length strings point to before HDF5 reads them.
+/* h5heap.c — checks the global heap objects that variable-length strings point to before HDF5 reads them, and
+ * the local heap of each group whose header is walked (its size is allocated as declared).
  * HDF5 1.10 trusts the object sizes inside a heap collection: one flipped bit in a size makes it copy past the
  * collection (a crash) or loop for ever. So the heap ID of each string (in the attribute message of the object
  * header, or in a contiguous string dataset) is read from the file directly, and its collection walked: objects
@@ -329,6 +330,27 @@ bad:
                     (unsigned long long)at);
 }
 
+/* The local heap of an old-style group (its symbol table message): "HEAP", version 0, 3 reserved bytes, the data
+ * segment's size, the free list's offset and the segment's address. HDF5 1.10 allocates the declared size
+ * before it reads the segment, so the segment must lie inside the file. */
+static int check_local_heap(h5raw *r, uint64_t addr, uint64_t at)
+{
+    uint8_t h[8 + 3 * 8];
+    int rc = read_at(r, h, 8 + 2 * r->sl + r->sa, r->base + addr, "a group's local heap");
+    if (rc) return rc;
+    if (memcmp(h, "HEAP", 4) != 0 || h[4] != 0)
+        return mtr_fail(MTR_ECORRUPT, "%s: the group's local heap at byte %llu (from the symbol table message at "
+                        "byte %llu) is damaged", r->file, (unsigned long long)(r->base + addr),
+                        (unsigned long long)at);
+    uint64_t size = get_le(h + 8, r->sl), seg = get_le(h + 8 + 2 * r->sl, r->sa);
+    if (seg > r->eof || r->base + seg > r->eof || size > r->eof - (r->base + seg))
+        return mtr_fail(MTR_ECORRUPT, "%s: the group's local heap at byte %llu declares a %llu-byte data segment at "
+                        "byte %llu, past the end of the file (%llu bytes)", r->file,
+                        (unsigned long long)(r->base + addr), (unsigned long long)size, (unsigned long long)seg,
+                        (unsigned long long)r->eof);
+    return 0;
+}
+
 /* Check every attribute message of one object header block, and look for attribute `name` (may be NULL):
  * 1 with *data / *dlen set when found, 0 if not, <0 error. Continuation blocks are appended to conts. */
 static int scan_block(h5raw *r, const uint8_t *b, uint64_t n, uint64_t at, int version, bool crt_order,
@@ -353,6 +375,9 @@ static int scan_block(h5raw *r, const uint8_t *b, uint64_t n, uint64_t at, int v
                 return mtr_fail(MTR_ECORRUPT, "%s: the %s message at byte %llu of an object header is damaged",
                                 r->file, type == 0x01 ? "dataspace" : type == 0x03 ? "datatype" : "data layout",
                                 (unsigned long long)(at + p));
+        } else if (type == 0x11 && sz >= 2 * r->sa) { /* symbol table: B-tree and local heap addresses */
+            int rc = check_local_heap(r, get_le(m + r->sa, r->sa), at + p);
+            if (rc) return rc;
         } else if (type == 0x0c) {
             uint64_t off = 0;
             int rc = check_attr_msg(r, m, sz, at + p, &off);

@@ -329,6 +329,11 @@ static int open_shard(mtr_run *r, const char *path, uint32_t run_index, unsigned
     if (!has_hdf5_signature(path)) return mtr_fail(MTR_EFORMAT, "%s: not an HDF5 file", path);
     f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return mtr_fail(MTR_ETRUNCATED, "%s: HDF5 cannot open it (truncated or damaged)", path);
+    /* the headers and local heaps of the root group and its groups, before anything looks up a name in them */
+    if ((rc = mtr_h5_check_attrs(f, path))) goto close_f;
+    static const char *const groups[] = {MTR_G_SEQ, MTR_G_TOK, MTR_G_ROUTER};
+    for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++)
+        if (H5Lexists(f, groups[g], H5P_DEFAULT) > 0 && (rc = mtr_h5_check_object(f, groups[g], path))) goto close_f;
 
     char fmt[64];
     uint64_t ver = 0, nseq = 0, ntok = 0;

@@ -228,6 +228,29 @@ def logits_dtype_attr(p):
 
 shard_case("logits dtype attribute unknown", logits_dtype_attr, about="dtype")
 
+
+def local_heap_size(k, size):
+    """The k-th group local heap ("HEAP", version 0) declares a data segment of `size` bytes (HDF5 1.10 allocates
+    what it declares before reading it)."""
+    def f(p):
+        with open(p, "r+b") as fh:
+            data = fh.read()
+            at = [m.start() for m in re.finditer(b"HEAP\x00", data)]
+            if k >= len(at):
+                raise SystemExit("%s has %d local heaps, not %d" % (p, len(at), k + 1))
+            fh.seek(at[k] + 8)
+            fh.write(struct.pack("<Q", size))
+    return f
+
+
+with open(SHARD, "rb") as _fh:
+    N_HEAPS = len(re.findall(b"HEAP\x00", _fh.read()))
+if N_HEAPS < 4:  # the root group, seq, tok and router
+    print("not ok shard local heaps: %d found, expected the root group's and three groups'" % N_HEAPS)
+for k in range(N_HEAPS):
+    shard_case("local heap %d of %d declares 2^56 bytes" % (k + 1, N_HEAPS), local_heap_size(k, 1 << 56),
+               about="local heap")
+
 # NaN / Inf logits: counted, reported by info, flagged per sequence, excluded by reduce
 stream(os.path.join(W, "nan.bin"), bad={1: (0, 2, 3), 2: (5, 1, 0), 4: (slice(0, 3), 0, 1)})
 NAN = os.path.join(W, "nan-run")
