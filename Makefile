@@ -170,7 +170,7 @@ bench: all $(BENCH_BIN) $(TOOL_BIN)
 	@BIN=$(abspath $(BIN)) LIB=$(abspath $(LIB)) BENCH=$(abspath $(BUILD)/build/bench) \
 		TOOLS=$(abspath $(BUILD)/build/tools) PY=$(PY) sh tests/bench/run.sh
 
-PUBLIC_HEADERS := traces/moetrace.h traces/mtr_format.h traces/mtr_steer.h traces/mtr_util.h $(wildcard reduce/mtr_reduce.h \
+PUBLIC_HEADERS := traces/moetrace.h traces/mtr_format.h traces/mtr_steer.h traces/mtr_util.h traces/mtr_h5.h $(wildcard reduce/mtr_reduce.h \
 	stats/mtr_stats.h capture/*/mtr_*.h)
 
 # install programs, libraries, public headers, pkg-config file, HDF5 plugin, config (languages, model profiles),

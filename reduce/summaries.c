@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mtr_h5.h"
 #include "reduce_internal.h"
 
 
@@ -310,26 +311,45 @@ void summ_writer_destroy(summ_writer *w)
 
 /* ---- reading ---- */
 
-/* rows [row0, row0 + n) of a dataset whose first dimension must be exactly row0 + n */
-static int read_all(hid_t f, const char *name, hid_t mtype, void *out, size_t row0, size_t n, const char *path)
+/* H5Dopen2 once the dataset's header was checked (mtr_h5.h: a damaged file from elsewhere must not crash us) */
+static hid_t open_checked(hid_t f, const char *name, const char *path, int *rc)
 {
+    *rc = 0;
+    if (H5Lexists(f, name, H5P_DEFAULT) <= 0) {
+        *rc = mtr_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
+        return H5I_INVALID_HID;
+    }
+    if ((*rc = mtr_h5_check_object(f, name, path))) return H5I_INVALID_HID;
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
+    if (d < 0) *rc = mtr_fail(MTR_ECORRUPT, "%s: cannot open /%s", path, name);
+    return d;
+}
+
+/* rows [row0, row0 + n) of a dataset whose first dimension must be exactly row0 + n, and whose inner dimensions
+ * are inner[0..rank-1) (rank 1 to 3) */
+static int read_all(hid_t f, const char *name, hid_t mtype, void *out, size_t row0, size_t n, int want_rank,
+                    const hsize_t *inner, const char *path)
+{
+    int rc = 0;
+    hid_t d = open_checked(f, name, path, &rc);
+    if (rc) return rc;
     hid_t sp = H5Dget_space(d);
     int rank = H5Sget_simple_extent_ndims(sp);
     hsize_t dims[3] = {0, 0, 0};
-    H5Sget_simple_extent_dims(sp, dims, NULL);
-    int rc = 0;
+    bool shape_ok = rank == want_rank && H5Sget_simple_extent_dims(sp, dims, NULL) >= 0;
+    for (int i = 1; shape_ok && i < rank; i++) shape_ok = dims[i] == inner[i - 1];
     /* a rank's part with no rows never grew to its row offset */
     const size_t want = n == 0 && dims[0] == 0 ? 0 : row0 + n;
-    if (rank < 1 || rank > 3 || dims[0] != want)
-        rc = mtr_fail(MTR_EFORMAT, "%s: /%s has %llu rows, expected %zu", path, name,
-                             (unsigned long long)dims[0], row0 + n);
+    if (!shape_ok || dims[0] != want)
+        rc = mtr_fail(MTR_EFORMAT, "%s: /%s is not %zu rows of rank %d%s", path, name, row0 + n, want_rank,
+                      want_rank > 1 ? " with the model's layers (and experts)" : "");
+    else if (n && H5Tis_variable_str(mtype) > 0 && (rc = mtr_h5_check_vlen_dset(d, row0 + n, name, path)))
+        ; /* a damaged string heap: refused before HDF5 reads it */
     else if (n) {
         hsize_t start[3] = {row0, 0, 0}, count[3] = {n, dims[1], dims[2]};
         hid_t ms = H5Screate_simple(rank, count, NULL);
         if (H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
-            H5Dread(d, mtype, ms, sp, H5P_DEFAULT, out) < 0)
+            mtr_h5_dread(d, mtype, ms, sp, out) < 0)
             rc = mtr_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
         H5Sclose(ms);
     }
@@ -342,7 +362,7 @@ static int read_strs(hid_t f, const char *name, char **out, size_t row0, size_t 
 {
     hid_t st = str_type();
     char **tmp = calloc(n ? n : 1, sizeof *tmp);
-    int rc = tmp ? read_all(f, name, st, tmp, row0, n, path) : mtr_fail(MTR_ENOMEM, "out of memory");
+    int rc = tmp ? read_all(f, name, st, tmp, row0, n, 1, NULL, path) : mtr_fail(MTR_ENOMEM, "out of memory");
     for (size_t i = 0; !rc && i < n; i++)
         if (!(out[i] = strdup(tmp[i] ? tmp[i] : ""))) rc = mtr_fail(MTR_ENOMEM, "out of memory");
     if (tmp && n) {
@@ -358,24 +378,32 @@ static int read_strs(hid_t f, const char *name, char **out, size_t row0, size_t 
 
 static int get_str(hid_t f, const char *name, char **out, const char *path)
 {
-    hid_t a = H5Aexists(f, name) > 0 ? H5Aopen(f, name, H5P_DEFAULT) : H5I_INVALID_HID;
-    if (a < 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", path, name);
-    hid_t st = str_type();
-    char *v = NULL;
-    int rc = H5Aread(a, st, &v) < 0 ? mtr_fail(MTR_EFORMAT, "%s: attribute '%s' unreadable", path, name) : 0;
-    if (!rc) *out = strdup(v ? v : "");
-    if (v) H5free_memory(v);
-    H5Tclose(st);
-    H5Aclose(a);
-    return rc;
+    return mtr_h5_get_str_alloc(f, name, out, path);
 }
 
 static int get_u32(hid_t f, const char *name, uint32_t *out, const char *path)
 {
-    hid_t a = H5Aexists(f, name) > 0 ? H5Aopen(f, name, H5P_DEFAULT) : H5I_INVALID_HID;
-    if (a < 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", path, name);
-    int rc = H5Aread(a, H5T_NATIVE_UINT32, out) < 0 ? mtr_fail(MTR_EFORMAT, "%s: bad '%s'", path, name) : 0;
-    H5Aclose(a);
+    uint64_t v = 0;
+    int rc = mtr_h5_get_u64(f, name, &v, path);
+    if (!rc && v > UINT32_MAX) rc = mtr_fail(MTR_EFORMAT, "%s: attribute '%s' is %llu, too large", path, name,
+                                             (unsigned long long)v);
+    if (!rc) *out = (uint32_t)v;
+    return rc;
+}
+
+/* A (rows, L, E) table: its header sound and its shape the model's */
+static int check_big(hid_t f, const char *name, size_t rows, uint32_t L, uint32_t E, const char *path)
+{
+    int rc = 0;
+    hid_t d = open_checked(f, name, path, &rc);
+    if (rc) return rc;
+    hid_t sp = H5Dget_space(d);
+    hsize_t dims[3] = {0, 0, 0};
+    if (H5Sget_simple_extent_ndims(sp) != 3 || H5Sget_simple_extent_dims(sp, dims, NULL) < 0 ||
+        (dims[0] != rows && !(rows > 0 && dims[0] == 0)) || dims[1] != L || dims[2] != E)
+        rc = mtr_fail(MTR_EFORMAT, "%s: /%s is not (%zu, %u, %u) (rows, layers, experts)", path, name, rows, L, E);
+    H5Sclose(sp);
+    H5Dclose(d);
     return rc;
 }
 
@@ -389,6 +417,12 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
     if (access(path, R_OK) != 0) return mtr_fail(MTR_ENOTFOUND, "%s: %s", path, strerror(errno));
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return mtr_fail(MTR_EFORMAT, "%s: not an HDF5 file (or damaged)", path);
+    /* the root group's header, attributes and local heap, and the seq group's, before any name is looked up */
+    if ((rc = mtr_h5_check_attrs(f, path)) ||
+        (H5Lexists(f, "seq", H5P_DEFAULT) > 0 && (rc = mtr_h5_check_object(f, "seq", path)))) {
+        H5Fclose(f);
+        return rc;
+    }
     mtr_summaries *s = calloc(1, sizeof *s);
     char *fmt = NULL, *weights = NULL, *sf = NULL, *mt = NULL, *mid = NULL;
     uint32_t ver = 0, n = 0, u = 0;
@@ -440,13 +474,8 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
         rc = mtr_fail(MTR_EFORMAT, "%s: unknown score_fn '%s'", path, sf);
         goto done;
     }
-    if (m->score_fn == MTR_SCORE_SPARSEMIXER) {
-        hid_t a = H5Aexists(f, MTR_A_SPARSEMIXER_EPS) > 0 ? H5Aopen(f, MTR_A_SPARSEMIXER_EPS, H5P_DEFAULT) : H5I_INVALID_HID;
-        if (a < 0 || H5Aread(a, H5T_NATIVE_DOUBLE, &m->sparsemixer_eps) < 0)
-            rc = mtr_fail(MTR_EFORMAT, "%s: score_fn sparsemixer without a '%s'", path, MTR_A_SPARSEMIXER_EPS);
-        if (a >= 0) H5Aclose(a);
-        if (rc) goto done;
-    }
+    if (m->score_fn == MTR_SCORE_SPARSEMIXER && (rc = mtr_h5_get_f64(f, MTR_A_SPARSEMIXER_EPS, &m->sparsemixer_eps, path)))
+        goto done;
     if ((rc = get_u32(f, MTR_A_RENORMALIZE, &u, path))) goto done;
     m->renormalize = u;
     s->topk_weights = strcmp(weights, "topk") == 0;
@@ -469,15 +498,19 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
         goto done;
     }
     const size_t r0 = s->row0;
-    if ((rc = read_all(f, D_SEQ_ID, H5T_NATIVE_UINT64, s->seq_id, r0, n, path)) ||
+    const hsize_t inner_l[1] = {L};
+    if ((rc = read_all(f, D_SEQ_ID, H5T_NATIVE_UINT64, s->seq_id, r0, n, 1, NULL, path)) ||
         (rc = read_strs(f, D_UNIT, s->unit_id, r0, n, path)) || (rc = read_strs(f, D_LANG, s->lang, r0, n, path)) ||
         (rc = read_strs(f, D_DATASET, s->dataset, r0, n, path)) ||
-        (rc = read_all(f, D_NTOK, H5T_NATIVE_UINT32, s->n_tokens, r0, n, path)) ||
-        (rc = read_all(f, D_NUSED, H5T_NATIVE_UINT32, s->n_used, r0, n, path)) ||
-        (rc = read_all(f, D_NBAD, H5T_NATIVE_UINT32, s->n_nonfinite, r0, n, path)) ||
-        (rc = read_all(f, D_ENT, H5T_NATIVE_DOUBLE, s->entropy, r0, n, path)) ||
-        (rc = read_all(f, D_TENT, H5T_NATIVE_DOUBLE, s->token_entropy, r0, n, path)) ||
-        (rc = read_all(f, D_JAC, H5T_NATIVE_DOUBLE, s->jaccard, r0, n, path)))
+        (rc = read_all(f, D_NTOK, H5T_NATIVE_UINT32, s->n_tokens, r0, n, 1, NULL, path)) ||
+        (rc = read_all(f, D_NUSED, H5T_NATIVE_UINT32, s->n_used, r0, n, 1, NULL, path)) ||
+        (rc = read_all(f, D_NBAD, H5T_NATIVE_UINT32, s->n_nonfinite, r0, n, 1, NULL, path)) ||
+        (rc = read_all(f, D_ENT, H5T_NATIVE_DOUBLE, s->entropy, r0, n, 2, inner_l, path)) ||
+        (rc = read_all(f, D_TENT, H5T_NATIVE_DOUBLE, s->token_entropy, r0, n, 2, inner_l, path)) ||
+        (rc = read_all(f, D_JAC, H5T_NATIVE_DOUBLE, s->jaccard, r0, n, 2, inner_l, path)))
+        goto done;
+    /* the (rows, L, E) tables are read a layer at a time later: their headers and shapes are checked now */
+    if ((rc = check_big(f, D_Q, r0 + n, L, m->n_experts, path)) || (rc = check_big(f, D_A, r0 + n, L, m->n_experts, path)))
         goto done;
 done:
     free(fmt);
@@ -522,16 +555,21 @@ void mtr_summaries_close(mtr_summaries *s)
 static int read_block(hid_t f, const char *name, hid_t mtype, size_t row0, size_t n, uint32_t layer, uint32_t E,
                       bool one_layer, void *out, const char *path)
 {
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
+    int rc = 0;
+    hid_t d = open_checked(f, name, path, &rc);
+    if (rc) return rc;
     hid_t fs = H5Dget_space(d);
-    hsize_t dims[3];
-    H5Sget_simple_extent_dims(fs, dims, NULL);
+    hsize_t dims[3] = {0, 0, 0};
+    if (H5Sget_simple_extent_ndims(fs) != 3 || H5Sget_simple_extent_dims(fs, dims, NULL) < 0 || dims[0] < row0 + n ||
+        dims[2] != E || (one_layer && layer >= dims[1])) {
+        H5Sclose(fs);
+        H5Dclose(d);
+        return mtr_fail(MTR_EFORMAT, "%s: /%s is not (rows, layers, %u experts)", path, name, E);
+    }
     hsize_t start[3] = {row0, one_layer ? layer : 0, 0}, count[3] = {n, one_layer ? 1 : dims[1], E};
     hid_t ms = H5Screate_simple(3, count, NULL);
-    int rc = 0;
     if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
-        H5Dread(d, mtype, ms, fs, H5P_DEFAULT, out) < 0)
+        mtr_h5_dread(d, mtype, ms, fs, out) < 0)
         rc = mtr_fail(MTR_ECORRUPT, "%s: cannot read /%s", path, name);
     H5Sclose(ms);
     H5Sclose(fs);
@@ -708,7 +746,7 @@ int mtr_summaries_concat(const char *out_path, const char *const *parts, size_t 
     for (size_t k = 0; k < n_parts && !rc; k++) {
         const mtr_summaries *p = ps[k];
         const size_t r0 = first[k], n = p->n_seqs;
-        if ((rc = read_all(pf[k], D_JPAIRS, H5T_NATIVE_UINT32, jp + r0, p->row0, n, p->path))) break;
+        if ((rc = read_all(pf[k], D_JPAIRS, H5T_NATIVE_UINT32, jp + r0, p->row0, n, 1, NULL, p->path))) break;
         if (write_rows(w->f, D_SEQ_ID, H5T_NATIVE_UINT64, p->seq_id, r0, n) ||
             write_rows(w->f, D_UNIT, st, p->unit_id, r0, n) || write_rows(w->f, D_LANG, st, p->lang, r0, n) ||
             write_rows(w->f, D_DATASET, st, p->dataset, r0, n) ||

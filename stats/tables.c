@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "mtr_h5.h"
 #include "stats_internal.h"
 
 #define TABLES_MAX_CELLS ((size_t)1 << 28) /* dense arrays above this many doubles are refused */
@@ -109,17 +110,36 @@ static int store(double *a, size_t i, double v, const mtr_tsv *f, size_t r)
 /* ---- tables.h5 (reduce/SUMMARIES.md): langs, slices "dataset:lang", div_from_en and entropy (langs, L), freq and
  * weight (slices, L, E); Delta is freq minus the base slice, as in delta.tsv ---- */
 
+/* H5Dopen2 once the dataset's header was checked (mtr_h5.h: a damaged file must not crash us) */
+static hid_t h5_open(hid_t f, const char *name, const char *path, int *rc)
+{
+    *rc = 0;
+    if (H5Lexists(f, name, H5P_DEFAULT) <= 0) {
+        *rc = mtr_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
+        return H5I_INVALID_HID;
+    }
+    if ((*rc = mtr_h5_check_object(f, name, path))) return H5I_INVALID_HID;
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) *rc = mtr_fail(MTR_EFORMAT, "%s: cannot open /%s", path, name);
+    return d;
+}
+
 static int h5_strings(hid_t f, const char *name, char ***out, size_t *n, const char *path)
 {
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
+    int rc = 0;
+    hid_t d = h5_open(f, name, path, &rc);
+    if (rc) return rc;
     hid_t sp = H5Dget_space(d), t = H5Tcopy(H5T_C_S1);
     H5Tset_size(t, H5T_VARIABLE);
     H5Tset_cset(t, H5T_CSET_UTF8);
-    hssize_t m = H5Sget_simple_extent_npoints(sp);
-    int rc = 0;
+    hssize_t m = H5Sget_simple_extent_ndims(sp) == 1 ? H5Sget_simple_extent_npoints(sp) : -1;
     char **v = m > 0 && m < (1 << 24) ? calloc((size_t)m, sizeof *v) : NULL;
-    if (!v || H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0) {
+    if (!v) {
+        rc = m > 0 && m < (1 << 24) ? mtr_fail(MTR_ENOMEM, "out of memory")
+                                    : mtr_fail(MTR_EFORMAT, "%s: /%s is not a list of 1 to 2^24 names", path, name);
+    } else if ((rc = mtr_h5_check_vlen_dset(d, (uint64_t)m, name, path))) {
+        ; /* a damaged string heap: refused before HDF5 reads it */
+    } else if (mtr_h5_dread(d, t, H5S_ALL, H5S_ALL, v) < 0) {
         rc = mtr_fail(MTR_EFORMAT, "%s: cannot read /%s", path, name);
     } else {
         *out = malloc((size_t)m * sizeof **out);
@@ -137,11 +157,11 @@ static int h5_strings(hid_t f, const char *name, char ***out, size_t *n, const c
 
 static int h5_doubles(hid_t f, const char *name, double **out, const hsize_t *want, int rank, const char *path)
 {
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return mtr_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
+    int rc = 0;
+    hid_t d = h5_open(f, name, path, &rc);
+    if (rc) return rc;
     hid_t sp = H5Dget_space(d);
     hsize_t dims[3] = {0, 0, 0};
-    int rc = 0;
     size_t n = 1;
     if (H5Sget_simple_extent_ndims(sp) != rank || H5Sget_simple_extent_dims(sp, dims, NULL) < 0)
         rc = mtr_fail(MTR_EFORMAT, "%s: /%s has the wrong rank", path, name);
@@ -151,25 +171,18 @@ static int h5_doubles(hid_t f, const char *name, double **out, const hsize_t *wa
     }
     if (!rc && n > TABLES_MAX_CELLS) rc = mtr_fail(MTR_EFORMAT, "%s: /%s too large", path, name);
     if (!rc && !(*out = malloc((n ? n : 1) * sizeof **out))) rc = mtr_fail(MTR_ENOMEM, "out of memory");
-    if (!rc && n && H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)
+    if (!rc && n && mtr_h5_dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, *out) < 0)
         rc = mtr_fail(MTR_EFORMAT, "%s: cannot read /%s", path, name);
     H5Sclose(sp);
     H5Dclose(d);
     return rc;
 }
 
-static char *h5_attr(hid_t f, const char *name)
+/* a string attribute into *out, NULL when missing (the caller names what it needed); an error when damaged */
+static int h5_attr(hid_t f, const char *name, char **out, const char *path)
 {
-    if (H5Aexists(f, name) <= 0) return NULL;
-    hid_t a = H5Aopen(f, name, H5P_DEFAULT), t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    char *v = NULL, *out = NULL;
-    if (H5Aread(a, t, &v) >= 0 && v) out = strdup(v);
-    if (v) H5free_memory(v);
-    H5Tclose(t);
-    H5Aclose(a);
-    return out;
+    *out = NULL;
+    return H5Aexists(f, name) > 0 ? mtr_h5_get_str_alloc(f, name, out, path) : 0;
 }
 
 static int tables_load_h5(mtr_tables *t, const char *path)
@@ -181,20 +194,23 @@ static int tables_load_h5(mtr_tables *t, const char *path)
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return mtr_fail(MTR_EFORMAT, "%s: not an HDF5 file", path);
-    fmt = h5_attr(f, "format");
-    en = h5_attr(f, "english");
-    base = h5_attr(f, "base_slice");
+    /* the root group's header, attributes and local heap before any of them is read or a name looked up */
+    if ((rc = mtr_h5_check_attrs(f, path))) goto done;
+    if ((rc = h5_attr(f, "format", &fmt, path)) || (rc = h5_attr(f, "english", &en, path)) ||
+        (rc = h5_attr(f, "base_slice", &base, path)))
+        goto done;
     if (!fmt || strcmp(fmt, "moetrace-tables") != 0 || !en || !base) {
         rc = mtr_fail(MTR_EFORMAT, "%s: not moetrace-reduce tables (attribute 'format')", path);
         goto done;
     }
     if ((rc = h5_strings(f, MTR_T_LANGS, &langs, &nl, path)) || (rc = h5_strings(f, MTR_T_SLICES, &slices, &ns, path)))
         goto done;
-    hid_t d = H5Dopen2(f, MTR_T_FREQ, H5P_DEFAULT);
+    hid_t d = H5Lexists(f, MTR_T_FREQ, H5P_DEFAULT) > 0 ? h5_open(f, MTR_T_FREQ, path, &rc) : H5I_INVALID_HID;
     hsize_t fd[3] = {0, 0, 0};
+    if (rc) goto done;
     if (d >= 0) {
         hid_t sp = H5Dget_space(d);
-        H5Sget_simple_extent_dims(sp, fd, NULL);
+        if (H5Sget_simple_extent_ndims(sp) == 3) H5Sget_simple_extent_dims(sp, fd, NULL);
         H5Sclose(sp);
         H5Dclose(d);
     }
@@ -255,7 +271,11 @@ static int tables_load_h5(mtr_tables *t, const char *path)
             if (base_i >= 0 && (long)i != base_i) t->delta[o] = freq[i * L * E + x] - freq[(size_t)base_i * L * E + x];
         }
     }
-    char *summ = h5_attr(f, "summaries"), *settings = h5_attr(f, "settings");
+    char *summ = NULL, *settings = NULL;
+    if ((rc = h5_attr(f, "summaries", &summ, path)) || (rc = h5_attr(f, "settings", &settings, path))) {
+        free(summ);
+        goto done;
+    }
     const char *pv[3][2] = {{"summaries", summ}, {"base slice", base}, {"phase 1 settings", settings}};
     for (int i = 0; i < 3; i++) {
         if (!pv[i][1]) continue;

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 
 #include "moetrace.h"
+#include "mtr_h5.h"
 
 
 /* HDF5 error printing off for this process (we report through mtr_errmsg). */
@@ -20,30 +21,10 @@ int mtr_h5_set_i32v(hid_t obj, const char *name, const int32_t *v, size_t n);
 int mtr_h5_set_f64(hid_t obj, const char *name, double v);
 /* Read a string attribute into buf (truncated to cap-1); MTR_EFORMAT if missing or not a string. */
 int mtr_h5_get_str(hid_t obj, const char *name, char *buf, size_t cap, const char *file);
-/* Read a string attribute of any length; *out is malloc'd. */
-int mtr_h5_get_str_alloc(hid_t obj, const char *name, char **out, const char *file);
-int mtr_h5_get_u64(hid_t obj, const char *name, uint64_t *out, const char *file);
 int mtr_h5_get_i32v(hid_t obj, const char *name, int32_t *out, size_t n, const char *file);
-int mtr_h5_get_f64(hid_t obj, const char *name, double *out, const char *file);
 bool mtr_h5_has_attr(hid_t obj, const char *name);
-/* Before HDF5 reads a variable-length string from a file (h5heap.c): check that the global heap object it points
- * to exists, has the string's length and lies in a well-formed collection (HDF5 1.10 crashes or hangs on a damaged
- * one). For attribute `name` of obj, or the n elements of the contiguous string dataset dset (`name` for the
- * message). 0 also when the file is not one the checks can read (then HDF5's own checks are all there is);
- * MTR_ECORRUPT / MTR_EFORMAT / MTR_ETRUNCATED with detail naming `file`. */
-int mtr_h5_check_vlen_attr(hid_t obj, const char *name, const char *file);
-int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char *file);
-/* Before HDF5 decodes the attributes of obj (any attribute access does): every attribute message in its object
- * header must hold its name, datatype, dataspace and value within the message. 0 also when unreadable here. */
-int mtr_h5_check_attrs(hid_t obj, const char *file);
-/* H5Dread, with the zstd filter told the bytes of one whole chunk of d (its chunk dims times its stored element
- * size), so a damaged chunk that decompresses short fails the read instead of HDF5 reading past it */
-herr_t mtr_h5_dread(hid_t d, hid_t mtype, hid_t mspace, hid_t fspace, void *out);
+/* the whole-chunk bytes mtr_h5_dread (mtr_h5.h) told the zstd filter */
 size_t mtr_h5_chunk_expected(void); /* 0 outside mtr_h5_dread */
-/* Before H5Dopen2(loc, name): the dataset's dataspace, datatype and layout messages must be plausible and
- * within their messages, and so must its attribute messages (HDF5 1.10 decodes them unchecked). 0 if sound, or
- * if there is no such object (the caller reports that), or when unreadable here. */
-int mtr_h5_check_object(hid_t loc, const char *name, const char *file);
 
 /* zstd chunk codec shared by the HDF5 filter and the direct-chunk paths. */
 size_t mtr_zstd_bound(size_t n);

@@ -555,4 +555,87 @@ case("steering HDF5 file for another model", [CAP, "run", "--model", TINY, "--co
                                              os.path.join(W, "steer-h5.run"), "--steer", SY + "-steer/task.h5"],
      names="task.h5", about="layer|model|match")
 
+
+
+# ---- summaries.h5 and tables.h5 from elsewhere: seeded bit flips ------------------------------------------------
+# reduce's phase 2 reads summaries.h5 and moetrace-stats reads tables.h5, files users move between machines. Each
+# mutant gets 1-4 flipped bits, mostly in the metadata at the front of the file; every run must end in a result or
+# a one-line error naming the file, never a crash or a hang.
+def flip_campaign(tag, src, n, cmd_of, seed):
+    data = open(src, "rb").read()
+    rng = np.random.default_rng(seed)
+    crashed, unclear, refused = [], [], 0
+    for i in range(n):
+        b = bytearray(data)
+        for _ in range(int(rng.choice([1, 1, 2, 4]))):
+            pos = int(rng.integers(min(16384, len(b)))) if rng.random() < 0.6 else int(rng.integers(len(b)))
+            b[pos] ^= 1 << int(rng.integers(8))
+        p = os.path.join(W, "flip-%s.h5" % tag)
+        open(p, "wb").write(b)
+        shutil.rmtree(p + "-out", ignore_errors=True)
+        try:
+            r = subprocess.run(cmd_of(p), capture_output=True, timeout=120,
+                               preexec_fn=limit_memory if not SANITIZED else None)
+        except subprocess.TimeoutExpired:
+            crashed.append("mutant %d hangs" % i)
+            continue
+        err = r.stderr.decode(errors="replace").strip()
+        if r.returncode < 0 or r.returncode >= 128 or "Sanitizer" in err or "runtime error" in err:
+            crashed.append("mutant %d: exit %d %s" % (i, r.returncode, err[-200:]))
+        elif r.returncode != 0:
+            refused += 1
+            if len(err.splitlines()) != 1 or p not in err:
+                unclear.append("mutant %d: %r" % (i, err[:200]))
+    if crashed or unclear:
+        counts["bad"] += 1
+        print("not ok %s: %d mutants crash or hang, %d fail unclearly: %s" % (tag, len(crashed), len(unclear),
+                                                                             "; ".join((crashed + unclear)[:4])))
+    elif refused == 0:
+        counts["bad"] += 1
+        print("not ok %s: no mutant was refused (the campaign damages nothing)" % tag)
+    else:
+        counts["ok"] += 1
+        print("ok %s: %d mutants, %d refused with one line naming the file, none crashes" % (tag, n, refused))
+
+
+flip_campaign("summaries.h5 bit flips, reduce tables", SY + "-tab/summaries.h5", 150,
+              lambda p: [RED, "tables", p, "-o", p + "-out", "-q", "--threads", "1"], 15)
+flip_campaign("tables.h5 bit flips, stats band", SY + "-tab/tables.h5", 150,
+              lambda p: [STATS, "band", "--tables", p, "--band", "2-4"], 16)
+
+
+def heap_object_size(src, dst, k=0):
+    """The first global heap collection's k-th object claims more bytes than the collection holds."""
+    b = bytearray(open(src, "rb").read())
+    at = b.find(b"GCOL")
+    if at < 0:
+        raise SystemExit("%s has no global heap collection" % src)
+    # "GCOL", version, 3 reserved, collection size (8), then objects: index (2), refs (2), reserved (4), size (8)
+    obj = at + 16
+    for _ in range(k):
+        size = struct.unpack_from("<Q", b, obj + 8)[0]
+        obj += 16 + (size + 7) // 8 * 8
+    struct.pack_into("<Q", b, obj + 8, 1 << 40)
+    open(dst, "wb").write(b)
+
+
+for tag, src, cmd_of in (("summaries.h5", SY + "-tab/summaries.h5",
+                          lambda p: [RED, "tables", p, "-o", p + "-out", "-q", "--threads", "1"]),
+                         ("tables.h5", SY + "-tab/tables.h5", lambda p: [STATS, "band", "--tables", p, "--band", "2-4"])):
+    p = os.path.join(W, "heap-" + tag)
+    heap_object_size(src, p, 1)
+    case("%s: a string's global heap object claims 2^40 bytes" % tag, cmd_of(p), names=os.path.basename(p),
+         about="heap")
+# a string of summaries.h5's sequence table (a chunked string dataset) whose reference claims another length
+p = os.path.join(W, "heap-ref-summaries.h5")
+shutil.copy(SY + "-tab/summaries.h5", p)
+with h5py.File(p, "r") as fh:
+    ci = fh["seq/lang"].id.get_chunk_info(0)
+with open(p, "r+b") as fh:  # a reference: length (4), collection address (8), object index (4)
+    fh.seek(ci.byte_offset)
+    fh.write(struct.pack("<I", 1000))
+case("summaries.h5: a sequence-table string reference claims 1000 bytes",
+     [RED, "tables", p, "-o", p + "-out", "-q", "--threads", "1"], names=os.path.basename(p),
+     about=r"/seq/lang.*heap object")
+
 print("# hostile cases: %d passed, %d failed" % (counts["ok"], counts["bad"]))

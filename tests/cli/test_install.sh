@@ -7,14 +7,16 @@ P="$WORK/prefix"
 expect_exit 0 "make install PREFIX=..." make -s -C "$top" install PREFIX="$P"
 for f in bin/moetrace bin/moetrace-info bin/moetrace-capture bin/moetrace-reduce bin/moetrace-stats \
     lib/libmoetrace.a lib/libmoetrace.so lib/hdf5/plugin/libh5zstd.so lib/pkgconfig/moetrace.pc \
-    include/moetrace/moetrace.h include/moetrace/mtr_format.h include/moetrace/mtr_steer.h \
+    include/moetrace/moetrace.h include/moetrace/mtr_format.h include/moetrace/mtr_steer.h include/moetrace/mtr_h5.h \
     share/moetrace/languages.tsv share/moetrace/models/qwen3-30b-a3b.json share/doc/moetrace/FORMAT.md; do
     [ -e "$P/$f" ] || missing="${missing:-} $f"
 done
 [ -z "${missing:-}" ] && ok "installed files in place" || not_ok "installed files in place" "missing:$missing"
 cat >"$WORK/user.c" <<'C'
 #include <moetrace.h>
+#include <mtr_h5.h>
 #include <stdio.h>
+#include <stdlib.h>
 int main(int argc, char **argv)
 {
     mtr_model_info m;
@@ -25,7 +27,17 @@ int main(int argc, char **argv)
     for (int i = 0; i < 48; i++) z[i] = (float)(i % 7) - 3.0f;
     mtr_seq_meta s = {1, "u1", "eng_Latn", "flores", 3, 0};
     if (mtr_writer_append(w, &s, NULL, NULL, NULL, z, MTR_DTYPE_F32) || mtr_writer_close(w)) return 2;
-    puts("written");
+    /* the checked-read API on what was written */
+    char shard[4200];
+    snprintf(shard, sizeof shard, "%s/shard-000000.h5", argv[1]);
+    hid_t f = H5Fopen(shard, H5F_ACC_RDONLY, H5P_DEFAULT);
+    char *fmt = NULL;
+    if (f < 0 || mtr_h5_check_attrs(f, shard) || mtr_h5_check_object(f, "router/logits", shard) ||
+        mtr_h5_get_str_alloc(f, "format", &fmt, shard))
+        return 3;
+    printf("written (%s)\n", fmt);
+    free(fmt);
+    H5Fclose(f);
     return 0;
 }
 C

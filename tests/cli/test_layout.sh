@@ -103,7 +103,7 @@ grep -q 'stats/x.c:reduce_internal.h' "$WORK/inc2" && grep -q 'capture/engine/y.
 
 # ---- 3. what libmoetrace.so exports ----
 nm -D --defined-only "$LIB/libmoetrace.so" | awk '$2 ~ /[TDBR]/ {print $3}' | sort -u >"$WORK/exports"
-cat traces/moetrace.h traces/mtr_steer.h traces/mtr_format.h traces/mtr_util.h |
+cat traces/moetrace.h traces/mtr_steer.h traces/mtr_format.h traces/mtr_util.h traces/mtr_h5.h |
     sed -n 's/^MTR_API[^(]*[ *]\(mtr_[a-z0-9_]*\)(.*/\1/p' | sort -u >"$WORK/declared"
 extra=$(comm -23 "$WORK/exports" "$WORK/declared" | tr '\n' ' ')
 missing=$(comm -13 "$WORK/exports" "$WORK/declared" | tr '\n' ' ')
