@@ -1460,7 +1460,13 @@ static int eval_bin(renv *e, const node *n, json_t **out)
             break;
         case '%':
             if (y == 0) { rc = rerr(n, "division by zero"); break; }
-            *out = ints ? json_integer(yi == -1 ? 0 : ((xi % yi) + yi) % yi) : json_real(fmod(x, y));
+            if (ints) { /* Python's sign (the divisor's); adding yi to a remainder of the other sign cannot overflow */
+                json_int_t m = yi == -1 ? 0 : xi % yi;
+                *out = json_integer(m != 0 && (m < 0) != (yi < 0) ? m + yi : m);
+            } else {
+                double m = fmod(x, y);
+                *out = json_real(m != 0 && (m < 0) != (y < 0) ? m + y : m);
+            }
             break;
         case '<': *out = json_boolean(op[1] == '=' ? x <= y : x < y); break;
         case '>': *out = json_boolean(op[1] == '=' ? x >= y : x > y); break;

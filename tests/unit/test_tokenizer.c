@@ -238,6 +238,10 @@ START_TEST(jinja_subset)
                   "ab-2|ab+2|ab-2?|abc:9", false, -1);
     expect_render("{% macro d(k) %}{% if k > 0 %}({{ d(k - 1) }}){% else %}.{% endif %}{% endmacro %}{{ d(3) }}",
                   "(((.)))", false, -1);
+    /* % as Python computes it: the divisor's sign, and no overflow near the 64-bit limits */
+    expect_render("{{ -7 % 3 }}|{{ 7 % -3 }}|{{ 922337203685477 % ('9223372036854775807' | int) }}|"
+                  "{{ -1 % ('9223372036854775807' | int) }}|{{ -7.5 % 2 }}|{{ 7.5 % -2 }}|{{ 6 % -3 }}",
+                  "2|-2|922337203685477|9223372036854775806|0.5|-0.5|0", false, -1);
     setenv("MTR_TEMPLATE_NOW", "1717243200", 1);
     expect_render("{{ 'date: ' + strftime_now('%Y-%m') }}", "date: 2024-06", false, -1);
     unsetenv("MTR_TEMPLATE_NOW");
