@@ -226,14 +226,15 @@ int mtr_steer_validate(const mtr_steer *s)
 }
 
 
-/* Validate a steering file just read; the detail names the file it came from. */
+/* Validate a steering file just read; the detail names the file it came from. A description that breaks the
+ * rules is bad input data here (MTR_EFORMAT), where for mtr_steer_validate's callers it is a bad argument. */
 static int validate_loaded(const mtr_steer *s, const char *path)
 {
     int rc = mtr_steer_validate(s);
     if (rc) {
         char detail[1024];
         snprintf(detail, sizeof detail, "%s", mtr_errmsg());
-        rc = mtr_fail(rc, "%s: %s", path, detail);
+        rc = mtr_fail(rc == MTR_EINVAL ? MTR_EFORMAT : rc, "%s: %s", path, detail);
     }
     return rc;
 }
@@ -266,19 +267,6 @@ static int set_f64(hid_t obj, const char *name, double v)
     return rc;
 }
 
-static int get_f64(hid_t obj, const char *name, double *out, const char *file)
-{
-    int rc = 0;
-    if (H5Aexists(obj, name) <= 0) return mtr_fail(MTR_EFORMAT, "%s: attribute '%s' missing", file, name);
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    hid_t sp = a >= 0 ? H5Aget_space(a) : H5I_INVALID_HID;
-    if (a < 0 || sp < 0 || H5Sget_simple_extent_npoints(sp) != 1 || H5Aread(a, H5T_NATIVE_DOUBLE, out) < 0)
-        rc = mtr_fail(MTR_EFORMAT, "%s: attribute '%s' is not a number", file, name);
-    if (sp >= 0) H5Sclose(sp);
-    if (a >= 0) H5Aclose(a);
-    return rc;
-}
-
 static int write_dataset(hid_t f, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims,
                          const void *data)
 {
@@ -305,6 +293,7 @@ static int read_dataset(void **out, hsize_t *dims, hid_t f, const char *name, hi
     void *buf = NULL;
     *out = NULL;
     if (H5Lexists(f, name, H5P_DEFAULT) <= 0) return mtr_fail(MTR_EFORMAT, "%s: dataset '%s' missing", file, name);
+    if ((rc = mtr_h5_check_object(f, name, file))) return rc;
     d = H5Dopen2(f, name, H5P_DEFAULT);
     sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
     if (sp < 0 || H5Sget_simple_extent_ndims(sp) != rank) {
@@ -413,7 +402,9 @@ static int load_h5(mtr_steer **out, const char *path)
     mtr_h5_quiet();
     f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return mtr_fail(MTR_EFORMAT, "%s: not an HDF5 file", path);
-    if ((rc = mtr_h5_get_str(f, MTR_A_FORMAT, buf, sizeof buf, path))) goto out_close;
+    /* the root group's header, attributes and local heap before any of them is read or a name looked up */
+    if ((rc = mtr_h5_check_attrs(f, path)) || (rc = mtr_h5_get_str(f, MTR_A_FORMAT, buf, sizeof buf, path)))
+        goto out_close;
     if (strcmp(buf, MTR_STEER_FORMAT_NAME)) {
         rc = mtr_fail(MTR_EFORMAT, "%s: not a steering file (format '%s')", path, buf);
         goto out_close;
@@ -442,7 +433,7 @@ static int load_h5(mtr_steer **out, const char *path)
     if ((rc = mtr_h5_get_str(f, MTR_A_MODEL_ID, s->model_id, sizeof s->model_id, path)) ||
         (rc = mtr_h5_get_str(f, A_NAME, s->name, sizeof s->name, path)) ||
         (rc = mtr_h5_get_i32v(f, MTR_A_LAYER_INDEX, s->layer_index, s->n_layers, path)) ||
-        (rc = get_f64(f, A_LAMBDA, &s->lambda, path)) || (rc = get_f64(f, A_EPS, &s->eps, path)) ||
+        (rc = mtr_h5_get_f64(f, A_LAMBDA, &s->lambda, path)) || (rc = mtr_h5_get_f64(f, A_EPS, &s->eps, path)) ||
         (rc = mtr_h5_get_u64(f, A_SEED, &s->seed, path)) ||
         (rc = mtr_h5_get_str(f, A_EPS_MODE, buf, sizeof buf, path)) ||
         (rc = mtr_h5_get_str_alloc(f, A_PROVENANCE, &prov, path)))

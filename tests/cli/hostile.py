@@ -520,6 +520,7 @@ steer_case("other layer map", lambda s: s.__setitem__("layer_index", [x + 1 for 
 steer_case("coef rows short", lambda s: s["coef"][0].pop(), "coef")
 steer_case("format_version 9", lambda s: s.__setitem__("format_version", 9), "version")
 steer_case("expert outside the model", lambda s: s["experts"].append([0, 999]), "expert")
+steer_case("experts out of order", lambda s: s["experts"].reverse(), "sorted|order")
 
 # ---- accuracy files -------------------------------------------------------------------------------------------
 SY = os.path.join(W, "synth")

@@ -141,7 +141,7 @@ START_TEST(test_bad_files)
     json_array_append_new(json_object_get(j, "scores"), json_null());
     json_dump_file(j, p, 0);
     json_decref(j);
-    ck_assert_msg(mtr_steer_load(&s, p) == MTR_EINVAL, "%s", mtr_errmsg()); /* experts [3,7] after [3,5]: sorted, but 3 forced > top-2 */
+    ck_assert_msg(mtr_steer_load(&s, p) == MTR_EFORMAT, "%s", mtr_errmsg()); /* experts [3,7] after [3,5]: sorted, but 3 forced > top-2 */
     ck_assert_ptr_nonnull(strstr(mtr_errmsg(), "top-k"));
     ck_assert_ptr_null(s);
     mtr_steer_destroy(h);
