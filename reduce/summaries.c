@@ -311,8 +311,9 @@ void summ_writer_destroy(summ_writer *w)
 
 /* ---- reading ---- */
 
-/* H5Dopen2 once the dataset's header was checked (mtr_h5.h: a damaged file from elsewhere must not crash us) */
-static hid_t open_checked(hid_t f, const char *name, const char *path, int *rc)
+/* H5Dopen2 once the dataset's header was checked (mtr_h5.h: a damaged file from elsewhere must not crash us);
+ * with chunks, its chunk index too (once per dataset: summaries_open checks the ones read a layer at a time) */
+static hid_t open_checked(hid_t f, const char *name, const char *path, bool chunks, int *rc)
 {
     *rc = 0;
     if (H5Lexists(f, name, H5P_DEFAULT) <= 0) {
@@ -322,6 +323,10 @@ static hid_t open_checked(hid_t f, const char *name, const char *path, int *rc)
     if ((*rc = mtr_h5_check_object(f, name, path))) return H5I_INVALID_HID;
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
     if (d < 0) *rc = mtr_fail(MTR_ECORRUPT, "%s: cannot open /%s", path, name);
+    else if (chunks && (*rc = mtr_h5_check_storage(d, name, path))) {
+        H5Dclose(d);
+        d = H5I_INVALID_HID;
+    }
     return d;
 }
 
@@ -331,7 +336,7 @@ static int read_all(hid_t f, const char *name, hid_t mtype, void *out, size_t ro
                     const hsize_t *inner, const char *path)
 {
     int rc = 0;
-    hid_t d = open_checked(f, name, path, &rc);
+    hid_t d = open_checked(f, name, path, true, &rc);
     if (rc) return rc;
     hid_t sp = H5Dget_space(d);
     int rank = H5Sget_simple_extent_ndims(sp);
@@ -395,13 +400,15 @@ static int get_u32(hid_t f, const char *name, uint32_t *out, const char *path)
 static int check_big(hid_t f, const char *name, size_t rows, uint32_t L, uint32_t E, const char *path)
 {
     int rc = 0;
-    hid_t d = open_checked(f, name, path, &rc);
+    hid_t d = open_checked(f, name, path, false, &rc);
     if (rc) return rc;
     hid_t sp = H5Dget_space(d);
     hsize_t dims[3] = {0, 0, 0};
     if (H5Sget_simple_extent_ndims(sp) != 3 || H5Sget_simple_extent_dims(sp, dims, NULL) < 0 ||
         (dims[0] != rows && !(rows > 0 && dims[0] == 0)) || dims[1] != L || dims[2] != E)
         rc = mtr_fail(MTR_EFORMAT, "%s: /%s is not (%zu, %u, %u) (rows, layers, experts)", path, name, rows, L, E);
+    else
+        rc = mtr_h5_check_storage(d, name, path);
     H5Sclose(sp);
     H5Dclose(d);
     return rc;
@@ -415,6 +422,7 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
     mtr_clear_error();
     if ((rc = mtr_h5zstd_register())) return rc;
     if (access(path, R_OK) != 0) return mtr_fail(MTR_ENOTFOUND, "%s: %s", path, strerror(errno));
+    if ((rc = mtr_h5_check_file(path))) return rc;
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return mtr_fail(MTR_EFORMAT, "%s: not an HDF5 file (or damaged)", path);
     /* the root group's header, attributes and local heap, and the seq group's, before any name is looked up */
@@ -556,7 +564,7 @@ static int read_block(hid_t f, const char *name, hid_t mtype, size_t row0, size_
                       bool one_layer, void *out, const char *path)
 {
     int rc = 0;
-    hid_t d = open_checked(f, name, path, &rc);
+    hid_t d = open_checked(f, name, path, false, &rc);
     if (rc) return rc;
     hid_t fs = H5Dget_space(d);
     hsize_t dims[3] = {0, 0, 0};

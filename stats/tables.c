@@ -121,6 +121,10 @@ static hid_t h5_open(hid_t f, const char *name, const char *path, int *rc)
     if ((*rc = mtr_h5_check_object(f, name, path))) return H5I_INVALID_HID;
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
     if (d < 0) *rc = mtr_fail(MTR_EFORMAT, "%s: cannot open /%s", path, name);
+    else if ((*rc = mtr_h5_check_storage(d, name, path))) {
+        H5Dclose(d);
+        d = H5I_INVALID_HID;
+    }
     return d;
 }
 
@@ -192,6 +196,7 @@ static int tables_load_h5(mtr_tables *t, const char *path)
     size_t nl = 0, ns = 0;
     double *div = NULL, *ent = NULL, *freq = NULL, *weight = NULL;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    if ((rc = mtr_h5_check_file(path))) return rc;
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return mtr_fail(MTR_EFORMAT, "%s: not an HDF5 file", path);
     /* the root group's header, attributes and local heap before any of them is read or a name looked up */

@@ -5,6 +5,7 @@
  * header, or in a contiguous string dataset) is read from the file directly, and its collection walked: objects
  * must tile the collection exactly, indices be unique, and the object have the ID's length. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -425,6 +426,11 @@ static int walk_header(h5raw *r, uint64_t addr, const char *name, uint8_t **out,
         return 0; /* not a header these checks know: left to HDF5 */
     }
     for (;;) {
+        /* HDF5 allocates a chunk's declared length before reading it */
+        if (blk > r->eof || blen > r->eof - blk)
+            return mtr_fail(MTR_ECORRUPT, "%s: an object header chunk at byte %llu declares %llu bytes, past the end "
+                            "of the file (%llu bytes)", r->file, (unsigned long long)blk, (unsigned long long)blen,
+                            (unsigned long long)r->eof);
         if (blen > MAX_BLOCK_BYTES) return 0;
         uint8_t *b = malloc(blen ? blen : 1);
         if (!b) return mtr_fail(MTR_ENOMEM, "%s: out of memory reading an object header", r->file);
@@ -579,5 +585,83 @@ int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char 
     if (off != HADDR_UNDEF) rc = check_ids_at(&r, off, n, what);
     else if ((rc = check_chunked_ids(&r, dset, n, what)) > 0) rc = 0; /* compact or filtered: HDF5's own checks */
     raw_close(&r);
+    return rc;
+}
+
+/* ---- before H5Fopen ---------------------------------------------------------------------------------------- */
+
+/* H5Fopen loads the root group's object header, allocating the size its first chunk declares: the superblock
+ * (version 0-3, 8-byte addresses and lengths, at offset 0) is read here to find that header, whose declared size
+ * must lie inside the file. Anything else (a user block, other address sizes) is left to HDF5. */
+int mtr_h5_check_file(const char *path)
+{
+    static const uint8_t sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    h5raw r;
+    struct stat st;
+    uint8_t sb[96], oh[32];
+    int rc = 0;
+    memset(&r, 0, sizeof r);
+    r.file = path;
+    r.sa = r.sl = 8;
+    if ((r.fd = open(path, O_RDONLY)) < 0) return mtr_fail(MTR_ENOTFOUND, "%s: %s", path, strerror(errno));
+    if (fstat(r.fd, &st) != 0) {
+        rc = mtr_fail(MTR_EIO, "%s: %s", path, strerror(errno));
+        goto done;
+    }
+    r.eof = (uint64_t)st.st_size;
+    if (r.eof < 48 || (rc = read_at(&r, sb, r.eof < sizeof sb ? r.eof : sizeof sb, 0, "the superblock")))
+        goto done;
+    if (memcmp(sb, sig, 8) != 0) goto done; /* not at offset 0: a user block, or not HDF5 (the caller says) */
+    uint64_t base = 0, root = 0;
+    unsigned ver = sb[8];
+    if (ver <= 1) {
+        if (sb[13] != 8 || sb[14] != 8) goto done;
+        const size_t a = ver == 0 ? 24 : 28; /* base, free-space, end-of-file and driver addresses, then the root
+                                                 group's symbol table entry: name offset, header address */
+        if (r.eof < a + 4 * 8 + 16) goto done;
+        base = get_le(sb + a, 8);
+        root = get_le(sb + a + 4 * 8 + 8, 8);
+    } else if (ver <= 3) {
+        if (sb[9] != 8 || sb[10] != 8) goto done;
+        base = get_le(sb + 12, 8);
+        root = get_le(sb + 36, 8);
+    } else {
+        goto done; /* a version HDF5 1.10 refuses itself */
+    }
+    if (base > r.eof || root > r.eof - base) {
+        rc = mtr_fail(MTR_ECORRUPT, "%s: the superblock puts the root group at byte %llu, past the end of the file "
+                      "(%llu bytes)", path, (unsigned long long)(base + root), (unsigned long long)r.eof);
+        goto done;
+    }
+    const uint64_t at = base + root;
+    if ((rc = read_at(&r, oh, r.eof - at < sizeof oh ? r.eof - at : sizeof oh, at, "the root group's header")))
+        goto done;
+    uint64_t prefix = 0, size = 0;
+    if (memcmp(oh, "OHDR", 4) == 0) {
+        unsigned flags = oh[5];
+        prefix = 6 + (flags & 0x20 ? 16 : 0) + (flags & 0x10 ? 4 : 0);
+        size_t w = (size_t)1 << (flags & 3);
+        size = prefix + w <= sizeof oh ? get_le(oh + prefix, w) : 0;
+        prefix += w;
+    } else if (oh[0] == 1) {
+        prefix = 16;
+        size = get_le(oh + 8, 4);
+    } else {
+        rc = mtr_fail(MTR_ECORRUPT, "%s: the root group's header at byte %llu is damaged", path,
+                      (unsigned long long)at);
+        goto done;
+    }
+    if (size > r.eof - at || prefix > r.eof - at - size) {
+        rc = mtr_fail(MTR_ECORRUPT, "%s: the root group's header at byte %llu declares %llu bytes, past the end of "
+                      "the file (%llu bytes)", path, (unsigned long long)at, (unsigned long long)size,
+                      (unsigned long long)r.eof);
+        goto done;
+    }
+    /* its continuation chunks, attribute messages and local heap, as mtr_h5_check_attrs does after the open */
+    r.base = base;
+    rc = walk_header(&r, at, NULL, NULL, NULL);
+    raw_close(&r);
+done:
+    close(r.fd);
     return rc;
 }

@@ -71,19 +71,103 @@ int mtr_h5_set_i32v(hid_t obj, const char *name, const int32_t *v, size_t n)
 static _Thread_local size_t chunk_expected;
 size_t mtr_h5_chunk_expected(void) { return chunk_expected; }
 
-herr_t mtr_h5_dread(hid_t d, hid_t mtype, hid_t mspace, hid_t fspace, void *out)
+/* The bytes of one whole chunk of a chunked dataset (its chunk dims times its stored element size), 0 if not
+ * chunked or too large; *rank and cd[] its chunk dims. */
+static size_t chunk_bytes(hid_t d, int *rank, hsize_t *cd, int *nfilters)
 {
     size_t bytes = 0;
     hid_t dcpl = H5Dget_create_plist(d), ft = H5Dget_type(d);
-    hsize_t cd[H5S_MAX_RANK];
-    int rank = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CHUNKED ? H5Pget_chunk(dcpl, H5S_MAX_RANK, cd) : -1;
-    if (rank > 0 && ft >= 0) {
+    *rank = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CHUNKED ? H5Pget_chunk(dcpl, H5S_MAX_RANK, cd) : -1;
+    *nfilters = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0;
+    /* a variable-length element is stored as a heap reference, not H5Tget_size's bytes: unknown here */
+    if (*rank > 0 && ft >= 0 && H5Tget_class(ft) != H5T_VLEN && H5Tis_variable_str(ft) <= 0) {
         bytes = H5Tget_size(ft);
-        for (int i = 0; i < rank && bytes; i++) bytes = cd[i] && bytes <= SIZE_MAX / cd[i] ? bytes * cd[i] : 0;
+        for (int i = 0; i < *rank && bytes; i++) bytes = cd[i] && bytes <= SIZE_MAX / cd[i] ? bytes * cd[i] : 0;
     }
     if (ft >= 0) H5Tclose(ft);
     if (dcpl >= 0) H5Pclose(dcpl);
-    chunk_expected = bytes;
+    return bytes;
+}
+
+/* A compact dataset's data (in its header) must hold every element of its dataspace: HDF5 1.10 copies that many
+ * out of however few there are. Variable-length elements are stored as heap references. */
+static int check_compact(hid_t d, const char *name, const char *file)
+{
+    int rc = 0;
+    hid_t sp = H5Dget_space(d), ft = H5Dget_type(d), fid = H5Iget_file_id(d);
+    hid_t fcpl = fid >= 0 ? H5Fget_create_plist(fid) : H5I_INVALID_HID;
+    size_t sa = 8, sl = 8;
+    if (fcpl >= 0) H5Pget_sizes(fcpl, &sa, &sl);
+    hssize_t n = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+    const size_t esz = ft < 0 ? 0 : H5Tget_class(ft) == H5T_VLEN || H5Tis_variable_str(ft) > 0 ? 4 + sa + 4
+                                                                                                 : H5Tget_size(ft);
+    const hsize_t have = H5Dget_storage_size(d);
+    if (n < 0 || esz == 0 || (uint64_t)n > UINT64_MAX / esz || have != (uint64_t)n * esz)
+        rc = mtr_fail(MTR_ECORRUPT, "%s: /%s: its compact data holds %llu bytes, its %lld elements need %llu", file,
+                      name, (unsigned long long)have, (long long)n,
+                      (unsigned long long)(n >= 0 && esz ? (uint64_t)n * esz : 0));
+    if (fcpl >= 0) H5Pclose(fcpl);
+    if (fid >= 0) H5Fclose(fid);
+    if (ft >= 0) H5Tclose(ft);
+    if (sp >= 0) H5Sclose(sp);
+    return rc;
+}
+
+int mtr_h5_check_storage(hid_t d, const char *name, const char *file)
+{
+    hsize_t cd[H5S_MAX_RANK], dims[H5S_MAX_RANK], at[H5S_MAX_RANK];
+    int rank = 0, nf = 0, rc = 0;
+    hid_t dcpl = H5Dget_create_plist(d);
+    const bool compact = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_COMPACT;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (compact) return check_compact(d, name, file);
+    const size_t whole = chunk_bytes(d, &rank, cd, &nf);
+    /* contiguous or compact: HDF5 reads what the dataspace says; variable-length strings: the references are
+     * checked by mtr_h5_check_vlen_dset */
+    if (rank <= 0 || !whole) return 0;
+    hid_t sp = H5Dget_space(d);
+    uint64_t cells = 1;
+    if (sp < 0 || H5Sget_simple_extent_ndims(sp) != rank || H5Sget_simple_extent_dims(sp, dims, NULL) < 0) {
+        rc = mtr_fail(MTR_ECORRUPT, "%s: /%s: chunk shape and dataspace disagree", file, name);
+        goto done;
+    }
+    for (int i = 0; i < rank; i++) {
+        at[i] = 0;
+        uint64_t n = (dims[i] + cd[i] - 1) / cd[i];
+        if (n && cells > ((uint64_t)1 << 26) / n) {
+            rc = mtr_fail(MTR_EFORMAT, "%s: /%s has more than 2^26 chunks", file, name);
+            goto done;
+        }
+        cells *= n;
+    }
+    /* every chunk of the grid: absent (read as fill values), or stored through all its filters, or stored whole */
+    for (uint64_t c = 0; c < cells && !rc; c++) {
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t size = 0;
+        if (H5Dget_chunk_info_by_coord(d, at, &mask, &addr, &size) < 0) {
+            rc = mtr_fail(MTR_ECORRUPT, "%s: /%s: the chunk index is damaged", file, name);
+            break;
+        }
+        const unsigned all = nf >= 32 ? ~0u : (1u << nf) - 1;
+        if (addr != HADDR_UNDEF && (nf == 0 || (mask & all) != 0) && ((mask & all) != all || size != whole))
+            rc = mtr_fail(MTR_ECORRUPT, "%s: /%s: a chunk is stored with %llu bytes and filter mask %#x, not whole "
+                          "(%zu bytes) or through its %d filters", file, name, (unsigned long long)size, mask, whole, nf);
+        for (int i = rank - 1; i >= 0; i--) { /* the next chunk of the grid, last dimension fastest */
+            if ((at[i] += cd[i]) < dims[i]) break;
+            at[i] = 0;
+        }
+    }
+done:
+    if (sp >= 0) H5Sclose(sp);
+    return rc;
+}
+
+herr_t mtr_h5_dread(hid_t d, hid_t mtype, hid_t mspace, hid_t fspace, void *out)
+{
+    hsize_t cd[H5S_MAX_RANK];
+    int rank = 0, nf = 0;
+    chunk_expected = chunk_bytes(d, &rank, cd, &nf);
     herr_t st = H5Dread(d, mtype, mspace, fspace, H5P_DEFAULT, out);
     chunk_expected = 0;
     return st;

@@ -15,6 +15,10 @@
 
 #include "moetrace.h"
 
+/* Before H5Fopen(path): the root group's object header, which opening loads, must lie inside the file with the
+ * size it declares. MTR_ENOTFOUND / MTR_EIO when the file cannot be read; 0 when it does not start with the HDF5
+ * signature (the caller says what it expected). */
+MTR_API int mtr_h5_check_file(const char *path);
 /* Before HDF5 decodes the attributes of obj (any attribute access does): every attribute message in its object
  * header must hold its name, datatype, dataspace and value within the message; for a group, its local heap must
  * lie inside the file (HDF5 allocates its declared size before it looks a name up). */
@@ -28,6 +32,12 @@ MTR_API int mtr_h5_check_object(hid_t loc, const char *name, const char *file);
  * string dataset dset (contiguous, or chunked without filters), `name` naming it in messages. */
 MTR_API int mtr_h5_check_vlen_attr(hid_t obj, const char *name, const char *file);
 MTR_API int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char *file);
+/* Before HDF5 reads a dataset's data: a compact dataset's data must hold every element; every chunk of a
+ * chunked dataset's grid must be absent, stored through all its filters, or stored whole (the chunk's bytes) with
+ * all of them skipped. HDF5 1.10 copies whole element counts or chunks out of shorter buffers. MTR_ECORRUPT
+ * naming the dataset; 0 for contiguous data (read from the file as the dataspace says). Queries the chunk index
+ * once per chunk: call it once per dataset, not per read. */
+MTR_API int mtr_h5_check_storage(hid_t d, const char *name, const char *file);
 /* H5Dread, with the zstd filter told the bytes of one whole chunk of d (its chunk dims times its stored element
  * size), so a damaged chunk that decompresses short fails the read instead of HDF5 reading past it. */
 MTR_API herr_t mtr_h5_dread(hid_t d, hid_t mtype, hid_t mspace, hid_t fspace, void *out);

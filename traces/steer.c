@@ -295,6 +295,7 @@ static int read_dataset(void **out, hsize_t *dims, hid_t f, const char *name, hi
     if (H5Lexists(f, name, H5P_DEFAULT) <= 0) return mtr_fail(MTR_EFORMAT, "%s: dataset '%s' missing", file, name);
     if ((rc = mtr_h5_check_object(f, name, file))) return rc;
     d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d >= 0 && (rc = mtr_h5_check_storage(d, name, file))) goto out_close;
     sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
     if (sp < 0 || H5Sget_simple_extent_ndims(sp) != rank) {
         rc = mtr_fail(MTR_EFORMAT, "%s: dataset '%s' is not %d-dimensional", file, name, rank);
@@ -400,6 +401,7 @@ static int load_h5(mtr_steer **out, const char *path)
     float *coef = NULL;
     *out = NULL;
     mtr_h5_quiet();
+    if ((rc = mtr_h5_check_file(path))) return rc;
     f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return mtr_fail(MTR_EFORMAT, "%s: not an HDF5 file", path);
     /* the root group's header, attributes and local heap before any of them is read or a name looked up */

@@ -6,18 +6,20 @@
 #   make fuzz-build      build them only (make check does, and tests/cli/test_fuzz.sh replays every seed corpus
 #                        and fuzzes each target for a few seconds)
 # The tokenizer, ingest and safetensors targets are built by capture/module.mk; the targets here compile the code
-# they reach with clang's fuzzer instrumentation (build/fuzz/obj), libmoetrace included.
+# they reach with clang's fuzzer instrumentation (build/fuzz/obj), libmoetrace included. fuzz_trace and
+# fuzz_summaries make their base files themselves (their seeds are bit-flip lists); tests/fuzz/make_seeds.sh
+# makes the others' seeds. tests/fuzz/lsan.supp names the leaks inside libhdf5 that run.sh suppresses.
 
 FZ_CC ?= clang
 FZ_DIR := build/fuzz
 FZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Wno-pass-failed -fopenmp $(FZ_SAN) -fsanitize=fuzzer-no-link -Itraces -Icapture/engine -Icapture/corpus \
-	-Icapture/tokenizer -Istats -Itests/fuzz $(shell pkg-config --cflags $(HDF5_PC) libzstd jansson gsl openblas 2>/dev/null)
+	-Icapture/tokenizer -Istats -Ireduce -Itests/fuzz $(shell pkg-config --cflags $(HDF5_PC) libzstd jansson gsl openblas 2>/dev/null)
 FZ_LIBS = $(shell pkg-config --libs $(HDF5_PC) libzstd jansson gsl openblas 2>/dev/null) -fopenmp -lm -lpthread
 
 # every target, the ones of capture/module.mk and a trace-reader target when its source is there
 FZ_ALL := fuzz_tokenizer_load fuzz_tokenizer_encode fuzz_ingest fuzz_safetensors fuzz_config fuzz_corpus \
-	fuzz_stats fuzz_steer fuzz_trace
+	fuzz_stats fuzz_steer fuzz_trace fuzz_summaries
 FUZZ_TARGETS ?= $(FZ_ALL)
 
 # the code each target here reaches, besides libmoetrace
@@ -28,6 +30,8 @@ FZ_SRC_fuzz_stats := stats/error.c stats/corr.c stats/tsv.c stats/lang.c stats/a
 	stats/tables.c stats/band.c stats/select.c
 FZ_SRC_fuzz_steer :=
 FZ_SRC_fuzz_trace :=
+FZ_SRC_fuzz_summaries := $(filter-out reduce/reduce_main.c,$(wildcard reduce/*.c)) $(FZ_SRC_fuzz_stats) \
+	tests/fuzz/fuzz_tables_open.c
 
 .PHONY: fuzz fuzz-build fuzz-list
 
@@ -55,7 +59,7 @@ define FZ_TARGET_RULE
 $(FZ_DIR)/$(1): $(FZ_DIR)/obj/tests/fuzz/$(1).o $(FZ_SRC_$(1):%.c=$(FZ_DIR)/obj/%.o) $(FZ_TRACE_SRC:%.c=$(FZ_DIR)/obj/%.o)
 	$(FZ_CC) $(FZ_SAN) -fsanitize=fuzzer -o $$@ $$^ $(FZ_LIBS) $(FZ_LIBS_$(1))
 endef
-$(foreach t,fuzz_config fuzz_corpus fuzz_stats fuzz_steer fuzz_trace,$(eval $(call FZ_TARGET_RULE,$(t))))
+$(foreach t,fuzz_config fuzz_corpus fuzz_stats fuzz_steer fuzz_trace fuzz_summaries,$(eval $(call FZ_TARGET_RULE,$(t))))
 
 # make check builds the targets (not under SANITIZE or make asan check: they carry clang's sanitizers, which do
 # not mix with GCC's)

@@ -22,6 +22,9 @@
 
 /* The scratch directory (created on first use under $TMPDIR, removed by nobody: libFuzzer ends by exit or crash,
  * so it is made once and reused; each file is rewritten per input). */
+/* moetrace-stats' table loader (fuzz_tables_open.c): 0 or the mtr_err of mtr_tables_open */
+int fuzz_tables_open(const char *path);
+
 static inline const char *fuzz_dir(void)
 {
     static char dir[256];

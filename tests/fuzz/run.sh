@@ -23,7 +23,7 @@ trap 'rm -rf "$scratch"' EXIT INT TERM
 for t in "$@"; do
     bin="$FUZZ/$t"
     case "$t" in
-    fuzz_trace | fuzz_steer | fuzz_ingest | fuzz_stats) unwind=fast_unwind_on_malloc=0 ;;
+    fuzz_trace | fuzz_steer | fuzz_ingest | fuzz_stats | fuzz_summaries) unwind=fast_unwind_on_malloc=0 ;;
     *) unwind=fast_unwind_on_malloc=1 ;;
     esac
     seeds="tests/fuzz/corpus/${t#fuzz_}"
