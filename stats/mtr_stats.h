@@ -247,8 +247,9 @@ typedef struct {
 } mtr_tables;
 
 /* Load the tables at path: a directory of reduce TSVs (div_from_en.tsv, entropy.tsv, freq.tsv, delta.tsv; each
- * optional, at least one required), or a tables.h5 file (not readable yet: MTR_EFORMAT saying so). Layers in the
- * files are 1-based and become 0-based. MTR_ENOTFOUND, MTR_EFORMAT (bad number, layer 0, duplicate row...).
+ * optional, at least one required), or a tables.h5 file (read through the mtr_h5.h checks). Layers in the TSV
+ * files are 1-based and become 0-based. MTR_ENOTFOUND, MTR_EFORMAT (bad number, layer 0, duplicate row...),
+ * MTR_ECORRUPT (a damaged tables.h5).
  * Free with mtr_tables_free (accepts NULL). */
 int mtr_tables_open(mtr_tables **out, const char *path);
 void mtr_tables_free(mtr_tables *t);
