@@ -47,7 +47,7 @@ static uint64_t get_le(const uint8_t *p, size_t n)
 static int read_at(h5raw *r, void *buf, uint64_t n, uint64_t off, const char *what)
 {
     if (off > r->eof || n > r->eof - off)
-        return mtr_fail(MTR_ETRUNCATED, "%s: %s at byte %llu lies past the end of the file", r->file, what,
+        return mtr_fail(MTR_ETRUNCATED, "%s: %s at byte %llu lies past the end of the file: truncated or damaged", r->file, what,
                         (unsigned long long)off);
     uint8_t *p = buf;
     while (n > 0) {
@@ -346,7 +346,7 @@ static int check_local_heap(h5raw *r, uint64_t addr, uint64_t at)
     uint64_t size = get_le(h + 8, r->sl), seg = get_le(h + 8 + 2 * r->sl, r->sa);
     if (seg > r->eof || r->base + seg > r->eof || size > r->eof - (r->base + seg))
         return mtr_fail(MTR_ECORRUPT, "%s: the group's local heap at byte %llu declares a %llu-byte data segment at "
-                        "byte %llu, past the end of the file (%llu bytes)", r->file,
+                        "byte %llu, past the end of the file (%llu bytes): truncated or damaged", r->file,
                         (unsigned long long)(r->base + addr), (unsigned long long)size, (unsigned long long)seg,
                         (unsigned long long)r->eof);
     return 0;
@@ -429,7 +429,7 @@ static int walk_header(h5raw *r, uint64_t addr, const char *name, uint8_t **out,
         /* HDF5 allocates a chunk's declared length before reading it */
         if (blk > r->eof || blen > r->eof - blk)
             return mtr_fail(MTR_ECORRUPT, "%s: an object header chunk at byte %llu declares %llu bytes, past the end "
-                            "of the file (%llu bytes)", r->file, (unsigned long long)blk, (unsigned long long)blen,
+                            "of the file (%llu bytes): truncated or damaged", r->file, (unsigned long long)blk, (unsigned long long)blen,
                             (unsigned long long)r->eof);
         if (blen > MAX_BLOCK_BYTES) return 0;
         uint8_t *b = malloc(blen ? blen : 1);
@@ -630,7 +630,7 @@ int mtr_h5_check_file(const char *path)
     }
     if (base > r.eof || root > r.eof - base) {
         rc = mtr_fail(MTR_ECORRUPT, "%s: the superblock puts the root group at byte %llu, past the end of the file "
-                      "(%llu bytes)", path, (unsigned long long)(base + root), (unsigned long long)r.eof);
+                      "(%llu bytes): truncated or damaged", path, (unsigned long long)(base + root), (unsigned long long)r.eof);
         goto done;
     }
     const uint64_t at = base + root;
@@ -653,7 +653,7 @@ int mtr_h5_check_file(const char *path)
     }
     if (size > r.eof - at || prefix > r.eof - at - size) {
         rc = mtr_fail(MTR_ECORRUPT, "%s: the root group's header at byte %llu declares %llu bytes, past the end of "
-                      "the file (%llu bytes)", path, (unsigned long long)at, (unsigned long long)size,
+                      "the file (%llu bytes): truncated or damaged", path, (unsigned long long)at, (unsigned long long)size,
                       (unsigned long long)r.eof);
         goto done;
     }

@@ -8,7 +8,7 @@
 # The tokenizer, ingest and safetensors targets are built by capture/module.mk; the targets here compile the code
 # they reach with clang's fuzzer instrumentation (build/fuzz/obj), libmoetrace included. fuzz_trace and
 # fuzz_summaries make their base files themselves (their seeds are bit-flip lists); tests/fuzz/make_seeds.sh
-# makes the others' seeds. tests/fuzz/lsan.supp names the leaks inside libhdf5 that run.sh suppresses.
+# makes the others' seeds. tests/lsan.supp names the leaks inside libhdf5 that run.sh suppresses.
 
 FZ_CC ?= clang
 FZ_DIR := build/fuzz

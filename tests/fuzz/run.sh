@@ -15,7 +15,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN
 export ASAN_OPTIONS="abort_on_error=0:detect_leaks=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 # leaks inside libraries we link, on error paths we cannot avoid (each explained there); matched by function,
 # so the targets that open HDF5 files unwind malloc stacks fully (libhdf5 has no frame pointers)
-export LSAN_OPTIONS="suppressions=$(pwd)/tests/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+export LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 opts="-rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=30 -print_final_stats=1"
 status=0
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/mtr-fuzz-run-XXXXXX")
