@@ -488,6 +488,20 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
     m->renormalize = u;
     s->topk_weights = strcmp(weights, "topk") == 0;
     size_t L = m->n_layers;
+    /* the sequence count sizes everything below: it must be the row count of a sound /seq/seq_id first */
+    {
+        hid_t d = open_checked(f, D_SEQ_ID, path, true, &rc);
+        if (rc) goto done;
+        hid_t sp = H5Dget_space(d);
+        hsize_t rows = 0;
+        if (H5Sget_simple_extent_ndims(sp) != 1 || H5Sget_simple_extent_dims(sp, &rows, NULL) != 1 ||
+            (rows != s->row0 + n && !(n == 0 && rows == 0)))
+            rc = mtr_fail(MTR_EFORMAT, "%s: n_sequences is %u but /%s has %llu rows", path, n, D_SEQ_ID,
+                          (unsigned long long)rows);
+        H5Sclose(sp);
+        H5Dclose(d);
+        if (rc) goto done;
+    }
     s->n_seqs = n;
     size_t nn = n ? n : 1;
     s->seq_id = malloc(nn * 8);

@@ -89,9 +89,10 @@ static size_t chunk_bytes(hid_t d, int *rank, hsize_t *cd, int *nfilters)
     return bytes;
 }
 
-/* A compact dataset's data (in its header) must hold every element of its dataspace: HDF5 1.10 copies that many
- * out of however few there are. Variable-length elements are stored as heap references. */
-static int check_compact(hid_t d, const char *name, const char *file)
+/* A compact or contiguous dataset's data must hold exactly the elements of its dataspace: HDF5 1.10 copies that
+ * many out of however few a compact one has, and a flipped dimension would size the reader's buffer. Variable-
+ * length elements are stored as heap references. */
+static int check_whole(hid_t d, const char *name, const char *file)
 {
     int rc = 0;
     hid_t sp = H5Dget_space(d), ft = H5Dget_type(d), fid = H5Iget_file_id(d);
@@ -103,7 +104,7 @@ static int check_compact(hid_t d, const char *name, const char *file)
                                                                                                  : H5Tget_size(ft);
     const hsize_t have = H5Dget_storage_size(d);
     if (n < 0 || esz == 0 || (uint64_t)n > UINT64_MAX / esz || have != (uint64_t)n * esz)
-        rc = mtr_fail(MTR_ECORRUPT, "%s: /%s: its compact data holds %llu bytes, its %lld elements need %llu", file,
+        rc = mtr_fail(MTR_ECORRUPT, "%s: /%s: its data holds %llu bytes, its %lld elements need %llu", file,
                       name, (unsigned long long)have, (long long)n,
                       (unsigned long long)(n >= 0 && esz ? (uint64_t)n * esz : 0));
     if (fcpl >= 0) H5Pclose(fcpl);
@@ -118,9 +119,9 @@ int mtr_h5_check_storage(hid_t d, const char *name, const char *file)
     hsize_t cd[H5S_MAX_RANK], dims[H5S_MAX_RANK], at[H5S_MAX_RANK];
     int rank = 0, nf = 0, rc = 0;
     hid_t dcpl = H5Dget_create_plist(d);
-    const bool compact = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_COMPACT;
+    const H5D_layout_t lay = dcpl >= 0 ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
     if (dcpl >= 0) H5Pclose(dcpl);
-    if (compact) return check_compact(d, name, file);
+    if (lay == H5D_COMPACT || lay == H5D_CONTIGUOUS) return check_whole(d, name, file);
     const size_t whole = chunk_bytes(d, &rank, cd, &nf);
     /* contiguous or compact: HDF5 reads what the dataspace says; variable-length strings: the references are
      * checked by mtr_h5_check_vlen_dset */

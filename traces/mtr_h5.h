@@ -32,11 +32,11 @@ MTR_API int mtr_h5_check_object(hid_t loc, const char *name, const char *file);
  * string dataset dset (contiguous, or chunked without filters), `name` naming it in messages. */
 MTR_API int mtr_h5_check_vlen_attr(hid_t obj, const char *name, const char *file);
 MTR_API int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, const char *file);
-/* Before HDF5 reads a dataset's data: a compact dataset's data must hold every element; every chunk of a
- * chunked dataset's grid must be absent, stored through all its filters, or stored whole (the chunk's bytes) with
- * all of them skipped. HDF5 1.10 copies whole element counts or chunks out of shorter buffers. MTR_ECORRUPT
- * naming the dataset; 0 for contiguous data (read from the file as the dataspace says). Queries the chunk index
- * once per chunk: call it once per dataset, not per read. */
+/* Before HDF5 reads a dataset's data, and before anything is sized by its dataspace: a compact or contiguous
+ * dataset's data must hold exactly its elements (a flipped dimension is caught here); every chunk of a chunked
+ * dataset's grid must be absent, stored through all its filters, or stored whole (the chunk's bytes) with all of
+ * them skipped. HDF5 1.10 copies whole element counts or chunks out of shorter buffers. MTR_ECORRUPT naming the
+ * dataset. Queries the chunk index once per chunk: call it once per dataset, not per read. */
 MTR_API int mtr_h5_check_storage(hid_t d, const char *name, const char *file);
 /* H5Dread, with the zstd filter told the bytes of one whole chunk of d (its chunk dims times its stored element
  * size), so a damaged chunk that decompresses short fails the read instead of HDF5 reading past it. */
