@@ -311,32 +311,13 @@ void summ_writer_destroy(summ_writer *w)
 
 /* ---- reading ---- */
 
-/* H5Dopen2 once the dataset's header was checked (mtr_h5.h: a damaged file from elsewhere must not crash us);
- * with chunks, its chunk index too (once per dataset: summaries_open checks the ones read a layer at a time) */
-static hid_t open_checked(hid_t f, const char *name, const char *path, bool chunks, int *rc)
-{
-    *rc = 0;
-    if (H5Lexists(f, name, H5P_DEFAULT) <= 0) {
-        *rc = mtr_fail(MTR_EFORMAT, "%s: /%s missing", path, name);
-        return H5I_INVALID_HID;
-    }
-    if ((*rc = mtr_h5_check_object(f, name, path))) return H5I_INVALID_HID;
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) *rc = mtr_fail(MTR_ECORRUPT, "%s: cannot open /%s", path, name);
-    else if (chunks && (*rc = mtr_h5_check_storage(d, name, path))) {
-        H5Dclose(d);
-        d = H5I_INVALID_HID;
-    }
-    return d;
-}
-
 /* rows [row0, row0 + n) of a dataset whose first dimension must be exactly row0 + n, and whose inner dimensions
  * are inner[0..rank-1) (rank 1 to 3) */
 static int read_all(hid_t f, const char *name, hid_t mtype, void *out, size_t row0, size_t n, int want_rank,
                     const hsize_t *inner, const char *path)
 {
     int rc = 0;
-    hid_t d = open_checked(f, name, path, true, &rc);
+    hid_t d = mtr_h5_open_dataset(f, name, true, path, &rc);
     if (rc) return rc;
     hid_t sp = H5Dget_space(d);
     int rank = H5Sget_simple_extent_ndims(sp);
@@ -381,11 +362,6 @@ static int read_strs(hid_t f, const char *name, char **out, size_t row0, size_t 
     return rc;
 }
 
-static int get_str(hid_t f, const char *name, char **out, const char *path)
-{
-    return mtr_h5_get_str_alloc(f, name, out, path);
-}
-
 static int get_u32(hid_t f, const char *name, uint32_t *out, const char *path)
 {
     uint64_t v = 0;
@@ -400,7 +376,7 @@ static int get_u32(hid_t f, const char *name, uint32_t *out, const char *path)
 static int check_big(hid_t f, const char *name, size_t rows, uint32_t L, uint32_t E, const char *path)
 {
     int rc = 0;
-    hid_t d = open_checked(f, name, path, false, &rc);
+    hid_t d = mtr_h5_open_dataset(f, name, false, path, &rc);
     if (rc) return rc;
     hid_t sp = H5Dget_space(d);
     hsize_t dims[3] = {0, 0, 0};
@@ -439,7 +415,7 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
         goto done;
     }
     snprintf(s->path, sizeof s->path, "%s", path);
-    if ((rc = get_str(f, "format", &fmt, path))) goto done;
+    if ((rc = mtr_h5_get_str_alloc(f, "format", &fmt, path))) goto done;
     if (strcmp(fmt, MTR_SUMMARIES_FORMAT) != 0) {
         rc = mtr_fail(MTR_EFORMAT, "%s: not a moetrace summaries file (format '%s')", path, fmt);
         goto done;
@@ -464,9 +440,9 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
         s->row0 = r0;
     }
     mtr_model_info *m = &s->model;
-    if ((rc = get_str(f, MTR_A_MODEL_ID, &mid, path)) || (rc = get_str(f, MTR_A_MODEL_TYPE, &mt, path)) ||
-        (rc = get_str(f, MTR_A_SCORE_FN, &sf, path)) || (rc = get_str(f, "weights", &weights, path)) ||
-        (rc = get_str(f, "settings", &s->settings, path)))
+    if ((rc = mtr_h5_get_str_alloc(f, MTR_A_MODEL_ID, &mid, path)) || (rc = mtr_h5_get_str_alloc(f, MTR_A_MODEL_TYPE, &mt, path)) ||
+        (rc = mtr_h5_get_str_alloc(f, MTR_A_SCORE_FN, &sf, path)) || (rc = mtr_h5_get_str_alloc(f, "weights", &weights, path)) ||
+        (rc = mtr_h5_get_str_alloc(f, "settings", &s->settings, path)))
         goto done;
     mtr_model_info_init(m, mid, mt, 1, 1, 1);
     if ((rc = get_u32(f, MTR_A_N_LAYERS, &m->n_layers, path)) || (rc = get_u32(f, MTR_A_N_EXPERTS, &m->n_experts, path)) ||
@@ -490,7 +466,7 @@ static int summaries_open(mtr_summaries **out, const char *path, bool part)
     size_t L = m->n_layers;
     /* the sequence count sizes everything below: it must be the row count of a sound /seq/seq_id first */
     {
-        hid_t d = open_checked(f, D_SEQ_ID, path, true, &rc);
+        hid_t d = mtr_h5_open_dataset(f, D_SEQ_ID, false, path, &rc); /* read_all checks its storage */
         if (rc) goto done;
         hid_t sp = H5Dget_space(d);
         hsize_t rows = 0;
@@ -578,7 +554,7 @@ static int read_block(hid_t f, const char *name, hid_t mtype, size_t row0, size_
                       bool one_layer, void *out, const char *path)
 {
     int rc = 0;
-    hid_t d = open_checked(f, name, path, false, &rc);
+    hid_t d = mtr_h5_open_dataset(f, name, false, path, &rc);
     if (rc) return rc;
     hid_t fs = H5Dget_space(d);
     hsize_t dims[3] = {0, 0, 0};

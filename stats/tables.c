@@ -110,28 +110,10 @@ static int store(double *a, size_t i, double v, const mtr_tsv *f, size_t r)
 /* ---- tables.h5 (reduce/SUMMARIES.md): langs, slices "dataset:lang", div_from_en and entropy (langs, L), freq and
  * weight (slices, L, E); Delta is freq minus the base slice, as in delta.tsv ---- */
 
-/* H5Dopen2 once the dataset's header was checked (mtr_h5.h: a damaged file must not crash us) */
-static hid_t h5_open(hid_t f, const char *name, const char *path, int *rc)
-{
-    *rc = 0;
-    if (H5Lexists(f, name, H5P_DEFAULT) <= 0) {
-        *rc = mtr_fail(MTR_EFORMAT, "%s: dataset /%s missing", path, name);
-        return H5I_INVALID_HID;
-    }
-    if ((*rc = mtr_h5_check_object(f, name, path))) return H5I_INVALID_HID;
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) *rc = mtr_fail(MTR_EFORMAT, "%s: cannot open /%s", path, name);
-    else if ((*rc = mtr_h5_check_storage(d, name, path))) {
-        H5Dclose(d);
-        d = H5I_INVALID_HID;
-    }
-    return d;
-}
-
 static int h5_strings(hid_t f, const char *name, char ***out, size_t *n, const char *path)
 {
     int rc = 0;
-    hid_t d = h5_open(f, name, path, &rc);
+    hid_t d = mtr_h5_open_dataset(f, name, true, path, &rc);
     if (rc) return rc;
     hid_t sp = H5Dget_space(d), t = H5Tcopy(H5T_C_S1);
     H5Tset_size(t, H5T_VARIABLE);
@@ -162,7 +144,7 @@ static int h5_strings(hid_t f, const char *name, char ***out, size_t *n, const c
 static int h5_doubles(hid_t f, const char *name, double **out, const hsize_t *want, int rank, const char *path)
 {
     int rc = 0;
-    hid_t d = h5_open(f, name, path, &rc);
+    hid_t d = mtr_h5_open_dataset(f, name, true, path, &rc);
     if (rc) return rc;
     hid_t sp = H5Dget_space(d);
     hsize_t dims[3] = {0, 0, 0};
@@ -210,7 +192,8 @@ static int tables_load_h5(mtr_tables *t, const char *path)
     }
     if ((rc = h5_strings(f, MTR_T_LANGS, &langs, &nl, path)) || (rc = h5_strings(f, MTR_T_SLICES, &slices, &ns, path)))
         goto done;
-    hid_t d = H5Lexists(f, MTR_T_FREQ, H5P_DEFAULT) > 0 ? h5_open(f, MTR_T_FREQ, path, &rc) : H5I_INVALID_HID;
+    hid_t d = H5Lexists(f, MTR_T_FREQ, H5P_DEFAULT) > 0 ? mtr_h5_open_dataset(f, MTR_T_FREQ, true, path, &rc)
+                                                        : H5I_INVALID_HID;
     hsize_t fd[3] = {0, 0, 0};
     if (rc) goto done;
     if (d >= 0) {

@@ -123,8 +123,7 @@ int mtr_h5_check_storage(hid_t d, const char *name, const char *file)
     if (dcpl >= 0) H5Pclose(dcpl);
     if (lay == H5D_COMPACT || lay == H5D_CONTIGUOUS) return check_whole(d, name, file);
     const size_t whole = chunk_bytes(d, &rank, cd, &nf);
-    /* contiguous or compact: HDF5 reads what the dataspace says; variable-length strings: the references are
-     * checked by mtr_h5_check_vlen_dset */
+    /* variable-length strings: their references are checked by mtr_h5_check_vlen_dset */
     if (rank <= 0 || !whole) return 0;
     hid_t sp = H5Dget_space(d);
     uint64_t cells = 1;
@@ -162,6 +161,24 @@ int mtr_h5_check_storage(hid_t d, const char *name, const char *file)
 done:
     if (sp >= 0) H5Sclose(sp);
     return rc;
+}
+
+hid_t mtr_h5_open_dataset(hid_t loc, const char *name, bool storage, const char *file, int *rc)
+{
+    *rc = 0;
+    if (H5Lexists(loc, name, H5P_DEFAULT) <= 0) {
+        *rc = mtr_fail(MTR_EFORMAT, "%s: dataset /%s missing", file, name);
+        return H5I_INVALID_HID;
+    }
+    if ((*rc = mtr_h5_check_object(loc, name, file))) return H5I_INVALID_HID;
+    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
+    if (d < 0) {
+        *rc = mtr_fail(MTR_ECORRUPT, "%s: cannot open /%s", file, name);
+    } else if (storage && (*rc = mtr_h5_check_storage(d, name, file))) {
+        H5Dclose(d);
+        d = H5I_INVALID_HID;
+    }
+    return d;
 }
 
 herr_t mtr_h5_dread(hid_t d, hid_t mtype, hid_t mspace, hid_t fspace, void *out)

@@ -11,6 +11,7 @@
 #define MTR_H5_H
 
 #include <hdf5.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "moetrace.h"
@@ -38,6 +39,9 @@ MTR_API int mtr_h5_check_vlen_dset(hid_t dset, uint64_t n, const char *name, con
  * them skipped. HDF5 1.10 copies whole element counts or chunks out of shorter buffers. MTR_ECORRUPT naming the
  * dataset. Queries the chunk index once per chunk: call it once per dataset, not per read. */
 MTR_API int mtr_h5_check_storage(hid_t d, const char *name, const char *file);
+/* H5Dopen2(loc, name) after mtr_h5_check_object, then (with storage) mtr_h5_check_storage: the dataset, or
+ * H5I_INVALID_HID with *rc MTR_EFORMAT (missing) or MTR_ECORRUPT naming file and dataset. */
+MTR_API hid_t mtr_h5_open_dataset(hid_t loc, const char *name, bool storage, const char *file, int *rc);
 /* H5Dread, with the zstd filter told the bytes of one whole chunk of d (its chunk dims times its stored element
  * size), so a damaged chunk that decompresses short fails the read instead of HDF5 reading past it. */
 MTR_API herr_t mtr_h5_dread(hid_t d, hid_t mtype, hid_t mspace, hid_t fspace, void *out);
